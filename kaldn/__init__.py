@@ -1,0 +1,1 @@
+"""kaldn: lightweight super-resolution with depthwise convolutions (DSConv, linear DSConv, KDSConv)."""

@@ -1,0 +1,116 @@
+"""The one checkpoint format: a directory with ``model.safetensors`` and ``config.json``.
+
+``config.json`` holds everything needed to rebuild the model (``model`` name,
+``descriptor_norm``) and to judge it (training budget, metrics). The same
+directory is a Hugging Face Hub subfolder unchanged. Only safetensors are ever
+read: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .models import create_model
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message names the file."""
+
+
+def atomic_write(path: Path, write: callable) -> None:
+    """Write through a temporary file in the same folder and rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def save_checkpoint(directory: str | Path, model: nn.Module, metadata: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` (built by ``create_model``) and its config plus ``metadata``."""
+    directory = Path(directory)
+    config = {"format_version": FORMAT_VERSION, **model.config, **(metadata or {})}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # Weights first, config last: a config present means its weights are complete.
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"model": config["model"]}))
+    write_json(directory / CONFIG_NAME, config)
+    return directory
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint config") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a valid JSON config ({exc})") from None
+    if not isinstance(config, dict) or "model" not in config:
+        raise CheckpointError(f"{path}: config has no 'model' name")
+    return config
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the model from ``config.json`` and load ``model.safetensors`` strictly.
+
+    Raises ``CheckpointError`` naming the file for an unknown architecture, a
+    file that is not safetensors, or tensors that do not match the architecture.
+    """
+    directory = Path(directory)
+    return load_checkpoint_files(directory / WEIGHTS_NAME, directory / CONFIG_NAME, device)
+
+
+def load_checkpoint_files(weights_path: str | Path, config_path: str | Path,
+                          device: str | torch.device = "cpu") -> nn.Module:
+    weights_path, config_path = Path(weights_path), Path(config_path)
+    config = read_config(config_path)
+    try:
+        model = create_model(config["model"], descriptor_norm=config.get("descriptor_norm", "standardize"))
+    except ValueError as exc:
+        raise CheckpointError(f"{config_path}: {exc}") from None
+    if weights_path.suffix != ".safetensors":
+        raise CheckpointError(f"{weights_path}: only .safetensors weights are loaded")
+    try:
+        state = load_file(str(weights_path), device=str(device))
+    except FileNotFoundError:
+        raise CheckpointError(f"{weights_path}: no such weights file") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: not a valid safetensors file ({exc})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("wrong shape", wrong)) if keys)
+        raise CheckpointError(f"{weights_path}: tensors do not match {config['model']} ({details})")
+    model.load_state_dict(state)
+    model.config = {**model.config, **{k: v for k, v in config.items() if k not in model.config}}
+    return model.to(device).eval()

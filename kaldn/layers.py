@@ -1,0 +1,219 @@
+"""The convolution variants, side by side.
+
+Every variant maps ``in_channels -> out_channels`` with a k x k receptive field
+and ends in a ReLU, so the RDN backbone can swap one for another and a
+comparison changes nothing but the convolution:
+
+=================  ==========================================================
+``StandardConv``    conv k x k -> ReLU                        (RDN, the reference)
+``DSConv``          depthwise k x k -> ReLU -> pointwise 1x1 -> ReLU
+``LinearDSConv``    depthwise k x k -> pointwise 1x1 -> ReLU  (the "hasty ReLU" removed)
+``KDSConv``         LinearDSConv whose depthwise kernel W_c is re-weighted
+                    W'_c = (1 + a_c) W_c by a kernel attention a computed
+                    from the kernels themselves (never from the input)
+``FixedScaleDSConv`` LinearDSConv with W'_c = 1.5 W_c: the control for KDSConv
+=================  ==========================================================
+
+Kernel attention (paper 001 eq. 3-6, paper 000):
+
+1. kernel pooling    z_c = pool(W_c)            pool in {det, avg, max}
+2. normalisation     z   = norm(z)              see ``DESCRIPTOR_NORMS``
+3. gate              a   = sigmoid(W_I ReLU(W_D z)),  W_D: C -> C/r, W_I: C/r -> C
+4. injection         W'_c = (1 + a_c) W_c
+
+Because ``a`` depends only on weights, ``fuse()`` bakes W' into a plain
+``LinearDSConv`` after training: same output, LinearDSConv's cost.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+KERNEL_POOLS = ("det", "avg", "max")
+
+# Why normalise: trained 3x3 depthwise kernels have |det| ~ 0.01, so a raw
+# determinant feeds the gate ~0 and a ~ sigmoid(0) = 0.5 everywhere; the
+# "attention" collapses to a constant 1.5x scale (DESIGN.md, "Measured here").
+DESCRIPTOR_NORMS = ("none", "standardize", "unit-kernel")
+DEFAULT_DESCRIPTOR_NORM = "standardize"
+
+# The untrained gate outputs sigmoid(0) = 0.5, so the control scales by 1.5.
+FIXED_KERNEL_SCALE = 1.5
+
+
+def kernel_determinant(kernels: torch.Tensor) -> torch.Tensor:
+    """Determinant of each k x k kernel; ``kernels`` has shape (C, k, k).
+
+    3x3 uses the rule of Sarrus (paper 001 eq. 2), other sizes ``torch.linalg.det``.
+    """
+    if kernels.shape[-2:] == (3, 3):
+        a, b, c = kernels[:, 0, 0], kernels[:, 0, 1], kernels[:, 0, 2]
+        d, e, f = kernels[:, 1, 0], kernels[:, 1, 1], kernels[:, 1, 2]
+        g, h, i = kernels[:, 2, 0], kernels[:, 2, 1], kernels[:, 2, 2]
+        return a * e * i + b * f * g + c * d * h - c * e * g - b * d * i - a * f * h
+    return torch.linalg.det(kernels)
+
+
+def pool_kernels(kernels: torch.Tensor, kernel_pool: str) -> torch.Tensor:
+    """Pool each depthwise kernel (C, k, k) to one number: shape (C,)."""
+    if kernel_pool == "det":
+        return kernel_determinant(kernels)
+    if kernel_pool == "avg":
+        return kernels.mean(dim=(-2, -1))
+    if kernel_pool == "max":
+        return kernels.amax(dim=(-2, -1))
+    raise ValueError(f"kernel_pool must be one of {KERNEL_POOLS}, got {kernel_pool!r}")
+
+
+def kernel_descriptor(kernels: torch.Tensor, kernel_pool: str, descriptor_norm: str) -> torch.Tensor:
+    """Pooled, normalised descriptor z (C,) of depthwise kernels (C, k, k)."""
+    if descriptor_norm == "unit-kernel":
+        # Pool the kernel scaled to unit Frobenius norm: scale-free shape.
+        kernels = kernels / kernels.flatten(1).norm(dim=1).clamp_min(1e-8)[:, None, None]
+    z = pool_kernels(kernels, kernel_pool)
+    if descriptor_norm == "standardize":
+        # Standardise across channels: the gate sees which kernels stand out.
+        z = (z - z.mean()) / (z.std(unbiased=False) + 1e-5)
+    elif descriptor_norm not in ("none", "unit-kernel"):
+        raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+    return z
+
+
+class StandardConv(nn.Module):
+    """conv k x k -> ReLU: the standard RDN layer."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x))
+
+
+class DSConv(nn.Module):
+    """depthwise k x k -> ReLU -> pointwise 1x1 -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, kernel_size,
+                                   padding=kernel_size // 2, groups=in_channels)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pointwise(F.relu(self.depthwise(x))))  # the first ReLU is the "hasty" one
+
+
+class LinearDSConv(DSConv):
+    """depthwise k x k -> pointwise 1x1 -> ReLU: DSConv minus the hasty ReLU.
+
+    Same parameters as DSConv (it inherits them); only ``forward`` differs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.pointwise(self.depthwise(x)))
+
+
+class KDSConv(LinearDSConv):
+    """LinearDSConv with kernel attention injected into the depthwise kernel."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 kernel_pool: str = "det", reduction: int = 32,
+                 descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        if kernel_pool not in KERNEL_POOLS:
+            raise ValueError(f"kernel_pool must be one of {KERNEL_POOLS}, got {kernel_pool!r}")
+        if descriptor_norm not in DESCRIPTOR_NORMS:
+            raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+        self.kernel_pool = kernel_pool
+        self.descriptor_norm = descriptor_norm
+        hidden = max(1, in_channels // reduction)
+        # Bias-free gate: with r = 32 this is exactly paper 001's Table IV surplus.
+        self.gate_down = nn.Linear(in_channels, hidden, bias=False)  # W_D
+        self.gate_up = nn.Linear(hidden, in_channels, bias=False)    # W_I
+
+    def descriptor(self) -> torch.Tensor:
+        """z: one pooled, normalised number per depthwise kernel."""
+        return kernel_descriptor(self.depthwise.weight[:, 0], self.kernel_pool, self.descriptor_norm)
+
+    def attention(self) -> torch.Tensor:
+        """a in (0, 1), one value per channel; the kernel is scaled by 1 + a."""
+        return torch.sigmoid(self.gate_up(F.relu(self.gate_down(self.descriptor()))))
+
+    def injected_kernel(self) -> torch.Tensor:
+        return self.depthwise.weight * (1 + self.attention())[:, None, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.injected_kernel(), self.depthwise.bias,
+                     padding=self.depthwise.padding, groups=self.depthwise.groups)
+        return F.relu(self.pointwise(x))
+
+    @torch.no_grad()
+    def fuse(self) -> LinearDSConv:
+        """A LinearDSConv with W' baked in: same output, no attention parameters."""
+        return _linear_with_kernel(self, self.injected_kernel())
+
+
+class FixedScaleDSConv(LinearDSConv):
+    """KDSConv's control: the attention replaced by the constant 1 + a = 1.5.
+
+    Shows what a learned attention adds over a plain re-scaling of the kernel
+    (which only changes how fast the depthwise weights move in training).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 scale: float = FIXED_KERNEL_SCALE) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.conv2d(x, self.depthwise.weight * self.scale, self.depthwise.bias,
+                     padding=self.depthwise.padding, groups=self.depthwise.groups)
+        return F.relu(self.pointwise(x))
+
+    @torch.no_grad()
+    def fuse(self) -> LinearDSConv:
+        return _linear_with_kernel(self, self.depthwise.weight * self.scale)
+
+
+def _linear_with_kernel(source: LinearDSConv, depthwise_kernel: torch.Tensor) -> LinearDSConv:
+    in_channels, out_channels = source.depthwise.in_channels, source.pointwise.out_channels
+    fused = LinearDSConv(in_channels, out_channels, source.depthwise.kernel_size[0])
+    fused.to(device=depthwise_kernel.device, dtype=depthwise_kernel.dtype)
+    fused.depthwise.weight.copy_(depthwise_kernel)
+    fused.depthwise.bias.copy_(source.depthwise.bias)
+    fused.pointwise.load_state_dict(source.pointwise.state_dict())
+    return fused
+
+
+def fuse(model: nn.Module) -> nn.Module:
+    """Replace every KDSConv / FixedScaleDSConv in ``model`` by its fused LinearDSConv (in place)."""
+    for name, child in model.named_children():
+        if isinstance(child, (KDSConv, FixedScaleDSConv)):
+            setattr(model, name, child.fuse())
+        else:
+            fuse(child)
+    return model
+
+
+# conv name (as in model names) -> factory(in_channels, out_channels, **options)
+CONVS = {
+    "conv": StandardConv,
+    "dsconv": DSConv,
+    "ldsconv": LinearDSConv,
+    "kdsconv-det": lambda i, o, **kw: KDSConv(i, o, kernel_pool="det", **kw),
+    "kdsconv-avg": lambda i, o, **kw: KDSConv(i, o, kernel_pool="avg", **kw),
+    "kdsconv-max": lambda i, o, **kw: KDSConv(i, o, kernel_pool="max", **kw),
+    "kdsconv-fixed": FixedScaleDSConv,
+}
+
+
+def make_conv(conv: str, in_channels: int, out_channels: int, *, reduction: int = 32,
+              descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> nn.Module:
+    """Build the layer named ``conv`` (one of ``CONVS``); attention options only reach KDSConv."""
+    if conv not in CONVS:
+        raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
+    if conv.startswith("kdsconv-") and conv != "kdsconv-fixed":
+        return CONVS[conv](in_channels, out_channels, reduction=reduction, descriptor_norm=descriptor_norm)
+    return CONVS[conv](in_channels, out_channels)

@@ -1,0 +1,64 @@
+"""One model factory: ``create_model("tiny-kdsconv-det-x4")``.
+
+Names are ``{backbone}-{conv}-x{scale}`` (DESIGN.md), e.g. ``tiny-ldsconv-x2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from .layers import CONVS, DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
+from .rdn import RDN
+
+# paper: RDN of paper 001 Table I. tiny: sized for 2 CPU cores (DESIGN.md's
+# calibration net, ~100K parameters with depthwise convs, ~0.2 s for a 256x256 x4).
+BACKBONES: dict[str, dict] = {
+    "paper": dict(num_features=64, growth=64, num_blocks=16, num_layers=8, upsampler="rdn",
+                  bicubic_skip=False, reduction=32),
+    # r = 8 rather than 32: with 32-128 channels, r = 32 would leave a 1-4 unit gate.
+    "tiny": dict(num_features=32, growth=32, num_blocks=4, num_layers=4, upsampler="light",
+                 bicubic_skip=True, reduction=8),
+}
+SCALES = (2, 3, 4)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    backbone: str
+    conv: str
+    scale: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}-{self.conv}-x{self.scale}"
+
+
+def model_names(backbones: tuple[str, ...] = tuple(BACKBONES)) -> list[str]:
+    return [ModelSpec(b, c, s).name for b in backbones for c in CONVS for s in SCALES]
+
+
+def parse_model_name(name: str) -> ModelSpec:
+    """Split a model name into backbone, conv and scale; ValueError listing valid names otherwise."""
+    for backbone in BACKBONES:
+        for conv in CONVS:
+            for scale in SCALES:
+                if name == ModelSpec(backbone, conv, scale).name:
+                    return ModelSpec(backbone, conv, scale)
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+
+
+def create_model(name: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> nn.Module:
+    """Build an untrained model by name. ``model.config`` records how, for checkpoints."""
+    spec = parse_model_name(name)
+    if descriptor_norm not in DESCRIPTOR_NORMS:
+        raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+    model = RDN(conv=spec.conv, scale=spec.scale, descriptor_norm=descriptor_norm, **BACKBONES[spec.backbone])
+    model.config = {"model": name, "backbone": spec.backbone, "conv": spec.conv, "scale": spec.scale,
+                    "descriptor_norm": descriptor_norm}
+    return model
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
