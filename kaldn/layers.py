@@ -75,7 +75,7 @@ def kernel_descriptor(kernels: torch.Tensor, kernel_pool: str, descriptor_norm: 
     z = pool_kernels(kernels, kernel_pool)
     if descriptor_norm == "standardize":
         # Standardise across channels: the gate sees which kernels stand out.
-        z = (z - z.mean()) / (z.std(unbiased=False) + 1e-5)
+        z = (z - z.mean()) / (z.std(unbiased=False) + 1e-8)
     elif descriptor_norm not in ("none", "unit-kernel"):
         raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
     return z
