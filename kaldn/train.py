@@ -64,7 +64,7 @@ class TrainConfig:
     batch: int = 16
     patch: int = 48                 # LR patch side; HR crops are patch * scale
     lr: float = 1e-3
-    lr_halve_at: tuple[float, ...] = (0.5, 0.75)   # fractions of iters where lr halves
+    lr_halve_at: tuple[float, ...] = (0.5, 0.7, 0.85, 0.95)  # fractions of iters where lr halves (~cosine)
     seed: int = 0
     device: str = "auto"
     init: str | None = None         # model name or checkpoint directory to fine-tune from

@@ -1,0 +1,59 @@
+"""Training speed of each tiny variant on this CPU, to plan the model-zoo budget.
+
+    python -m benchmarks.train_speed [--scale 4] [--batch 16] [--patch 48] [--threads 2] [--iters 20]
+
+Times full training iterations (forward, L1, backward, Adam step; channels_last,
+as kaldn.train runs them) on random patches, after a few warm-up iterations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kaldn.models import count_parameters, create_model
+
+CONVS = ["conv", "dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed"]
+
+
+def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3) -> tuple[float, int]:
+    torch.manual_seed(0)
+    model = create_model(name).to(memory_format=torch.channels_last).train()
+    scale = model.config["scale"]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lr = torch.rand(batch, 3, patch, patch).contiguous(memory_format=torch.channels_last)
+    hr = torch.rand(batch, 3, patch * scale, patch * scale)
+    for i in range(warmup + iters):
+        if i == warmup:
+            start = time.perf_counter()
+        loss = F.l1_loss(model(lr), hr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return iters / (time.perf_counter() - start), count_parameters(model)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--patch", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--convs", nargs="*", default=CONVS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"tiny x{args.scale}, batch {args.batch}, LR patch {args.patch}, {args.threads} threads, "
+          f"{args.iters} timed iterations, torch {torch.__version__}")
+    print(f"{'model':<26}{'params':>9}{'it/s':>8}{'s / 1000 it':>13}")
+    for conv in args.convs:
+        name = f"tiny-{conv}-x{args.scale}"
+        speed, params = iterations_per_second(name, args.batch, args.patch, args.iters)
+        print(f"{name:<26}{params:>9,}{speed:>8.2f}{1000 / speed:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()

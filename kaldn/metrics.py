@@ -1,0 +1,110 @@
+"""PSNR / SSIM exactly as super-resolution papers compute them.
+
+The literature measures on the Y channel of ITU-R BT.601 YCbCr (MATLAB's
+``rgb2ycbcr``), on outputs rounded to 8 bits, after cropping ``scale`` pixels
+from every border, with data range 255. Doing anything else (RGB PSNR, no
+border crop, unrounded floats) moves the numbers by tenths of a dB and makes
+them incomparable with published tables.
+
+Note: Y is kept in float64 here (as BasicSR and most Python ports do); MATLAB's
+``rgb2ycbcr`` on uint8 input would additionally round Y to uint8, which changes
+PSNR by about 0.01 dB.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+__all__ = ["rgb_to_y", "psnr_y", "ssim_y", "evaluate_pair"]
+
+
+def _to_unit_float(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype == np.uint8:
+        return img.astype(np.float64) / 255.0
+    if img.dtype == np.uint16:
+        return img.astype(np.float64) / 65535.0
+    if np.issubdtype(img.dtype, np.floating):
+        return img.astype(np.float64)
+    raise ValueError(f"unsupported image dtype {img.dtype} (use uint8, uint16 or float in [0, 1])")
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+    """Luma Y in [16, 235] (float64), as MATLAB's ``rgb2ycbcr``; the channel papers report.
+
+    Accepts HxWx3 RGB or HxW / HxWx1 grayscale (treated as R = G = B), as uint8
+    (divided by 255), uint16 (by 65535) or float in [0, 1].
+    """
+    img = _to_unit_float(image)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
+    if img.ndim == 2:
+        return 16.0 + (65.481 + 128.553 + 24.966) * img
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"rgb_to_y expects HxWx3 RGB or HxW grayscale, got shape {img.shape}")
+    return 16.0 + 65.481 * img[:, :, 0] + 128.553 * img[:, :, 1] + 24.966 * img[:, :, 2]
+
+
+def _as_8bit(image: np.ndarray) -> np.ndarray:
+    """Round float outputs (assumed in [0, 1]) to 8 bits, as the outputs saved to PNG would be."""
+    img = np.asarray(image)
+    if np.issubdtype(img.dtype, np.floating):
+        return np.round(np.clip(np.nan_to_num(img.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return img
+
+
+def _prepare(output: np.ndarray, reference: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
+    out = np.asarray(output)
+    ref = np.asarray(reference)
+    if out.shape != ref.shape:
+        raise ValueError(f"output and reference shapes differ: output {out.shape} vs reference {ref.shape}")
+    border = int(border)
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
+    h, w = out.shape[:2]
+    if h - 2 * border <= 0 or w - 2 * border <= 0:
+        raise ValueError(f"border {border} leaves nothing of a {w}x{h} image")
+    y_out = rgb_to_y(_as_8bit(out))
+    y_ref = rgb_to_y(_as_8bit(ref))
+    if border:
+        y_out = y_out[border:-border, border:-border]
+        y_ref = y_ref[border:-border, border:-border]
+    return y_out, y_ref
+
+
+def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
+    """Y-channel PSNR in dB (data range 255) after cropping ``border`` pixels per side.
+
+    Returns ``math.inf`` for identical images (zero error).
+    """
+    y_out, y_ref = _prepare(output, reference, border)
+    mse = float(np.mean((y_out - y_ref) ** 2))
+    if mse == 0.0:
+        return math.inf
+    return 10.0 * math.log10(255.0**2 / mse)
+
+
+def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
+    """Y-channel SSIM (Gaussian 11x11 window, sigma 1.5, data range 255) after the border crop."""
+    y_out, y_ref = _prepare(output, reference, border)
+    return float(
+        structural_similarity(
+            y_out,
+            y_ref,
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=255,
+        )
+    )
+
+
+def evaluate_pair(output: np.ndarray, reference: np.ndarray, scale: int) -> dict[str, float]:
+    """``{'psnr': ..., 'ssim': ...}`` with the literature's border (= scale)."""
+    return {
+        "psnr": psnr_y(output, reference, border=scale),
+        "ssim": ssim_y(output, reference, border=scale),
+    }

@@ -1,0 +1,339 @@
+"""Image loading/saving: every input mode, every failure as ImageError."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kaldn.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    image_to_tensor,
+    load_image,
+    max_pixels_limit,
+    save_png,
+    tensor_to_image,
+)
+
+
+def _rgb(h: int = 12, w: int = 16) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height but holds no pixel data (a decompression-bomb stand-in)."""
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def _decode_png_idat(path: Path) -> tuple[tuple[int, int, int, int], bytes]:
+    data = path.read_bytes()
+    pos, idat, ihdr = 8, b"", None
+    while pos < len(data):
+        (n,) = struct.unpack(">I", data[pos : pos + 4])
+        tag, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + n]
+        if tag == b"IHDR":
+            ihdr = struct.unpack(">IIBB", body[:10])
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + n
+    assert ihdr is not None
+    return ihdr, zlib.decompress(idat)
+
+
+# ---------------------------------------------------------------- modes
+
+
+def test_rgb_png(tmp_path: Path) -> None:
+    arr = _rgb()
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    out = load_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (12, 16, 3)
+    np.testing.assert_array_equal(out, arr)
+    np.testing.assert_array_equal(load_image(str(tmp_path / "a.png")), arr)  # str path
+    np.testing.assert_array_equal(load_image((tmp_path / "a.png").read_bytes()), arr)  # bytes
+    np.testing.assert_array_equal(load_image(Image.fromarray(arr)), arr)  # PIL image
+    np.testing.assert_array_equal(load_image(arr), arr)  # numpy
+
+
+def test_grayscale_l(tmp_path: Path) -> None:
+    gray = _rgb()[:, :, 0]
+    Image.fromarray(gray, mode="L").save(tmp_path / "g.png")
+    out = load_image(tmp_path / "g.png")
+    assert out.shape == (12, 16, 3) and out.dtype == np.uint8
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], gray)
+
+
+def test_la_to_rgba(tmp_path: Path) -> None:
+    gray = _rgb()[:, :, 0]
+    alpha = np.tile(np.arange(16, dtype=np.uint8) * 16, (12, 1))
+    Image.fromarray(np.stack([gray, alpha], axis=2), mode="LA").save(tmp_path / "la.png")
+    out = load_image(tmp_path / "la.png")
+    assert out.shape == (12, 16, 4)
+    np.testing.assert_array_equal(out[:, :, 1], gray)
+    np.testing.assert_array_equal(out[:, :, 3], alpha)
+
+
+def test_rgba_kept(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 256, (9, 7, 4), dtype=np.uint8)
+    Image.fromarray(arr, mode="RGBA").save(tmp_path / "rgba.png")
+    out = load_image(tmp_path / "rgba.png")
+    assert out.shape == (9, 7, 4)
+    np.testing.assert_array_equal(out, arr)
+
+
+def _palette_image() -> Image.Image:
+    im = Image.new("P", (6, 4))
+    im.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * (256 * 3 - 9))
+    im.putdata([0, 1, 2, 0, 1, 2] * 4)
+    return im
+
+
+def test_palette_without_transparency(tmp_path: Path) -> None:
+    _palette_image().save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    out = load_image(tmp_path / "p.png")
+    assert out.shape == (4, 6, 3)
+    np.testing.assert_array_equal(out[0, 0], [255, 0, 0])
+    np.testing.assert_array_equal(out[0, 1], [0, 255, 0])
+    np.testing.assert_array_equal(out[0, 2], [0, 0, 255])
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    _palette_image().save(tmp_path / "pt.png", transparency=1)
+    out = load_image(tmp_path / "pt.png")
+    assert out.shape == (4, 6, 4)
+    np.testing.assert_array_equal(out[0, 0], [255, 0, 0, 255])
+    assert out[0, 1, 3] == 0  # index 1 is transparent
+    _palette_image().save(tmp_path / "pt.gif", transparency=2)
+    gif = load_image(tmp_path / "pt.gif")
+    assert gif.shape == (4, 6, 4) and gif[0, 2, 3] == 0 and gif[0, 0, 3] == 255
+
+
+def test_one_bit(tmp_path: Path) -> None:
+    bits = np.zeros((8, 10), bool)
+    bits[:, 5:] = True
+    Image.fromarray(bits).convert("1").save(tmp_path / "b.png")
+    assert Image.open(tmp_path / "b.png").mode == "1"
+    out = load_image(tmp_path / "b.png")
+    assert out.shape == (8, 10, 3) and out.dtype == np.uint8
+    assert (out[:, :5] == 0).all() and (out[:, 5:] == 255).all()
+
+
+def test_cmyk_jpeg(tmp_path: Path) -> None:
+    im = Image.new("CMYK", (16, 8), (0, 0, 0, 0))  # no ink: white
+    im.paste((0, 255, 255, 0), (0, 0, 8, 8))  # magenta + yellow: red
+    im.save(tmp_path / "c.jpg", quality=95)
+    assert Image.open(tmp_path / "c.jpg").mode == "CMYK"
+    out = load_image(tmp_path / "c.jpg")
+    assert out.shape == (8, 16, 3) and out.dtype == np.uint8
+    assert (out[:, 12:] > 240).all()  # white
+    red = out[2:6, 1:5].reshape(-1, 3).mean(axis=0)
+    assert red[0] > 200 and red[1] < 50 and red[2] < 50
+
+
+def test_16bit_grayscale_png(tmp_path: Path) -> None:
+    arr = (np.arange(12 * 16, dtype=np.uint32).reshape(12, 16) * 341).astype(np.uint16)
+    Image.fromarray(arr.astype("<u2")).save(tmp_path / "g16.png")  # mode I;16
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    out = load_image(tmp_path / "g16.png")
+    assert out.dtype == np.uint16 and out.shape == (12, 16, 3)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], arr)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    # Stored 40 wide x 20 high: left half red, right half blue. Orientation 6 means
+    # "rotate 90 degrees clockwise to display": upright it is 20 wide x 40 high,
+    # red on top, blue at the bottom.
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    im.paste((0, 0, 255), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+    out = load_image(tmp_path / "o.jpg")
+    assert out.shape == (40, 20, 3)
+    top, bottom = out[2:16].reshape(-1, 3).mean(0), out[24:38].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_numpy_inputs() -> None:
+    gray = np.array([[0, 128], [255, 7]], np.uint8)
+    np.testing.assert_array_equal(load_image(gray)[:, :, 2], gray)
+    assert load_image(gray[:, :, None]).shape == (2, 2, 3)
+    f = load_image(np.full((2, 3, 3), 0.5, np.float32))
+    assert f.dtype == np.uint8 and (f == 128).all()
+    assert load_image(np.ones((2, 2), bool)).max() == 255
+    assert load_image(np.full((2, 2, 3), 1000, np.uint16)).dtype == np.uint16
+    assert load_image(np.full((2, 2, 3), 1000, np.int32)).dtype == np.uint16
+    with pytest.raises(ImageError, match="shape"):
+        load_image(np.zeros((4, 4, 2), np.uint8))
+    with pytest.raises(ImageError, match="NaN"):
+        load_image(np.full((2, 2, 3), np.nan))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_text_file(tmp_path: Path) -> None:
+    p = tmp_path / "notes.txt"
+    p.write_text("this is not an image\n")
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(p)
+    with pytest.raises(ImageError, match="not an image"):
+        load_image(b"hello world")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    p = tmp_path / "empty.png"
+    p.write_bytes(b"")
+    with pytest.raises(ImageError, match="empty"):
+        load_image(p)
+    with pytest.raises(ImageError, match="empty"):
+        load_image(b"")
+
+
+def test_missing_file_and_folder(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="not found"):
+        load_image(tmp_path / "nope.png")
+    with pytest.raises(ImageError, match="folder"):
+        load_image(tmp_path)
+    with pytest.raises(ImageError):
+        load_image(12345)  # type: ignore[arg-type]
+
+
+def test_truncated_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageError, match="truncated"):
+        load_image(tmp_path / "cut.png")
+    with pytest.raises(ImageError):
+        load_image(data[:40])  # cut inside the header chunks
+
+
+def test_zero_size() -> None:
+    with pytest.raises(ImageError, match="empty"):
+        load_image(np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(ImageError, match="empty"):
+        load_image(np.zeros((5, 0), np.uint8))
+    with pytest.raises(ImageError, match="empty"):
+        load_image(Image.new("RGB", (0, 4)))
+
+
+def test_too_many_pixels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / "big.png")
+    with pytest.raises(ImageError) as err:
+        load_image(tmp_path / "big.png", max_pixels=5000)
+    msg = str(err.value)
+    assert "120x100" in msg and "12,000" in msg and "5,000" in msg
+    assert load_image(tmp_path / "big.png", max_pixels=12000).shape == (100, 120, 3)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(np.zeros((100, 120, 3), np.uint8), max_pixels=5000)
+    # the environment variable sets the default limit
+    assert max_pixels_limit() == DEFAULT_MAX_PIXELS == 4096 * 4096
+    monkeypatch.setenv("KALDN_MAX_PIXELS", "5000")
+    assert max_pixels_limit() == 5000
+    with pytest.raises(ImageError, match="too large"):
+        load_image(tmp_path / "big.png")
+
+
+def test_size_checked_before_decoding(tmp_path: Path) -> None:
+    # 100000 x 100000 header with no data: refused from the header, no 30 GB allocation.
+    bomb = _png_header_only(100_000, 100_000)
+    with pytest.raises(ImageError, match="too large"):
+        load_image(bomb)
+    # above our limit too: PIL's own DecompressionBombError also becomes an ImageError
+    with pytest.raises(ImageError, match="too large"):
+        load_image(bomb, max_pixels=10**11)
+    # within every limit but without pixel data: a decode error, still an ImageError
+    with pytest.raises(ImageError):
+        load_image(_png_header_only(50, 40))
+
+
+# ---------------------------------------------------------------- saving and tensors
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        _rgb(),
+        np.random.default_rng(1).integers(0, 256, (5, 6, 4), dtype=np.uint8),
+        np.random.default_rng(2).integers(0, 256, (5, 6), dtype=np.uint8),
+        np.random.default_rng(3).integers(0, 65536, (5, 6), dtype=np.uint16),
+    ],
+    ids=["rgb8", "rgba8", "gray8", "gray16"],
+)
+def test_save_png_round_trip(tmp_path: Path, arr: np.ndarray) -> None:
+    save_png(arr, tmp_path / "x.png")
+    back = np.asarray(Image.open(tmp_path / "x.png"))
+    np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_save_png_16bit_color(tmp_path: Path, channels: int) -> None:
+    arr = np.random.default_rng(4).integers(0, 65536, (5, 7, channels), dtype=np.uint16)
+    save_png(arr, tmp_path / "c16.png")
+    (w, h, depth, color_type), raw = _decode_png_idat(tmp_path / "c16.png")
+    assert (w, h, depth, color_type) == (7, 5, 16, 2 if channels == 3 else 6)
+    rows = np.frombuffer(raw, np.uint8).reshape(5, 1 + 7 * channels * 2)
+    assert (rows[:, 0] == 0).all()
+    np.testing.assert_array_equal(rows[:, 1:].copy().view(">u2").reshape(5, 7, channels), arr)
+    # an independent decoder (Pillow, which reduces to 8 bits) agrees on the high bytes
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "c16.png")), (arr >> 8).astype(np.uint8))
+
+
+def test_save_png_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        save_png(np.zeros((4, 4, 3), np.float32), tmp_path / "f.png")
+    with pytest.raises(ValueError):
+        save_png(np.zeros((4, 4, 2), np.uint8), tmp_path / "f.png")
+
+
+def test_tensor_round_trip() -> None:
+    arr = _rgb()
+    t = image_to_tensor(arr)
+    assert t.shape == (1, 3, 12, 16) and t.dtype == torch.float32
+    assert float(t.min()) >= 0 and float(t.max()) <= 1
+    np.testing.assert_array_equal(tensor_to_image(t), arr)
+    np.testing.assert_array_equal(tensor_to_image(t[0]), arr)
+    a16 = np.random.default_rng(9).integers(0, 65536, (4, 5, 3), dtype=np.uint16)
+    np.testing.assert_array_equal(tensor_to_image(image_to_tensor(a16), dtype=np.uint16), a16)
+    f = np.random.default_rng(10).random((4, 5, 3)).astype(np.float32)
+    np.testing.assert_allclose(image_to_tensor(f)[0].permute(1, 2, 0).numpy(), f)
+    with pytest.raises(ValueError):
+        image_to_tensor(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_tensor_to_image_clamps_and_rounds() -> None:
+    t = torch.tensor([-0.5, 0.0, 0.499 / 255, 0.501 / 255, 1.0, 1.7, float("nan")]).view(1, 1, 1, 7).repeat(1, 3, 1, 1)
+    out = tensor_to_image(t)
+    assert out.dtype == np.uint8 and out.shape == (1, 7, 3)
+    np.testing.assert_array_equal(out[0, :, 0], [0, 0, 0, 1, 255, 255, 0])
+
+
+def test_pil_32bit_int_and_file_object(tmp_path: Path) -> None:
+    im = Image.fromarray(np.array([[0, 70000, -5, 1234]], np.int32))  # mode "I"
+    assert im.mode == "I"
+    out = load_image(im)
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out[0, :, 0], [0, 65535, 0, 1234])
+    arr = _rgb()
+    Image.fromarray(arr).save(tmp_path / "f.png")
+    with open(tmp_path / "f.png", "rb") as fh:
+        np.testing.assert_array_equal(load_image(fh), arr)
