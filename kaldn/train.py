@@ -126,7 +126,7 @@ class PatchSampler:
     """Random aligned (LR, HR) patches with flips and 90-degree rotations, from a seeded generator."""
 
     def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int) -> None:
-        self.pairs = [(torch.from_numpy(hr).permute(2, 0, 1), torch.from_numpy(lr).permute(2, 0, 1))
+        self.pairs = [(torch.from_numpy(np.array(hr)).permute(2, 0, 1), torch.from_numpy(np.array(lr)).permute(2, 0, 1))
                       for hr, lr in pairs]
         self.scale, self.patch = scale, patch
         self.generator = torch.Generator().manual_seed(seed)
@@ -333,7 +333,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         if rank == 0 and (done % config.log_every == 0 or done == config.iters):
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
             window_start, window_iter = time.perf_counter(), done
-            record = {"event": "step", "iteration": done, "loss": float(loss), "lr": learning_rate(config, iteration),
+            record = {"event": "step", "iteration": done, "loss": loss.item(), "lr": learning_rate(config, iteration),
                       "it_per_s": speed, "wall_time_s": wall}
             _append_log(out, record)
             if progress:
