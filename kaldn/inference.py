@@ -49,40 +49,19 @@ def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return p.device, p.dtype
 
 
-@torch.inference_mode()
-def upscale_tensor(x: torch.Tensor, model: nn.Module, scale: int, tile: int | None = 256, overlap: int = 24,
-                   progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-    """(1, 3, H, W) float in [0, 1] on any device -> (1, 3, sH, sW) float32 on the CPU."""
-    device, dtype = _model_device_dtype(model)
-    _, _, h, w = x.shape
-
-    def run(part: torch.Tensor) -> torch.Tensor:
-        part = part.to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-        return model(part).float().cpu()
-
+def _tiles(h: int, w: int, tile: int | None, overlap: int):
+    """(y0, y1, x0, x1) of each tile and (py0, py1, px0, px1) of its padded input window."""
     if tile is None or (h <= tile and w <= tile):
-        out = run(x)
-        if progress:
-            progress(1, 1)
-        return out
-    out = torch.empty(1, 3, h * scale, w * scale)
-    ys, xs = range(0, h, tile), range(0, w, tile)
-    total, done = len(ys) * len(xs), 0
-    for y0 in ys:
-        for x0 in xs:
+        yield (0, h, 0, w), (0, h, 0, w)
+        return
+    for y0 in range(0, h, tile):
+        for x0 in range(0, w, tile):
             y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
-            py0, px0 = max(y0 - overlap, 0), max(x0 - overlap, 0)
-            py1, px1 = min(y1 + overlap, h), min(x1 + overlap, w)
-            result = run(x[:, :, py0:py1, px0:px1])
-            oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
-            out[:, :, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
-                result[:, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
-            done += 1
-            if progress:
-                progress(done, total)
-    return out
+            yield (y0, y1, x0, x1), (max(y0 - overlap, 0), min(y1 + overlap, h),
+                                     max(x0 - overlap, 0), min(x1 + overlap, w))
 
 
+@torch.inference_mode()
 def upscale(image: np.ndarray, model: nn.Module, tile: int | None = 256, overlap: int = 24,
             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Upscale an image array by the model's scale; the model comes from ``prepare_model``.
@@ -90,21 +69,32 @@ def upscale(image: np.ndarray, model: nn.Module, tile: int | None = 256, overlap
     Accepts HxW, HxWx3 or HxWx4 arrays (uint8, uint16 or float in [0, 1]) and
     returns the same layout and dtype. Alpha is upscaled separately with the
     project's bicubic ``imresize``; grayscale goes through the RGB model and
-    comes back as its mean.
+    comes back as its mean. Each tile is converted to the output dtype as it
+    comes, so peak memory is one tile's activations plus the output image.
     """
     from .resize import imresize
 
     scale = model.config["scale"]
+    device, dtype = _model_device_dtype(model)
     gray = image.ndim == 2
     rgb = np.repeat(image[..., None], 3, axis=2) if gray else image[..., :3]
     alpha = image[..., 3] if image.ndim == 3 and image.shape[2] == 4 else None
-    out = upscale_tensor(image_to_tensor(rgb), model, scale, tile, overlap, progress)
+    out_dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.float32
+    x = image_to_tensor(rgb)
+    h, w = rgb.shape[:2]
+    out = np.empty((h * scale, w * scale, 3), dtype=out_dtype)
+    tiles = list(_tiles(h, w, tile, overlap))
+    for done, ((y0, y1, x0, x1), (py0, py1, px0, px1)) in enumerate(tiles, start=1):
+        part = x[:, :, py0:py1, px0:px1].to(device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        result = model(part).float().cpu()
+        oy, ox = (y0 - py0) * scale, (x0 - px0) * scale
+        result = result[:, :, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
+        out[y0 * scale:y1 * scale, x0 * scale:x1 * scale] = tensor_to_image(result, dtype=out_dtype)
+        if progress:
+            progress(done, len(tiles))
     if gray:
-        out = out.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-    dtype = image.dtype if image.dtype in (np.uint8, np.uint16) else np.float32
-    result = tensor_to_image(out, dtype=dtype)
-    if gray:
-        return result[..., 0]
+        mean = out.mean(axis=2, dtype=np.float32)
+        return mean if out_dtype == np.float32 else np.round(mean).astype(out_dtype)
     if alpha is not None:
-        result = np.concatenate([result, imresize(alpha, scale=scale)[..., None].astype(dtype)], axis=2)
-    return result
+        out = np.concatenate([out, imresize(alpha, scale=scale)[..., None].astype(out_dtype)], axis=2)
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .layers import CONVS, DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
@@ -62,3 +63,33 @@ def create_model(name: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> n
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def multiply_adds(model: nn.Module, height: int, width: int) -> int:
+    """Multiply-adds of one forward pass on a (1, 3, height, width) input, counted over conv and linear layers.
+
+    Count a fused model (``kaldn.inference.prepare_model``): KDSConv's attention is
+    weight-only, so fused it costs what LinearDSConv costs. The bicubic skip
+    (16 taps per output value) is left out: it is not a learned layer.
+    """
+    total = 0
+
+    def conv_hook(module: nn.Conv2d, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        k = module.kernel_size[0] * module.kernel_size[1]
+        total += output.numel() * (module.in_channels // module.groups) * k
+
+    def linear_hook(module: nn.Linear, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    handles += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    p = next(model.parameters())
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, height, width, device=p.device, dtype=p.dtype))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
