@@ -222,7 +222,34 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
             write_json(target / CONFIG_NAME, config)
         (target / "README.md").write_text(model_card(row, dataset_names, scale))
         shipped.append(row["model"])
+    write_repo_card(destination)
     return shipped
+
+
+def write_repo_card(destination: Path) -> None:
+    """The Hub repository's own card: every shipped model's measured metrics in one model-index."""
+    entries, lines = [], []
+    for config_path in sorted(destination.glob(f"*/{CONFIG_NAME}")):
+        config = json.loads(config_path.read_text())
+        metrics = config.get("metrics") or {}
+        results = "\n".join(
+            f"      - task: {{type: image-super-resolution}}\n"
+            f"        dataset: {{name: {d}, type: {d}}}\n"
+            f"        metrics:\n"
+            f"          - {{type: psnr, value: {m['psnr']:.2f}, name: PSNR (Y, x{config['scale']})}}\n"
+            f"          - {{type: ssim, value: {m['ssim']:.4f}, name: SSIM (Y, x{config['scale']})}}"
+            for d, m in metrics.items())
+        entries.append(f"  - name: {config['model']}\n    results:\n{results}")
+        lines.append(f"| `{config['model']}` | " + " | ".join(f"{d}: {_fmt(m)}" for d, m in metrics.items()) + " |")
+    card = ("---\nlicense: mit\nlibrary_name: kaldn\npipeline_tag: image-to-image\n"
+            "tags: [super-resolution, depthwise-convolution, kdsconv, kaldn, safetensors]\n"
+            "model-index:\n" + "\n".join(entries) + "\n---\n\n"
+            "# kaldn model zoo\n\nOne subfolder per model: `model.safetensors`, `config.json` (architecture, "
+            "training budget, measured metrics) and a model card. Load with `kaldn.hub.load_model(NAME)`; "
+            "numbers are Y-channel PSNR dB / SSIM by the protocol in the kaldn README, made by "
+            "`python -m kaldn.evaluate`. Trained on a small CPU budget: compare the models with each other, "
+            "not with published DIV2K-trained numbers.\n\n| model | metrics |\n|---|---|\n" + "\n".join(lines) + "\n")
+    (destination / "README.md").write_text(card)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,91 @@
+"""Evaluation: the CLI, the claims logic, and the shipped checkpoints against their own numbers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kaldn.checkpoint import save_checkpoint
+from kaldn.evaluate import claims, evaluate_model, load_pairs, main
+from kaldn.hub import available_models, bundled_dir, load_model
+from kaldn.models import create_model
+
+
+def test_cli_writes_json_and_markdown(tmp_path, capsys):
+    images = tmp_path / "hr"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (40, 36, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt", create_model("tiny-ldsconv-x2"))
+    code = main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "2",
+                 "--out", str(tmp_path / "results"), "--no-timing"])
+    assert code == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [row["model"] for row in data["rows"]] == ["bicubic", "tiny-ldsconv-x2"]
+    assert data["rows"][1]["params"] > 0 and 0 < data["rows"][1][str(images)]["ssim"] <= 1
+    table = (tmp_path / "results.md").read_text()
+    assert "| bicubic |" in table and "tiny-ldsconv-x2" in table
+    assert "published" not in table  # published rows are x4 only
+    # A model of the wrong scale is refused.
+    with pytest.raises(ValueError, match="x2 model, not x4"):
+        main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"])
+
+
+def _row(model, seed, psnr):
+    return {"model": model, "seed": seed, "set5": {"psnr": psnr, "ssim": 0.8}}
+
+
+def test_claims_compare_margins_with_seed_spread():
+    rows = [_row("tiny-dsconv-x4", 0, 30.00), _row("tiny-dsconv-x4", 1, 30.10),
+            _row("tiny-ldsconv-x4", 0, 30.30), _row("tiny-ldsconv-x4", 1, 30.34),
+            _row("tiny-kdsconv-det-x4", 0, 30.36), _row("tiny-kdsconv-det-x4", 1, 30.30),
+            _row("tiny-kdsconv-avg-x4", 0, 30.20), _row("tiny-kdsconv-max-x4", 0, 30.40),
+            _row("tiny-kdsconv-fixed-x4", 0, 30.50)]
+    text = claims(rows, ["set5"])
+    assert "largest seed-to-seed spread 0.100 dB" in text
+    assert "linear DSConv beats DSConv: yes (+0.270 dB" in text
+    assert "KDSConv (det) beats linear DSConv: yes, but within the seed spread (+0.010 dB" in text
+    assert "learned attention beats the fixed 1.5x scale: no" in text
+    assert "pooling ranking: max (30.400) > det (30.330) > avg (30.200)" in text
+
+
+SHIPPED = [name for name in available_models() if (bundled_dir() / name / "config.json").exists()
+           and "metrics" in json.loads((bundled_dir() / name / "config.json").read_text())]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints with measured metrics")
+def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
+    from kaldn.evaluate import dataset_folder
+    datasets_needed = {d for name in SHIPPED
+                       for d in json.loads((bundled_dir() / name / "config.json").read_text())["metrics"]}
+    pairs = {}
+    for name in SHIPPED:
+        config = json.loads((bundled_dir() / name / "config.json").read_text())
+        scale = config["scale"]
+        for dataset in sorted(datasets_needed):
+            if (dataset, scale) not in pairs:
+                pairs[dataset, scale] = load_pairs(dataset_folder(dataset), scale)
+        row = evaluate_model(name, {d: pairs[d, scale] for d in config["metrics"]}, scale, timing=False)
+        for dataset, expected in config["metrics"].items():
+            assert abs(row[dataset]["psnr"] - expected["psnr"]) < 0.01, (name, dataset)
+            assert abs(row[dataset]["ssim"] - expected["ssim"]) < 1e-4, (name, dataset)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
+def test_shipped_checkpoints_are_hub_shaped():
+    root = bundled_dir()
+    card = (root / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: kaldn" in card
+    for name in SHIPPED:
+        files = {p.name for p in (root / name).iterdir()}
+        assert {"model.safetensors", "config.json", "README.md"} <= files
+        assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
+        model = load_model(name, source="bundled")
+        assert model.config["model"] == name and model.config["training"]["iterations_done"] > 0
