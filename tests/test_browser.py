@@ -1,0 +1,172 @@
+"""The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
+
+Uploads an image, runs a comparison, finds the output images and the metrics table, runs a short
+fine-tune, opens "How it works", and saves screenshots of the three tabs to ``docs/screenshots/``
+(when the bundled ``checkpoints/tiny-*-x4`` models exist; with throwaway models, to a temporary folder,
+so misleading numbers never land in the docs). ``KALDN_SCREENSHOTS_DIR`` overrides the folder.
+Skipped when ``/usr/bin/chromium`` is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+X4_CONVS = ("dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed")
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _bundled_x4() -> list[str]:
+    """The trained tiny x4 models: checkpoints/ (or the folder KALDN_CHECKPOINTS names, as kaldn.hub does)."""
+    from kaldn.hub import bundled_dir
+    return sorted(p.name for p in bundled_dir().glob("tiny-*-x4")
+                  if (p / "model.safetensors").is_file() and (p / "config.json").is_file())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from kaldn.checkpoint import save_checkpoint
+    from kaldn.models import create_model
+
+    real = _bundled_x4()
+    saved = {k: os.environ.get(k) for k in ("KALDN_CHECKPOINTS", "HF_HUB_OFFLINE")}
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if not real:  # throwaway, untrained models in a temporary folder (never in checkpoints/)
+        folder = tmp_path_factory.mktemp("ckpts")
+        torch.manual_seed(0)
+        for conv in X4_CONVS:
+            model = create_model(f"tiny-{conv}-x4")
+            with torch.no_grad():
+                for p in model.upsample.parameters():
+                    p.mul_(0.05)
+            save_checkpoint(folder / f"tiny-{conv}-x4", model, {"note": "throwaway test checkpoint"})
+        os.environ["KALDN_CHECKPOINTS"] = str(folder)
+    import app
+    from kaldn import compare as C
+
+    # A clean slate when tests/test_app.py ran first in this process: no fine-tuned models from it.
+    app.REGISTRY = app.FINETUNE.registry = C.FineTunedRegistry()
+    demo = app.build_demo()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True,
+                **app.launch_kwargs())
+    env_dir = os.environ.get("KALDN_SCREENSHOTS_DIR")
+    shots = Path(env_dir) if env_dir else (ROOT / "docs" / "screenshots" if real
+                                           else tmp_path_factory.mktemp("screenshots"))
+    shots.mkdir(parents=True, exist_ok=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "shots": shots, "real": real}
+    finally:
+        demo.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def page(served):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        pg = context.new_page()
+        pg.set_default_timeout(60_000)
+        errors: list[str] = []
+        pg.on("pageerror", lambda exc: errors.append(str(exc)))
+        pg.goto(served["url"], wait_until="load")
+        pg.wait_for_selector("#kaldn-run")
+        pg.errors = errors
+        yield pg
+        browser.close()
+
+
+def _text(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_compare_tab(served, page):
+    page.set_input_files("#kaldn-input input[type=file]", str(ROOT / "examples" / "chelsea.png"))
+    page.wait_for_selector("#kaldn-input img")
+    page.click("#kaldn-run")
+    # Outputs: the slider's two images, the zoomed crops and the metrics table.
+    page.wait_for_function(
+        "document.querySelectorAll('#kaldn-gallery img').length >= 3", timeout=180_000)
+    page.wait_for_selector("#kaldn-slider img")
+    assert page.locator("#kaldn-slider img").count() >= 2
+    crops = page.locator("#kaldn-gallery img").count()
+    table = _text(page, "#kaldn-metrics")
+    assert "Bicubic" in table and "PSNR" in table
+    psnrs = [float(x) for x in re.findall(r"\b(\d{2}\.\d{3})\b", table)]
+    assert psnrs, table
+    expected_rows = 1 + len([c for c in X4_CONVS if not served["real"] or f"tiny-{c}-x4" in served["real"]])
+    assert crops == expected_rows + 2  # + LR input and ground truth
+    assert "Best PSNR" in _text(page, "#kaldn-status")
+    files = _text(page, "#kaldn-files")
+    assert "bicubic-x4" in files and "metrics" in files and "tiny-" in files
+
+    # Click the zoom picker: the crops follow.
+    before = page.locator("#kaldn-gallery img").first.get_attribute("src")
+    picker = page.locator("#kaldn-picker img")
+    picker.scroll_into_view_if_needed()
+    box = picker.bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + box["height"] * 0.36)  # an eye
+    page.wait_for_function(
+        "(b) => document.querySelector('#kaldn-gallery img').getAttribute('src') !== b", arg=before)
+    time.sleep(1.0)
+    page.screenshot(path=str(served["shots"] / "compare.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_finetune_tab(served, page):
+    page.get_by_role("tab", name="Fine-tune").click()
+    iters = page.locator("#kaldn-ft-iters input[type=number]")
+    iters.fill("20")
+    iters.press("Enter")
+    page.click("#kaldn-ft-start")
+    page.wait_for_function(
+        "/Finished|Cancelled/.test(document.querySelector('#kaldn-ft-status').innerText)", timeout=300_000)
+    status = _text(page, "#kaldn-ft-status")
+    assert "Fine-tuned #" in status, status
+    time.sleep(1.5)  # let the plots settle
+    page.screenshot(path=str(served["shots"] / "finetune.png"), full_page=True)
+    # The new model is offered on the Compare tab.
+    page.get_by_role("tab", name="Compare").click()
+    assert "Fine-tuned #" in _text(page, "#kaldn-variants")
+    assert not page.errors, page.errors
+
+
+def test_how_it_works_tab(served, page):
+    page.get_by_role("tab", name="How it works").click()
+    page.wait_for_selector("#kaldn-kernels img")
+    page.wait_for_function("document.querySelector('#kaldn-hasty').innerText.includes('DSConv')",
+                           timeout=120_000)
+    summary = _text(page, "#kaldn-hasty")
+    assert re.search(r"\*?\*?\d+\.\d%", summary), summary
+    if not served["real"] or "tiny-dsconv-x4" in served["real"]:
+        assert re.search(r"zeroes \d+\.\d%", summary), summary
+    time.sleep(1.5)
+    page.screenshot(path=str(served["shots"] / "how_it_works.png"), full_page=True)
+    assert not page.errors, page.errors
