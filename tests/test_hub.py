@@ -166,6 +166,10 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("KALDN_CHECKPOINTS", str(tmp_path / "bundled"))
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     (tmp_path / "bundled").mkdir()
+    # huggingface_hub freezes HF_HUB_OFFLINE when first imported (by gradio, in the app tests, perhaps
+    # while they had it set): give the library the same view as this test's environment.
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     hub.reset_hub_state()
     yield tmp_path
     hub.reset_hub_state()
