@@ -9,8 +9,6 @@ throwaway, untrained checkpoints written to a temporary folder (``KALDN_CHECKPOI
 from __future__ import annotations
 
 import io
-import os
-import socket
 import time
 from pathlib import Path
 
@@ -20,35 +18,14 @@ import torch
 from PIL import Image
 
 from kaldn import compare as C
-from kaldn.checkpoint import save_checkpoint
 from kaldn.images import ImageError, load_image, save_png
 from kaldn.metrics import evaluate_pair
-from kaldn.models import create_model
 from kaldn.resize import imresize
+
+from app_server import X4_CONVS, running_app, write_throwaway_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "astronaut.png"
-X4_CONVS = ("dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed")
-
-
-def write_throwaway_checkpoints(folder: Path, names: list[str]) -> Path:
-    """Untrained models whose residual branch is damped, so outputs stay close to bicubic."""
-    torch.manual_seed(0)
-    for name in names:
-        model = create_model(name)
-        with torch.no_grad():
-            for p in model.upsample.parameters():
-                p.mul_(0.05)
-        save_checkpoint(folder / name, model, {"note": "throwaway test checkpoint, untrained"})
-    return folder
-
-
-def bundled_x4() -> list[str]:
-    """The trained tiny x4 models: checkpoints/ (or the folder KALDN_CHECKPOINTS names, as kaldn.hub does)."""
-    from kaldn.hub import bundled_dir
-    folder = bundled_dir()
-    return sorted(p.name for p in folder.glob("tiny-*-x4")
-                  if (p / "model.safetensors").is_file() and (p / "config.json").is_file())
 
 
 @pytest.fixture(scope="module")
@@ -297,36 +274,12 @@ def test_finetune_data_preparation(tmp_path):
 
 # --- the Gradio app through gradio_client ---------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(throwaway, tmp_path_factory):
     """The app on 127.0.0.1:<free port>. Bundled tiny x4 checkpoints when there are any, else throwaway ones."""
     pytest.importorskip("gradio_client")
-    real = bundled_x4()
-    saved = {k: os.environ.get(k) for k in ("KALDN_CHECKPOINTS", "HF_HUB_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if not real:
-        os.environ["KALDN_CHECKPOINTS"] = str(throwaway)
-    import app
-
-    demo = app.build_demo()
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
-                quiet=True, **app.launch_kwargs())
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "real": real, "app": app}
-    finally:
-        demo.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with running_app(throwaway) as server:
+        yield server
 
 
 @pytest.fixture

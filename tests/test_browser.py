@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
 import pytest
-import torch
+
+from app_server import X4_CONVS, running_app, write_throwaway_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
-X4_CONVS = ("dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed")
 
 pytestmark = [
     pytest.mark.slow,
@@ -30,59 +29,16 @@ pytestmark = [
 ]
 
 
-def _bundled_x4() -> list[str]:
-    """The trained tiny x4 models: checkpoints/ (or the folder KALDN_CHECKPOINTS names, as kaldn.hub does)."""
-    from kaldn.hub import bundled_dir
-    return sorted(p.name for p in bundled_dir().glob("tiny-*-x4")
-                  if (p / "model.safetensors").is_file() and (p / "config.json").is_file())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from kaldn.checkpoint import save_checkpoint
-    from kaldn.models import create_model
-
-    real = _bundled_x4()
-    saved = {k: os.environ.get(k) for k in ("KALDN_CHECKPOINTS", "HF_HUB_OFFLINE")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    if not real:  # throwaway, untrained models in a temporary folder (never in checkpoints/)
-        folder = tmp_path_factory.mktemp("ckpts")
-        torch.manual_seed(0)
-        for conv in X4_CONVS:
-            model = create_model(f"tiny-{conv}-x4")
-            with torch.no_grad():
-                for p in model.upsample.parameters():
-                    p.mul_(0.05)
-            save_checkpoint(folder / f"tiny-{conv}-x4", model, {"note": "throwaway test checkpoint"})
-        os.environ["KALDN_CHECKPOINTS"] = str(folder)
-    import app
-    from kaldn import compare as C
-
-    # A clean slate when tests/test_app.py ran first in this process: no fine-tuned models from it.
-    app.REGISTRY = app.FINETUNE.registry = C.FineTunedRegistry()
-    demo = app.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True,
-                **app.launch_kwargs())
-    env_dir = os.environ.get("KALDN_SCREENSHOTS_DIR")
-    shots = Path(env_dir) if env_dir else (ROOT / "docs" / "screenshots" if real
-                                           else tmp_path_factory.mktemp("screenshots"))
-    shots.mkdir(parents=True, exist_ok=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "shots": shots, "real": real}
-    finally:
-        demo.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    fallback = write_throwaway_checkpoints(tmp_path_factory.mktemp("ckpts"), [f"tiny-{c}-x4" for c in X4_CONVS])
+    with running_app(fallback) as server:
+        env_dir = os.environ.get("KALDN_SCREENSHOTS_DIR")
+        # Screenshots of throwaway models never land in the docs.
+        shots = Path(env_dir) if env_dir else (ROOT / "docs" / "screenshots" if server["real"]
+                                               else tmp_path_factory.mktemp("screenshots"))
+        shots.mkdir(parents=True, exist_ok=True)
+        yield {**server, "shots": shots}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
-from kaldn.images import image_to_tensor
 from kaldn.models import create_model
 from kaldn.train import TrainConfig, TrainingDataError, train
 
