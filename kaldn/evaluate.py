@@ -261,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--ship", metavar="DIR", help="copy seed-0 checkpoints with model cards into DIR")
+    parser.add_argument("--readme", metavar="FILE",
+                        help="replace the block between <!-- results:xS --> and <!-- /results:xS --> in FILE")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -292,7 +294,22 @@ def main(argv: list[str] | None = None) -> int:
         out.with_suffix(".md").write_text(table + "\n\nClaims under equal budgets:\n\n" + claim_text + "\n")
     if args.ship:
         print("shipped:", ", ".join(ship(rows, names, args.scale, Path(args.ship))))
+    if args.readme:
+        command = "python -m kaldn.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        replace_block(Path(args.readme), f"results:x{args.scale}",
+                      f"Made by `{command}`:\n\n{table}\n\nClaims under equal budgets:\n\n{claim_text}")
     return 0
+
+
+def replace_block(path: Path, marker: str, content: str) -> None:
+    """Replace what stands between ``<!-- marker -->`` and ``<!-- /marker -->`` in a Markdown file."""
+    text = path.read_text()
+    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{path}: markers {start} ... {end} not found")
+    head, rest = text.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    path.write_text(f"{head}{start}\n{content}\n{end}{tail}")
 
 
 if __name__ == "__main__":

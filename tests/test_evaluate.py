@@ -88,3 +88,13 @@ def test_shipped_checkpoints_are_hub_shaped():
         assert not any(f.endswith((".bin", ".pt", ".pth", ".pkl")) for f in files)
         model = load_model(name, source="bundled")
         assert model.config["model"] == name and model.config["training"]["iterations_done"] > 0
+
+
+def test_replace_block(tmp_path):
+    from kaldn.evaluate import replace_block
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:x4 -->\nold\n<!-- /results:x4 -->\nend\n")
+    replace_block(readme, "results:x4", "new table")
+    assert readme.read_text() == "intro\n<!-- results:x4 -->\nnew table\n<!-- /results:x4 -->\nend\n"
+    with pytest.raises(ValueError, match="markers"):
+        replace_block(readme, "results:x2", "x")
