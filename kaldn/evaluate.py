@@ -145,26 +145,33 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
         spread_text = f"largest seed-to-seed spread {spread:.3f} dB" if spread is not None else "no second seed"
         lines.append(f"- **{d}** ({spread_text}):")
 
-        def mean_psnr(conv: str) -> float | None:
-            runs = by_conv.get(conv)
-            return float(np.mean([r[d]["psnr"] for r in runs.values()])) if runs else None
+        def mean_psnr(conv: str, seeds: set[int]) -> float:
+            return float(np.mean([by_conv[conv][seed][d]["psnr"] for seed in seeds]))
+
+        def common_seeds(*convs: str) -> set[int]:
+            # Compare like with like: only the seeds every side was trained with.
+            return set.intersection(*(set(by_conv.get(c, {})) for c in convs))
+
         for better, worse, claim in (("ldsconv", "dsconv", "linear DSConv beats DSConv"),
                                      ("kdsconv-det", "ldsconv", "KDSConv (det) beats linear DSConv"),
                                      ("kdsconv-det", "kdsconv-fixed", "learned attention beats the fixed 1.5x scale"),
                                      ("conv", "kdsconv-det", "standard conv (4x the parameters) beats KDSConv")):
-            a, b = mean_psnr(better), mean_psnr(worse)
-            if a is None or b is None:
+            seeds = common_seeds(better, worse)
+            if not seeds:
                 continue
-            margin = a - b
+            margin = mean_psnr(better, seeds) - mean_psnr(worse, seeds)
             verdict = "yes" if margin > 0 else "no"
             if spread is not None and abs(margin) <= spread:
                 verdict += ", but within the seed spread"
-            lines.append(f"  - {claim}: {verdict} ({margin:+.3f} dB, means over seeds)")
-        pools = {p: mean_psnr(f"kdsconv-{p}") for p in ("det", "avg", "max")}
-        pools = {p: v for p, v in pools.items() if v is not None}
-        if len(pools) > 1:
-            ranked = sorted(pools, key=pools.get, reverse=True)
-            lines.append("  - pooling ranking: " + " > ".join(f"{p} ({pools[p]:.3f})" for p in ranked))
+            seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
+            lines.append(f"  - {claim}: {verdict} ({margin:+.3f} dB, {seed_text})")
+        pools = [p for p in ("det", "avg", "max") if f"kdsconv-{p}" in by_conv]
+        seeds = common_seeds(*(f"kdsconv-{p}" for p in pools)) if len(pools) > 1 else set()
+        if seeds:
+            values = {p: mean_psnr(f"kdsconv-{p}", seeds) for p in pools}
+            ranked = sorted(values, key=values.get, reverse=True)
+            lines.append("  - pooling ranking: " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
+                         + (f" (seed {min(seeds)})" if len(seeds) == 1 else ""))
     return "\n".join(lines)
 
 
