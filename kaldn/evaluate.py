@@ -175,16 +175,21 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def model_card(row: dict, dataset_names: list[str], scale: int) -> str:
-    """A Hugging Face model card (YAML metadata + text) with the measured numbers."""
-    name = row["model"]
-    results = "\n".join(
+def _model_index_results(metrics: dict[str, dict], scale: int) -> str:
+    """The ``results`` list of one model-index entry (Hub card YAML), one item per dataset."""
+    return "\n".join(
         f"      - task: {{type: image-super-resolution}}\n"
         f"        dataset: {{name: {d}, type: {d}}}\n"
         f"        metrics:\n"
-        f"          - {{type: psnr, value: {row[d]['psnr']:.2f}, name: PSNR (Y, x{scale})}}\n"
-        f"          - {{type: ssim, value: {row[d]['ssim']:.4f}, name: SSIM (Y, x{scale})}}"
-        for d in dataset_names)
+        f"          - {{type: psnr, value: {m['psnr']:.2f}, name: PSNR (Y, x{scale})}}\n"
+        f"          - {{type: ssim, value: {m['ssim']:.4f}, name: SSIM (Y, x{scale})}}"
+        for d, m in metrics.items())
+
+
+def model_card(row: dict, dataset_names: list[str], scale: int) -> str:
+    """A Hugging Face model card (YAML metadata + text) with the measured numbers."""
+    name = row["model"]
+    results = _model_index_results({d: row[d] for d in dataset_names}, scale)
     budget = row["training"]
     return f"""---
 license: mit
@@ -239,13 +244,7 @@ def write_repo_card(destination: Path) -> None:
     for config_path in sorted(destination.glob(f"*/{CONFIG_NAME}")):
         config = json.loads(config_path.read_text())
         metrics = config.get("metrics") or {}
-        results = "\n".join(
-            f"      - task: {{type: image-super-resolution}}\n"
-            f"        dataset: {{name: {d}, type: {d}}}\n"
-            f"        metrics:\n"
-            f"          - {{type: psnr, value: {m['psnr']:.2f}, name: PSNR (Y, x{config['scale']})}}\n"
-            f"          - {{type: ssim, value: {m['ssim']:.4f}, name: SSIM (Y, x{config['scale']})}}"
-            for d, m in metrics.items())
+        results = _model_index_results(metrics, config["scale"])
         entries.append(f"  - name: {config['model']}\n    results:\n{results}")
         lines.append(f"| `{config['model']}` | " + " | ".join(f"{d}: {_fmt(m)}" for d, m in metrics.items()) + " |")
     card = ("---\nlicense: mit\nlibrary_name: kaldn\npipeline_tag: image-to-image\n"
