@@ -40,7 +40,7 @@ from .images import ImageError, image_to_tensor, load_image, tensor_to_image
 from .inference import resolve_device
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import psnr_y, ssim_y
-from .models import create_model, parse_model_name
+from .models import create_model
 from .resize import make_lr
 
 log = logging.getLogger("kaldn.train")
@@ -225,6 +225,15 @@ def load_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     return meta
 
 
+def _truncate_log(out: Path, iteration: int) -> None:
+    """On resume, drop log records past the saved state: a killed run may have logged beyond it."""
+    path = out / "log.jsonl"
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["iteration"] <= iteration]
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
+
+
 def _append_log(out: Path, record: dict) -> None:
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -267,7 +276,6 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         raise ValueError("iters and batch must be positive and patch at least 4")
 
     # Everything that can fail on input fails here, before any training work.
-    scale = parse_model_name(config.model).scale if config.model else None
     torch.manual_seed(config.seed)
     model = _build_model(config)
     scale = model.config["scale"]
@@ -287,6 +295,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         meta = load_train_state(out, model, optimizer, sampler)
         start, best_psnr, wall_before = meta["iteration"], meta.get("best_psnr"), meta.get("wall_time_s", 0.0)
         if rank == 0:
+            _truncate_log(out, start)
             log.info("resumed %s at iteration %d", out, start)
     elif rank == 0:
         (out / "log.jsonl").unlink(missing_ok=True)

@@ -124,8 +124,10 @@ def test_sigkill_then_resume_finishes_with_same_iteration_count(tmp_path):
     subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, check=True, capture_output=True)
     config = json.loads((out / "last" / "config.json").read_text())
     assert config["training"]["iterations_done"] == 400
-    steps = [json.loads(line)["iteration"] for line in (out / "log.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r["iteration"] for r in records if r["event"] == "step"]
     assert steps[-1] == 400 and min(steps) <= killed_at
+    assert steps == sorted(set(steps)), "records past the saved state must be dropped on resume"
 
 
 def test_init_starts_from_exactly_the_given_weights(tmp_path):
