@@ -25,11 +25,11 @@ from torch import nn
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_json
 from .hub import load_model
-from .images import load_image
 from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
 from .models import count_parameters, multiply_adds
-from .resize import imresize, make_lr
+from .resize import imresize
+from .train import load_pairs as load_image_pairs
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DATASETS = {"set5": "bench/set5", "set14": "bench/set14", "bsd68": "val/bsd68"}
@@ -53,16 +53,14 @@ def dataset_folder(name: str) -> Path:
     return Path(name)
 
 
-def load_pairs(folder: Path, scale: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))
-    if not paths:
-        raise FileNotFoundError(f"{folder}: no images")
-    return [(p.name, *make_lr(load_image(p)[..., :3], scale)) for p in paths]
+def load_pairs(folder: Path, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR, LR) 8-bit pairs by the protocol: the same loader training validates with."""
+    return load_image_pairs(folder, scale, 1, "evaluation")
 
 
 def score(outputs: list[np.ndarray], pairs, scale: int) -> dict:
-    psnrs = [psnr_y(out, hr, scale) for out, (_, hr, _) in zip(outputs, pairs)]
-    ssims = [ssim_y(out, hr, scale) for out, (_, hr, _) in zip(outputs, pairs)]
+    psnrs = [psnr_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
+    ssims = [ssim_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
@@ -89,7 +87,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
            "training": model.config.get("training"), "seed": (model.config.get("training") or {}).get("seed"),
            "descriptor_norm": model.config.get("descriptor_norm") if "kdsconv-" in model.config["conv"] else None}
     for name, pairs in datasets.items():
-        row[name] = score([upscale(lr, fast) for _, _, lr in pairs], pairs, scale)
+        row[name] = score([upscale(lr, fast) for _, lr in pairs], pairs, scale)
     if timing:
         row["cpu_ms_256"] = cpu_milliseconds(fast)
     return row
@@ -98,7 +96,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
 def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
     row = {"model": "bicubic", "source": "imresize", "params": 0}
     for name, pairs in datasets.items():
-        row[name] = score([imresize(lr, scale=scale) for _, _, lr in pairs], pairs, scale)
+        row[name] = score([imresize(lr, scale=scale) for _, lr in pairs], pairs, scale)
     return row
 
 
