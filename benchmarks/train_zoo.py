@@ -1,6 +1,7 @@
 """Train the model zoo under one budget: every model, same iterations, patch, batch, data and seed.
 
     python -m benchmarks.train_zoo --scale 4 --iters 6000 --workers 2
+    python -m benchmarks.train_zoo --scale 2 3 --iters 4000 --second-seed   # one queue, two scales
 
 Runs ``kaldn.train`` once per (model, seed) in ``--workers`` parallel processes of
 one thread each (measured here: two 1-thread runs train ~1.3x more iterations per
@@ -25,7 +26,7 @@ SECOND_SEED = ["ldsconv", "kdsconv-det", "dsconv"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--scale", type=int, nargs="+", default=[4], help="one queue over all scales given")
     parser.add_argument("--iters", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--patch", type=int, default=32)
@@ -38,12 +39,13 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo")
     args = parser.parse_args()
 
-    jobs = [(conv, 0) for conv in args.convs] + [(conv, 1) for conv in args.second_seed]
+    jobs = [(scale, conv, seed) for scale in args.scale
+            for conv, seed in [(conv, 0) for conv in args.convs] + [(conv, 1) for conv in args.second_seed]]
 
-    def run(job: tuple[str, int]) -> tuple[str, int, int, float]:
-        conv, seed = job
-        name = f"tiny-{conv}-x{args.scale}"
-        out = Path(args.out) / f"x{args.scale}" / f"{name}-s{seed}"
+    def run(job: tuple[int, str, int]) -> tuple[str, int, int, float]:
+        scale, conv, seed = job
+        name = f"tiny-{conv}-x{scale}"
+        out = Path(args.out) / f"x{scale}" / f"{name}-s{seed}"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data, "--val", args.val,
                "--iters", str(args.iters), "--batch", str(args.batch), "--patch", str(args.patch),
