@@ -31,7 +31,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert data["rows"][1]["params"] > 0 and 0 < data["rows"][1][str(images)]["ssim"] <= 1
     table = (tmp_path / "results.md").read_text()
     assert "| bicubic |" in table and "tiny-ldsconv-x2" in table
-    assert "published" not in table  # published rows are x4 only
+    assert "(published)" not in table and "report x4 only" in table  # published rows are x4 only
     # A model of the wrong scale is refused.
     with pytest.raises(ValueError, match="x2 model, not x4"):
         main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"])
@@ -71,10 +71,13 @@ def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
         config = json.loads((bundled_dir() / name / "config.json").read_text())
         scale = config["scale"]
         for dataset in sorted(datasets_needed):
-            if (dataset, scale) not in pairs:
+            if (dataset, scale) not in pairs and (dataset == "set5" or "-kdsconv-det-" in name):
                 pairs[dataset, scale] = load_pairs(dataset_folder(dataset), scale)
-        row = evaluate_model(name, {d: pairs[d, scale] for d in config["metrics"]}, scale, timing=False)
-        for dataset, expected in config["metrics"].items():
+        # Every model on Set5 (a wrong or stale weight file shows there already); the full set of
+        # datasets for one model per scale keeps the loaders and the big sets honest at a bearable cost.
+        checked = config["metrics"] if "-kdsconv-det-" in name else {"set5": config["metrics"]["set5"]}
+        row = evaluate_model(name, {d: pairs[d, scale] for d in checked}, scale, timing=False)
+        for dataset, expected in checked.items():
             assert abs(row[dataset]["psnr"] - expected["psnr"]) < 0.01, (name, dataset)
             assert abs(row[dataset]["ssim"] - expected["ssim"]) < 1e-4, (name, dataset)
 
