@@ -55,6 +55,8 @@ def test_claims_compare_margins_with_seed_spread():
     assert "learned attention beats the fixed 1.5x scale: no, but within the seed spread (-0.140 dB, seed 0)" not in text
     assert "learned attention beats the fixed 1.5x scale: no (-0.140 dB, seed 0)" in text
     assert "pooling ranking: max (30.400) > det (30.360) > avg (30.200) (seed 0)" in text
+    # With one seed per model the noise is unknown, and the text says so.
+    assert "no second seed" in claims([r for r in rows if r["seed"] == 0], ["set5"])
 
 
 SHIPPED = [name for name in available_models() if (bundled_dir() / name / "config.json").exists()
