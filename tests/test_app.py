@@ -341,6 +341,22 @@ def test_upscale_example_x4_with_every_variant(served, client):
         assert psnr > bicubic_psnr, f"{conv}: {psnr:.3f} dB does not beat bicubic {bicubic_psnr:.3f} dB"
 
 
+@pytest.mark.parametrize("scale", [2, 3])
+def test_upscale_example_at_x2_and_x3_beats_bicubic(served, client, scale):
+    from kaldn.hub import bundled_dir
+    shipped = sorted(c for c in X4_CONVS if (bundled_dir() / f"tiny-{c}-x{scale}" / "model.safetensors").is_file())
+    if not served["real"] or not shipped:
+        pytest.skip(f"no bundled tiny x{scale} checkpoints")
+    status, *_, table, files, cx, cy = compare(client, EXAMPLE, scale, ["bicubic", *shipped])
+    rows = table_rows(table)
+    side = 256 // scale * scale  # HR is cropped to a multiple of the scale
+    by_name = {Path(f).name: f for f in files}
+    for conv in shipped:
+        assert load_image(by_name[f"tiny-{conv}-x{scale}.png"]).shape == (side, side, 3)
+        psnr = rows[C.LABELS[conv]]["PSNR (dB)"]
+        assert psnr > rows["Bicubic"]["PSNR (dB)"], f"{conv} x{scale}: {psnr:.3f} dB does not beat bicubic"
+
+
 def test_zoom_slider_and_lr_mode_through_the_api(client, tmp_path):
     compare(client, EXAMPLE, 4, ["bicubic", "ldsconv"])
     picker, gallery, cx, cy = client.predict(200, 40, 32, api_name="/zoom")
