@@ -1,0 +1,50 @@
+"""Gate census: does the kernel attention of every shipped KDSConv model learn anything?
+
+    python -m benchmarks.gate_census [checkpoints runs/zoo/x4 ...]
+
+Each folder is a checkpoint, a folder of checkpoints, or a folder of training runs
+(their ``best/`` checkpoints are used).
+
+Per model: how many KDSConv layers, how widely the attention a spreads across a
+layer's channels (mean over layers of the standard deviation and of max - min),
+and the dead layers, whose gate gives every channel the same a (all gate ReLUs
+dead, so a = sigmoid(0) = 0.5: a constant 1.5x kernel scale, like kdsconv-fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from kaldn.attention import gate_report
+from kaldn.checkpoint import load_checkpoint
+
+DEAD_STD = 1e-6  # a spread this small is a constant gate, not a learned one
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="*", default=["checkpoints"])
+    args = parser.parse_args()
+    found = []
+    for folder in map(Path, args.folders):
+        for candidate in [folder, *sorted(folder.iterdir())]:
+            for checkpoint in (candidate, candidate / "best"):
+                if (checkpoint / "model.safetensors").is_file():
+                    found.append(checkpoint)
+
+    print(f"{'model':<26} {'layers':>6} {'a std':>7} {'a range':>7} {'dead':>5}  dead layers (a)")
+    for folder in found:
+        rows = gate_report(load_checkpoint(folder))
+        if not rows:
+            continue  # no KDSConv in it (conv, dsconv, ldsconv, kdsconv-fixed)
+        dead = [r for r in rows if r["a_std"] < DEAD_STD]
+        std = sum(r["a_std"] for r in rows) / len(rows)
+        spread = sum(r["a_max"] - r["a_min"] for r in rows) / len(rows)
+        names = ", ".join(f"{r['layer']} ({r['a_mean']:.3f})" for r in dead) or "-"
+        label = folder.parent.name if folder.name == "best" else folder.name
+        print(f"{label:<26} {len(rows):>6} {std:>7.3f} {spread:>7.3f} {len(dead):>5}  {names}")
+
+
+if __name__ == "__main__":
+    main()
