@@ -208,6 +208,23 @@ def _table(headers: list[str], rows: list[list[Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=headers, dtype=object)
 
 
+# --- Model zoo tab ----------------------------------------------------------------------------------------
+
+ZOO_INTRO = """
+Every bundled model, trained by this project with one budget per scale (same iterations, patch, batch,
+seed and data for every variant), and its numbers by the evaluation protocol above (Y channel, border =
+scale, MATLAB bicubic LR), as written by `python -m kaldn.evaluate --ship`. The budget is far below the
+papers' DIV2K training: compare the rows with each other, not with published numbers. README's
+"Results" has the same numbers with the seed-to-seed spread and what they say about each claim.
+"""
+
+
+def zoo(scale_filter: Any) -> pd.DataFrame:
+    """The zoo table, all scales or one."""
+    scale = None if scale_filter in (None, "", "all") else _scale(scale_filter)
+    return _table(*C.zoo_table(scale=scale))
+
+
 # --- Compare tab ------------------------------------------------------------------------------------------
 
 @gpu
@@ -549,6 +566,12 @@ def build_demo() -> gr.Blocks:
             files = gr.File(label="Downloads: lossless PNG outputs and metrics.csv", file_count="multiple",
                             interactive=False, height=260, elem_id="kaldn-files")
 
+        with gr.Tab("Model zoo", id="zoo"):
+            gr.Markdown(ZOO_INTRO)
+            zoo_scale = gr.Radio([("All", "all"), ("x2", "2"), ("x3", "3"), ("x4", "4")], value="all",
+                                 label="Scale")
+            zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo")
+
         with gr.Tab("Fine-tune", id="finetune"):
             gr.Markdown("Fine-tune a bundled model on a few of your own HR images (LR patches are made with the "
                         "same MATLAB-compatible bicubic). One job at a time on this server; at most "
@@ -615,6 +638,8 @@ def build_demo() -> gr.Blocks:
         picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region")
         gr.on([crop_size.release, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size],
               [picker, gallery, cx, cy], api_name="zoom")
+
+        zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
 
         train_event = ft_start.click(finetune, [ft_files, ft_examples, ft_base, ft_iters, ft_lr, ft_batch, ft_patch],
                                      [ft_status, loss_plot, psnr_plot, ft_download], api_name="finetune",

@@ -57,7 +57,7 @@ __all__ = [
     "prepare_inputs", "variant_label", "variant_choices", "resolve_variant", "run_comparison",
     "metrics_table", "save_outputs", "clamp_region", "zoom_crops", "draw_region", "to_display",
     "pair_choices", "pair_images", "depthwise_stats", "hasty_relu_report", "kernel_layers",
-    "kernel_table", "render_kernel_grid", "render_heatmap", "env_int",
+    "kernel_table", "render_kernel_grid", "render_heatmap", "env_int", "zoo_table",
 ]
 
 APP_BACKBONE = "tiny"
@@ -989,6 +989,47 @@ def gate_rows(model: nn.Module) -> tuple[list[str], list[list[Any]]]:
     rows = [[r["layer"], r["channels"], r["kernel_pool"], r["descriptor_norm"], round(r["a_min"], 4),
              round(r["a_max"], 4), round(r["a_mean"], 4), round(r["a_std"], 4),
              float(f"{r['raw_pooled_median_abs']:.3g}"), round(r["z_std"], 3)] for r in report]
+    return headers, rows
+
+
+# --- model zoo ------------------------------------------------------------------------------------------
+
+ZOO_DATASETS = ("set5", "set14", "bsd68")
+
+
+def zoo_table(folder: str | Path | None = None, scale: int | None = None) -> tuple[list[str], list[list[Any]]]:
+    """The shipped models' measured numbers, read from their ``config.json`` (no weights loaded).
+
+    The numbers are those ``python -m kaldn.evaluate --ship`` wrote (DESIGN.md protocol), next to
+    each model's size and training budget, so the app shows what README's results tables show.
+    """
+    from .checkpoint import CheckpointError, read_config
+    from .hub import bundled_dir
+    from .models import create_model
+    folder = Path(folder) if folder is not None else bundled_dir()
+    headers = ["Model", "Scale", "Variant", "Params",
+               *[f"{d} PSNR / SSIM" for d in ZOO_DATASETS], "Training budget"]
+    rows = []
+    for config_path in sorted(folder.glob("*/config.json")):
+        try:
+            config = read_config(config_path)
+            spec = parse_model_name(config["model"])
+        except (CheckpointError, ValueError) as exc:
+            log.warning("zoo table: skipping %s (%s)", config_path.parent.name, exc)
+            continue
+        if scale is not None and spec.scale != scale:
+            continue
+        metrics = config.get("metrics") or {}
+        budget = config.get("training") or {}
+        budget_text = (f"{budget['iterations_done']} it, batch {budget['batch']}, patch {budget['patch']}, "
+                       f"seed {budget['seed']}, {budget['wall_time_s'] / 60:.0f} min on {budget['device']}"
+                       if "iterations_done" in budget else "-")
+        rows.append([config["model"], spec.scale, LABELS.get(spec.conv, spec.conv),
+                     count_parameters(create_model(config["model"])),
+                     *[f"{metrics[d]['psnr']:.2f} / {metrics[d]['ssim']:.4f}" if d in metrics else "-"
+                       for d in ZOO_DATASETS], budget_text])
+    order = {conv: i for i, conv in enumerate(MODEL_VARIANTS)}
+    rows.sort(key=lambda r: (r[1], order.get(parse_model_name(r[0]).conv, len(order))))
     return headers, rows
 
 

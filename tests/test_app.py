@@ -258,6 +258,25 @@ def test_kernel_table_and_heat_map(use_throwaway):
         C.kernel_table(model, "upsample")
 
 
+def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
+    from kaldn.checkpoint import save_checkpoint
+    from kaldn.models import count_parameters, create_model
+    budget = {"iterations_done": 4000, "batch": 16, "patch": 32, "seed": 0, "wall_time_s": 600.0, "device": "cpu"}
+    for name, psnr in (("tiny-kdsconv-det-x2", 33.5), ("tiny-dsconv-x2", 33.25), ("tiny-ldsconv-x4", 30.45)):
+        save_checkpoint(tmp_path / name, create_model(name),
+                        {"metrics": {"set5": {"psnr": psnr, "ssim": 0.9}}, "training": budget})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    headers, rows = C.zoo_table(tmp_path)
+    by_model = {r[0]: dict(zip(headers, r)) for r in rows}
+    assert [r[0] for r in rows] == ["tiny-dsconv-x2", "tiny-kdsconv-det-x2", "tiny-ldsconv-x4"]  # scale, then variant
+    row = by_model["tiny-kdsconv-det-x2"]
+    assert row["set5 PSNR / SSIM"] == "33.50 / 0.9000" and row["set14 PSNR / SSIM"] == "-"
+    assert row["Params"] == count_parameters(create_model("tiny-kdsconv-det-x2"))
+    assert row["Training budget"] == "4000 it, batch 16, patch 32, seed 0, 10 min on cpu"
+    assert [r[0] for r in C.zoo_table(tmp_path, scale=4)[1]] == ["tiny-ldsconv-x4"]
+
+
 def test_finetune_data_preparation(tmp_path):
     good = tmp_path / "good.png"
     save_png(rng_image(100, 120), good)
@@ -303,7 +322,7 @@ def test_every_event_has_an_api_name(served):
     names = [fn.api_name for fn in demo_fns]
     assert all(names), names
     for expected in ("compare", "zoom", "select_region", "slider_pair", "finetune", "cancel_finetune",
-                     "kernel_model", "kernels", "hasty_relu", "refresh_models"):
+                     "kernel_model", "kernels", "hasty_relu", "refresh_models", "zoo"):
         assert expected in names
 
 
@@ -414,6 +433,16 @@ def test_alpha_and_16_bit_uploads_through_the_api(client, tmp_path):
     assert "16 bits" in status and "grayscale" in status
     out = Path(next(f for f in files if Path(f).name == "bicubic-x2.png")).read_bytes()
     assert out[24] == 16  # IHDR bit depth: the download keeps 16 bits
+
+
+def test_zoo_tab_through_the_api(served, client):
+    table = client.predict("4", api_name="/zoo")
+    rows = table_rows(table)
+    assert rows and all(name.endswith("-x4") for name in rows)
+    if served["real"]:  # shipped checkpoints carry their measured numbers
+        assert set(rows) == set(served["real"])
+        assert all(row["set5 PSNR / SSIM"] != "-" for row in rows.values())
+    assert len(table_rows(client.predict("all", api_name="/zoo"))) >= len(rows)
 
 
 def test_how_it_works_endpoints(served, client):
