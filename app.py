@@ -570,7 +570,8 @@ def build_demo() -> gr.Blocks:
             gr.Markdown(ZOO_INTRO)
             zoo_scale = gr.Radio([("All", "all"), ("x2", "2"), ("x3", "3"), ("x4", "4")], value="all",
                                  label="Scale")
-            zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo")
+            zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
+                                  column_widths=["15%", "6%", "16%", "7%", "11%", "11%", "11%", "23%"])
 
         with gr.Tab("Fine-tune", id="finetune"):
             gr.Markdown("Fine-tune a bundled model on a few of your own HR images (LR patches are made with the "

@@ -1,7 +1,7 @@
 """The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
 
 Uploads an image, runs a comparison, finds the output images and the metrics table, runs a short
-fine-tune, opens "How it works", and saves screenshots of the three tabs to ``docs/screenshots/``
+fine-tune, opens "Model zoo" and "How it works", and saves screenshots of the four tabs to ``docs/screenshots/``
 (when the bundled ``checkpoints/tiny-*-x4`` models exist; with throwaway models, to a temporary folder,
 so misleading numbers never land in the docs). ``KALDN_SCREENSHOTS_DIR`` overrides the folder.
 Skipped when ``/usr/bin/chromium`` is absent.
@@ -111,6 +111,21 @@ def test_finetune_tab(served, page):
     # The new model is offered on the Compare tab.
     page.get_by_role("tab", name="Compare").click()
     assert "Fine-tuned #" in _text(page, "#kaldn-variants")
+    assert not page.errors, page.errors
+
+
+def test_zoo_tab(served, page):
+    page.get_by_role("tab", name="Model zoo").click()
+    page.wait_for_function("document.querySelector('#kaldn-zoo').innerText.includes('tiny-')")
+    table = _text(page, "#kaldn-zoo")
+    for name in served["real"]:  # every shipped x4 model, with its measured Set5 PSNR
+        assert name in table, name
+    if served["real"]:
+        assert re.search(r"\b\d{2}\.\d{2} / 0\.\d{4}\b", table), table
+    time.sleep(1.0)
+    page.screenshot(path=str(served["shots"] / "zoo.png"), full_page=True)
+    page.get_by_role("radio", name="x2").check()
+    page.wait_for_function("!document.querySelector('#kaldn-zoo').innerText.includes('-x4')")
     assert not page.errors, page.errors
 
 
