@@ -3,7 +3,8 @@
     python -m benchmarks.gate_census [checkpoints runs/zoo/x4 ...]
 
 Each folder is a checkpoint, a folder of checkpoints, or a folder of training runs
-(their ``best/`` checkpoints are used).
+(their ``best/`` checkpoints are used). ``--init-seeds N`` also counts dead gates in N
+freshly initialised models, to tell gates born dead from gates that died in training.
 
 Per model: how many KDSConv layers, how widely the attention a spreads across a
 layer's channels (mean over layers of the standard deviation and of max - min),
@@ -16,8 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from kaldn.attention import gate_report
 from kaldn.checkpoint import load_checkpoint
+from kaldn.models import create_model
 
 DEAD_STD = 1e-6  # a spread this small is a constant gate, not a learned one
 
@@ -25,6 +29,8 @@ DEAD_STD = 1e-6  # a spread this small is a constant gate, not a learned one
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folders", nargs="*", default=["checkpoints"])
+    parser.add_argument("--init-seeds", type=int, default=0, metavar="N")
+    parser.add_argument("--init-model", default="tiny-kdsconv-det-x4")
     args = parser.parse_args()
     found = []
     for folder in map(Path, args.folders):
@@ -44,6 +50,16 @@ def main() -> None:
         names = ", ".join(f"{r['layer']} ({r['a_mean']:.3f})" for r in dead) or "-"
         label = folder.parent.name if folder.name == "best" else folder.name
         print(f"{label:<26} {len(rows):>6} {std:>7.3f} {spread:>7.3f} {len(dead):>5}  {names}")
+
+    if args.init_seeds:
+        dead = total = 0
+        for seed in range(args.init_seeds):
+            torch.manual_seed(seed)
+            rows = gate_report(create_model(args.init_model))
+            dead += sum(r["a_std"] < DEAD_STD for r in rows)
+            total += len(rows)
+        print(f"\nat initialisation ({args.init_model}, seeds 0-{args.init_seeds - 1}): "
+              f"{dead} of {total} KDSConv layers dead ({100 * dead / total:.1f} %)")
 
 
 if __name__ == "__main__":
