@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 CONVS = ["ldsconv", "kdsconv-det", "dsconv", "kdsconv-fixed", "kdsconv-avg", "kdsconv-max", "conv"]
-SECOND_SEED = ["ldsconv", "kdsconv-det", "dsconv"]
+SECOND_SEED = ["ldsconv", "kdsconv-det", "dsconv", "kdsconv-fixed"]
 
 
 def main() -> None:
