@@ -571,7 +571,8 @@ def build_demo() -> gr.Blocks:
             zoo_scale = gr.Radio([("All", "all"), ("x2", "2"), ("x3", "3"), ("x4", "4")], value="all",
                                  label="Scale")
             zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                                  column_widths=["15%", "6%", "16%", "7%", "11%", "11%", "11%", "23%"])
+                                  column_widths=["15%", "6%", "16%", "7%", "11%", "11%", "11%", "23%"],
+                                  max_height=2400)  # every row rendered: no scrolling inside the table
 
         with gr.Tab("Fine-tune", id="finetune"):
             gr.Markdown("Fine-tune a bundled model on a few of your own HR images (LR patches are made with the "

@@ -459,7 +459,7 @@ def test_how_it_works_endpoints(served, client):
         grid, rows = client.predict(kds, "blocks.3.layers.3", api_name="/kernels")
         assert len(rows["data"]) == 128
     with pytest.raises(AppError, match="not in the list of choices"):
-        client.predict("tiny-kdsconv-det-x3", None, api_name="/kernel_model")
+        client.predict("paper-kdsconv-det-x4", None, api_name="/kernel_model")  # a name never shipped
 
     with pytest.raises(AppError, match="scale must be"):
         client.predict("hr", None, None, 5, api_name="/hasty_relu")
