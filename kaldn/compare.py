@@ -23,6 +23,7 @@ Conventions (DESIGN.md, "Evaluation protocol"):
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import logging
 import math
@@ -997,6 +998,13 @@ def gate_rows(model: nn.Module) -> tuple[list[str], list[list[Any]]]:
 ZOO_DATASETS = ("set5", "set14", "bsd68")
 
 
+@functools.lru_cache(maxsize=None)
+def _parameter_count(name: str) -> int:
+    # A model's size follows from its name: build each once, not on every table refresh.
+    from .models import create_model
+    return count_parameters(create_model(name))
+
+
 def zoo_table(folder: str | Path | None = None, scale: int | None = None) -> tuple[list[str], list[list[Any]]]:
     """The shipped models' measured numbers, read from their ``config.json`` (no weights loaded).
 
@@ -1004,8 +1012,8 @@ def zoo_table(folder: str | Path | None = None, scale: int | None = None) -> tup
     each model's size and training budget, so the app shows what README's results tables show.
     """
     from .checkpoint import CheckpointError, read_config
+    from .evaluate import format_budget, format_metrics
     from .hub import bundled_dir
-    from .models import create_model
     folder = Path(folder) if folder is not None else bundled_dir()
     headers = ["Model", "Scale", "Variant", "Params",
                *[f"{d} PSNR / SSIM" for d in ZOO_DATASETS], "Training budget"]
@@ -1020,14 +1028,9 @@ def zoo_table(folder: str | Path | None = None, scale: int | None = None) -> tup
         if scale is not None and spec.scale != scale:
             continue
         metrics = config.get("metrics") or {}
-        budget = config.get("training") or {}
-        budget_text = (f"{budget['iterations_done']} it, batch {budget['batch']}, patch {budget['patch']}, "
-                       f"seed {budget['seed']}, {budget['wall_time_s'] / 60:.0f} min on {budget['device']}"
-                       if "iterations_done" in budget else "-")
-        rows.append([config["model"], spec.scale, LABELS.get(spec.conv, spec.conv),
-                     count_parameters(create_model(config["model"])),
-                     *[f"{metrics[d]['psnr']:.2f} / {metrics[d]['ssim']:.4f}" if d in metrics else "-"
-                       for d in ZOO_DATASETS], budget_text])
+        rows.append([config["model"], spec.scale, LABELS.get(spec.conv, spec.conv), _parameter_count(spec.name),
+                     *[format_metrics(metrics.get(d)) for d in ZOO_DATASETS],
+                     format_budget(config.get("training"), with_seed=True)])
     order = {conv: i for i, conv in enumerate(MODEL_VARIANTS)}
     rows.sort(key=lambda r: (r[1], order.get(parse_model_name(r[0]).conv, len(order))))
     return headers, rows

@@ -27,7 +27,7 @@ from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_json
 from .hub import load_model
 from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
-from .models import count_parameters, multiply_adds
+from .models import count_parameters, multiply_adds, parse_model_name
 from .resize import imresize
 from .train import load_pairs as load_image_pairs
 
@@ -100,8 +100,18 @@ def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
     return row
 
 
-def _fmt(cell: dict | None) -> str:
+def format_metrics(cell: dict | None) -> str:
+    """One PSNR / SSIM cell, as every table and card shows it."""
     return f"{cell['psnr']:.2f} / {cell['ssim']:.4f}" if cell else "-"
+
+
+def format_budget(training: dict | None, with_seed: bool = False) -> str:
+    """A checkpoint's training budget in one line (its ``config.json`` "training" entry)."""
+    if not training or "iterations_done" not in training:
+        return "-"
+    seed = f"seed {training['seed']}, " if with_seed else ""
+    return (f"{training['iterations_done']} it, batch {training['batch']}, patch {training['patch']}, "
+            f"{seed}{training['wall_time_s'] / 60:.0f} min on {training['device']}")
 
 
 def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> str:
@@ -109,15 +119,12 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
             "CPU ms (256x256)", "training budget"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
-        budget = row.get("training") or {}
-        budget_text = (f"{budget['iterations_done']} it, batch {budget['batch']}, patch {budget['patch']}, "
-                       f"{budget['wall_time_s'] / 60:.0f} min on {budget['device']}") if budget else "-"
         lines.append("| " + " | ".join([
             row["model"], "-" if row.get("seed") is None else str(row["seed"]),
-            *[_fmt(row.get(d)) for d in dataset_names],
+            *[format_metrics(row.get(d)) for d in dataset_names],
             f"{row['params']:,}" if row.get("params") else "-",
             f"{row['multiply_adds_256'] / 1e9:.2f} G" if row.get("multiply_adds_256") else "-",
-            f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", budget_text]) + " |")
+            f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]) + " |")
     if scale == 4:
         lines.append("")
         lines.append("Published (trained on DIV2K for hundreds of thousands of iterations; not comparable budgets):")
@@ -137,7 +144,7 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     by_conv: dict[str, dict[int, dict]] = {}
     for row in rows:
         if row["model"] != "bicubic":
-            conv = row["model"].split("-", 1)[1].rsplit("-x", 1)[0]
+            conv = parse_model_name(row["model"]).conv
             by_conv.setdefault(conv, {})[row.get("seed") or 0] = row
     lines = []
     for d in dataset_names:
@@ -191,6 +198,7 @@ def _model_index_results(metrics: dict[str, dict], scale: int) -> str:
 def model_card(row: dict, dataset_names: list[str], scale: int) -> str:
     """A Hugging Face model card (YAML metadata + text) with the measured numbers."""
     name = row["model"]
+    spec = parse_model_name(name)
     results = _model_index_results({d: row[d] for d in dataset_names}, scale)
     budget = row["training"]
     return f"""---
@@ -206,7 +214,7 @@ model-index:
 
 # {name}
 
-Part of the kaldn model zoo: RDN backbone `{row['model'].split('-')[0]}` with the `{name.split('-', 1)[1].rsplit('-x', 1)[0]}`
+Part of the kaldn model zoo: RDN backbone `{spec.backbone}` with the `{spec.conv}`
 convolution inside every residual dense block, x{scale}. Weights trained by the kaldn project
 (`python -m benchmarks.train_zoo`), loaded with `kaldn.hub.load_model("{name}")`.
 
@@ -217,7 +225,7 @@ Adam lr {budget['lr']} halved at {budget['lr_halve_at']} of the run, L1, seed {b
 with published numbers.
 
 Evaluation (DESIGN.md protocol, `python -m kaldn.evaluate`), PSNR dB / SSIM on Y:
-""" + "\n".join(f"- {d}: {_fmt(row[d])}" for d in dataset_names) + "\n"
+""" + "\n".join(f"- {d}: {format_metrics(row[d])}" for d in dataset_names) + "\n"
 
 
 def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Path) -> list[str]:
@@ -248,7 +256,7 @@ def write_repo_card(destination: Path) -> None:
         metrics = config.get("metrics") or {}
         results = _model_index_results(metrics, config["scale"])
         entries.append(f"  - name: {config['model']}\n    results:\n{results}")
-        lines.append(f"| `{config['model']}` | " + " | ".join(f"{d}: {_fmt(m)}" for d, m in metrics.items()) + " |")
+        lines.append(f"| `{config['model']}` | " + " | ".join(f"{d}: {format_metrics(m)}" for d, m in metrics.items()) + " |")
     card = ("---\nlicense: mit\nlibrary_name: kaldn\npipeline_tag: image-to-image\n"
             "tags: [super-resolution, depthwise-convolution, kdsconv, kaldn, safetensors]\n"
             "model-index:\n" + "\n".join(entries) + "\n---\n\n"
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.models:
         rows.append(evaluate_model(spec, datasets, args.scale, timing=not args.no_timing))
         print(f"{rows[-1]['model']} (seed {rows[-1]['seed']}): "
-              + ", ".join(f"{d} {_fmt(rows[-1][d])}" for d in datasets), flush=True)
+              + ", ".join(f"{d} {format_metrics(rows[-1][d])}" for d in datasets), flush=True)
     names = list(datasets)
     table = markdown_table(rows, names, args.scale)
     claim_text = claims(rows, names)
