@@ -2,13 +2,16 @@
 
     python -m benchmarks.train_zoo --scale 4 --iters 6000 --workers 2
     python -m benchmarks.train_zoo --scale 2 3 --iters 4000 --second-seed   # one queue, two scales
+    python -m benchmarks.train_zoo --backbone small --convs kdsconv-det --second-seed \
+        --iters 30000 --patch 48 --precision bf16 --ema 0.999 --workers 1   # the long `small` run
 
 Runs ``kaldn.train`` once per (model, seed) in ``--workers`` parallel processes of
 one thread each (measured here: two 1-thread runs train ~1.3x more iterations per
 second in total than one 2-thread run). Every run resumes where it stopped, so
 the command can be re-run after an interruption. Results land in
 ``runs/zoo/x{scale}/{model}-s{seed}/``; ``python -m kaldn.evaluate --ship`` then
-evaluates them and copies the seed-0 weights into ``checkpoints/``.
+evaluates them and copies the seed-0 weights into ``checkpoints/``. Without
+``--val`` each run validates on the training images it holds out (every tenth).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ SECOND_SEED = ["ldsconv", "kdsconv-det", "dsconv", "kdsconv-fixed"]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbone", default="tiny", help="tiny, small or paper")
     parser.add_argument("--scale", type=int, nargs="+", default=[4], help="one queue over all scales given")
     parser.add_argument("--iters", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=16)
@@ -35,7 +39,10 @@ def main() -> None:
     parser.add_argument("--convs", nargs="*", default=CONVS)
     parser.add_argument("--second-seed", nargs="*", default=SECOND_SEED, help="convs trained again with seed 1")
     parser.add_argument("--data", default="../shared/data/train/sun_hays80")
-    parser.add_argument("--val", default="../shared/data/val/bsd68")
+    parser.add_argument("--val", help="validation folder (default: every 10th training image, held out)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
+    parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--out", default="runs/zoo")
     args = parser.parse_args()
 
@@ -44,13 +51,16 @@ def main() -> None:
 
     def run(job: tuple[int, str, int]) -> tuple[str, int, int, float]:
         scale, conv, seed = job
-        name = f"tiny-{conv}-x{scale}"
+        name = f"{args.backbone}-{conv}-x{scale}"
         out = Path(args.out) / f"x{scale}" / f"{name}-s{seed}"
+        resume = (out / "train_state.safetensors").exists()
         out.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data, "--val", args.val,
+        cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data,
+               *(["--val", args.val] if args.val else []),
                "--iters", str(args.iters), "--batch", str(args.batch), "--patch", str(args.patch),
-               "--lr", str(args.lr), "--seed", str(seed), "--threads", "1", "--val-every", "1000",
-               "--save-every", "200", "--out", str(out), "--resume"]
+               "--lr", str(args.lr), "--seed", str(seed), "--threads", "1", "--val-every", str(args.val_every),
+               "--precision", args.precision, "--ema", str(args.ema),
+               "--save-every", "200", "--out", str(out), *(["--resume"] if resume else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)

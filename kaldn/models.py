@@ -21,6 +21,10 @@ BACKBONES: dict[str, dict] = {
     # r = 8 rather than 32: with 32-128 channels, r = 32 would leave a 1-4 unit gate.
     "tiny": dict(num_features=32, growth=32, num_blocks=4, num_layers=4, upsampler="light",
                  bicubic_skip=True, reduction=8),
+    # Between the two: 389K parameters with KDSConv (DESIGN.md's 40-minute calibration size),
+    # for long CPU runs; per iteration it keeps pace with tiny and keeps improving after it flattens.
+    "small": dict(num_features=48, growth=32, num_blocks=6, num_layers=5, upsampler="light",
+                  bicubic_skip=True, reduction=8),
 }
 SCALES = (2, 3, 4)
 

@@ -1,12 +1,18 @@
 """Training and fine-tuning: one code path for the CLI, the app's fine-tune tab and the model zoo.
 
-    python -m kaldn.train --model tiny-kdsconv-det-x4 --data ../shared/data/train \
-        --val ../shared/data/val --iters 2000 --out runs/kdsconv-det
+    python -m kaldn.train --model tiny-kdsconv-det-x4 --data ../shared/data/train/sun_hays80 \
+        --iters 2000 --precision bf16 --ema 0.999 --out runs/kdsconv-det
 
 Recipe (paper 001, scaled to the budget): random HR crops with flips and 90-degree
 rotations, LR made by the project's MATLAB ``imresize``, L1 loss, Adam with the
 learning rate halved at fixed fractions of the run, validation PSNR/SSIM on the
 Y channel every ``val_every`` iterations with the best checkpoint kept.
+
+Validation is never a benchmark: unless ``--val`` names a folder, every
+``val_holdout``-th training image (the 10th, 20th, ... by sorted file name) is
+held out of training and validated on. ``--precision bf16`` trains under
+autocast with fp32 master weights; ``--ema D`` keeps an exponential moving
+average of the weights, and the average is what is validated and saved.
 
 Output folder:
     last/, best/             checkpoints (model.safetensors + config.json)
@@ -17,6 +23,7 @@ Output folder:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -31,8 +38,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .attention import gate_report, gate_summary
 from .checkpoint import atomic_write, save_checkpoint
@@ -47,10 +56,15 @@ log = logging.getLogger("kaldn.train")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 STATE_NAME = "train_state.safetensors"
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class TrainingDataError(ValueError):
     """A data folder that cannot be trained on; raised before any work starts."""
+
+
+class TrainStateError(ValueError):
+    """A run folder that cannot be resumed (or would be overwritten); the message names the file and the way out."""
 
 
 @dataclass
@@ -58,7 +72,8 @@ class TrainConfig:
     model: str | None = None        # model name; may be omitted with init (taken from it)
     data: str = ""                  # folder of HR images
     out: str = "runs/train"
-    val: str | None = None          # folder of HR images for validation
+    val: str | None = None          # folder of HR images for validation; None: hold out part of data
+    val_holdout: int = 10           # with val None: every Nth image of data is validation, not training
     iters: int = 1000
     batch: int = 16
     patch: int = 48                 # LR patch side; HR crops are patch * scale
@@ -67,19 +82,22 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init: str | None = None         # model name or checkpoint directory to fine-tune from
-    resume: bool = False
+    resume: bool = False            # continue out/train_state.safetensors (an error if there is none)
+    force: bool = False             # start over in an out folder that already holds a run
     val_every: int = 250
     save_every: int = 100           # resume-state interval
     val_limit: int | None = None    # validate on the first N images only
     descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM
-    amp: str | None = None          # "bf16" / "fp16" mixed precision on CUDA
+    precision: str = "fp32"         # "bf16": autocast (CPU or CUDA), "fp16": autocast + loss scaling (CUDA)
+    ema: float = 0.0                # EMA decay of the weights (e.g. 0.999); 0: off
+    time_budget_s: float | None = None  # stop (and save) after this many seconds of this process
     threads: int | None = None
     log_every: int = 10
 
 
 @dataclass
 class TrainResult:
-    status: str                      # "finished" or "cancelled"
+    status: str                      # "finished", "cancelled" or "time budget"
     iteration: int
     out: Path
     best_psnr: float | None
@@ -93,9 +111,19 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_pairs(folder: str | Path, scale: int, min_lr_side: int, purpose: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(HR, LR) uint8 pairs, LR by ``imresize``; unusable files skipped with one warning each."""
-    paths = list_images(folder)
+def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """(training, validation): every ``every``-th path (the 10th, 20th, ... for 10) is held out."""
+    if every < 2:
+        raise ValueError(f"val_holdout must be at least 2, got {every}")
+    held = [p for i, p in enumerate(paths) if i % every == every - 1]
+    return [p for p in paths if p not in held], held
+
+
+def load_pairs(source: str | Path | list[Path], scale: int, min_lr_side: int,
+               purpose: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(HR, LR) uint8 pairs from a folder or a list of files, LR by ``imresize``; unusable files skipped with a warning."""
+    paths = source if isinstance(source, list) else list_images(source)
+    folder = source if not isinstance(source, list) else (paths[0].parent if paths else "(no files)")
     pairs, skipped = [], 0
     for path in paths:
         try:
@@ -200,25 +228,56 @@ def _optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str,
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over names and bytes: safetensors has no checksum, and flipped bytes would otherwise load."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     sampler: PatchSampler, iteration: int, extra: dict) -> None:
+                     sampler: PatchSampler, iteration: int, extra: dict, ema: AveragedModel | None = None) -> None:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
     optim_tensors, optim_meta = _optimizer_to_tensors(optimizer)
     tensors.update(optim_tensors)
     tensors["rng.sampler"] = sampler.generator.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
-    meta = {"iteration": iteration, "optimizer": optim_meta, **extra}
+    meta = {"iteration": iteration, "optimizer": optim_meta, "sha256": _digest(tensors), **extra}
     atomic_write(out / STATE_NAME, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}))
 
 
+def _damaged(path: Path, why: str) -> TrainStateError:
+    return TrainStateError(f"{path}: damaged training state ({why}); continue from the last checkpoint with "
+                           f"--init {path.parent / 'last'} --out NEW_FOLDER, or start over with --force")
+
+
 def load_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     sampler: PatchSampler) -> dict:
-    from safetensors import safe_open
+                     sampler: PatchSampler, ema: AveragedModel | None = None) -> dict:
+    """Restore a run; ``TrainStateError`` (one line, naming the file) for a missing, truncated or altered state."""
     path = out / STATE_NAME
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["state"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    if not path.exists():
+        raise TrainStateError(f"{path}: no training state to resume; run without --resume to start a new run")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["state"])
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise _damaged(path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    if meta.get("sha256") != _digest(tensors):
+        raise _damaged(path, "checksum mismatch")
+    if (ema is not None) != any(k.startswith("ema.") for k in tensors):
+        raise TrainStateError(f"{path}: the run was {'not ' if ema is not None else ''}trained with --ema; "
+                              "resume with the same --ema")
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.load_state_dict({k[len("ema."):]: v for k, v in tensors.items() if k.startswith("ema.")})
+    except RuntimeError as exc:
+        raise TrainStateError(f"{path}: holds another architecture than --model ({str(exc).splitlines()[0]})") from None
     _optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
     sampler.generator.set_state(tensors["rng.sampler"])
     torch.set_rng_state(tensors["rng.torch"])
@@ -226,17 +285,39 @@ def load_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
 
 
 def _truncate_log(out: Path, iteration: int) -> None:
-    """On resume, drop log records past the saved state: a killed run may have logged beyond it."""
+    """On resume, drop log records past the saved state: a killed run may have logged beyond it.
+
+    A partial last line (a kill while writing it) is dropped; a damaged earlier line is an error naming it.
+    """
     path = out / "log.jsonl"
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line)["iteration"] <= iteration]
-        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: dropped a partial last line (the run was stopped while writing it)", path)
+                break
+            raise TrainStateError(f"{path}: line {number} is not JSON; delete that line to resume, "
+                                  "or start over with --force") from None
+        if record.get("iteration", 0) <= iteration:
+            kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
 
 
 def _append_log(out: Path, record: dict) -> None:
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def _resume_key(config: TrainConfig) -> dict:
+    """What a resumed run must share with the saved one (device, threads and precision may change)."""
+    return {"model": config.model, "init": config.init, "iters": config.iters, "batch": config.batch,
+            "patch": config.patch, "lr": config.lr, "lr_halve_at": list(config.lr_halve_at), "seed": config.seed,
+            "val": config.val, "val_holdout": config.val_holdout, "ema": config.ema}
 
 
 def _build_model(config: TrainConfig) -> nn.Module:
@@ -274,26 +355,48 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}")
     if config.iters < 1 or config.batch < 1 or config.patch < 4:
         raise ValueError("iters and batch must be positive and patch at least 4")
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
+    if config.precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs CUDA; use bf16 on CPU")
+    if not 0 <= config.ema < 1:
+        raise ValueError(f"ema must be a decay in [0, 1), got {config.ema}")
 
     # Everything that can fail on input fails here, before any training work.
     torch.manual_seed(config.seed)
     model = _build_model(config)
     scale = model.config["scale"]
-    train_pairs = load_pairs(config.data, scale, config.patch, "training")
-    val_pairs = load_pairs(config.val, scale, 4, "validation") if config.val else []
+    if config.val:
+        train_source, val_source = config.data, config.val
+        val_description = str(config.val)
+    else:
+        train_source, val_source = split_holdout(list_images(config.data), config.val_holdout)
+        val_description = f"{config.data}: every {config.val_holdout}th image held out ({len(val_source)} images)"
+    train_pairs = load_pairs(train_source, scale, config.patch, "training")
+    val_pairs = load_pairs(val_source, scale, 4, "validation") if val_source else []
     if config.val_limit:
         val_pairs = val_pairs[:config.val_limit]
 
     out = Path(config.out)
+    state_path = out / STATE_NAME
+    if not config.resume and not config.force and (state_path.exists() or (out / "log.jsonl").exists()):
+        raise TrainStateError(f"{out} already holds a training run; --resume to continue it, "
+                              "or --force to start over")
     out.mkdir(parents=True, exist_ok=True)
     model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     sampler = PatchSampler(train_pairs, scale, config.patch, config.seed + 1000 * rank)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+    shipped = ema.module if ema is not None else model  # what is validated and saved
 
     start, best_psnr, history, wall_before = 0, None, [], 0.0
-    if config.resume and (out / STATE_NAME).exists():
-        meta = load_train_state(out, model, optimizer, sampler)
+    if config.resume:
+        meta = load_train_state(out, model, optimizer, sampler, ema)
         start, best_psnr, wall_before = meta["iteration"], meta.get("best_psnr"), meta.get("wall_time_s", 0.0)
+        saved_key, key = meta.get("config"), _resume_key(config)
+        if saved_key is not None and saved_key != key:
+            differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {v!r}" for k, v in key.items() if saved_key.get(k) != v)
+            raise TrainStateError(f"{state_path}: the saved run differs ({differ}); resume with the same settings")
         if rank == 0:
             _truncate_log(out, start)
             log.info("resumed %s at iteration %d", out, start)
@@ -301,17 +404,16 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         (out / "log.jsonl").unlink(missing_ok=True)
 
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config.amp]
-    use_amp = amp_dtype is not None and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     budget = {
         "iterations": config.iters, "batch": config.batch, "patch": config.patch, "lr": config.lr,
         "lr_halve_at": list(config.lr_halve_at), "seed": config.seed, "loss": "l1",
-        "data": str(config.data), "train_images": len(train_pairs), "val": config.val,
+        "data": str(config.data), "train_images": len(train_pairs), "val": val_description,
         "val_images": len(val_pairs), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "world_size": world, "threads": torch.get_num_threads(), "amp": config.amp if use_amp else None,
-        "init": config.init, "torch": torch.__version__,
+        "world_size": world, "threads": torch.get_num_threads(), "precision": config.precision,
+        "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
     }
 
     def checkpoint_metadata(iteration: int, wall: float, validation: dict | None) -> dict:
@@ -327,7 +429,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         lr_batch, hr_batch = sampler.sample(config.batch)
         lr_batch = lr_batch.to(device).contiguous(memory_format=torch.channels_last)
         hr_batch = hr_batch.to(device)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = F.l1_loss(train_model(lr_batch).float(), hr_batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
@@ -335,6 +437,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         done = iteration + 1
         wall = wall_before + time.perf_counter() - t0
 
@@ -348,8 +452,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
                 progress(record)
 
         if rank == 0 and val_pairs and (done % config.val_every == 0 or done == config.iters):
-            record = {"event": "validation", "iteration": done, **validate(model, val_pairs, scale, device),
-                      **gate_summary(gate_report(model)), "wall_time_s": wall}
+            record = {"event": "validation", "iteration": done, **validate(shipped, val_pairs, scale, device),
+                      **gate_summary(gate_report(shipped)), "wall_time_s": wall}
             _append_log(out, record)
             history.append(record)
             if progress:
@@ -357,21 +461,23 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             if best_psnr is None or record["val_psnr"] > best_psnr:
                 best_psnr = record["val_psnr"]
                 best_validation = {k: record[k] for k in ("iteration", "val_psnr", "val_ssim", "val_loss")}
-                save_checkpoint(out / "best", model, checkpoint_metadata(done, wall, best_validation))
+                save_checkpoint(out / "best", shipped, checkpoint_metadata(done, wall, best_validation))
 
         cancelled = stop is not None and stop.is_set()
-        if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled):
-            save_checkpoint(out / "last", model, checkpoint_metadata(done, wall, best_validation))
-            save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall})
+        out_of_time = config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s
+        if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
+            save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
+            save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
+                                                                    "config": _resume_key(config)}, ema)
         if distributed:
             dist.barrier()
-        if cancelled:
-            status = "cancelled"
+        if cancelled or out_of_time:
+            status = "cancelled" if cancelled else "time budget"
             break
 
     iteration = min(config.iters, iteration + 1) if config.iters > start else start
     if rank == 0 and not val_pairs and not (out / "best").exists():
-        save_checkpoint(out / "best", model, checkpoint_metadata(iteration, wall_before + time.perf_counter() - t0, None))
+        save_checkpoint(out / "best", shipped, checkpoint_metadata(iteration, wall_before + time.perf_counter() - t0, None))
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
@@ -383,7 +489,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="model name, e.g. tiny-kdsconv-det-x4")
     parser.add_argument("--data", required=True, help="folder of HR training images")
-    parser.add_argument("--val", help="folder of HR validation images")
+    parser.add_argument("--val", help="folder of HR validation images (default: hold out part of --data)")
+    parser.add_argument("--val-holdout", type=int, default=defaults.val_holdout,
+                        help="without --val: every Nth image of --data validates instead of training")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--iters", type=int, default=defaults.iters)
     parser.add_argument("--batch", type=int, default=defaults.batch)
@@ -393,13 +501,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="fractions of --iters where the learning rate halves")
     parser.add_argument("--init", help="model name or checkpoint folder to fine-tune from")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
+    parser.add_argument("--force", action="store_true", help="start over in an OUT that already holds a run")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda")
     parser.add_argument("--val-every", type=int, default=defaults.val_every)
     parser.add_argument("--save-every", type=int, default=defaults.save_every)
     parser.add_argument("--val-limit", type=int, help="validate on the first N images only")
     parser.add_argument("--descriptor-norm", default=defaults.descriptor_norm, choices=DESCRIPTOR_NORMS)
-    parser.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision on CUDA")
+    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                        help="bf16: autocast with fp32 master weights (CPU or CUDA); fp16: CUDA only")
+    parser.add_argument("--ema", type=float, default=defaults.ema, help="EMA decay of the saved weights (0: off)")
+    parser.add_argument("--time-budget", dest="time_budget_s", type=float, help="stop and save after S seconds")
     parser.add_argument("--threads", type=int, help="CPU threads")
     args = parser.parse_args(argv)
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "lr_halve_at"},

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.models import create_model
-from kaldn.train import TrainConfig, TrainingDataError, train
+from kaldn.train import TrainConfig, TrainingDataError, TrainStateError, split_holdout, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -242,3 +242,128 @@ def test_standardised_descriptor_spreads_the_gate(short_runs):
         ref = model(x)
         out = fuse(model)(x)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+# --- damaged or missing run state: one clear line naming the file, never a silent restart ---
+
+def _cli(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-m", "kaldn.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+
+
+def _cli_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+    data = tmp_path / "data"
+    if not data.exists():
+        _write_images(data)
+    return _cli(["--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--iters", "4", "--batch", "2", "--patch", "12", "--save-every", "2", "--threads", "1", *extra])
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    for needle in needles:
+        assert needle in message, message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "flipped"])
+def test_damaged_state_gives_one_line_naming_the_file(tmp_path, damage):
+    assert _cli_run(tmp_path).returncode == 0
+    state = tmp_path / "run" / "train_state.safetensors"
+    data = bytearray(state.read_bytes())
+    if damage == "truncated":
+        data = data[:len(data) // 2]
+    elif damage == "empty":
+        data = bytearray()
+    else:  # one byte inside the tensor data: the file still parses, the checksum does not match
+        data[-64] ^= 0xFF
+    state.write_bytes(bytes(data))
+    _one_line_error(_cli_run(tmp_path, "--iters", "4", "--resume"), str(state), "damaged", "--force")
+
+
+def test_resume_without_state_is_an_error_not_a_restart(tmp_path):
+    proc = _cli_run(tmp_path, "--resume")
+    _one_line_error(proc, "train_state.safetensors", "no training state")
+    assert not (tmp_path / "run" / "last").exists()
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path):
+    assert _cli_run(tmp_path).returncode == 0
+    log_before = (tmp_path / "run" / "log.jsonl").read_text()
+    _one_line_error(_cli_run(tmp_path), "--resume", "--force")
+    assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
+    assert _cli_run(tmp_path, "--force").returncode == 0
+
+
+def test_partial_last_log_line_is_dropped_and_a_damaged_one_named(tmp_path):
+    import threading
+    stop = threading.Event()
+    train(_quick(tmp_path, "run", iters=6), progress=lambda e: e["iteration"] == 2 and stop.set(), stop=stop)
+    log_path = tmp_path / "run" / "log.jsonl"
+    with open(log_path, "a") as f:
+        f.write('{"event": "st')  # killed mid-write
+    result = train(_quick(tmp_path, "run", iters=6, resume=True))
+    assert result.iteration == 6
+    records = [json.loads(line) for line in log_path.read_text().splitlines()]
+    assert [r["iteration"] for r in records if r["event"] == "step"] == [1, 2, 3, 4, 5, 6]
+    # A damaged line in the middle is not guessed at.
+    lines = log_path.read_text().splitlines()
+    lines[1] = lines[1][:5]
+    log_path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TrainStateError, match=r"log\.jsonl: line 2"):
+        train(_quick(tmp_path, "run", iters=6, resume=True))
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    train(_quick(tmp_path, "run", iters=4))
+    with pytest.raises(TrainStateError, match="patch 12 -> 16"):
+        train(_quick(tmp_path, "run", iters=4, patch=16, resume=True))
+
+
+# --- held-out validation, bf16 autocast, EMA ---
+
+def test_holdout_split_is_every_tenth_image_and_never_trained_on():
+    paths = [Path(f"img{i:02d}.png") for i in range(25)]
+    training, held = split_holdout(paths, 10)
+    assert held == [Path("img09.png"), Path("img19.png")]
+    assert set(training) | set(held) == set(paths) and not set(training) & set(held)
+
+
+def test_default_validation_is_the_held_out_images(tmp_path):
+    _write_images(tmp_path / "data", count=10)
+    train(_quick(tmp_path, "run", val_every=3))
+    budget = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"]
+    assert budget["train_images"] == 9 and budget["val_images"] == 1
+    assert "every 10th image held out" in budget["val"]
+
+
+def test_bf16_autocast_and_ema_train_and_resume_exactly(tmp_path):
+    options = dict(iters=4, precision="bf16", ema=0.9, lr_halve_at=(0.5,))
+    result = train(_quick(tmp_path, "straight", **options))
+    assert result.status == "finished"
+    budget = json.loads((tmp_path / "straight" / "last" / "config.json").read_text())["training"]
+    assert budget["precision"] == "bf16" and budget["ema"] == 0.9
+    import threading
+    stop = threading.Event()
+    train(_quick(tmp_path, "split", **options), progress=lambda e: e["iteration"] == 2 and stop.set(), stop=stop)
+    train(_quick(tmp_path, "split", **options, resume=True))
+    a, b = _weights(tmp_path / "straight" / "last"), _weights(tmp_path / "split" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The saved weights are the average, not the last step's: they differ from a run without EMA.
+    train(_quick(tmp_path, "no-ema", iters=4, precision="bf16", lr_halve_at=(0.5,)))
+    c = _weights(tmp_path / "no-ema" / "last")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_ema_run_cannot_resume_without_ema(tmp_path):
+    train(_quick(tmp_path, "run", iters=4, ema=0.9))
+    with pytest.raises(TrainStateError, match="ema"):
+        train(_quick(tmp_path, "run", iters=4, resume=True))
+
+
+def test_time_budget_stops_and_saves(tmp_path):
+    result = train(_quick(tmp_path, "run", iters=10_000, time_budget_s=0.0))
+    assert result.status == "time budget" and result.iteration == 1
+    assert (tmp_path / "run" / "train_state.safetensors").exists()
