@@ -9,17 +9,25 @@ to show a user (never a raw PIL/OSError traceback):
   YCbCr (to RGB), 16-bit grayscale ``I;16`` / ``I`` (to uint16 RGB);
 * EXIF orientation is applied, so phone photos come out upright;
 * the pixel count is checked *before* decoding, so a small file that claims to
-  be huge (a decompression bomb) is refused without allocating memory.
+  be huge (a decompression bomb) is refused without allocating memory;
+* messages name a file by its base name only (or the ``name`` the caller
+  gives, e.g. the upload's original file name), never a server path, and carry
+  no PIL internals (the original exception stays chained for logs).
 
-Limitation: Pillow decodes 16-bit-per-channel RGB/RGBA PNGs to 8 bits, so
-those load as uint8; only 16-bit grayscale keeps its 16 bits. 32-bit integer
-(``I``) and float (``F``) grayscale are rounded and clipped to 0..65535.
+What is not kept as it was is reported by :func:`load_image_with_notes` as a
+note for the user: 16-bit-per-channel colour (Pillow decodes 16-bit RGB/RGBA/LA
+PNGs and TIFFs to 8 bits, the top 8 bits of each sample, so those load as
+uint8; only 16-bit grayscale keeps its 16 bits), animations and multi-page
+files (the first frame is used), CMYK and other colour spaces (converted to
+RGB), EXIF rotation, and 32-bit integer (``I``) and float (``F``) grayscale
+(rounded and clipped to 0..65535).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -36,6 +44,7 @@ __all__ = [
     "MAX_PIXELS_ENV",
     "max_pixels_limit",
     "load_image",
+    "load_image_with_notes",
     "save_png",
     "image_to_tensor",
     "tensor_to_image",
@@ -70,23 +79,52 @@ def max_pixels_limit() -> int:
     return value
 
 
-def _check_size(width: int, height: int, max_pixels: int) -> None:
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g}"
+
+
+def _check_size(width: int, height: int, max_pixels: int, label: str = "the image") -> None:
     if width <= 0 or height <= 0:
-        raise ImageError(f"The image is empty ({width}x{height} pixels).")
+        raise ImageError(f"{_cap(label)} is empty ({width}x{height} pixels).")
     if width * height > max_pixels:
         raise ImageError(
-            f"The image is too large: {width}x{height} = {width * height:,} pixels, "
-            f"the limit is {max_pixels:,} pixels."
+            f"{_cap(label)} is too large: {width}x{height} is over the {_megapixels(max_pixels)}-megapixel limit "
+            f"({width * height:,} pixels, the limit is {max_pixels:,})."
         )
 
 
-def _describe(source: object) -> str:
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _display_name(name: str) -> str:
+    """A file name fit for a message: no directory (of either OS), no control characters, not too long."""
+    base = _UNPRINTABLE.sub("", re.split(r"[\\/]", str(name))[-1]).strip()
+    if len(base) > 80:
+        base = base[:77] + "..."
+    return f"'{base}'" if base else "the file"
+
+
+def _label(source: object, name: str | os.PathLike | None) -> str:
+    """How messages call the image: its (given or own) file name, else what kind of input it is."""
+    if name is not None:
+        return _display_name(os.fspath(name))
     if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
-    return "the uploaded data"
+        return _display_name(os.fspath(source))
+    file_name = getattr(source, "name", None)  # an open file
+    if isinstance(file_name, str) and not isinstance(source, (np.ndarray, Image.Image)):
+        return _display_name(file_name)
+    if isinstance(source, np.ndarray):
+        return "the image array"
+    if isinstance(source, Image.Image):
+        return "the image"
+    return "the upload"
 
 
-def load_image(source: ImageSource, max_pixels: int | None = None) -> np.ndarray:
+def load_image(source: ImageSource, max_pixels: int | None = None, name: str | os.PathLike | None = None) -> np.ndarray:
     """Load ``source`` as an HxWx3 (RGB) or HxWx4 (RGBA) uint8/uint16 array.
 
     ``source`` is a path, the encoded file's bytes (or an open binary file), a ``PIL.Image`` or a numpy
@@ -94,78 +132,141 @@ def load_image(source: ImageSource, max_pixels: int | None = None) -> np.ndarray
     float assumed in [0, 1] -> uint8). Alpha is kept; uint16 is returned only
     for 16-bit grayscale sources (and uint16 arrays). Raises :class:`ImageError`
     for anything that is not a usable image, including images above
-    ``max_pixels`` (default :func:`max_pixels_limit`).
+    ``max_pixels`` (default :func:`max_pixels_limit`). Messages call the image
+    ``name`` (e.g. an upload's original file name; only its base name is used),
+    by default the file's base name. :func:`load_image_with_notes` also says
+    what was converted.
+    """
+    return load_image_with_notes(source, max_pixels=max_pixels, name=name)[0]
+
+
+def load_image_with_notes(
+    source: ImageSource, max_pixels: int | None = None, name: str | os.PathLike | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """:func:`load_image`, plus notes for the user on what was not kept as it was.
+
+    Notes (one sentence each, naming the image as error messages do) cover
+    16-bit colour read at 8 bits, 16-bit grayscale kept at 16 bits, the first
+    frame of an animation or multi-page file, CMYK and other colour spaces
+    converted to RGB, EXIF rotation and 32-bit/float grayscale clipped to 16 bits.
     """
     limit = max_pixels_limit() if max_pixels is None else int(max_pixels)
+    label = _label(source, name)
     if isinstance(source, np.ndarray):
-        return _from_array(source, limit)
+        return _from_array(source, limit, label), []
     if isinstance(source, Image.Image):
-        _check_size(source.width, source.height, limit)
+        _check_size(source.width, source.height, limit, label)
         try:
-            return _from_pil(source)
+            return _from_pil(source, label, _raw_mode(source))
         except ImageError:
             raise
         except Exception as exc:  # decode errors of a lazily loaded image
-            raise ImageError(f"Could not read the image: {exc}") from exc
+            raise ImageError(f"{_cap(label)} could not be read: it is damaged or not a supported image.") from exc
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise ImageError(f"File not found: '{path}'.")
+            raise ImageError(f"{_cap(label)}: file not found.")
         if path.is_dir():
-            raise ImageError(f"'{path}' is a folder, not an image file.")
+            raise ImageError(f"{_cap(label)} is a folder, not an image file.")
         try:
             if path.stat().st_size == 0:
-                raise ImageError(f"'{path}' is an empty file, not an image.")
+                raise ImageError(f"{_cap(label)} is an empty file, not an image.")
         except OSError as exc:
-            raise ImageError(f"Could not read '{path}': {exc.strerror or exc}.") from exc
+            raise ImageError(f"{_cap(label)} could not be read ({exc.strerror or 'operating system error'}).") from exc
         opener: object = path
     elif isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
-            raise ImageError("The uploaded data is empty, not an image.")
+            raise ImageError(f"{_cap(label)} is empty, not an image.")
         opener = io.BytesIO(bytes(source))
     elif hasattr(source, "read"):
         opener = source  # an open binary file object
     else:
         raise ImageError(f"Cannot load an image from a {type(source).__name__}.")
 
-    what = _describe(source)
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(opener)  # lazy: reads the header only
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"The image in {what} is too large to open safely ({exc}).") from exc
+        # PIL refuses before we see the size; its message has the pixel count (over 2 x 89 megapixels).
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+        raise ImageError(f"{_cap(label)} is too large: {size} is over the {_megapixels(limit)}-megapixel limit.") from exc
     except Image.UnidentifiedImageError as exc:
-        raise ImageError(f"{what[0].upper() + what[1:]} is not an image in a format that can be read.") from exc
+        raise ImageError(f"{_cap(label)} is not an image in a format that can be read.") from exc
     except OSError as exc:
-        raise ImageError(f"Could not read {what}: {exc.strerror or exc}.") from exc
+        raise ImageError(f"{_cap(label)} could not be read ({exc.strerror or 'damaged or unsupported data'}).") from exc
     except Exception as exc:
-        raise ImageError(f"Could not read {what}: {exc}.") from exc
+        raise ImageError(f"{_cap(label)} could not be read: it is damaged or not a supported image.") from exc
 
     with im:
-        _check_size(im.width, im.height, limit)  # before any pixel is decoded
+        _check_size(im.width, im.height, limit, label)  # before any pixel is decoded
+        notes = _frame_notes(im, label)
+        raw_mode = _raw_mode(im)  # the file's own sample layout, gone once decoded
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im.load()
         except Exception as exc:  # truncated / corrupt data: OSError, SyntaxError, zlib.error, ...
-            raise ImageError(f"The image in {what} is damaged or truncated and cannot be decoded ({exc}).") from exc
+            raise ImageError(f"{_cap(label)} is damaged or truncated and cannot be decoded.") from exc
         try:
-            return _from_pil(im)
+            arr, more = _from_pil(im, label, raw_mode)
         except ImageError:
             raise
         except Exception as exc:
-            raise ImageError(f"Could not convert the image in {what}: {exc}.") from exc
+            raise ImageError(f"{_cap(label)} could not be converted to RGB.") from exc
+        return arr, notes + more
 
 
-def _from_pil(im: Image.Image) -> np.ndarray:
+def _frame_notes(im: Image.Image, label: str) -> list[str]:
+    """A note when only the first of several frames (animation) or pages (TIFF) is used."""
     try:
-        im = ImageOps.exif_transpose(im)
+        frames = int(getattr(im, "n_frames", 1))
+        if frames > 1:
+            im.seek(0)
+    except Exception:  # a damaged later frame: the first may still decode; say nothing about the rest
+        return []
+    if frames <= 1:
+        return []
+    fmt = im.format or "image"
+    if fmt == "TIFF":
+        return [f"{_cap(label)} is a multi-page TIFF with {frames} pages: only the first page is used."]
+    kind = "APNG" if fmt == "PNG" else fmt
+    return [f"{_cap(label)} is an animated {kind} with {frames} frames: only the first frame is used."]
+
+
+def _raw_mode(im: Image.Image) -> str:
+    """How the file stores its samples (e.g. ``RGB;16B``), from the decoder's tile; '' when unknown."""
+    try:
+        args = im.tile[0].args if im.tile else None
+    except Exception:
+        return ""
+    if isinstance(args, str):
+        return args
+    if isinstance(args, tuple) and args and isinstance(args[0], str):
+        return args[0]
+    return ""
+
+
+def _from_pil(im: Image.Image, label: str = "the image", raw_mode: str = "") -> tuple[np.ndarray, list[str]]:
+    notes: list[str] = []
+    try:
+        orientation = im.getexif().get(0x0112, 1)
+        if orientation not in (None, 1):  # only then: exif_transpose copies even an upright image
+            upright = ImageOps.exif_transpose(im)
+            if upright is not None and upright.size != (0, 0):
+                if orientation in (2, 3, 4, 5, 6, 7, 8):
+                    notes.append(f"{_cap(label)} was turned upright as its EXIF orientation tag says.")
+                im = upright
     except Exception:
         pass  # malformed EXIF: keep the stored orientation rather than refuse the image
     mode = im.mode
+    sixteen = ";16" in raw_mode
+    if sixteen and not mode.startswith("I"):
+        notes.append(f"{_cap(label)} has 16 bits per channel, but 16-bit colour is read at 8 bits here "
+                     "(the top 8 bits of each sample are kept); only 16-bit grayscale keeps all 16 bits.")
     if mode in ("RGB", "RGBA"):
         arr = np.asarray(im)
     elif mode in ("L", "1"):
@@ -175,11 +276,23 @@ def _from_pil(im: Image.Image) -> np.ndarray:
     elif mode.startswith("I;16") or mode in ("I", "F"):
         arr = np.asarray(im).astype(np.float64 if mode == "F" else np.int64)
         arr = np.clip(np.round(arr) if mode == "F" else arr, 0, 65535).astype(np.uint16)
+        if mode.startswith("I;16") or (mode == "I" and sixteen):
+            notes.append(f"{_cap(label)} is 16-bit grayscale: all 16 bits are kept (as R = G = B).")
+        elif mode == "I":
+            notes.append(f"{_cap(label)} is 32-bit integer grayscale: values are clipped to 0..65535 (16 bits).")
+        else:
+            notes.append(f"{_cap(label)} is floating-point grayscale: values are rounded and clipped to "
+                         "0..65535 (16 bits).")
     else:  # P without transparency, CMYK, YCbCr, LAB, HSV, ...
         arr = np.asarray(im.convert("RGB"))
+        if mode == "CMYK":
+            notes.append(f"{_cap(label)} is CMYK: converted to RGB by a simple formula without a colour "
+                         "profile, so colours can differ from what an image editor shows.")
+        elif mode != "P":
+            notes.append(f"{_cap(label)} is in the {mode} colour space: converted to RGB.")
     if arr.ndim == 2:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(arr), notes
 
 
 def _palette_has_alpha(im: Image.Image) -> bool:
@@ -189,12 +302,12 @@ def _palette_has_alpha(im: Image.Image) -> bool:
     return palette is not None and palette.mode == "RGBA"
 
 
-def _from_array(arr: np.ndarray, limit: int) -> np.ndarray:
+def _from_array(arr: np.ndarray, limit: int, label: str = "the image array") -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
         raise ImageError(f"Expected an HxW, HxWx3 or HxWx4 image array, got shape {arr.shape}.")
-    _check_size(arr.shape[1], arr.shape[0], limit)
+    _check_size(arr.shape[1], arr.shape[0], limit, label)
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8) * 255
     elif np.issubdtype(arr.dtype, np.floating):

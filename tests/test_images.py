@@ -16,6 +16,7 @@ from kaldn.images import (
     ImageError,
     image_to_tensor,
     load_image,
+    load_image_with_notes,
     max_pixels_limit,
     save_png,
     tensor_to_image,
@@ -336,3 +337,137 @@ def test_pil_32bit_int_and_file_object(tmp_path: Path) -> None:
     Image.fromarray(arr).save(tmp_path / "f.png")
     with open(tmp_path / "f.png", "rb") as fh:
         np.testing.assert_array_equal(load_image(fh), arr)
+
+
+# ---------------------------------------------------------------- messages name the file only, notes say what changed
+
+
+def _error(source: object, **kwargs: object) -> str:
+    with pytest.raises(ImageError) as err:
+        load_image(source, **kwargs)  # type: ignore[arg-type]
+    return str(err.value)
+
+
+def test_messages_name_the_file_never_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "gradio" / "4f1c0ffee"
+    folder.mkdir(parents=True)
+    (folder / "notes.png").write_text("not an image at all")
+    (folder / "empty.png").write_bytes(b"")
+    Image.fromarray(_rgb(64, 64)).save(folder / "full.png")
+    (folder / "cut.png").write_bytes((folder / "full.png").read_bytes()[:300])
+    Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(folder / "big.png")
+    cases = {
+        "notes.png": ({}, "not an image"),
+        "empty.png": ({}, "empty"),
+        "cut.png": ({}, "truncated"),
+        "big.png": ({"max_pixels": 5000}, "120x100 is over the 0.005-megapixel limit"),
+        "missing.png": ({}, "not found"),
+    }
+    for file_name, (kwargs, expected) in cases.items():
+        msg = _error(folder / file_name, **kwargs)
+        assert expected in msg and f"'{file_name}'" in msg, msg
+        assert str(tmp_path) not in msg and "gradio" not in msg and "4f1c0ffee" not in msg, msg
+        # the caller's display name (an upload's original name) replaces the stored one
+        msg = _error(folder / file_name, name="My holiday.png", **kwargs)
+        assert "'My holiday.png'" in msg and file_name not in msg and str(tmp_path) not in msg, msg
+    assert "folder" in _error(folder) and str(tmp_path) not in _error(folder)
+    # bytes and open files: a name when there is one, never a path
+    assert _error(b"hello").startswith("The upload is not an image")
+    assert "'notes.png'" in _error(b"hello", name=str(folder / "notes.png"))
+    with open(folder / "notes.png", "rb") as fh:
+        msg = _error(fh)
+    assert "'notes.png'" in msg and str(tmp_path) not in msg
+
+
+def test_display_names_are_cleaned() -> None:
+    assert _error(b"x", name=r"C:\Users\me\Desktop\cat.png").startswith("'cat.png' is not an image")
+    assert _error(b"x", name="/tmp/a/b\nc\x00d.png").startswith("'bcd.png'")
+    long = _error(b"x", name="y" * 500 + ".png")
+    assert "..." in long and len(long) < 200
+
+
+def test_no_pil_internals_in_messages(tmp_path: Path) -> None:
+    Image.fromarray(_rgb(64, 64)).save(tmp_path / "full.png")
+    data = (tmp_path / "full.png").read_bytes()
+    msg = _error(data[: len(data) // 2], name="up.png")
+    assert msg == "'up.png' is damaged or truncated and cannot be decoded."
+    # far over PIL's own limit: PIL refuses in Image.open; still our wording, no "DOS attack"
+    msg = _error(_png_header_only(30_000, 30_000), name="bomb.png")
+    assert msg.startswith("'bomb.png' is too large: 900,000,000 pixels is over the 16.8-megapixel limit"), msg
+    assert "DOS" not in msg and "decompression" not in msg.lower()
+    # over our limit only: refused from the header, with its size
+    msg = _error(_png_header_only(5000, 4000), name="tall.png")
+    assert "5000x4000 is over the 16.8-megapixel limit" in msg and "20,000,000" in msg
+
+
+def test_plain_images_have_no_notes(tmp_path: Path) -> None:
+    Image.fromarray(_rgb()).save(tmp_path / "a.png")
+    arr, notes = load_image_with_notes(tmp_path / "a.png")
+    assert notes == [] and arr.shape == (12, 16, 3)
+    Image.fromarray(_rgb()[:, :, 0]).save(tmp_path / "g.png")
+    assert load_image_with_notes(tmp_path / "g.png")[1] == []
+    assert load_image_with_notes(_rgb())[1] == []
+    assert isinstance(load_image(tmp_path / "a.png"), np.ndarray)  # unchanged return type
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16bit_colour_png_is_read_at_8_bits_with_a_note(tmp_path: Path, channels: int) -> None:
+    arr = np.random.default_rng(11).integers(0, 65536, (6, 5, channels), dtype=np.uint16)
+    save_png(arr, tmp_path / "deep.png")
+    out, notes = load_image_with_notes(tmp_path / "deep.png")
+    # what the note says is what happens: 8 bits, the top byte of each sample
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, (arr >> 8).astype(np.uint8))
+    assert len(notes) == 1 and "'deep.png' has 16 bits per channel" in notes[0] and "read at 8 bits" in notes[0]
+
+
+def test_16bit_grayscale_keeps_16_bits_with_a_note(tmp_path: Path) -> None:
+    arr = np.random.default_rng(12).integers(0, 65536, (6, 5), dtype=np.uint16)
+    save_png(arr, tmp_path / "g16.png")
+    out, notes = load_image_with_notes(tmp_path / "g16.png", name="scan.png")
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out[:, :, 1], arr)
+    assert notes == ["'scan.png' is 16-bit grayscale: all 16 bits are kept (as R = G = B)."]
+    # 32-bit integer and float grayscale: clipped to 16 bits, and said so
+    assert "clipped to 0..65535" in load_image_with_notes(Image.fromarray(np.array([[0, 70000]], np.int32)))[1][0]
+    assert "rounded and clipped" in load_image_with_notes(Image.fromarray(np.array([[0.4, 7e4]], np.float32)))[1][0]
+
+
+def _frames() -> list[Image.Image]:
+    return [Image.new("RGB", (8, 6), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+
+
+@pytest.mark.parametrize(("suffix", "kind"), [("gif", "an animated GIF with 3 frames"),
+                                              ("png", "an animated APNG with 3 frames"),
+                                              ("webp", "an animated WEBP with 3 frames"),
+                                              ("tif", "a multi-page TIFF with 3 pages")])
+def test_animations_and_multi_page_files_use_the_first_frame(tmp_path: Path, suffix: str, kind: str) -> None:
+    first, *rest = _frames()
+    path = tmp_path / f"anim.{suffix}"
+    try:
+        first.save(path, save_all=True, append_images=rest, duration=100)
+    except (KeyError, OSError):  # a Pillow built without this writer
+        pytest.skip(f"Pillow cannot write animated {suffix}")
+    out, notes = load_image_with_notes(path)
+    assert out.shape[:2] == (6, 8)
+    red = out[..., :3].reshape(-1, 3).mean(axis=0)
+    assert red[0] > 200 and red[1] < 40 and red[2] < 40  # the first frame
+    assert notes == [f"'anim.{suffix}' is {kind}: only the first {'page' if suffix == 'tif' else 'frame'} is used."]
+    # one frame: no note
+    first.save(tmp_path / f"still.{suffix}")
+    assert load_image_with_notes(tmp_path / f"still.{suffix}")[1] == []
+
+
+def test_cmyk_and_exif_rotation_are_noted(tmp_path: Path) -> None:
+    Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=95)
+    out, notes = load_image_with_notes(tmp_path / "c.jpg")
+    assert out.shape == (8, 16, 3) and out[..., 0].mean() > 200
+    assert len(notes) == 1 and "'c.jpg' is CMYK: converted to RGB" in notes[0]
+    im = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "o.jpg", exif=exif, quality=95)
+    out, notes = load_image_with_notes(tmp_path / "o.jpg")
+    assert out.shape == (40, 20, 3) and notes == ["'o.jpg' was turned upright as its EXIF orientation tag says."]
+    out, notes = load_image_with_notes(Image.new("YCbCr", (4, 4), (128, 128, 128)))
+    assert out.shape == (4, 4, 3) and notes == ["The image is in the YCbCr colour space: converted to RGB."]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from PIL import Image
 
 from kaldn.metrics import psnr_y, ssim_y
-from kaldn.resize import _matrix, crop_to_scale, cubic, imresize, make_lr
+from kaldn import resize as R
+from kaldn.resize import crop_to_scale, cubic, imresize, make_lr, resize_matrix
 
 
 def _load_rgb(path: Path) -> np.ndarray:
@@ -166,10 +168,59 @@ def test_crop_to_scale_and_make_lr() -> None:
         crop_to_scale(np.zeros((2, 2)), 3)
 
 
-def test_weight_tables_are_cached() -> None:
-    _matrix.cache_clear()
+def test_weight_matrices_are_cached() -> None:
+    R._MATRICES.clear()
     img = np.zeros((32, 32), np.uint8)
-    imresize(img, scale=0.5)  # rows and columns share one (32, 16, 0.5) table
+    imresize(img, scale=0.5)  # rows and columns share one (32, 16, 0.5) matrix
     imresize(img, scale=0.5)
-    info = _matrix.cache_info()
-    assert info.misses == 1 and info.hits == 3
+    assert R._MATRICES.misses == 1 and R._MATRICES.hits == 3 and len(R._MATRICES) == 1
+
+
+def test_matrix_cache_is_bounded_in_bytes() -> None:
+    cache = R._MatrixCache(max_bytes=50_000)
+    for n in range(40, 400, 20):  # 10 to 95 rows of 16-18 taps: ~2 to 20 kB each
+        cache.get(n, n // 4, 0.25, "float64")
+        assert cache.nbytes <= 50_000
+    assert 1 <= len(cache) < 18  # the oldest were evicted
+    assert cache.nbytes == sum(R._csr_nbytes(m) for m in cache._items.values())
+    newest = (380, 95, 0.25, "float64")
+    assert newest in cache._items
+    big = cache.get(131072, 32768, 0.25, "float64")  # ~7 MB: used, but never kept
+    assert big.shape == (32768, 131072) and big.nnz < 32768 * 20
+    assert cache.nbytes <= 50_000 and (131072, 32768, 0.25, "float64") not in cache._items
+    # the module cache has a byte budget too
+    assert R._MATRICES.max_bytes == R.CACHE_BYTES <= 64 * 2**20
+
+
+def test_long_thin_image_needs_no_dense_matrix() -> None:
+    # 32x131072 is within a 4-megapixel cap; a dense column matrix for x1/4 would be
+    # 32768 x 131072 float64 = 32 GiB. Banded weights need a few copies of the image.
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (32, 131072), dtype=np.uint8)
+    R._MATRICES.clear()
+    tracemalloc.start()
+    try:
+        lr = imresize(img, scale=1 / 4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lr.shape == (8, 32768) and lr.dtype == np.uint8
+    image_f64 = img.size * 8  # 32 MiB
+    assert peak < 6 * image_f64, f"peak {peak / 2**20:.0f} MiB"
+    assert peak < 32768 * 131072 * 8 / 100  # far from what the dense matrix alone would take
+    # and it is the same resize: away from the borders, a window of the output equals the
+    # resize of the matching (scale-aligned) window of the input
+    x0, width = 4 * 20000, 512
+    window = imresize(img[:, x0 : x0 + width], scale=1 / 4)
+    np.testing.assert_array_equal(lr[:, 20000 + 8 : 20000 + width // 4 - 8], window[:, 8:-8])
+
+
+def test_resize_matrix_is_the_dense_form() -> None:
+    mat = resize_matrix(40, 10)
+    assert mat.shape == (10, 40) and mat.dtype == np.float64
+    np.testing.assert_allclose(mat.sum(axis=1), 1.0, atol=1e-12)
+    x = np.random.default_rng(4).random((40, 7))
+    np.testing.assert_allclose(mat @ x, imresize(x, output_shape=(10, 7)), atol=1e-12)
+    up = resize_matrix(10, 25, scale=2.5, dtype="float32")
+    assert up.dtype == np.float32 and up.shape == (25, 10)
+    np.testing.assert_allclose(up @ x[:10], imresize(x[:10], output_shape=(25, 7)), atol=1e-6)  # columns: identity
