@@ -4,6 +4,13 @@
     python -m benchmarks.train_zoo --scale 2 3 --iters 4000 --second-seed   # one queue, two scales
     python -m benchmarks.train_zoo --backbone small --convs kdsconv-det --second-seed \
         --iters 30000 --patch 48 --precision bf16 --ema 0.999 --workers 1   # the long `small` run
+    python -m benchmarks.train_zoo --device cuda --budget-minutes 40 --backbone paper \
+        --convs dsconv ldsconv kdsconv-det --second-seed --patch 48 --precision bf16 --ema 0.999  # one GPU
+
+With ``--budget-minutes`` the iteration count is not given but measured: each model's
+training speed is probed on the device first, and every model gets the same number of
+iterations, sized so the whole queue fits the budget (each run also stops at its share
+of the budget, so a slower-than-probed run cannot overrun it).
 
 Runs ``kaldn.train`` once per (model, seed) in ``--workers`` parallel processes of
 one thread each (measured here: two 1-thread runs train ~1.3x more iterations per
@@ -17,11 +24,16 @@ evaluates them and copies the seed-0 weights into ``checkpoints/``. Without
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import torch
+
+from benchmarks.train_speed import iterations_per_second
 
 CONVS = ["ldsconv", "kdsconv-det", "dsconv", "kdsconv-fixed", "kdsconv-avg", "kdsconv-max", "conv"]
 SECOND_SEED = ["ldsconv", "kdsconv-det", "dsconv", "kdsconv-fixed"]
@@ -44,10 +56,36 @@ def main() -> None:
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
     parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--out", default="runs/zoo")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: one run at a time on the GPU)")
+    parser.add_argument("--budget-minutes", type=float, help="size --iters so the whole queue fits this wall time")
     args = parser.parse_args()
 
     jobs = [(scale, conv, seed) for scale in args.scale
             for conv, seed in [(conv, 0) for conv in args.convs] + [(conv, 1) for conv in args.second_seed]]
+    threads = 1 if args.device == "cpu" else 4
+    workers = args.workers if args.device == "cpu" else 1
+    time_budget = None
+    if args.budget_minutes:
+        # 80 % of each share trains; the rest covers start-up, data loading and validation.
+        share = args.budget_minutes * 60 * workers / len(jobs)
+        time_budget = share
+        speeds = {}
+        for scale, conv, _ in jobs:
+            name = f"{args.backbone}-{conv}-x{scale}"
+            if name not in speeds:
+                torch.set_num_threads(threads)
+                speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
+                                                     precision=args.precision)[0]
+                print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({args.precision})", flush=True)
+        args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
+        # A re-run after an interruption must resume with the iterations planned first.
+        plan = Path(args.out) / f"{args.backbone}-{args.device}-plan.json"
+        if plan.exists():
+            args.iters = json.loads(plan.read_text())["iters"]
+        else:
+            plan.parent.mkdir(parents=True, exist_ok=True)
+            plan.write_text(json.dumps({"iters": args.iters, "speeds": speeds, "budget_minutes": args.budget_minutes}))
+        print(f"{len(jobs)} runs x {args.iters} iterations, {share / 60:.1f} min each at most", flush=True)
 
     def run(job: tuple[int, str, int]) -> tuple[str, int, int, float]:
         scale, conv, seed = job
@@ -58,15 +96,16 @@ def main() -> None:
         cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data,
                *(["--val", args.val] if args.val else []),
                "--iters", str(args.iters), "--batch", str(args.batch), "--patch", str(args.patch),
-               "--lr", str(args.lr), "--seed", str(seed), "--threads", "1", "--val-every", str(args.val_every),
-               "--precision", args.precision, "--ema", str(args.ema),
-               "--save-every", "200", "--out", str(out), *(["--resume"] if resume else [])]
+               "--lr", str(args.lr), "--seed", str(seed), "--val-every", str(args.val_every),
+               "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
+               "--threads", str(threads), "--save-every", "200", "--out", str(out),
+               *(["--resume"] if resume else []), *(["--time-budget", str(time_budget)] if time_budget else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
         return name, seed, code, time.time() - start
 
-    with ThreadPoolExecutor(args.workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         for name, seed, code, seconds in pool.map(run, jobs):
             print(f"{name} seed {seed}: exit {code}, {seconds / 60:.1f} min", flush=True)
 

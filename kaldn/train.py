@@ -152,9 +152,11 @@ def load_pairs(source: str | Path | list[Path], scale: int, min_lr_side: int,
 class PatchSampler:
     """Random aligned (LR, HR) patches with flips and 90-degree rotations, from a seeded generator."""
 
-    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int) -> None:
-        self.pairs = [(torch.from_numpy(np.array(hr)).permute(2, 0, 1), torch.from_numpy(np.array(lr)).permute(2, 0, 1))
-                      for hr, lr in pairs]
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int, patch: int, seed: int,
+                 device: torch.device | str = "cpu") -> None:
+        # On a GPU the whole uint8 training set lives there: cropping is slicing, so the GPU never waits.
+        self.pairs = [(torch.from_numpy(np.array(hr)).permute(2, 0, 1).to(device),
+                       torch.from_numpy(np.array(lr)).permute(2, 0, 1).to(device)) for hr, lr in pairs]
         self.scale, self.patch = scale, patch
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -385,7 +387,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     out.mkdir(parents=True, exist_ok=True)
     model.to(device).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    sampler = PatchSampler(train_pairs, scale, config.patch, config.seed + 1000 * rank)
+    sampler = PatchSampler(train_pairs, scale, config.patch, config.seed + 1000 * rank, device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     shipped = ema.module if ema is not None else model  # what is validated and saved
 

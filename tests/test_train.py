@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from safetensors.torch import load_file
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.models import create_model
-from kaldn.train import TrainConfig, TrainingDataError, TrainStateError, split_holdout, train
+from kaldn.train import TrainConfig, TrainingDataError, TrainStateError, list_images, split_holdout, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,10 +111,16 @@ def test_sigkill_then_resume_finishes_with_same_iteration_count(tmp_path):
            "--iters", "400", "--batch", "2", "--patch", "12", "--save-every", "5", "--threads", "1", "--seed", "3"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def saved_iteration() -> int:
+        try:
+            return json.loads((out / "last" / "config.json").read_text())["training"]["iterations_done"]
+        except (OSError, ValueError, KeyError):
+            return 0
+    # Kill only once a logged iteration (every 10th) is saved, so the log has records from before the kill.
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "train_state.safetensors").exists():
-        time.sleep(0.2)
-    time.sleep(0.5)
+    while time.time() < deadline and saved_iteration() < 10:
+        time.sleep(0.05)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert (out / "train_state.safetensors").exists(), "the run saved no state before it was killed"
@@ -183,15 +188,20 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 @pytest.fixture(scope="module")
 def short_runs(shared_data, tmp_path_factory):
-    """Two real 300-iteration runs of tiny-kdsconv-det-x4 on the shared data: default and raw-det descriptors."""
+    """Two real 300-iteration runs of tiny-kdsconv-det-x4 on the shared data: default and raw-det descriptors.
+
+    Trained on the images the default split trains on, validated on 4 of the held-out ones (BSD68 is a test set).
+    """
     root = tmp_path_factory.mktemp("real")
-    val = root / "val"
-    val.mkdir()
-    for path in sorted((shared_data / "val" / "bsd68").glob("*.png"))[:8]:
-        shutil.copy(path, val / path.name)  # a temporary subset, for speed
+    training, held_out = split_holdout(list_images(shared_data / "train" / "sun_hays80"), 10)
+    data, val = root / "data", root / "val"
+    for folder, paths in ((data, training), (val, held_out[:4])):  # a temporary subset, for speed
+        folder.mkdir()
+        for path in paths:
+            (folder / path.name).symlink_to(path)
     runs = {}
     for norm in ("standardize", "none"):
-        config = TrainConfig(model="tiny-kdsconv-det-x4", data=str(shared_data / "train" / "sun_hays80"),
+        config = TrainConfig(model="tiny-kdsconv-det-x4", data=str(data),
                              val=str(val), out=str(root / norm), iters=300, batch=16, patch=32, lr=1e-3,
                              seed=0, val_every=100, descriptor_norm=norm, threads=2)
         runs[norm] = train(config)
@@ -203,7 +213,7 @@ def _bicubic_psnr(folder: Path, scale: int) -> float:
     from kaldn.metrics import psnr_y
     from kaldn.resize import imresize, make_lr
     values = []
-    for path in sorted(folder.glob("*.png")):
+    for path in list_images(folder):
         hr, lr = make_lr(load_image(path), scale)
         values.append(psnr_y(imresize(lr, scale=scale), hr, scale))
     return float(np.mean(values))
@@ -215,7 +225,7 @@ def test_short_real_training_beats_bicubic(short_runs):
     history = runs["standardize"].history
     bicubic = _bicubic_psnr(val, 4)
     first, last = history[0], history[-1]
-    print(f"\nval (8 BSD68 images, x4): bicubic {bicubic:.3f} dB; iteration {first['iteration']}: "
+    print(f"\nval (4 held-out Sun-Hays images, x4): bicubic {bicubic:.3f} dB; iteration {first['iteration']}: "
           f"{first['val_psnr']:.3f} dB, L1 {first['val_loss']:.4f}; iteration {last['iteration']}: "
           f"{last['val_psnr']:.3f} dB, L1 {last['val_loss']:.4f}")
     assert last["val_loss"] < first["val_loss"]
@@ -367,3 +377,22 @@ def test_time_budget_stops_and_saves(tmp_path):
     result = train(_quick(tmp_path, "run", iters=10_000, time_budget_s=0.0))
     assert result.status == "time budget" and result.iteration == 1
     assert (tmp_path / "run" / "train_state.safetensors").exists()
+
+
+def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
+    # The one-command GPU path (train_zoo --device cuda --budget-minutes), run on the CPU for a few seconds.
+    data = _write_images(tmp_path / "data", count=3, size=48)
+    out = tmp_path / "zoo"
+    cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "0.05",
+           "--backbone", "tiny", "--scale", "2", "--convs", "ldsconv", "kdsconv-det", "--second-seed",
+           "--patch", "8", "--batch", "2", "--data", str(data), "--val", str(data), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    plan = json.loads((out / "tiny-cpu-plan.json").read_text())
+    assert plan["iters"] >= 10 and set(plan["speeds"]) == {"tiny-ldsconv-x2", "tiny-kdsconv-det-x2"}
+    for name in plan["speeds"]:
+        training = json.loads((out / "x2" / f"{name}-s0" / "last" / "config.json").read_text())["training"]
+        assert training["iterations"] == plan["iters"]  # one budget for every model
+        assert 0 < training["iterations_done"] <= plan["iters"]
+        assert training["wall_time_s"] <= 0.05 * 60 / 2 + 5  # its share of the budget, plus one iteration
