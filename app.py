@@ -42,10 +42,10 @@ from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
 from kaldn.images import ImageError
-from kaldn.inputs import check_scale, measurement_input, prepare_inputs
+from kaldn.inputs import measurement_input, prepare_inputs
 from kaldn.inspection import HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report, \
     inspection_choices, kernel_view
-from kaldn.models import scales
+from kaldn.models import check_scale, scales
 from kaldn.results import zoo_table
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig

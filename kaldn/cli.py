@@ -20,6 +20,11 @@ import sys
 import time
 from pathlib import Path
 
+from .checkpoint import CheckpointError
+from .hub import ModelNotFoundError, load_model
+from .images import ImageError, load_image, save_png
+from .inference import prepare_model, upscale
+
 # sub-command -> module with a ``main(argv) -> int``; imported only when used (training pulls in more).
 SUBCOMMANDS = {"train": "kaldn.train", "evaluate": "kaldn.evaluate", "convert": "kaldn.convert",
                "hub": "kaldn.hub", "cards": "kaldn.cards"}
@@ -31,11 +36,6 @@ def available_subcommands() -> dict[str, str]:
 
 def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
     """Upscale image files; 0 when all were written, 1 when some were skipped, 2 when the model cannot load."""
-    from .checkpoint import CheckpointError
-    from .hub import ModelNotFoundError, load_model
-    from .images import ImageError, load_image, save_png
-    from .inference import prepare_model, upscale
-
     parser = argparse.ArgumentParser(prog=prog, description="Upscale images with a kaldn model. Sub-commands: "
                                      + ", ".join(available_subcommands()) + " (kaldn SUB-COMMAND --help).")
     parser.add_argument("inputs", nargs="+", help="image files")

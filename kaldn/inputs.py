@@ -18,10 +18,10 @@ import numpy as np
 
 from .errors import UserError
 from .images import ImageError, load_image
-from .models import scales
+from .models import check_scale, scales
 from .resize import crop_to_scale, make_lr
 
-__all__ = ["MIN_LR_SIDE", "Inputs", "check_scale", "image_source", "measurement_input", "prepare_inputs"]
+__all__ = ["MIN_LR_SIDE", "Inputs", "image_source", "measurement_input", "prepare_inputs"]
 
 MIN_LR_SIDE = 8   # LR side below which no comparison makes sense (and SSIM's 11x11 window would not fit)
 
@@ -39,19 +39,6 @@ class Inputs:
     @property
     def output_shape(self) -> tuple[int, int]:
         return self.lr.shape[0] * self.scale, self.lr.shape[1] * self.scale
-
-
-def check_scale(scale: Any) -> int:
-    """``scale`` as an int if it is one of the registered scales, else a :class:`UserError` saying which are."""
-    valid = scales()
-    message = f"The scale must be one of {', '.join(map(str, valid))}, got {scale!r}."
-    try:
-        value = int(scale)
-    except (TypeError, ValueError):
-        raise UserError(message) from None
-    if value not in valid or float(scale) != value:
-        raise UserError(message)
-    return value
 
 
 def image_source(upload: Any) -> Any:

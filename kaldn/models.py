@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs import rdn as _rdn  # noqa: F401 - registers the RDN family
-from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
+from .archs.rdn import BACKBONES, DEFAULT_BACKBONE  # importing an architecture's module registers it
+from .errors import UserError
 from .registry import Architecture, Claim, architecture, architectures, conv_entries
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "count_parameters", "create_model",
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
            "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
 
 
@@ -73,6 +73,19 @@ def parse_model_name(name: str) -> ModelSpec:
 def scales() -> tuple[int, ...]:
     """Every scale some architecture is registered for, ascending."""
     return tuple(sorted({s for arch in architectures() for s in arch.scales}))
+
+
+def check_scale(scale: Any) -> int:
+    """``scale`` as an int if it is one of the registered scales, else a :class:`UserError` saying which are."""
+    valid = scales()
+    message = f"The scale must be one of {', '.join(map(str, valid))}, got {scale!r}."
+    try:
+        value = int(scale)
+    except (TypeError, ValueError):
+        raise UserError(message) from None
+    if value not in valid or float(scale) != value:
+        raise UserError(message)
+    return value
 
 
 def create_model(name: str, **options: Any) -> nn.Module:

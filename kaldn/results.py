@@ -16,8 +16,7 @@ import numpy as np
 from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
-from .inputs import check_scale
-from .models import count_parameters, create_model, parse_model_name, variants
+from .models import check_scale, count_parameters, create_model, parse_model_name, variants
 
 log = logging.getLogger("kaldn.results")
 

@@ -45,6 +45,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import atomic_write, save_checkpoint
 from .data import TrainingDataError, list_images, load_pairs, split_holdout
+from .hub import load_model
 from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
 from .inspection import gate_report, gate_summary
@@ -273,8 +274,7 @@ def _resume_key(config: TrainConfig) -> dict:
 
 def _build_model(config: TrainConfig) -> nn.Module:
     if config.init:
-        from .hub import load_model  # the one loader: names, directories, Hub, bundled
-        model = load_model(config.init)
+        model = load_model(config.init)  # the one loader: names, directories, Hub, bundled
         if config.model and config.model != model.config["model"]:
             raise ValueError(f"--init {config.init} is a {model.config['model']}, not {config.model}")
         return model
