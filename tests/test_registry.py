@@ -38,6 +38,15 @@ def toy_peer():
 
 
 @pytest.fixture
+def wide_gate_conv():
+    # README's example of adding a variant, verbatim.
+    register_conv("kdsconv-det-r4", functools.partial(KDSConv, kernel_pool="det", reduction=4),
+                  label="KDSConv (det, r = 4)", order=35, options=("descriptor_norm",), depthwise=True)
+    yield
+    unregister_conv("kdsconv-det-r4")
+
+
+@pytest.fixture
 def median_conv():
     # KDSConv with a fourth pooling name: the layer rejects it, so build with "avg" and call it median here.
     register_conv("kdsconv-median", functools.partial(KDSConv, kernel_pool="avg"), label="KDSConv (median)",
@@ -84,7 +93,21 @@ def test_a_peer_is_one_entry(toy_peer, tmp_path):
     assert dict((key, label) for label, key in variant_choices(3, []))["toy"] == "Toy peer (no x3 checkpoint)"
 
 
-def test_a_conv_variant_is_one_entry(median_conv):
+def test_a_conv_variant_is_one_entry(wide_gate_conv, tmp_path):
+    assert {"tiny-kdsconv-det-r4-x4", "small-kdsconv-det-r4-x2", "paper-kdsconv-det-r4-x3"} <= set(model_names())
+    spec = parse_model_name("tiny-kdsconv-det-r4-x4")
+    assert (spec.backbone, spec.conv, spec.scale) == ("tiny", "kdsconv-det-r4", 4)
+    assert [v.key for v in variants()].index("kdsconv-det-r4") == 3  # after det (30), before avg (40)
+    model = create_model("tiny-kdsconv-det-r4-x4")
+    layer = model.blocks[0].layers[0]
+    assert layer.kernel_pool == "det" and layer.gate_down.out_features == 32 // 4  # r = 4, not tiny's 8
+    save_checkpoint(tmp_path / "wide", model)
+    assert load_checkpoint(tmp_path / "wide").config["conv"] == "kdsconv-det-r4"
+    choices = dict((key, label) for label, key in variant_choices(4, ["tiny-kdsconv-det-r4-x4"]))
+    assert choices["kdsconv-det-r4"] == "KDSConv (det, r = 4)"
+
+
+def test_a_pooling_entry_joins_the_claims(median_conv):
     names = model_names()
     assert {"tiny-kdsconv-median-x2", "small-kdsconv-median-x4", "paper-kdsconv-median-x3"} <= set(names)
     assert [v.key for v in variants()].index("kdsconv-median") == 5  # after max (50), before fixed (60)
