@@ -35,22 +35,21 @@ import gradio as gr
 import pandas as pd
 
 from kaldn.cache import ModelCache
-from kaldn.comparison import ComparisonRun, default_pair, default_variants, metrics_table, pair_choices, \
-    run_comparison
+from kaldn.comparison import (ComparisonRun, default_pair, default_variants, metrics_table, pair_choices,
+                              run_comparison)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import measurement_input, prepare_inputs
-from kaldn.inspection import HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report, \
-    inspection_choices, kernel_view
+from kaldn.inspection import (HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
+                              inspection_choices, kernel_view)
 from kaldn.models import check_scale, scales
 from kaldn.results import zoo_table
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
 
-log = logging.getLogger("kaldn.app")
 SETTINGS = AppSettings.from_env()
 
 try:  # Hugging Face Spaces: GPU on demand (ZeroGPU); a no-op decorator elsewhere.
@@ -131,8 +130,6 @@ scale, MATLAB bicubic LR), as written by `python -m kaldn.evaluate --ship`. The 
 papers' DIV2K training: compare the rows with each other, not with published numbers. README's
 "Results" has the same numbers with the seed-to-seed spread and what they say about each claim.
 """
-
-
 
 
 # --- helpers ----------------------------------------------------------------------------------------------

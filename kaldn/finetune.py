@@ -55,7 +55,7 @@ class FineTuneUpdate:
     total: int
     notes: list[str] = field(default_factory=list)     # worth a pop-up each (first update only)
     downloads: list[str] | None = None           # the final update: the new model's files
-    entry: "FineTuned | None" = None             # the final update: the new model
+    entry: FineTuned | None = None               # the final update: the new model
 
     def loss_curve(self) -> dict[str, list]:
         steps = [h for h in self.history if h["event"] == "step"]
