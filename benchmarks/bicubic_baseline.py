@@ -22,9 +22,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from kaldn.images import image_to_tensor, load_image, tensor_to_image  # noqa: E402
 from kaldn.metrics import psnr_y, ssim_y  # noqa: E402
+from kaldn.registry import SCALES  # noqa: E402
 from kaldn.resize import imresize, make_lr  # noqa: E402
 
-SCALES = (2, 3, 4)
 BENCHES = ("set5", "set14")
 # Published bicubic baselines (PSNR, SSIM) quoted in DESIGN.md; None where not given.
 PUBLISHED: dict[tuple[str, int], tuple[float | None, float | None]] = {

@@ -27,8 +27,9 @@ import torch
 
 from kaldn.inference import prepare_model, upscale
 from kaldn.models import count_parameters, create_model, multiply_adds
+from kaldn.registry import conv_entries
 
-CONVS = ["conv", "dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed"]
+CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 SIZE = 256
 
 

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from kaldn.models import count_parameters, create_model
+from kaldn.registry import conv_entries
 
-CONVS = ["conv", "dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed"]
+CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 
 
 def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3,

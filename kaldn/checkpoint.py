@@ -1,7 +1,10 @@
 """The one checkpoint format: a directory with ``model.safetensors`` and ``config.json``.
 
 ``config.json`` holds everything needed to rebuild the model (``model`` name,
-``descriptor_norm``) and to judge it (training budget, metrics). The same
+``arch``, options such as ``descriptor_norm``) and to judge it (training budget,
+metrics). The same config is written into the safetensors header as well
+(metadata ``kaldn_config``, JSON), so a single ``.safetensors`` file describes
+itself: :func:`load_safetensors_file` loads one without its folder. The same
 directory is a Hugging Face Hub subfolder unchanged. Only safetensors are ever
 read: nothing is unpickled.
 """
@@ -15,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import create_model
+from .models import create_model, parse_model_name
+from .registry import architecture
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 FORMAT_VERSION = 1
+CONFIG_METADATA_KEY = "kaldn_config"  # the full config as JSON in the safetensors header
 
 
 class CheckpointError(ValueError):
@@ -57,8 +62,9 @@ def save_checkpoint(directory: str | Path, model: nn.Module, metadata: dict[str,
     directory = Path(directory)
     config = {"format_version": FORMAT_VERSION, **model.config, **(metadata or {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    header = {"format": "pt", "model": config["model"], CONFIG_METADATA_KEY: json.dumps(config)}
     # Weights first, config last: a config present means its weights are complete.
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"model": config["model"]}))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=header))
     write_json(directory / CONFIG_NAME, config)
     return directory
 
@@ -86,14 +92,61 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     return load_checkpoint_files(directory / WEIGHTS_NAME, directory / CONFIG_NAME, device)
 
 
+def read_safetensors_config(path: str | Path) -> dict[str, Any]:
+    """The config a ``.safetensors`` file carries in its header: the full ``kaldn_config``, else its ``model`` name.
+
+    Files written before the full config was stored hold only ``{"model": name}``; that is enough to rebuild
+    them (every other setting then takes its default).
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such weights file") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+    if CONFIG_METADATA_KEY in metadata:
+        try:
+            config = json.loads(metadata[CONFIG_METADATA_KEY])
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path}: header {CONFIG_METADATA_KEY} is not JSON ({exc})") from None
+        if isinstance(config, dict) and "model" in config:
+            return config
+    if "model" in metadata:
+        return {"model": metadata["model"]}
+    raise CheckpointError(f"{path}: the file names no model (no {CONFIG_METADATA_KEY} or model in its header) "
+                          f"and has no {CONFIG_NAME} beside it")
+
+
+def load_safetensors_file(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Load one ``.safetensors`` file: with ``config.json`` beside it when it is a checkpoint folder's
+    ``model.safetensors``, else rebuilt from its own header."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: only .safetensors weights are loaded")
+    sibling = path.parent / CONFIG_NAME
+    if sibling.is_file() and path.name == WEIGHTS_NAME:
+        return load_checkpoint_files(path, sibling, device)
+    return _load(path, read_safetensors_config(path), str(path), device)
+
+
 def load_checkpoint_files(weights_path: str | Path, config_path: str | Path,
                           device: str | torch.device = "cpu") -> nn.Module:
-    weights_path, config_path = Path(weights_path), Path(config_path)
-    config = read_config(config_path)
+    return _load(Path(weights_path), read_config(config_path), str(config_path), device)
+
+
+def _model_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The options of the model's architecture that the config sets (the rest keep their defaults)."""
+    arch = architecture(parse_model_name(config["model"]).arch)
+    return {k: config[k] for k in arch.options if k in config}
+
+
+def _load(weights_path: Path, config: dict[str, Any], config_source: str, device: str | torch.device) -> nn.Module:
     try:
-        model = create_model(config["model"], descriptor_norm=config.get("descriptor_norm", "standardize"))
-    except ValueError as exc:
-        raise CheckpointError(f"{config_path}: {exc}") from None
+        model = create_model(config["model"], **_model_options(config))
+    except ValueError as exc:  # an unknown name, or a bad option value
+        raise CheckpointError(f"{config_source}: {exc}") from None
     if weights_path.suffix != ".safetensors":
         raise CheckpointError(f"{weights_path}: only .safetensors weights are loaded")
     try:

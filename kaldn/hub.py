@@ -1,13 +1,16 @@
 """One model loader for the app, the CLI, training (``--init``) and evaluation.
 
-``load_model(name_or_path)`` takes either a checkpoint directory (loaded as is)
-or a model name, resolved in this order (``source="auto"``):
+``load_model(name_or_path)`` takes a checkpoint directory or a single ``.safetensors`` file (loaded as is),
+an ``hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]`` name (that Hub repository only, as timm's ``hf-hub:``
+names), or a model name, resolved in this order (``source="auto"``):
 
 1. ``local_dir/<name>/`` when ``local_dir`` is given;
 2. the Hugging Face Hub: subfolder ``<name>`` of ``repo_id`` at ``revision``,
    through ``huggingface_hub.hf_hub_download`` and therefore its cache,
    ``HF_HOME``/``HF_HUB_CACHE``, ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and token;
-3. the bundled ``checkpoints/<name>/`` (``KALDN_CHECKPOINTS`` overrides the folder).
+3. the bundled checkpoints (``KALDN_CHECKPOINTS`` overrides the folder): the repository's ``checkpoints/``
+   in a checkout, installed with the package as ``kaldn/bundled/`` (pyproject.toml maps the one onto the
+   other, so the files are not duplicated in the repository).
 
 The ``checkpoints/`` folder is laid out exactly as the Hub model repository, so
 the same files travel both ways (``python -m kaldn.hub push`` / ``pull``).
@@ -55,7 +58,7 @@ from typing import Sequence
 
 from torch import nn
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint_files
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint_files, load_safetensors_file
 
 logger = logging.getLogger("kaldn.hub")
 
@@ -97,10 +100,20 @@ def hub_revision(revision: str | None = None) -> str:
     return revision or os.environ.get("KALDN_HUB_REVISION") or DEFAULT_REVISION
 
 
+HF_HUB_PREFIX = "hf-hub:"
+INSTALLED_BUNDLE = Path(__file__).resolve().parent / "bundled"      # package data of an installed kaldn
+CHECKOUT_BUNDLE = Path(__file__).resolve().parents[1] / "checkpoints"  # the repository's folder
+
+
 def bundled_dir() -> Path:
-    """The bundled checkpoints folder (same layout as the Hub repo); ``KALDN_CHECKPOINTS`` overrides it."""
+    """The bundled checkpoints folder (same layout as the Hub repo); ``KALDN_CHECKPOINTS`` overrides it.
+
+    Installed, the checkpoints are package data (``kaldn/bundled``); in a checkout, ``checkpoints/``.
+    """
     env = os.environ.get("KALDN_CHECKPOINTS")
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "checkpoints"
+    if env:
+        return Path(env)
+    return INSTALLED_BUNDLE if INSTALLED_BUNDLE.is_dir() else CHECKOUT_BUNDLE
 
 
 def _float_env(name: str, default: float) -> float:
@@ -245,7 +258,10 @@ def _verify_download(path: Path) -> None:
 
 
 def _hub_files(name: str, repo_id: str, revision: str) -> tuple[Path, Path]:
-    """Paths of ``<name>/config.json`` and ``<name>/model.safetensors`` in the local Hub cache, fetching if needed."""
+    """Paths of ``<name>/config.json`` and ``<name>/model.safetensors`` in the local Hub cache, fetching if needed.
+
+    ``name`` is the subfolder; empty: the files at the top of the repository.
+    """
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
     endpoint = _endpoint()
@@ -258,7 +274,8 @@ def _hub_files(name: str, repo_id: str, revision: str) -> tuple[Path, Path]:
             local_only, why_local = True, f"{remembered}, remembered"
     if not local_only:
         # One quick HEAD with no retries: the fast way to learn the Hub cannot be reached (see module docstring).
-        url = hf_hub_url(repo_id, f"{name}/{CONFIG_NAME}", revision=revision, endpoint=endpoint)
+        url = hf_hub_url(repo_id, f"{name}/{CONFIG_NAME}" if name else CONFIG_NAME, revision=revision,
+                         endpoint=endpoint)
         try:
             get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint, retry_on_errors=False)
         except Exception as exc:  # noqa: BLE001 - classified below, unknown errors re-raised
@@ -273,7 +290,7 @@ def _hub_files(name: str, repo_id: str, revision: str) -> tuple[Path, Path]:
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:
-            paths.append(Path(hf_hub_download(repo_id, filename, subfolder=name, revision=revision,
+            paths.append(Path(hf_hub_download(repo_id, filename, subfolder=name or None, revision=revision,
                                               endpoint=endpoint, etag_timeout=timeout, cache_dir=_cache_dir(),
                                               local_files_only=local_only)))
         except Exception as exc:  # noqa: BLE001
@@ -297,7 +314,16 @@ def _load_from_hub(name: str, repo_id: str, revision: str, device: str) -> nn.Mo
         _verify_download(weights_path)
         return load_checkpoint_files(weights_path, config_path, device)
     except CheckpointError as exc:
-        raise CheckpointError(f"{exc} [from hub {repo_id}@{revision}, {name}/]") from None
+        raise CheckpointError(f"{exc} [from hub {repo_id}@{revision}, {name or '.'}/]") from None
+
+
+def parse_hf_hub_name(name: str) -> tuple[str, str, str | None]:
+    """``hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]`` -> (repo_id, subfolder or "", revision or None)."""
+    path, at, revision = name[len(HF_HUB_PREFIX):].partition("@")
+    parts = [p for p in path.split("/") if p]
+    if len(parts) < 2 or any(p in (".", "..") for p in parts) or (at and not revision):
+        raise ModelNotFoundError(f"{name!r} is not a Hub name: use hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]")
+    return "/".join(parts[:2]), "/".join(parts[2:]), revision or None
 
 
 # --- local folders ------------------------------------------------------------------------------------------
@@ -330,15 +356,27 @@ def _looks_like_path(name: str) -> bool:
 
 def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str | Path | None = None,
                repo_id: str | None = None, revision: str | None = None, device: str = "cpu") -> nn.Module:
-    """Load a model by checkpoint directory or by name, from local dir, Hub or bundled checkpoints.
+    """Load a model by checkpoint directory, ``.safetensors`` file, ``hf-hub:`` name or model name.
 
     ``source``: ``"auto"`` (local dir if given, then Hub, then bundled), or only one of ``"local"``, ``"hub"``,
-    ``"bundled"``. Availability problems of the Hub fall back (auto) or raise ``ModelNotFoundError`` (hub);
-    a bad file raises ``CheckpointError`` whatever the source, so tampering is never papered over.
+    ``"bundled"``. Availability problems of the Hub fall back (auto) or raise ``ModelNotFoundError`` (hub, and
+    ``hf-hub:`` names, which name one repository); a bad file raises ``CheckpointError`` whatever the source, so
+    tampering is never papered over.
     """
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+    if isinstance(name_or_path, str) and name_or_path.startswith(HF_HUB_PREFIX):
+        repo, subfolder, rev = parse_hf_hub_name(name_or_path)
+        rev = rev or DEFAULT_REVISION
+        try:
+            return _load_from_hub(subfolder, repo, rev, device)
+        except _HubUnavailable as exc:
+            raise ModelNotFoundError(f"model {name_or_path!r} not found (hub {repo}@{rev}: {exc.reason})") from None
     path = Path(name_or_path).expanduser()
+    if path.suffix == ".safetensors" and not path.is_dir():
+        if not path.is_file():
+            raise ModelNotFoundError(f"{path}: no such weights file")
+        return load_safetensors_file(path, device)
     if isinstance(name_or_path, Path) or path.is_dir() or _looks_like_path(str(name_or_path)):
         if not path.is_dir():
             raise ModelNotFoundError(f"{path}: no such checkpoint directory")

@@ -16,6 +16,7 @@ from torch import nn
 
 from .images import image_to_tensor, tensor_to_image
 from .layers import fuse
+from .resize import imresize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -72,8 +73,6 @@ def upscale(image: np.ndarray, model: nn.Module, tile: int | None = 256, overlap
     comes back as its mean. Each tile is converted to the output dtype as it
     comes, so peak memory is one tile's activations plus the output image.
     """
-    from .resize import imresize
-
     scale = model.config["scale"]
     device, dtype = _model_device_dtype(model)
     gray = image.ndim == 2

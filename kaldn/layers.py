@@ -27,9 +27,13 @@ Because ``a`` depends only on weights, ``fuse()`` bakes W' into a plain
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .registry import Claim, conv_entry, register_conv
 
 KERNEL_POOLS = ("det", "avg", "max")
 
@@ -197,23 +201,30 @@ def fuse(model: nn.Module) -> nn.Module:
     return model
 
 
-# conv name (as in model names) -> factory(in_channels, out_channels, **options)
-CONVS = {
-    "conv": StandardConv,
-    "dsconv": DSConv,
-    "ldsconv": LinearDSConv,
-    "kdsconv-det": lambda i, o, **kw: KDSConv(i, o, kernel_pool="det", **kw),
-    "kdsconv-avg": lambda i, o, **kw: KDSConv(i, o, kernel_pool="avg", **kw),
-    "kdsconv-max": lambda i, o, **kw: KDSConv(i, o, kernel_pool="max", **kw),
-    "kdsconv-fixed": FixedScaleDSConv,
-}
+# The variants, registered once: model names, the app's choices, the evaluation claims, the benchmarks and
+# the tests all read this list (kaldn/registry.py). Order is the display order.
+ATTENTION_OPTIONS = ("reduction", "descriptor_norm")
+
+register_conv("dsconv", DSConv, label="DSConv", order=10, depthwise=True)
+register_conv("ldsconv", LinearDSConv, label="Linear DSConv", order=20, depthwise=True,
+              claims=(Claim("dsconv", "linear DSConv beats DSConv"),))
+register_conv("kdsconv-det", functools.partial(KDSConv, kernel_pool="det"), label="KDSConv (det)", order=30,
+              options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="det",
+              claims=(Claim("ldsconv", "KDSConv (det) beats linear DSConv"),
+                      Claim("kdsconv-fixed", "learned attention beats the fixed 1.5x scale")))
+register_conv("kdsconv-avg", functools.partial(KDSConv, kernel_pool="avg"), label="KDSConv (avg)", order=40,
+              options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="avg")
+register_conv("kdsconv-max", functools.partial(KDSConv, kernel_pool="max"), label="KDSConv (max)", order=50,
+              options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="max")
+register_conv("kdsconv-fixed", FixedScaleDSConv, label="KDSConv fixed 1.5x (control)", order=60, depthwise=True)
+# The standard-conv RDN, the upper reference of paper 001 Table I: offered, not selected by default.
+register_conv("conv", StandardConv, label="Standard conv (RDN)", order=70, default=False,
+              claims=(Claim("kdsconv-det", "standard conv (4x the parameters) beats KDSConv"),))
 
 
 def make_conv(conv: str, in_channels: int, out_channels: int, *, reduction: int = 32,
               descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> nn.Module:
-    """Build the layer named ``conv`` (one of ``CONVS``); attention options only reach KDSConv."""
-    if conv not in CONVS:
-        raise ValueError(f"unknown conv {conv!r}; valid: {', '.join(CONVS)}")
-    if conv.startswith("kdsconv-") and conv != "kdsconv-fixed":
-        return CONVS[conv](in_channels, out_channels, reduction=reduction, descriptor_norm=descriptor_norm)
-    return CONVS[conv](in_channels, out_channels)
+    """Build the registered layer named ``conv``; the attention options only reach the variants that take them."""
+    entry = conv_entry(conv)
+    options = {"reduction": reduction, "descriptor_norm": descriptor_norm}
+    return entry.build(in_channels, out_channels, **{k: v for k, v in options.items() if k in entry.options})

@@ -32,9 +32,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
-# compare.py is being split on another branch; its colour ramps and font helper are imported here,
-# and only here, so the move touches one line.
-from .compare import _font, diverging, enlarge_nearest, sequential
+from .display import diverging, enlarge_nearest, font, sequential
 from .metrics import _as_8bit, psnr_y, rgb_to_y
 
 __all__ = [
@@ -289,9 +287,9 @@ def colour_bar(colours: np.ndarray, left: str, right: str, middle: str | None = 
     ``6 + (16 if title) + 14 + 4 + 16 + 6`` pixels high.
     """
     colours = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
-    font = _font(12)
+    label_font = font(12)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    widths = [measure.textlength(t, font=font) for t in (left, right, middle or "", title or "")]
+    widths = [measure.textlength(t, font=label_font) for t in (left, right, middle or "", title or "")]
     need = max(widths[0] + widths[1] + (widths[2] + 24 if middle else 12), widths[3])
     length = max(int(length), math.ceil(need), 2)
     top = _PAD + (_LINE if title else 0)
@@ -302,13 +300,13 @@ def colour_bar(colours: np.ndarray, left: str, right: str, middle: str | None = 
     canvas.paste(Image.fromarray(np.ascontiguousarray(strip)), (_PAD, top))
     draw.rectangle([_PAD - 1, top - 1, _PAD + length, top + _BAR_H], outline=(90, 90, 90))
     if title:
-        draw.text((_PAD, _PAD - 2), title, fill="black", font=font)
+        draw.text((_PAD, _PAD - 2), title, fill="black", font=label_font)
     y = top + _BAR_H + 3
-    draw.text((_PAD, y), left, fill="black", font=font)
-    draw.text((_PAD + length - widths[1], y), right, fill="black", font=font)
+    draw.text((_PAD, y), left, fill="black", font=label_font)
+    draw.text((_PAD + length - widths[1], y), right, fill="black", font=label_font)
     if middle:
         draw.line([_PAD + length // 2, top + _BAR_H, _PAD + length // 2, top + _BAR_H + 3], fill="black")
-        draw.text((_PAD + (length - widths[2]) / 2, y), middle, fill="black", font=font)
+        draw.text((_PAD + (length - widths[2]) / 2, y), middle, fill="black", font=label_font)
     return np.asarray(canvas)
 
 
@@ -334,15 +332,15 @@ def pair_colour_bar(pair: PairDifference, length: int = 256) -> np.ndarray:
 
 def _compose(lines: list[str], body: np.ndarray, bar: np.ndarray) -> np.ndarray:
     """Title lines above the body, the colour bar below it; uint8 RGB, as wide as the widest part."""
-    font = _font(12)
+    label_font = font(12)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max((measure.textlength(line, font=font) for line in lines), default=0)
+    text_w = max((measure.textlength(line, font=label_font) for line in lines), default=0)
     width = max(body.shape[1], bar.shape[1], math.ceil(text_w) + 2 * _PAD)
     head = _PAD + _LINE * len(lines)
     canvas = Image.new("RGB", (width, head + body.shape[0] + bar.shape[0]), "white")
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
-        draw.text((_PAD, _PAD - 2 + _LINE * i), line, fill="black", font=font)
+        draw.text((_PAD, _PAD - 2 + _LINE * i), line, fill="black", font=label_font)
     canvas.paste(Image.fromarray(np.ascontiguousarray(body)), (0, head))
     canvas.paste(Image.fromarray(np.ascontiguousarray(bar)), (0, head + body.shape[0]))
     return np.asarray(canvas)

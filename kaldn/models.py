@@ -1,69 +1,168 @@
-"""One model factory: ``create_model("tiny-kdsconv-det-x4")``.
+"""One model factory over the registry: ``create_model("tiny-kdsconv-det-x4")``.
 
-Names are ``{backbone}-{conv}-x{scale}`` (DESIGN.md), e.g. ``tiny-ldsconv-x2``.
+Names (DESIGN.md) are ``{backbone}-{conv}-x{scale}`` for a family (RDN: backbones ``tiny``, ``small``,
+``paper``; convs as registered in ``kaldn/layers.py``) and ``{arch}-x{scale}`` for a single network.
+Importing this module registers every built-in architecture, so every query here sees all of them.
+
+A *variant* is what the app offers and the tables compare: a conv variant (on the family's default
+backbone, ``tiny``) or a single network; :func:`variants` lists them in display order.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from .layers import CONVS, DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
-from .rdn import RDN
+from .archs.rdn import BACKBONES, DEFAULT_BACKBONE  # importing an architecture's module registers it
+from .errors import UserError
+from .registry import Architecture, Claim, architecture, architectures, conv_entries
 
-# paper: RDN of paper 001 Table I. tiny: sized for 2 CPU cores (DESIGN.md's
-# calibration net, ~100K parameters with depthwise convs, ~0.2 s for a 256x256 x4).
-BACKBONES: dict[str, dict] = {
-    "paper": dict(num_features=64, growth=64, num_blocks=16, num_layers=8, upsampler="rdn",
-                  bicubic_skip=False, reduction=32),
-    # r = 8 rather than 32: with 32-128 channels, r = 32 would leave a 1-4 unit gate.
-    "tiny": dict(num_features=32, growth=32, num_blocks=4, num_layers=4, upsampler="light",
-                 bicubic_skip=True, reduction=8),
-    # Between the two: 389K parameters with KDSConv (DESIGN.md's 40-minute calibration size),
-    # for long CPU runs; per iteration it keeps pace with tiny and keeps improving after it flattens.
-    "small": dict(num_features=48, growth=32, num_blocks=6, num_layers=5, upsampler="light",
-                  bicubic_skip=True, reduction=8),
-}
-SCALES = (2, 3, 4)
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
+           "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    backbone: str
-    conv: str
+    """What a model name says: the architecture, the scale and, for a family, backbone and conv."""
+
+    arch: str
     scale: int
+    backbone: str | None = None
+    conv: str | None = None
 
     @property
     def name(self) -> str:
+        if self.backbone is None:
+            return f"{self.arch}-x{self.scale}"
         return f"{self.backbone}-{self.conv}-x{self.scale}"
 
+    @property
+    def variant(self) -> str:
+        """The key of its variant: the conv for a family, the architecture otherwise."""
+        return self.conv if self.conv is not None else self.arch
 
-def model_names(backbones: tuple[str, ...] = tuple(BACKBONES)) -> list[str]:
-    return [ModelSpec(b, c, s).name for b in backbones for c in CONVS for s in SCALES]
+
+def _specs(arch: Architecture) -> list[ModelSpec]:
+    if not arch.family:
+        return [ModelSpec(arch.name, s) for s in arch.scales]
+    return [ModelSpec(arch.name, s, b, c.name) for b in arch.backbones for c in conv_entries() for s in arch.scales]
+
+
+def model_names(backbones: tuple[str, ...] | None = None) -> list[str]:
+    """Every model name, in registry order; ``backbones`` limits them to those family backbones."""
+    names = []
+    for arch in architectures():
+        if backbones is not None and not arch.family:
+            continue
+        names += [s.name for s in _specs(arch) if backbones is None or s.backbone in backbones]
+    return names
 
 
 def parse_model_name(name: str) -> ModelSpec:
-    """Split a model name into backbone, conv and scale; ValueError listing valid names otherwise."""
-    for backbone in BACKBONES:
-        for conv in CONVS:
-            for scale in SCALES:
-                if name == ModelSpec(backbone, conv, scale).name:
-                    return ModelSpec(backbone, conv, scale)
+    """Split a model name into architecture, scale and (for a family) backbone and conv; ValueError otherwise."""
+    for arch in architectures():
+        for spec in _specs(arch):
+            if spec.name == name:
+                return spec
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
 
 
-def create_model(name: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> nn.Module:
-    """Build an untrained model by name. ``model.config`` records how, for checkpoints."""
+def scales() -> tuple[int, ...]:
+    """Every scale some architecture is registered for, ascending."""
+    return tuple(sorted({s for arch in architectures() for s in arch.scales}))
+
+
+def check_scale(scale: Any) -> int:
+    """``scale`` as an int if it is one of the registered scales, else a :class:`UserError` saying which are."""
+    valid = scales()
+    message = f"The scale must be one of {', '.join(map(str, valid))}, got {scale!r}."
+    try:
+        value = int(scale)
+    except (TypeError, ValueError):
+        raise UserError(message) from None
+    if value not in valid or float(scale) != value:
+        raise UserError(message)
+    return value
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build an untrained model by name. ``model.config`` records how (name, architecture, scale, options).
+
+    ``options`` are the architecture's (``descriptor_norm`` for RDN); one it does not take is an error.
+    """
     spec = parse_model_name(name)
-    if descriptor_norm not in DESCRIPTOR_NORMS:
-        raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
-    model = RDN(conv=spec.conv, scale=spec.scale, descriptor_norm=descriptor_norm, **BACKBONES[spec.backbone])
-    model.config = {"model": name, "backbone": spec.backbone, "conv": spec.conv, "scale": spec.scale,
-                    "descriptor_norm": descriptor_norm}
+    arch = architecture(spec.arch)
+    unknown = sorted(set(options) - set(arch.options))
+    if unknown:
+        raise ValueError(f"{name} takes no option {', '.join(unknown)}"
+                         + (f" (options: {', '.join(arch.options)})" if arch.options else ""))
+    settings = {**arch.options, **options}
+    if arch.family:
+        model = arch.build(scale=spec.scale, conv=spec.conv, **arch.backbones[spec.backbone], **settings)
+        model.config = {"model": name, "arch": arch.name, "backbone": spec.backbone, "conv": spec.conv,
+                        "scale": spec.scale, **settings}
+    else:
+        model = arch.build(scale=spec.scale, **settings)
+        model.config = {"model": name, "arch": arch.name, "scale": spec.scale, **settings}
     return model
 
+
+# --- variants: what the app offers and the tables compare -------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    """A conv variant of the family, or a single network; ``model_name(scale)`` names its model."""
+
+    key: str
+    label: str
+    order: int
+    default: bool                       # selected by default in the app
+    arch: str
+    scales: tuple[int, ...]
+    backbone: str | None = None         # a conv variant: the family's default backbone
+    depthwise: bool = False             # has depthwise kernels to inspect
+    kernel_pool: str | None = None      # kernel attention pooled by this (det / avg / max)
+    claims: tuple[Claim, ...] = ()
+
+    def model_name(self, scale: int) -> str:
+        return ModelSpec(self.arch, scale, self.backbone, self.key if self.backbone else None).name
+
+
+def variants() -> list[Variant]:
+    """Every variant in display order: the family's conv variants (on its default backbone), then the networks."""
+    out = []
+    for arch in architectures():
+        if arch.family:
+            out += [Variant(c.name, c.label, c.order, c.default, arch.name, arch.scales, arch.default_backbone,
+                            c.depthwise, c.kernel_pool, c.claims) for c in conv_entries()]
+        else:
+            out.append(Variant(arch.name, arch.label, arch.order, arch.default, arch.name, arch.scales))
+    return sorted(out, key=lambda v: v.order)
+
+
+def variant_of(name: str) -> Variant | None:
+    """The variant whose model ``name`` is (e.g. ``tiny-ldsconv-x2`` -> ``ldsconv``); None for a model of another
+    backbone, or a name that is not a model."""
+    try:
+        spec = parse_model_name(name)
+    except ValueError:
+        return None
+    v = next((v for v in variants() if v.key == spec.variant and v.arch == spec.arch), None)
+    return v if v is not None and v.model_name(spec.scale) == name else None
+
+
+def variant(key: str) -> Variant:
+    """The variant with this key (a conv name such as ``kdsconv-det``, or an architecture name)."""
+    for v in variants():
+        if v.key == key:
+            return v
+    raise ValueError(f"unknown variant {key!r}; valid: {', '.join(v.key for v in variants())}")
+
+
+# --- measuring a model ------------------------------------------------------------------------------------
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

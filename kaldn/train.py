@@ -43,24 +43,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .attention import gate_report, gate_summary
 from .checkpoint import atomic_write, save_checkpoint
-from .images import ImageError, image_to_tensor, load_image, tensor_to_image
+from .data import TrainingDataError, list_images, load_pairs, split_holdout
+from .hub import load_model
+from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
+from .inspection import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import psnr_y, ssim_y
-from .models import create_model
-from .resize import make_lr
+from .models import create_model, parse_model_name
+from .registry import architecture
 
 log = logging.getLogger("kaldn.train")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 STATE_NAME = "train_state.safetensors"
 PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-class TrainingDataError(ValueError):
-    """A data folder that cannot be trained on; raised before any work starts."""
 
 
 class TrainStateError(ValueError):
@@ -102,51 +99,6 @@ class TrainResult:
     out: Path
     best_psnr: float | None
     history: list[dict] = field(default_factory=list)
-
-
-def list_images(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise TrainingDataError(f"{folder}: no such folder")
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
-def split_holdout(paths: list[Path], every: int) -> tuple[list[Path], list[Path]]:
-    """(training, validation): every ``every``-th path (the 10th, 20th, ... for 10) is held out."""
-    if every < 2:
-        raise ValueError(f"val_holdout must be at least 2, got {every}")
-    held = [p for i, p in enumerate(paths) if i % every == every - 1]
-    return [p for p in paths if p not in held], held
-
-
-def load_pairs(source: str | Path | list[Path], scale: int, min_lr_side: int,
-               purpose: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(HR, LR) uint8 pairs from a folder or a list of files, LR by ``imresize``; unusable files skipped with a warning."""
-    paths = source if isinstance(source, list) else list_images(source)
-    folder = source if not isinstance(source, list) else (paths[0].parent if paths else "(no files)")
-    pairs, skipped = [], 0
-    for path in paths:
-        try:
-            image = load_image(path)[..., :3]
-        except ImageError as exc:
-            log.warning("skipping %s: %s", path, exc)
-            skipped += 1
-            continue
-        if image.dtype != np.uint8:
-            image = (image.astype(np.float64) / 257).round().astype(np.uint8)
-        if min(image.shape[:2]) // scale < min_lr_side:
-            log.warning("skipping %s: %dx%d is smaller than a %d-pixel patch at x%d",
-                        path, image.shape[1], image.shape[0], min_lr_side * scale, scale)
-            skipped += 1
-            continue
-        pairs.append(make_lr(image, scale))
-    if not pairs:
-        raise TrainingDataError(
-            f"{folder}: no usable {purpose} image ({len(paths)} image files found, {skipped} skipped; "
-            f"need PNG/JPEG images at least {min_lr_side * scale} pixels on each side)")
-    if skipped:
-        log.warning("%s: used %d images, skipped %d", folder, len(pairs), skipped)
-    return pairs
 
 
 class PatchSampler:
@@ -324,14 +276,15 @@ def _resume_key(config: TrainConfig) -> dict:
 
 def _build_model(config: TrainConfig) -> nn.Module:
     if config.init:
-        from .hub import load_model  # the one loader: names, directories, Hub, bundled
-        model = load_model(config.init)
+        model = load_model(config.init)  # the one loader: names, directories, Hub, bundled
         if config.model and config.model != model.config["model"]:
             raise ValueError(f"--init {config.init} is a {model.config['model']}, not {config.model}")
         return model
     if not config.model:
         raise ValueError("give --model (or --init to fine-tune an existing model)")
-    return create_model(config.model, descriptor_norm=config.descriptor_norm)
+    # --descriptor-norm is an option of the architectures that take it (RDN); others have none.
+    takes_norm = "descriptor_norm" in architecture(parse_model_name(config.model).arch).options
+    return create_model(config.model, **({"descriptor_norm": config.descriptor_norm} if takes_norm else {}))
 
 
 def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,

@@ -1,9 +1,12 @@
 """The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
 
 Uploads an image, runs a comparison, finds the output images and the metrics table, runs a short
-fine-tune, opens "Model zoo" and "How it works", and saves screenshots of the four tabs to ``docs/screenshots/``
-(when the bundled ``checkpoints/tiny-*-x4`` models exist; with throwaway models, to a temporary folder,
-so misleading numbers never land in the docs). ``KALDN_SCREENSHOTS_DIR`` overrides the folder.
+fine-tune, opens "Model zoo" and "How it works", and saves screenshots of the four tabs to a temporary
+folder: a test never writes into tracked files. To refresh README's screenshots (with the bundled
+``checkpoints/tiny-*-x4`` models, so the numbers are real)::
+
+    KALDN_SCREENSHOTS_DIR=docs/screenshots python -m pytest tests/test_browser.py
+
 Skipped when ``/usr/bin/chromium`` is absent.
 """
 
@@ -16,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from app_server import X4_CONVS, running_app, write_throwaway_checkpoints
+from kaldn.models import variant
+
+from app_server import DEFAULT_VARIANTS, running_app
+
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -30,13 +36,13 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    fallback = write_throwaway_checkpoints(tmp_path_factory.mktemp("ckpts"), [f"tiny-{c}-x4" for c in X4_CONVS])
-    with running_app(fallback) as server:
+def served(throwaway, tmp_path_factory):
+    with running_app(throwaway) as server:
         env_dir = os.environ.get("KALDN_SCREENSHOTS_DIR")
-        # Screenshots of throwaway models never land in the docs.
-        shots = Path(env_dir) if env_dir else (ROOT / "docs" / "screenshots" if server["real"]
-                                               else tmp_path_factory.mktemp("screenshots"))
+        if env_dir and not server["real"]:
+            pytest.fail("KALDN_SCREENSHOTS_DIR is set but there are no bundled checkpoints: the screenshots "
+                        "would show untrained models")
+        shots = Path(env_dir) if env_dir else tmp_path_factory.mktemp("screenshots")
         shots.mkdir(parents=True, exist_ok=True)
         yield {**server, "shots": shots}
 
@@ -77,7 +83,8 @@ def test_compare_tab(served, page):
     assert "Bicubic" in table and "PSNR" in table
     psnrs = [float(x) for x in re.findall(r"\b(\d{2}\.\d{3})\b", table)]
     assert psnrs, table
-    expected_rows = 1 + len([c for c in X4_CONVS if not served["real"] or f"tiny-{c}-x4" in served["real"]])
+    expected_rows = 1 + len([v for v in DEFAULT_VARIANTS if not served["real"]
+                             or variant(v).model_name(4) in served["real"]])
     assert crops == expected_rows + 2  # + LR input and ground truth
     assert "Best PSNR" in _text(page, "#kaldn-status")
     files = _text(page, "#kaldn-files")

@@ -1,10 +1,11 @@
-"""python -m kaldn: upscale files, skip bad ones with a message."""
+"""The kaldn command: upscale files, skip bad ones with a message; the sub-commands."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from kaldn.__main__ import main
+from kaldn.cli import main
 from kaldn.checkpoint import save_checkpoint
 from kaldn.models import create_model
 
@@ -21,3 +22,16 @@ def test_upscale_cli(tmp_path, capsys):
     assert out.size == (36, 30) and out.mode == "RGBA"
     assert "skipping" in capsys.readouterr().err
     assert main(["x.png", "--model", "tiny-nothing-x9"]) == 2
+
+
+def test_sub_commands_dispatch(capsys, monkeypatch):
+    from kaldn import cli
+    for sub in ("train", "evaluate", "hub", "cards", "upscale"):
+        with pytest.raises(SystemExit) as info:
+            cli.main([sub, "--help"])
+        assert info.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+    assert {"train", "evaluate", "hub", "cards"} <= set(cli.available_subcommands())
+    monkeypatch.setitem(cli.SUBCOMMANDS, "nothing", "kaldn.no_such_module")
+    assert cli.main(["nothing", "x"]) == 2
+    assert "not part of this installation" in capsys.readouterr().err

@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 
 from kaldn.checkpoint import save_checkpoint
-from kaldn.evaluate import claims, evaluate_model, load_pairs, main
+from kaldn.data import dataset_folder, load_pairs
+from kaldn.evaluate import evaluate_model, main
 from kaldn.hub import available_models, bundled_dir, load_model
 from kaldn.models import create_model
+from kaldn.results import claims
 
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys):
@@ -65,7 +67,6 @@ SHIPPED = [name for name in available_models() if (bundled_dir() / name / "confi
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints with measured metrics")
 def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
-    from kaldn.evaluate import dataset_folder
     datasets_needed = {d for name in SHIPPED
                        for d in json.loads((bundled_dir() / name / "config.json").read_text())["metrics"]}
     pairs = {}

@@ -455,6 +455,54 @@ def test_sources_and_paths(env, fake_hub):
         load_model(NAMES[0], "internet")
 
 
+def test_hf_hub_names_load_that_repository_only(env, monkeypatch):
+    """``hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]``: another repository than KALDN_HUB_REPO, never the bundled copy."""
+    other = "someone/their-models"
+    theirs = FakeHub(other)
+    monkeypatch.setenv("HF_ENDPOINT", theirs.url)
+    try:
+        sub = _checkpoint(env / "repo", NAMES[0], seed=1)
+        theirs.add_folder("main", env / "repo")
+        root = _checkpoint(env / "flat", NAMES[1], seed=2)  # files at the top of the repository, on a branch
+        theirs.add_folder("v1", env / "flat" / NAMES[1])
+        _checkpoint(env / "bundled", NAMES[0], seed=3)  # must not be used
+
+        _assert_weights(load_model(f"hf-hub:{other}/{NAMES[0]}"), sub)
+        _assert_weights(load_model(f"hf-hub:{other}@v1"), root)
+        assert ("GET", f"/{other}/resolve/v1/model.safetensors") in theirs.requests
+        with pytest.raises(ModelNotFoundError, match=r"not found \(hub someone/their-models@main: "):
+            load_model(f"hf-hub:{other}/{NAMES[2]}")
+        for bad in ("hf-hub:", "hf-hub:justone", "hf-hub:a/b@", "hf-hub:a/b/../c"):
+            with pytest.raises(ModelNotFoundError, match="not a Hub name"):
+                load_model(bad)
+    finally:
+        theirs.stop()
+
+
+def test_a_single_safetensors_file_describes_itself(env):
+    weights = _checkpoint(env / "local", NAMES[0], seed=4)
+    folder = env / "local" / NAMES[0]
+    lone = env / "elsewhere" / "my-upscaler.safetensors"
+    lone.parent.mkdir()
+    lone.write_bytes((folder / "model.safetensors").read_bytes())
+    model = load_model(str(lone))  # no config.json beside it: the header carries the full config
+    _assert_weights(model, weights)
+    assert model.config["model"] == NAMES[0] and model.config["descriptor_norm"] == "standardize"
+    _assert_weights(load_model(folder / "model.safetensors"), weights)  # in its folder: config.json is read
+    from kaldn.checkpoint import read_safetensors_config
+    assert read_safetensors_config(lone) == json.loads((folder / "config.json").read_text())
+    # A file of an older kaldn, whose header names only the model, still loads.
+    from safetensors.torch import save_file
+    old = env / "elsewhere" / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(old), metadata={"model": NAMES[0]})
+    _assert_weights(load_model(str(old)), weights)
+    save_file({"x": torch.zeros(1)}, str(env / "elsewhere" / "anon.safetensors"))
+    with pytest.raises(CheckpointError, match="names no model"):
+        load_model(str(env / "elsewhere" / "anon.safetensors"))
+    with pytest.raises(ModelNotFoundError, match="no such weights file"):
+        load_model(str(env / "elsewhere" / "missing.safetensors"))
+
+
 def test_available_models(env):
     _checkpoint(env / "bundled", NAMES[0], seed=0)
     _checkpoint(env / "local", NAMES[1], seed=0)

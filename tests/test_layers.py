@@ -5,8 +5,8 @@ import torch
 
 from kaldn.layers import (DSConv, FixedScaleDSConv, KDSConv, LinearDSConv, StandardConv, fuse,
                           kernel_descriptor, kernel_determinant, pool_kernels)
+from kaldn.archs.rdn import ResidualDenseBlock
 from kaldn.models import create_model
-from kaldn.rdn import ResidualDenseBlock
 
 
 @pytest.mark.parametrize("k", [1, 3, 5, 7])

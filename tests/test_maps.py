@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import ImageFont
 
-from kaldn.compare import clamp_region
+from kaldn.display import clamp_region
 from kaldn.maps import (NO_GROUND_TRUTH, colour_bar, colourize_error, colourize_pair, default_zoom_center,
                         error_colour_bar, error_maps, hotspot, pair_colour_bar, pair_difference,
                         render_error_map, render_pair_difference, y_channel)

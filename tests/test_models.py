@@ -41,4 +41,4 @@ def test_unknown_name_lists_valid_names():
 def test_tiny_is_sized_for_a_cpu():
     n = sum(p.numel() for p in create_model("tiny-ldsconv-x4").parameters())
     assert 50_000 < n < 300_000
-    assert set(BACKBONES) == {"paper", "tiny"}
+    assert set(BACKBONES) == {"paper", "small", "tiny"}

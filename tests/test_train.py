@@ -17,8 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
+from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import create_model
-from kaldn.train import TrainConfig, TrainingDataError, TrainStateError, list_images, split_holdout, train
+from kaldn.train import TrainConfig, TrainStateError, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,7 +236,7 @@ def test_short_real_training_beats_bicubic(short_runs):
 
 @pytest.mark.slow
 def test_standardised_descriptor_spreads_the_gate(short_runs):
-    from kaldn.attention import gate_report
+    from kaldn.inspection import gate_report
     from kaldn.layers import fuse
     runs, _ = short_runs
     spread = {}

@@ -1,8 +1,11 @@
 """RDN (Zhang et al., CVPR 2018) with the convolution inside each residual dense block as a parameter.
 
 Paper 001 builds RDN, DW-RDN and ALD-RDN by replacing the 3x3 convs inside each
-RDB and nothing else; ``conv`` here is that replacement (a name from
-``kaldn.layers.CONVS``). Everything outside the RDBs stays a standard conv.
+RDB and nothing else; ``conv`` here is that replacement (a conv variant registered in
+``kaldn/layers.py``). Everything outside the RDBs stays a standard conv.
+
+Registered as the family ``rdn``: models ``{backbone}-{conv}-x{scale}`` over the presets in
+``BACKBONES`` and every registered conv variant.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DEFAULT_DESCRIPTOR_NORM, make_conv
+from ..layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS, make_conv
+from ..registry import SCALES, register_architecture
 
 
 class ResidualDenseBlock(nn.Module):
@@ -47,8 +51,8 @@ class RDN(nn.Module):
                  bicubic_skip: bool = False, reduction: int = 32,
                  descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> None:
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
         self.scale = scale
         self.bicubic_skip = bicubic_skip
         g0 = num_features
@@ -84,3 +88,29 @@ class RDN(nn.Module):
         if self.bicubic_skip:
             out = out + F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return out
+
+
+# paper: RDN of paper 001 Table I. tiny: sized for 2 CPU cores (DESIGN.md's
+# calibration net, ~100K parameters with depthwise convs, ~0.2 s for a 256x256 x4).
+BACKBONES: dict[str, dict] = {
+    "paper": dict(num_features=64, growth=64, num_blocks=16, num_layers=8, upsampler="rdn",
+                  bicubic_skip=False, reduction=32),
+    # r = 8 rather than 32: with 32-128 channels, r = 32 would leave a 1-4 unit gate.
+    "tiny": dict(num_features=32, growth=32, num_blocks=4, num_layers=4, upsampler="light",
+                 bicubic_skip=True, reduction=8),
+    # Between the two: 389K parameters with KDSConv (DESIGN.md's 40-minute calibration size),
+    # for long CPU runs; per iteration it keeps pace with tiny and keeps improving after it flattens.
+    "small": dict(num_features=48, growth=32, num_blocks=6, num_layers=5, upsampler="light",
+                  bicubic_skip=True, reduction=8),
+}
+DEFAULT_BACKBONE = "tiny"  # the app's models and the shipped zoo
+
+
+def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM, **preset) -> RDN:
+    if descriptor_norm not in DESCRIPTOR_NORMS:
+        raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+    return RDN(conv=conv, scale=scale, descriptor_norm=descriptor_norm, **preset)
+
+
+register_architecture("rdn", build_rdn, label="RDN", order=0, options={"descriptor_norm": DEFAULT_DESCRIPTOR_NORM},
+                      backbones=BACKBONES, default_backbone=DEFAULT_BACKBONE)

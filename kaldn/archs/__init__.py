@@ -1,0 +1,1 @@
+"""The network architectures, one module each; every module registers its entries in ``kaldn.registry``."""

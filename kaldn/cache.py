@@ -1,0 +1,64 @@
+"""Loaded models, kept for reuse: each raw (CPU, eval, frozen) and its prepared copy per device; bounded LRU.
+
+The app's comparison, model inspection and hasty-ReLU views all load through one :class:`ModelCache`, so a
+model is read from disk (or the Hub) once per process.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError
+from .hub import load_model
+from .inference import prepare_model
+
+# What a failed load raises: no checkpoint anywhere (ModelNotFoundError is a FileNotFoundError), or a bad one.
+MODEL_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, CheckpointError)
+
+
+class ModelCache:
+    """Loaded models (CPU, eval) and their fused, prepared copies per device; bounded LRU, thread-safe."""
+
+    def __init__(self, max_models: int = 24, source: str = "auto") -> None:
+        self.max_models = max_models
+        self.source = source
+        self._raw: OrderedDict[str, nn.Module] = OrderedDict()
+        self._prepared: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
+        self._lock = threading.RLock()
+
+    def raw(self, ref: str) -> nn.Module:
+        """The model ``ref`` names (a model name or checkpoint path), as loaded: for inspection."""
+        with self._lock:
+            if ref in self._raw:
+                self._raw.move_to_end(ref)
+                return self._raw[ref]
+            model = load_model(ref, source=self.source).eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            self._raw[ref] = model
+            while len(self._raw) > self.max_models:
+                self._raw.popitem(last=False)
+            return model
+
+    def prepared(self, ref: str, device: torch.device | str) -> nn.Module:
+        """The fused, channels_last copy on ``device``: for upscaling."""
+        key = (ref, str(device))
+        with self._lock:
+            if key in self._prepared:
+                self._prepared.move_to_end(key)
+                return self._prepared[key]
+            model = prepare_model(self.raw(ref), device=device)
+            self._prepared[key] = model
+            while len(self._prepared) > self.max_models:
+                self._prepared.popitem(last=False)
+            return model
+
+    def forget(self, ref: str) -> None:
+        with self._lock:
+            self._raw.pop(ref, None)
+            for key in [k for k in self._prepared if k[0] == ref]:
+                del self._prepared[key]

@@ -1,0 +1,87 @@
+"""The ``kaldn`` command: upscale images, and the project's other tools as sub-commands.
+
+    kaldn photo.png [more.png ...] --model tiny-kdsconv-det-x4 --out out/   # upscale (also: kaldn upscale ...)
+    kaldn train --model tiny-kdsconv-det-x4 --data DIR --out runs/mine      # python -m kaldn.train
+    kaldn evaluate --models tiny-ldsconv-x4 --datasets set5 --scale 4       # python -m kaldn.evaluate
+    kaldn hub pull | push --repo-id USER/NAME                                # python -m kaldn.hub
+    kaldn cards checkpoints                                                  # python -m kaldn.cards
+
+A first argument that names a sub-command is that sub-command (an image file called ``train`` is
+upscaled with ``kaldn upscale train``). Sub-commands whose module is not part of this installation
+(``convert`` until it exists) are not offered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .hub import ModelNotFoundError, load_model
+from .images import ImageError, load_image, save_png
+from .inference import prepare_model, upscale
+
+# sub-command -> module with a ``main(argv) -> int``; imported only when used (training pulls in more).
+SUBCOMMANDS = {"train": "kaldn.train", "evaluate": "kaldn.evaluate", "convert": "kaldn.convert",
+               "hub": "kaldn.hub", "cards": "kaldn.cards"}
+
+
+def available_subcommands() -> dict[str, str]:
+    return {name: module for name, module in SUBCOMMANDS.items() if importlib.util.find_spec(module) is not None}
+
+
+def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
+    """Upscale image files; 0 when all were written, 1 when some were skipped, 2 when the model cannot load."""
+    parser = argparse.ArgumentParser(prog=prog, description="Upscale images with a kaldn model. Sub-commands: "
+                                     + ", ".join(available_subcommands()) + " (kaldn SUB-COMMAND --help).")
+    parser.add_argument("inputs", nargs="+", help="image files")
+    parser.add_argument("--model", default="tiny-kdsconv-det-x4",
+                        help="model name, checkpoint folder, .safetensors file or hf-hub:ORG/REPO[/SUBFOLDER][@REV]")
+    parser.add_argument("--out", default=".", help="output folder (files are written as NAME_xS.png)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="fp16/bf16: CUDA only")
+    parser.add_argument("--tile", type=int, default=256, help="LR tile side (0: whole image)")
+    args = parser.parse_args(argv)
+    try:
+        model = prepare_model(load_model(args.model), args.device, args.precision)
+    except (ModelNotFoundError, CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    scale, failures = model.config["scale"], 0
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in args.inputs:
+        try:
+            image = load_image(path)
+        except ImageError as exc:
+            print(f"skipping {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        start = time.perf_counter()
+        result = upscale(image, model, tile=args.tile or None)
+        target = out_dir / f"{Path(path).stem}_x{scale}.png"
+        save_png(result, target)
+        print(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {time.perf_counter() - start:.2f} s)")
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``kaldn [upscale] FILES ...`` or ``kaldn SUB-COMMAND ...``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "upscale":
+        return upscale_main(argv[1:], prog="kaldn upscale")
+    if argv and argv[0] in SUBCOMMANDS:
+        modules = available_subcommands()
+        if argv[0] not in modules:
+            print(f"error: the {argv[0]} sub-command is not part of this installation", file=sys.stderr)
+            return 2
+        return importlib.import_module(modules[argv[0]]).main(argv[1:]) or 0
+    return upscale_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

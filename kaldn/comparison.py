@@ -1,0 +1,482 @@
+"""The comparison: every chosen variant upscales the same LR input, measured against the same ground truth.
+
+No UI here: the app shows what these functions return, and every number it shows can be reproduced
+(and is tested) without a browser::
+
+    from kaldn.inputs import prepare_inputs
+    from kaldn.comparison import run_comparison, metrics_table
+    inputs = prepare_inputs("examples/astronaut.png", scale=4, mode="hr")
+    comparison = run_comparison(inputs, ["bicubic", "dsconv", "ldsconv", "kdsconv-det"])
+    headers, rows = metrics_table(comparison)
+
+* The bicubic baseline is the project's MATLAB-compatible :func:`kaldn.resize.imresize`.
+* PSNR/SSIM are measured on the server's arrays (never on re-encoded browser images), on the Y
+  channel, with ``scale`` border pixels cropped.
+* A variant key is a registered variant (``dsconv``, ``kdsconv-det``, ... resolved at the chosen scale
+  to its model on the app's backbone, see :func:`kaldn.models.variants`), ``bicubic``, a full model
+  name, or the key of a fine-tuned model (:mod:`kaldn.finetune`).
+
+:class:`ComparisonRun` is one run as the app keeps it: the outputs saved as lossless PNGs with a
+``metrics.csv``, the slider's two images, the zoomed crops and the status text.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import MODEL_ERRORS, ModelCache
+from .display import clamp_region, crop_region, draw_region, enlarge_nearest, to_display
+from .errors import UserError
+from .images import save_png
+from .inference import resolve_device, upscale
+from .inputs import Inputs
+from .metrics import evaluate_pair
+from .models import count_parameters, parse_model_name, variants
+from .resize import imresize
+
+if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
+    from .finetune import FineTunedRegistry
+
+log = logging.getLogger("kaldn.comparison")
+
+__all__ = ["BICUBIC", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
+           "ResolvedVariant", "VariantResult", "ZoomView", "default_pair", "default_variants", "metrics_table",
+           "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison", "save_outputs",
+           "variant_choices", "variant_label", "zoom_crops"]
+
+BICUBIC = "bicubic"
+BICUBIC_LABEL = "Bicubic"
+GROUND_TRUTH = "Ground truth"
+LR_INPUT = "LR input"
+
+
+# --- variants: what the user can choose, resolved at a scale ----------------------------------------------
+
+@dataclass
+class ResolvedVariant:
+    key: str
+    label: str
+    ref: str | None                 # what load_model takes: a model name or a checkpoint directory
+    model: str | None               # model name
+    unavailable: str | None = None  # why it cannot run at this scale
+
+
+def variant_label(key: str, registry: FineTunedRegistry | None = None) -> str:
+    if key == BICUBIC:
+        return BICUBIC_LABEL
+    labels = {v.key: v.label for v in variants()}
+    if key in labels:
+        return labels[key]
+    if registry is not None and (entry := registry.get(key)) is not None:
+        return entry.label
+    return key
+
+
+def resolve_variant(key: str, scale: int, registry: FineTunedRegistry | None = None) -> ResolvedVariant:
+    """A variant key -> what to run at ``scale`` (``unavailable`` set when it cannot run at that scale)."""
+    key = str(key).strip()
+    if key == BICUBIC:
+        return ResolvedVariant(key, BICUBIC_LABEL, None, None)
+    known = {v.key: v for v in variants()}
+    if key in known:
+        v = known[key]
+        if scale not in v.scales:
+            return ResolvedVariant(key, v.label, None, None, f"{v.label} has no x{scale} model.")
+        name = v.model_name(scale)
+        return ResolvedVariant(key, v.label, name, name)
+    if registry is not None and (entry := registry.get(key)) is not None:
+        model_scale = parse_model_name(entry.model).scale
+        missing = None if model_scale == scale else \
+            f"{entry.label} is a x{model_scale} model; the chosen scale is x{scale}."
+        return ResolvedVariant(key, entry.label, str(entry.path), entry.model, missing)
+    try:
+        spec = parse_model_name(key)
+    except ValueError:
+        valid = [BICUBIC, *known] + ([e.key for e in registry.items()] if registry is not None else [])
+        raise UserError(f"Unknown variant {key!r}; valid: {', '.join(valid)} or a model name "
+                        f"such as {variants()[0].model_name(variants()[0].scales[-1])}.") from None
+    missing = None if spec.scale == scale else f"{key} is a x{spec.scale} model; the chosen scale is x{scale}."
+    return ResolvedVariant(key, key, key, key, missing)
+
+
+def variant_choices(scale: int, available: Sequence[str], registry: FineTunedRegistry | None = None
+                    ) -> list[tuple[str, str]]:
+    """(label, key) pairs for a checkbox group; labels say which variants have no checkpoint at ``scale``."""
+    choices = [(BICUBIC_LABEL, BICUBIC)]
+    for v in variants():
+        shipped = scale in v.scales and v.model_name(scale) in available
+        choices.append((v.label if shipped else f"{v.label} (no x{scale} checkpoint)", v.key))
+    for entry in registry.items() if registry is not None else []:
+        model_scale = parse_model_name(entry.model).scale
+        choices.append((entry.label if model_scale == scale else f"{entry.label} (x{model_scale} only)", entry.key))
+    return choices
+
+
+def default_variants(scale: int, available: Sequence[str]) -> list[str]:
+    """Bicubic and every variant selected by default that has a checkpoint at ``scale``."""
+    return [BICUBIC] + [v.key for v in variants()
+                        if v.default and scale in v.scales and v.model_name(scale) in available]
+
+
+# --- running a comparison ---------------------------------------------------------------------------------
+
+@dataclass
+class VariantResult:
+    key: str
+    label: str
+    model: str | None
+    image: np.ndarray | None
+    status: str = "ok"              # "ok", "unavailable" or "error"
+    message: str = ""
+    psnr: float | None = None
+    ssim: float | None = None
+    params: int | None = None       # trained parameters
+    params_inference: int | None = None  # after fusing (KDSConv's gate folded into the kernels)
+    seconds: float | None = None
+    device: str = ""
+
+
+@dataclass
+class Comparison:
+    inputs: Inputs
+    results: list[VariantResult]
+    device: str
+    notes: list[str] = field(default_factory=list)       # shown with the results
+    device_warnings: list[str] = field(default_factory=list)  # also worth a pop-up (CUDA asked for, not there)
+
+    @property
+    def ok(self) -> list[VariantResult]:
+        return [r for r in self.results if r.status == "ok"]
+
+    def result(self, key: str) -> VariantResult | None:
+        return next((r for r in self.results if r.key == key), None)
+
+    @property
+    def warnings(self) -> list[str]:
+        """One line per variant that did not run, and any device fallback: for pop-ups."""
+        return [f"{r.label}: {r.message}" for r in self.results if r.status != "ok"] + self.device_warnings
+
+    def status_markdown(self) -> str:
+        """What was run where, the notes on the inputs, the best PSNR and what did not run: a Markdown list."""
+        lines = [f"**x{self.inputs.scale}** on **{self.device}**."] + self.inputs.notes + self.notes
+        scored = [r for r in self.ok if r.psnr is not None and r.key != BICUBIC]
+        bicubic = self.result(BICUBIC)
+        if scored:
+            best = max(scored, key=lambda r: r.psnr)
+            gain = f" ({best.psnr - bicubic.psnr:+.2f} dB vs bicubic)" if bicubic is not None and bicubic.psnr else ""
+            lines.append(f"Best PSNR: **{best.label}**, {best.psnr:.2f} dB{gain}.")
+        unavailable = [f"{r.label} ({r.message})" for r in self.results if r.status != "ok"]
+        if unavailable:
+            lines.append("Not run: " + "; ".join(unavailable))
+        return "\n\n".join(f"- {line}" for line in lines)
+
+
+def _resolve_device(device: str, warnings: list[str]) -> torch.device:
+    device = (device or "auto").lower()
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        warnings.append("CUDA was asked for but is not available on this machine: ran on the CPU.")
+        device = "cpu"
+    return resolve_device(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto",
+                   cache: ModelCache | None = None, registry: FineTunedRegistry | None = None,
+                   progress: Callable[[float, str], None] | None = None, tile: int = 256) -> Comparison:
+    """Upscale ``inputs.lr`` with every variant; metrics against ``inputs.gt`` when there is one.
+
+    A variant without a checkpoint at this scale (or whose checkpoint is broken)
+    gives a result with ``status="unavailable"``/``"error"`` and a message rather
+    than an exception. Times cover the upscaling only (the model is loaded, fused
+    and moved to the device before the clock starts).
+    """
+    variants = list(dict.fromkeys(str(v) for v in variants or []))  # de-duplicated, order kept
+    if not variants:
+        raise UserError("Choose at least one variant to run.")
+    cache = cache or ModelCache()
+    device_warnings: list[str] = []
+    dev = _resolve_device(device, device_warnings)
+    lr, gt, scale = inputs.lr, inputs.gt, inputs.scale
+    resolved = [resolve_variant(v, scale, registry) for v in variants]
+    results: list[VariantResult] = []
+    n = len(resolved)
+
+    def report(i: int, frac: float, what: str) -> None:
+        if progress is not None:
+            progress(min(1.0, (i + frac) / n), what)
+
+    for i, var in enumerate(resolved):
+        report(i, 0.0, f"{var.label}: starting")
+        if var.key == BICUBIC:
+            t0 = time.perf_counter()
+            out = imresize(lr, scale=scale)
+            seconds = time.perf_counter() - t0
+            res = VariantResult(var.key, var.label, None, out, params=0, params_inference=0,
+                                seconds=seconds, device="cpu (numpy, MATLAB bicubic)")
+        elif var.unavailable:
+            res = VariantResult(var.key, var.label, var.model, None, "unavailable", var.unavailable)
+        else:
+            try:
+                raw = cache.raw(var.ref)
+                fast = cache.prepared(var.ref, dev)
+            except MODEL_ERRORS as exc:
+                status = "unavailable" if isinstance(exc, FileNotFoundError) else "error"
+                msg = (f"No checkpoint for {var.model} (neither bundled nor on the Hub)."
+                       if status == "unavailable" else f"Could not load {var.model}: {exc}")
+                log.warning("%s: %s", var.key, exc)
+                results.append(VariantResult(var.key, var.label, var.model, None, status, msg))
+                continue
+            if fast.config.get("scale") != scale:  # a checkpoint dir whose config disagrees with its name
+                results.append(VariantResult(var.key, var.label, var.model, None, "unavailable",
+                                             f"{var.label} is a x{fast.config.get('scale')} model."))
+                continue
+
+            def tile_progress(done: int, total: int, i: int = i, label: str = var.label) -> None:
+                report(i, done / max(total, 1), f"{label}: tile {done}/{total}")
+
+            _sync(dev)
+            t0 = time.perf_counter()
+            out = _upscale(lr, fast, tile, tile_progress)
+            _sync(dev)
+            seconds = time.perf_counter() - t0
+            res = VariantResult(var.key, var.label, raw.config.get("model", var.model), out,
+                                params=count_parameters(raw), params_inference=count_parameters(fast),
+                                seconds=seconds, device=_device_name(dev))
+        if res.image is not None and gt is not None:
+            metrics = evaluate_pair(res.image[..., :3], gt[..., :3], scale)
+            res.psnr, res.ssim = metrics["psnr"], metrics["ssim"]
+        results.append(res)
+        report(i, 1.0, f"{var.label}: done")
+    return Comparison(inputs, results, _device_name(dev), list(device_warnings), device_warnings)
+
+
+def _upscale(lr: np.ndarray, model: nn.Module, tile: int, progress: Callable[[int, int], None]) -> np.ndarray:
+    return upscale(lr, model, tile=tile, overlap=24, progress=progress)
+
+
+METRIC_HEADERS = ["Variant", "Model", "PSNR (dB)", "SSIM", "Δ vs bicubic (dB)", "Params",
+                  "Params (fused)", "Time (s)", "Device", "Note"]
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    if x is None:
+        return None
+    if math.isinf(x):
+        return float("inf")
+    return round(float(x), digits)
+
+
+def metrics_table(comparison: Comparison) -> tuple[list[str], list[list[Any]]]:
+    """Headers and one row per variant (unavailable ones included, with their reason)."""
+    bicubic = comparison.result(BICUBIC)
+    base = bicubic.psnr if bicubic is not None else None
+    rows = []
+    for r in comparison.results:
+        delta = None if (r.psnr is None or base is None or r.key == BICUBIC) else r.psnr - base
+        note = r.message
+        if r.status == "ok" and comparison.inputs.gt is None:
+            note = "no ground truth"
+        rows.append([r.label, r.model or ("imresize" if r.key == BICUBIC else ""), _round(r.psnr, 3),
+                     _round(r.ssim, 4), _round(delta, 3), r.params, r.params_inference,
+                     _round(r.seconds, 3), r.device, note])
+    return METRIC_HEADERS, rows
+
+
+def _safe_name(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
+def save_outputs(comparison: Comparison, folder: str | Path) -> dict[str, Path]:
+    """Write every output (and the LR input / ground truth) as lossless PNG plus ``metrics.csv``.
+
+    Returns {key: path}; keys are the variant keys, ``"lr"``, ``"gt"`` and ``"metrics"``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    s = comparison.inputs.scale
+    paths: dict[str, Path] = {}
+    for r in comparison.ok:
+        if r.key == BICUBIC:
+            stem = f"bicubic-x{s}"
+        elif r.key.startswith("ft-"):
+            stem = f"{r.key}-{r.model}"
+        else:
+            stem = r.model or r.key
+        path = folder / f"{_safe_name(stem)}.png"
+        save_png(r.image, path)
+        paths[r.key] = path
+    save_png(comparison.inputs.lr, folder / "lr-input.png")
+    paths["lr"] = folder / "lr-input.png"
+    if comparison.inputs.gt is not None:
+        save_png(comparison.inputs.gt, folder / "ground-truth.png")
+        paths["gt"] = folder / "ground-truth.png"
+    headers, rows = metrics_table(comparison)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(headers)
+        writer.writerows(rows)
+    paths["metrics"] = folder / "metrics.csv"
+    return paths
+
+
+# --- display: zoomed crops and the slider's pairs ---------------------------------------------------------
+
+def zoom_crops(comparison: Comparison, center: tuple[float, float] | None = None, size: int = 64,
+               display: int = 256) -> tuple[list[tuple[np.ndarray, str]], tuple[int, int, int, int]]:
+    """The same region from the LR input, every result and the ground truth, enlarged (nearest neighbour).
+
+    Returns ([(uint8 crop, caption), ...], region); crops are about ``display``
+    pixels wide; the LR crop is enlarged by ``scale`` more so all line up.
+    """
+    s = comparison.inputs.scale
+    shape = comparison.inputs.output_shape
+    x0, y0, w, h = clamp_region(center, size, shape, s)
+    factor = max(1, display // max(w, h))
+    crops = []
+    lr = comparison.inputs.lr[y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s]
+    crops.append((enlarge_nearest(to_display(lr), factor * s), f"{LR_INPUT} (nearest x{s})"))
+    for r in comparison.ok:
+        caption = r.label if r.psnr is None else f"{r.label} · {r.psnr:.2f} dB"
+        crops.append((crop_region(r.image, (x0, y0, w, h), factor), caption))
+    if comparison.inputs.gt is not None:
+        crops.append((crop_region(comparison.inputs.gt, (x0, y0, w, h), factor), GROUND_TRUTH))
+    return crops, (x0, y0, w, h)
+
+
+def pair_choices(comparison: Comparison) -> list[tuple[str, str]]:
+    """(label, key) options for the two sides of the slider: results, ground truth, LR input."""
+    options = [(r.label, r.key) for r in comparison.ok]
+    if comparison.inputs.gt is not None:
+        options.append((GROUND_TRUTH, "gt"))
+    options.append((f"{LR_INPUT} (nearest x{comparison.inputs.scale})", "lr"))
+    return options
+
+
+def pair_image(comparison: Comparison, key: str) -> np.ndarray:
+    if key == "gt":
+        if comparison.inputs.gt is None:
+            raise UserError("There is no ground truth in this comparison.")
+        return comparison.inputs.gt
+    if key == "lr":
+        return enlarge_nearest(comparison.inputs.lr, comparison.inputs.scale)
+    r = comparison.result(key)
+    if r is None or r.image is None:
+        raise UserError(f"{variant_label(key)} has no output in this comparison.")
+    return r.image
+
+
+def pair_images(comparison: Comparison, left: str, right: str) -> tuple[np.ndarray, np.ndarray]:
+    return pair_image(comparison, left), pair_image(comparison, right)
+
+
+def default_pair(comparison: Comparison) -> tuple[str, str]:
+    """Bicubic (or the LR input) on the left, the best-scoring model (or the first one) on the right."""
+    ok = comparison.ok
+    models = [r for r in ok if r.key != BICUBIC]
+    left = BICUBIC if comparison.result(BICUBIC) in ok else "lr"
+    if models:
+        scored = [r for r in models if r.psnr is not None]
+        right = max(scored, key=lambda r: r.psnr).key if scored else models[0].key
+    elif comparison.inputs.gt is not None:
+        right = "gt"
+    else:
+        right = ok[0].key if ok and left != ok[0].key else "lr"
+    return left, right
+
+
+# --- one run as the app keeps it: files, slider, crops ----------------------------------------------------
+
+def new_run_dir(root: str | Path, keep: int = 32) -> Path:
+    """A fresh folder under ``root`` for one run's files; of the earlier runs, the ``keep`` newest are kept."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in runs[:-keep] if keep > 0 else runs:
+        shutil.rmtree(old, ignore_errors=True)
+    path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    path.mkdir()
+    return path
+
+
+@dataclass
+class ZoomView:
+    picker: np.ndarray                       # the reference image with the region outlined
+    crops: list[tuple[np.ndarray, str]]      # (crop, caption): LR input, every output, ground truth
+    center: tuple[int, int]                  # of the region, in output pixels
+
+
+@dataclass
+class ComparisonRun:
+    """A comparison with its outputs written to ``folder`` (lossless PNGs and ``metrics.csv``)."""
+
+    comparison: Comparison
+    folder: Path
+    paths: dict[str, Path]
+    region: tuple[int, int, int, int] | None = None
+
+    @classmethod
+    def save(cls, comparison: Comparison, root: str | Path, keep: int = 32) -> "ComparisonRun":
+        """Write the outputs into a new folder under ``root``; a :class:`UserError` when nothing could run."""
+        if not comparison.ok:
+            raise UserError("None of the chosen variants could run: "
+                            + " ".join(r.message for r in comparison.results if r.message))
+        folder = new_run_dir(root, keep)
+        return cls(comparison, folder, save_outputs(comparison, folder))
+
+    @property
+    def scale(self) -> int:
+        return self.comparison.inputs.scale
+
+    def downloads(self) -> list[str]:
+        """The files to offer: every output, the LR input, the ground truth and ``metrics.csv``."""
+        return [str(path) for key, path in self.paths.items() if key != "lr-nearest"]
+
+    def slider(self, left: str, right: str) -> tuple[str, str]:
+        """Paths of the two images for the slider (``lr``: the LR input enlarged to the output size, written
+        on first use)."""
+        missing = [k for k in (left, right) if k != "lr" and k not in self.paths]
+        if missing:
+            raise UserError(f"Not part of this comparison: {', '.join(missing)}.")
+        return self._path(left), self._path(right)
+
+    def _path(self, key: str) -> str:
+        if key != "lr":
+            return str(self.paths[key])
+        path = self.folder / f"lr-nearest-x{self.scale}.png"
+        if not path.exists():
+            save_png(pair_image(self.comparison, "lr"), path)
+        self.paths["lr-nearest"] = path
+        return str(path)
+
+    def zoom(self, center: tuple[float, float] | None, size: Any) -> ZoomView:
+        """Crops of the same region (about ``size`` output pixels, centred on ``center``; None: the middle)."""
+        crops, region = zoom_crops(self.comparison, center, int(size or 64))
+        self.region = region
+        inputs = self.comparison.inputs
+        reference = inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image
+        x0, y0, w, h = region
+        return ZoomView(draw_region(reference, region), crops, (x0 + w // 2, y0 + h // 2))

@@ -1,0 +1,405 @@
+"""Fine-tuning from the app: one background job at a time, followed as a stream of updates.
+
+:class:`FineTuneManager` checks the request, writes the user's images as 8-bit PNGs, runs
+:func:`kaldn.train.train` in a thread (validating on the same images, so the curve shows how well the
+model fits them) and adds the result to a :class:`FineTunedRegistry`, where the comparison and the
+inspection views find it. :meth:`FineTuneManager.run` yields :class:`FineTuneUpdate` objects with the
+status text and the curves, so a UI only displays them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
+from .data import load_pairs
+from .display import to_display
+from .errors import BusyError, UserError
+from .hub import load_model
+from .images import ImageError, load_image, save_png
+from .inference import resolve_device
+from .models import parse_model_name, variant, variant_of
+from .settings import AppSettings, env_int
+from .train import TrainConfig, train, validate
+
+log = logging.getLogger("kaldn.finetune")
+
+__all__ = ["FineTuneError", "FineTuneJob", "FineTuneManager", "FineTuneSettings", "FineTuneUpdate", "FineTuned",
+           "FineTunedRegistry", "base_choices", "default_base", "prepare_finetune_data"]
+
+
+class FineTuneError(UserError):
+    """Training itself failed; the message says why."""
+
+
+@dataclass
+class FineTuneUpdate:
+    """One step of a job as the user sees it."""
+
+    status: str                                  # Markdown
+    history: list[dict]                          # the "step" and "validation" events so far
+    iteration: int
+    total: int
+    notes: list[str] = field(default_factory=list)     # worth a pop-up each (first update only)
+    downloads: list[str] | None = None           # the final update: the new model's files
+    entry: FineTuned | None = None               # the final update: the new model
+
+    def loss_curve(self) -> dict[str, list]:
+        steps = [h for h in self.history if h["event"] == "step"]
+        return {"iteration": [h["iteration"] for h in steps], "loss": [h["loss"] for h in steps]}
+
+    def psnr_curve(self) -> dict[str, list]:
+        vals = [h for h in self.history if h["event"] == "validation"]
+        return {"iteration": [h["iteration"] for h in vals], "PSNR (dB)": [h["val_psnr"] for h in vals]}
+
+
+@dataclass
+class FineTuned:
+    key: str
+    path: Path                      # checkpoint directory (model.safetensors + config.json)
+    model: str                      # architecture name, e.g. tiny-kdsconv-det-x4
+    label: str
+    info: dict = field(default_factory=dict)
+
+
+class FineTunedRegistry:
+    """Fine-tuned models of this process, newest last; the oldest are forgotten (and deleted) beyond ``cap``."""
+
+    def __init__(self, cap: int = 8) -> None:
+        self.cap = cap
+        self._items: OrderedDict[str, FineTuned] = OrderedDict()
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, path: str | Path, model: str, info: dict | None = None,
+            delete_dir: str | Path | None = None) -> FineTuned:
+        with self._lock:
+            n = next(self._counter)
+            key = f"ft-{n}"
+            spec = parse_model_name(model)
+            v = variant_of(model)
+            iters = (info or {}).get("iterations")
+            label = f"Fine-tuned #{n} ({v.label if v else spec.name.rsplit('-x', 1)[0]} x{spec.scale}" + \
+                (f", {iters} it)" if iters else ")")
+            entry = FineTuned(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir))
+            self._items[key] = entry
+            while len(self._items) > self.cap:
+                _, old = self._items.popitem(last=False)
+                victim = old.info.get("delete_dir")
+                if victim:
+                    shutil.rmtree(victim, ignore_errors=True)
+            return entry
+
+    def get(self, key: str) -> FineTuned | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def items(self) -> list[FineTuned]:
+        with self._lock:
+            return list(self._items.values())
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, checkpoint directory) of every fine-tuned model, for model lists."""
+        return [(e.label, str(e.path)) for e in self.items()]
+
+
+@dataclass
+class FineTuneSettings:
+    base: str                       # model name or checkpoint dir
+    iters: int
+    lr: float
+    batch: int = 8
+    patch: int = 32
+    device: str = "auto"
+    seed: int = 0
+
+    @classmethod
+    def from_form(cls, base: Any, iters: Any, lr: Any, batch: Any, patch: Any, device: str = "auto"
+                  ) -> "FineTuneSettings":
+        """Settings from form values (numbers may come as strings or floats); a :class:`UserError` otherwise."""
+        if not base:
+            raise UserError("Choose a base model (no bundled checkpoint found).")
+        try:
+            return cls(base=str(base), iters=int(iters), lr=float(lr), batch=int(batch), patch=int(patch),
+                       device=device)
+        except (TypeError, ValueError):
+            raise UserError(f"Iterations, learning rate, batch and patch must be numbers, got {iters!r}, {lr!r}, "
+                            f"{batch!r}, {patch!r}.") from None
+
+
+def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder: str | Path,
+                          max_pixels: int | None = None) -> tuple[int, list[str], int]:
+    """Check the user's HR images and write them as 8-bit RGB PNGs into ``folder``.
+
+    Images smaller than the training crop are skipped with a note. Returns
+    (number written, notes, patch to use): the patch shrinks (down to 16 LR
+    pixels) so that small uploads can still be used.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    notes, loaded = [], []
+    for i, source in enumerate(images):
+        name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else f"image {i + 1}"
+        try:
+            img = load_image(source, max_pixels=max_pixels)
+        except ImageError as exc:
+            notes.append(f"Skipped {name}: {exc}")
+            continue
+        rgb = to_display(img)[..., :3]
+        loaded.append((name, rgb))
+    if not loaded:
+        raise UserError("No usable training image: " + (" ".join(notes) if notes else "upload some HR images."))
+    smallest = min(min(rgb.shape[:2]) for _, rgb in loaded) // scale
+    if smallest < patch:
+        patch = max(16, smallest)
+    written = 0
+    for i, (name, rgb) in enumerate(loaded):
+        if min(rgb.shape[:2]) // scale < patch:
+            notes.append(f"Skipped {name}: {rgb.shape[1]}x{rgb.shape[0]} is smaller than the "
+                         f"{patch * scale}-pixel training crop at x{scale}.")
+            continue
+        save_png(np.ascontiguousarray(rgb), folder / f"{i:03d}.png")
+        written += 1
+    if written == 0:
+        raise UserError(f"No usable training image: each needs at least {16 * scale} pixels per side at x{scale}. "
+                           + " ".join(notes))
+    return written, notes, patch
+
+
+class FineTuneJob:
+    """One training run in a background thread; ``events()`` yields its progress dicts."""
+
+    def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None) -> None:
+        self.settings = settings
+        self.folder = folder                # deleted when the registry forgets the model
+        self.data = folder / "data"
+        self.out = folder / "run"
+        self.owner = owner
+        self.stop = threading.Event()
+        self.queue: queue.Queue = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.result = None
+        self.error: str | None = None
+        self.started = time.time()
+
+    def _run(self, release: Callable[[], None]) -> None:
+        try:
+            s = self.settings
+            config = TrainConfig(data=str(self.data), val=str(self.data), out=str(self.out), init=s.base,
+                                 iters=s.iters, batch=s.batch, patch=s.patch, lr=s.lr, seed=s.seed,
+                                 device=s.device, val_every=max(10, s.iters // 10),
+                                 save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)))
+            # Iteration 0 of the curves: the base model on the same images.
+            base = load_model(s.base)
+            dev = resolve_device(s.device)
+            pairs = load_pairs(self.data, base.config["scale"], 4, "validation")
+            before = validate(base.to(dev), pairs, base.config["scale"], dev)
+            self.queue.put({"event": "validation", "iteration": 0, **before})
+            self.result = train(config, progress=self.queue.put, stop=self.stop)
+        except Exception as exc:  # noqa: BLE001 - reported to the user, the server keeps running
+            log.exception("fine-tuning failed")
+            self.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+        finally:
+            release()
+            self.queue.put({"event": "end"})
+
+    def events(self, poll: float = 0.5) -> Iterator[dict]:
+        """Progress dicts until the job ends; a ``{"event": "tick"}`` every ``poll`` seconds of silence."""
+        while True:
+            try:
+                event = self.queue.get(timeout=poll)
+            except queue.Empty:
+                if self.thread is not None and not self.thread.is_alive() and self.queue.empty():
+                    return
+                yield {"event": "tick"}
+                continue
+            if event.get("event") == "end":
+                return
+            yield event
+
+    def checkpoint_dir(self) -> Path | None:
+        for sub in ("best", "last"):
+            if (self.out / sub / WEIGHTS_NAME).is_file() and (self.out / sub / CONFIG_NAME).is_file():
+                return self.out / sub
+        return None
+
+
+class FineTuneManager:
+    """One fine-tuning job at a time for the whole process; finished models go to ``registry``."""
+
+    def __init__(self, registry: FineTunedRegistry, root: str | Path | None = None,
+                 max_iters: int | None = None) -> None:
+        self.registry = registry
+        self.root = Path(root) if root else Path(tempfile.gettempdir()) / "kaldn-finetune"
+        self.max_iters = max_iters or env_int("KALDN_FINETUNE_MAX_ITERS", AppSettings.finetune_max_iters)
+        self._lock = threading.Lock()
+        self.job: FineTuneJob | None = None
+        self._count = itertools.count(1)
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    def start(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
+              max_pixels: int | None = None) -> tuple[FineTuneJob, list[str]]:
+        """Validate, prepare the data and start training; raises BusyError / UserError / ImageError.
+
+        Returns the job and notes for the user (the first says what is trained on)."""
+        if not isinstance(settings.iters, int) or not 1 <= settings.iters <= self.max_iters:
+            raise UserError(f"Iterations must be between 1 and {self.max_iters} on this server "
+                            f"(KALDN_FINETUNE_MAX_ITERS), got {settings.iters}.")
+        if not (1e-6 <= float(settings.lr) <= 1e-2):
+            raise UserError(f"The learning rate must be between 1e-6 and 1e-2, got {settings.lr}.")
+        if not 1 <= settings.batch <= 32:
+            raise UserError(f"The batch size must be between 1 and 32, got {settings.batch}.")
+        if not 16 <= settings.patch <= 96:
+            raise UserError(f"The patch size must be between 16 and 96 LR pixels, got {settings.patch}.")
+        if not images:
+            raise UserError("Upload a few HR images to fine-tune on (or use the examples).")
+        try:
+            spec = parse_model_name(settings.base)
+        except ValueError:
+            entry = next((e for e in self.registry.items() if str(e.path) == settings.base), None)
+            if entry is None:
+                raise UserError(f"Unknown base model {settings.base!r}.") from None
+            spec = parse_model_name(entry.model)
+        if not self._lock.acquire(blocking=False):
+            raise BusyError("Another fine-tuning job is running on this server (one at a time, to keep the "
+                            "demo responsive). Try again when it has finished.")
+        try:
+            n = next(self._count)
+            folder = Path(tempfile.mkdtemp(prefix=f"job{n}-", dir=self._root()))
+            count, notes, patch = prepare_finetune_data(images, spec.scale, settings.patch, folder / "data",
+                                                        max_pixels=max_pixels)
+            if patch != settings.patch:
+                notes.append(f"Training patch reduced to {patch} LR pixels to fit the smallest image.")
+                settings.patch = patch
+            notes.insert(0, f"Training on {count} image(s); validation on the same images "
+                            "(it measures how well the model fits them).")
+            job = FineTuneJob(settings, folder, owner)
+            self.job = job
+            job.thread = threading.Thread(target=job._run, args=(self._lock.release,), daemon=True,
+                                          name=f"kaldn-finetune-{n}")
+            job.thread.start()
+            return job, notes
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _root(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        return self.root
+
+    def cancel(self, owner: str | None = None) -> bool:
+        """Ask the running job to stop (only its owner may, when owners are given); True if one was asked."""
+        job = self.job
+        if job is None or not self.busy:
+            return False
+        if owner is not None and job.owner is not None and owner != job.owner:
+            return False
+        job.stop.set()
+        return True
+
+    def register(self, job: FineTuneJob) -> FineTuned | None:
+        """Add a finished (or cancelled) job's model to the registry."""
+        path = job.checkpoint_dir()
+        if path is None:
+            return None
+        config = read_config(path / CONFIG_NAME)
+        done = (config.get("training") or {}).get("iterations_done")
+        validation = config.get("validation") or {}
+        return self.registry.add(path, config["model"], {"iterations": done, "base": job.settings.base,
+                                                         "val_psnr": validation.get("val_psnr")},
+                                 delete_dir=job.folder)
+
+    def run(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
+            max_pixels: int | None = None, min_interval: float = 1.0) -> Iterator[FineTuneUpdate]:
+        """Start a job and follow it: an update at least every ``min_interval`` seconds of progress and at every
+        validation, then the final one with the new model (already in the registry).
+
+        Closing the iterator early (the user went away) stops the job and waits for it. Raises what
+        :meth:`start` raises, and :class:`FineTuneError` when training fails.
+        """
+        job, notes = self.start(images, settings, owner=owner, max_pixels=max_pixels)
+        s = settings
+        header = (f"Fine-tuning **{s.base}** for {s.iters} iterations (lr {s.lr:g}, batch {s.batch}, "
+                  f"patch {s.patch}). " + notes[0])
+        history: list[dict] = []
+        started, last_update = time.time(), 0.0
+        try:
+            yield FineTuneUpdate(header + "\n\nPreparing (measuring the base model first)...", [], 0, s.iters,
+                                 notes=notes[1:])
+            for event in job.events():
+                if event["event"] in ("step", "validation"):
+                    history.append(event)
+                if time.time() - last_update < min_interval and event["event"] != "validation":
+                    continue
+                last_update = time.time()
+                done = max([h["iteration"] for h in history], default=0)
+                vals = [h for h in history if h["event"] == "validation"]
+                line = f"Iteration {done}/{s.iters}, {time.time() - started:.0f} s"
+                if vals:
+                    line += f"; validation PSNR {vals[-1]['val_psnr']:.2f} dB (before: {vals[0]['val_psnr']:.2f} dB)"
+                yield FineTuneUpdate(header + "\n\n" + line, list(history), done, s.iters)
+        finally:
+            if job.thread is not None and job.thread.is_alive():  # closed early: stop and wait
+                job.stop.set()
+                job.thread.join(timeout=60)
+        if job.error:
+            raise FineTuneError(f"Fine-tuning failed: {job.error}")
+        entry = self.register(job)
+        vals = [h for h in history if h["event"] == "validation"]
+        cancelled = job.result is not None and job.result.status == "cancelled"
+        done = job.result.iteration if job.result else 0
+        summary = (f"{header}\n\n**{'Cancelled' if cancelled else 'Finished'}** after {done} iterations "
+                   f"in {time.time() - started:.0f} s.")
+        if len(vals) > 1:
+            summary += f" Validation PSNR {vals[0]['val_psnr']:.2f} → best {max(v['val_psnr'] for v in vals):.2f} dB."
+        downloads = None
+        if entry is not None:
+            summary += (f" The model is now **{entry.label}** in the Compare and How-it-works model lists "
+                        f"(choose scale x{parse_model_name(entry.model).scale} there).")
+            downloads = [str(entry.path / WEIGHTS_NAME), str(entry.path / CONFIG_NAME)]
+        yield FineTuneUpdate(summary, history, done, s.iters, downloads=downloads, entry=entry)
+
+    def cancel_message(self, owner: str | None = None) -> tuple[str, str]:
+        """Ask the owner's running job to stop; (kind, message) for the user, kind "info" or "warning"."""
+        if self.cancel(owner=owner):
+            return "info", "Stopping after the current iteration; the model trained so far is kept."
+        if self.busy:
+            return "warning", "The running job belongs to another session; only its owner can cancel it."
+        return "info", "No fine-tuning job is running."
+
+
+# --- model lists --------------------------------------------------------------------------------------------
+
+PREFERRED_BASES = ("kdsconv-det", "ldsconv")  # the default base: the first of these shipped at x4
+
+
+def base_choices(available: Sequence[str], registry: FineTunedRegistry | None = None) -> list[tuple[str, str]]:
+    """(label, model) choices for the base model: every available model of a variant, then the fine-tuned ones."""
+    choices = [(f"{v.label} x{parse_model_name(name).scale} ({name})", name)
+               for name in available if (v := variant_of(name)) is not None]
+    return choices + (registry.choices() if registry is not None else [])
+
+
+def default_base(choices: Sequence[tuple[str, str]]) -> str | None:
+    values = [value for _, value in choices]
+    for key in PREFERRED_BASES:
+        preferred = variant(key).model_name(4)
+        if preferred in values:
+            return preferred
+    return values[0] if values else None

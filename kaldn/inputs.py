@@ -1,0 +1,165 @@
+"""The user's images, checked and turned into what every variant gets: the LR input and, when known, the ground truth.
+
+Conventions (DESIGN.md, "Evaluation protocol"): in HR mode the upload is the ground truth, cropped so both
+sides are multiples of the scale, and the LR input is made with the project's MATLAB-compatible
+:func:`kaldn.resize.imresize`; in LR mode the upload is the input and an optional ground truth must be
+exactly ``scale`` times its size.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .images import ImageError, load_image
+from .models import check_scale, scales
+from .resize import crop_to_scale, make_lr
+
+__all__ = ["MIN_LR_SIDE", "Inputs", "image_source", "measurement_input", "prepare_inputs"]
+
+MIN_LR_SIDE = 8   # LR side below which no comparison makes sense (and SSIM's 11x11 window would not fit)
+
+
+@dataclass
+class Inputs:
+    """What every variant gets: the LR image, the ground truth (or None) and what was done to them."""
+
+    lr: np.ndarray
+    gt: np.ndarray | None
+    scale: int
+    mode: str                      # "hr": the upload is the ground truth; "lr": the upload is the input
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_shape(self) -> tuple[int, int]:
+        return self.lr.shape[0] * self.scale, self.lr.shape[1] * self.scale
+
+
+def image_source(upload: Any) -> Any:
+    """What :func:`kaldn.images.load_image` takes, from an upload: a path, a file payload dict (``path``, or a
+    ``data:`` URL in ``url``), bytes or an array; None for no upload."""
+    if upload is None or (isinstance(upload, str) and upload == ""):
+        return None
+    if isinstance(upload, os.PathLike):
+        return str(upload)
+    if isinstance(upload, dict):
+        if upload.get("path"):
+            return upload["path"]
+        url = upload.get("url") or ""
+        if url.startswith("data:") and "," in url:
+            try:
+                return base64.b64decode(url.split(",", 1)[1])
+            except ValueError:
+                raise UserError("The uploaded image data could not be decoded.") from None
+        raise UserError("The upload could not be read as a file.")
+    return upload
+
+
+def _describe_image(image: np.ndarray, what: str) -> list[str]:
+    notes = []
+    if image.ndim == 3 and image.shape[2] == 4:
+        notes.append(f"{what} has an alpha channel: the networks upscale the colour channels and the alpha "
+                     "channel is resized with bicubic; metrics use the colour channels only.")
+    if image.dtype == np.uint16:
+        notes.append(f"{what} has 16 bits per channel: it is processed and saved at 16 bits; PSNR/SSIM are "
+                     "computed on it scaled to the 8-bit range.")
+    rgb = image[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+        notes.append(f"{what} is grayscale: it goes through the colour networks as R = G = B.")
+    return notes
+
+
+def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
+                   max_pixels: int | None = None, max_output_pixels: int | None = None) -> Inputs:
+    """Load and check the user's images; make the LR input.
+
+    ``mode="hr"``: ``image`` is the ground truth; it is cropped so both sides are
+    multiples of ``scale`` and LR = ``imresize(hr, 1/scale)`` (the literature's
+    protocol). ``mode="lr"``: ``image`` is the LR input; ``ground_truth``, when
+    given, must be exactly ``scale`` times its size.
+    ``image``/``ground_truth`` are anything :func:`kaldn.images.load_image` takes, or an upload
+    (see :func:`image_source`). Raises :class:`~kaldn.images.ImageError` or :class:`UserError`
+    with a user-facing message.
+    """
+    scale = check_scale(scale)
+    if mode not in ("hr", "lr"):
+        raise UserError(f"mode must be 'hr' or 'lr', got {mode!r}")
+    image, ground_truth = image_source(image), image_source(ground_truth)
+    if image is None:
+        raise UserError("Upload an image first (or click one of the examples).")
+    img = load_image(image, max_pixels=max_pixels)
+    h, w = img.shape[:2]
+    notes: list[str] = []
+
+    if mode == "hr":
+        if h // scale < MIN_LR_SIDE or w // scale < MIN_LR_SIDE:
+            raise ImageError(f"The image ({w}x{h}) is too small for x{scale}: in HR mode it needs at least "
+                             f"{MIN_LR_SIDE * scale} pixels on each side.")
+        if max_output_pixels is not None and h * w > max_output_pixels:
+            raise ImageError(f"The image ({w}x{h} = {w * h:,} pixels) is too large: the limit is "
+                             f"{max_output_pixels:,} pixels.")
+        if ground_truth is not None:
+            notes.append("A separate ground truth is only used in LR mode; in HR mode the image itself is "
+                         "the ground truth, so the second upload was ignored.")
+        notes += _describe_image(img, "The image")
+        hr, lr = make_lr(img, scale)
+        if hr.shape[:2] != (h, w):
+            notes.append(f"The HR image was cropped from {w}x{h} to {hr.shape[1]}x{hr.shape[0]} "
+                         f"(both sides a multiple of {scale}) before making the LR input.")
+        notes.insert(0, f"HR mode: LR input {lr.shape[1]}x{lr.shape[0]} made from the {hr.shape[1]}x{hr.shape[0]} "
+                        f"ground truth with MATLAB-compatible bicubic (1/{scale}).")
+        return Inputs(lr=lr, gt=hr, scale=scale, mode=mode, notes=notes)
+
+    if h < MIN_LR_SIDE or w < MIN_LR_SIDE:
+        raise ImageError(f"The LR image ({w}x{h}) is too small: it needs at least {MIN_LR_SIDE} pixels on each side.")
+    if max_output_pixels is not None and h * w * scale * scale > max_output_pixels:
+        raise ImageError(f"The LR image ({w}x{h}) is too large for x{scale}: the output would be "
+                         f"{w * scale}x{h * scale} = {w * h * scale * scale:,} pixels, the limit is "
+                         f"{max_output_pixels:,}.")
+    notes += _describe_image(img, "The LR image")
+    gt = None
+    if ground_truth is not None:
+        gt_limit = None if max_pixels is None else max_pixels * scale * scale
+        gt = load_image(ground_truth, max_pixels=gt_limit)
+        gh, gw = gt.shape[:2]
+        if (gh, gw) != (h * scale, w * scale):
+            message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
+                       f"must be exactly {w * scale}x{h * scale}.")
+            other = [s for s in scales() if (gh, gw) == (h * s, w * s)]
+            if other:
+                message += f" It matches x{other[0]}: choose scale {other[0]}."
+            elif crop_to_scale(gt, scale).shape[:2] == (h * scale, w * scale):
+                message += (f" Crop it to {w * scale}x{h * scale} (bottom/right), or upload it alone in HR mode, "
+                            "which crops it and makes the LR input for you.")
+            raise UserError(message)
+        notes += _describe_image(gt, "The ground truth")
+    notes.insert(0, f"LR mode: {w}x{h} input, x{scale} output {w * scale}x{h * scale}; "
+                    + ("metrics against the uploaded ground truth." if gt is not None
+                       else "no ground truth, so no PSNR/SSIM."))
+    return Inputs(lr=img, gt=gt, scale=scale, mode=mode, notes=notes)
+
+
+def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None, mode: str = "hr",
+                      example: Path | None = None, max_pixels: int | None = None,
+                      max_output_pixels: int | None = None) -> tuple[np.ndarray, str]:
+    """The LR image to measure a model on, and where it came from: the ``last`` comparison's input at this
+    scale, else the ``upload`` (in ``mode``), else the ``example`` (as HR)."""
+    scale = check_scale(scale)
+    if last is not None and last.scale == scale:
+        return last.lr, "the LR input of your last comparison"
+    source = image_source(upload)
+    if source is not None:
+        where = "the image on the Compare tab"
+    elif example is not None:
+        source, mode, where = str(example), "hr", f"the example {Path(example).name}"
+    else:
+        raise UserError("Upload an image on the Compare tab first.")
+    inputs = prepare_inputs(source, scale, mode if mode in ("hr", "lr") else "hr", max_pixels=max_pixels,
+                            max_output_pixels=max_output_pixels)
+    return inputs.lr, where

@@ -1,0 +1,59 @@
+"""The app's limits, read from the environment once, when the app starts.
+
+=================================  ==========================================  ===============
+variable                           what                                        default
+=================================  ==========================================  ===============
+``KALDN_APP_MAX_PIXELS``           largest upload, pixels                      2048 x 2048
+``KALDN_APP_MAX_OUTPUT_PIXELS``    largest output, pixels                      2048 x 2048
+``KALDN_APP_MAX_FILE_SIZE``        upload size cap (Gradio's syntax)           ``25mb``
+``KALDN_APP_CONCURRENCY``          comparisons at a time                       1
+``KALDN_APP_QUEUE_SIZE``           queued requests                             32
+``KALDN_APP_GPU_SECONDS``          ZeroGPU duration of one comparison          120
+``KALDN_APP_MODEL_SOURCE``         ``auto``, ``bundled`` or ``hub``            ``auto``
+``KALDN_FINETUNE_MAX_ITERS``       iterations of one fine-tuning job           2000
+=================================  ==========================================  ===============
+
+``kaldn.hub``'s own settings (``KALDN_CHECKPOINTS``, ``KALDN_HUB_REPO``, ...) are read by the loader.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+log = logging.getLogger("kaldn.settings")
+
+
+def env_int(name: str, default: int) -> int:
+    """A positive integer from the environment, ``default`` when unset or invalid."""
+    try:
+        value = int(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        log.warning("%s=%r is not an integer; using %d", name, os.environ.get(name), default)
+        return default
+    return value if value > 0 else default
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    max_pixels: int = 2048 * 2048
+    max_output_pixels: int = 2048 * 2048
+    max_file_size: str = "25mb"
+    concurrency: int = 1
+    queue_size: int = 32
+    gpu_seconds: int = 120
+    model_source: str = "auto"
+    finetune_max_iters: int = 2000
+
+    @classmethod
+    def from_env(cls) -> "AppSettings":
+        d = cls()
+        return cls(max_pixels=env_int("KALDN_APP_MAX_PIXELS", d.max_pixels),
+                   max_output_pixels=env_int("KALDN_APP_MAX_OUTPUT_PIXELS", d.max_output_pixels),
+                   max_file_size=os.environ.get("KALDN_APP_MAX_FILE_SIZE", d.max_file_size),
+                   concurrency=env_int("KALDN_APP_CONCURRENCY", d.concurrency),
+                   queue_size=env_int("KALDN_APP_QUEUE_SIZE", d.queue_size),
+                   gpu_seconds=env_int("KALDN_APP_GPU_SECONDS", d.gpu_seconds),
+                   model_source=os.environ.get("KALDN_APP_MODEL_SOURCE", d.model_source),
+                   finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters))

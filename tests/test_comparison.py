@@ -1,0 +1,241 @@
+"""The user's inputs and the comparison (kaldn.inputs, kaldn.comparison, kaldn.display), without a browser.
+
+Models come from throwaway, untrained checkpoints written to a temporary folder (``KALDN_CHECKPOINTS``),
+never into ``checkpoints/``; bicubic needs none.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from kaldn.cache import ModelCache
+from kaldn.comparison import (ComparisonRun, default_pair, default_variants, metrics_table, pair_choices,
+                              pair_images, run_comparison, save_outputs, variant_choices, zoom_crops)
+from kaldn.display import clamp_region, draw_region
+from kaldn.errors import UserError
+from kaldn.images import ImageError, load_image
+from kaldn.inputs import image_source, measurement_input, prepare_inputs
+from kaldn.metrics import evaluate_pair
+from kaldn.models import variants
+from kaldn.resize import imresize
+
+from app_server import png_bytes, rng_image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "astronaut.png"
+
+
+# --- inputs -----------------------------------------------------------------------------------------------
+
+def test_hr_mode_crops_to_scale_and_makes_lr_with_imresize():
+    hr = rng_image(50, 43)
+    inputs = prepare_inputs(hr, 4, "hr")
+    assert inputs.gt.shape == (48, 40, 3)
+    assert inputs.lr.shape == (12, 10, 3)
+    np.testing.assert_array_equal(inputs.gt, hr[:48, :40])
+    np.testing.assert_array_equal(inputs.lr, imresize(hr[:48, :40], scale=1 / 4, output_shape=(12, 10)))
+    assert any("cropped from 43x50 to 40x48" in n for n in inputs.notes)
+
+
+def test_lr_mode_with_matching_ground_truth():
+    lr, gt = rng_image(16, 20), rng_image(48, 60, seed=1)
+    inputs = prepare_inputs(lr, 3, "lr", ground_truth=gt)
+    assert inputs.gt is gt or np.array_equal(inputs.gt, gt)
+    assert inputs.output_shape == (48, 60)
+    no_gt = prepare_inputs(lr, 3, "lr")
+    assert no_gt.gt is None and "no PSNR/SSIM" in no_gt.notes[0]
+
+
+def test_ground_truth_size_mismatch_is_a_clear_message():
+    lr = rng_image(16, 16)
+    with pytest.raises(UserError, match=r"ground truth is 64x60.*must be exactly 64x64"):
+        prepare_inputs(lr, 4, "lr", ground_truth=rng_image(60, 64))
+    with pytest.raises(UserError, match="It matches x2: choose scale 2"):
+        prepare_inputs(lr, 4, "lr", ground_truth=rng_image(32, 32))
+    with pytest.raises(UserError, match="Crop it to 48x48"):
+        prepare_inputs(lr, 3, "lr", ground_truth=rng_image(50, 49))
+
+
+@pytest.mark.parametrize("source, message", [
+    (b"this is not an image", "not an image"),
+    (b"", "empty"),
+    (np.zeros((0, 5, 3), np.uint8), "empty"),
+    (png_bytes(np.zeros((4, 4, 3), np.uint8)), "too small"),
+])
+def test_bad_inputs_raise_user_messages(source, message):
+    with pytest.raises(ValueError, match=message):
+        prepare_inputs(source, 4, "hr")
+
+
+def test_too_many_pixels_and_bad_parameters():
+    big = rng_image(64, 64)
+    with pytest.raises(ImageError, match="too large"):
+        prepare_inputs(big, 2, "hr", max_pixels=1000)
+    with pytest.raises(ImageError, match="output would be 256x256"):
+        prepare_inputs(big, 4, "lr", max_output_pixels=50_000)
+    with pytest.raises(UserError, match="scale must be one of 2, 3, 4"):
+        prepare_inputs(big, 5, "hr")
+    with pytest.raises(UserError, match="Upload an image first"):
+        prepare_inputs(None, 4, "hr")
+    inputs = prepare_inputs(big, 2, "hr")
+    with pytest.raises(UserError, match="Unknown variant 'sharpen'"):
+        run_comparison(inputs, ["bicubic", "sharpen"])
+    with pytest.raises(UserError, match="at least one variant"):
+        run_comparison(inputs, [])
+
+
+def test_alpha_grayscale_and_16_bit_inputs_are_handled():
+    rgba = rng_image(32, 32, channels=4)
+    inputs = prepare_inputs(rgba, 2, "hr")
+    assert any("alpha" in n for n in inputs.notes)
+    out = run_comparison(inputs, ["bicubic"]).results[0]
+    assert out.image.shape == (32, 32, 4) and out.psnr is not None
+
+    gray16 = rng_image(32, 32, channels=1, dtype=np.uint16)[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(gray16).save(buf, format="PNG")
+    inputs = prepare_inputs(buf.getvalue(), 2, "hr")
+    assert inputs.lr.dtype == np.uint16
+    assert any("16 bits" in n for n in inputs.notes) and any("grayscale" in n for n in inputs.notes)
+    res = run_comparison(inputs, ["bicubic"]).results[0]
+    assert res.image.dtype == np.uint16 and 0 < res.psnr < 100
+
+
+def test_uploads_are_read_from_paths_payloads_and_data_urls(tmp_path):
+    image = rng_image(40, 40)
+    path = tmp_path / "up.png"
+    path.write_bytes(png_bytes(image))
+    assert image_source(None) is None and image_source("") is None
+    assert image_source(path) == str(path)
+    assert image_source({"path": str(path), "url": "ignored"}) == str(path)
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    for upload in (path, {"path": str(path)}, {"url": url}):
+        np.testing.assert_array_equal(prepare_inputs(upload, 2, "hr").gt, image)
+    with pytest.raises(UserError, match="could not be decoded"):
+        image_source({"url": "data:image/png;base64,abc"})  # bad padding
+    with pytest.raises(UserError, match="could not be read as a file"):
+        image_source({"url": "https://example.com/x.png"})
+
+
+def test_measurement_input_prefers_the_last_comparison_then_the_upload_then_the_example(tmp_path):
+    last = prepare_inputs(rng_image(48, 48), 2, "hr")
+    lr, where = measurement_input(2, last, None, "hr", EXAMPLE)
+    assert lr is last.lr and "last comparison" in where
+    upload = tmp_path / "up.png"
+    upload.write_bytes(png_bytes(rng_image(64, 64, seed=3)))
+    lr, where = measurement_input(4, last, str(upload), "hr", EXAMPLE)  # the last one is x2: not reused
+    assert lr.shape == (16, 16, 3) and "image on the Compare tab" in where
+    lr, where = measurement_input("3", None, None, "hr", EXAMPLE)
+    assert lr.shape == (85, 85, 3) and "astronaut.png" in where
+    with pytest.raises(UserError, match="Upload an image"):
+        measurement_input(4)
+    with pytest.raises(UserError, match="scale must be one of 2, 3, 4"):
+        measurement_input(5, last)
+
+
+# --- running, crops, files --------------------------------------------------------------------------------
+
+def test_unavailable_variant_is_reported_not_raised(use_throwaway):
+    inputs = prepare_inputs(rng_image(48, 48), 3, "hr")  # no x3 checkpoints at all
+    comparison = run_comparison(inputs, ["bicubic", "dsconv", "tiny-ldsconv-x2"], device="cpu")
+    status = {r.key: r for r in comparison.results}
+    assert status["bicubic"].status == "ok"
+    assert status["dsconv"].status == "unavailable" and "tiny-dsconv-x3" in status["dsconv"].message
+    assert status["tiny-ldsconv-x2"].status == "unavailable" and "x2 model" in status["tiny-ldsconv-x2"].message
+    headers, rows = metrics_table(comparison)
+    assert [r[0] for r in rows] == ["Bicubic", "DSConv", "tiny-ldsconv-x2"]
+    assert comparison.warnings == [f"{r.label}: {r.message}" for r in comparison.results[1:]]
+    assert "Not run: DSConv" in comparison.status_markdown()
+    assert rows[1][headers.index("PSNR (dB)")] is None
+
+
+def test_comparison_outputs_metrics_and_lossless_files(use_throwaway, tmp_path):
+    inputs = prepare_inputs(load_image(EXAMPLE), 4, "hr")
+    cache = ModelCache()
+    calls = []
+    comparison = run_comparison(inputs, ["bicubic", "ldsconv", "kdsconv-det"], device="cuda", cache=cache,
+                                  progress=lambda f, d: calls.append(f))
+    assert calls and calls[-1] == pytest.approx(1.0) and all(0 <= f <= 1 for f in calls)
+    if not torch.cuda.is_available():
+        assert any("CUDA" in n for n in comparison.notes) and any("CUDA" in w for w in comparison.warnings)
+    for r in comparison.results:
+        assert r.status == "ok" and r.image.shape == (256, 256, 3)
+        assert r.psnr == pytest.approx(evaluate_pair(r.image, inputs.gt, 4)["psnr"])
+    kds = comparison.result("kdsconv-det")
+    assert kds.params > kds.params_inference == comparison.result("ldsconv").params  # the gate folds away
+    assert cache.prepared("tiny-ldsconv-x4", torch.device("cpu")) is cache.prepared("tiny-ldsconv-x4", "cpu")
+
+    paths = save_outputs(comparison, tmp_path)
+    for key in ("bicubic", "ldsconv", "kdsconv-det"):
+        np.testing.assert_array_equal(load_image(paths[key]), comparison.result(key).image)
+    np.testing.assert_array_equal(load_image(paths["gt"]), inputs.gt)
+    assert paths["metrics"].read_text().startswith("Variant,Model,PSNR (dB)")
+
+
+def test_zoom_crops_show_the_same_region_everywhere():
+    inputs = prepare_inputs(load_image(EXAMPLE), 4, "hr")
+    comparison = run_comparison(inputs, ["bicubic"])
+    crops, (x0, y0, w, h) = zoom_crops(comparison, center=(101, 57), size=40, display=160)
+    assert x0 % 4 == 0 and y0 % 4 == 0 and w == h == 40
+    assert abs(x0 + w / 2 - 101) <= 4 and abs(y0 + h / 2 - 57) <= 4
+    factor = 160 // 40
+    assert [c[1].split(" ·")[0] for c in crops] == ["LR input (nearest x4)", "Bicubic", "Ground truth"]
+    for img, _ in crops:
+        assert img.shape == (w * factor, h * factor, 3)
+    gt_crop = inputs.gt[y0:y0 + h, x0:x0 + w]
+    np.testing.assert_array_equal(crops[-1][0][::factor, ::factor], gt_crop)
+    np.testing.assert_array_equal(crops[0][0][::factor * 4, ::factor * 4],
+                                  inputs.lr[y0 // 4:(y0 + h) // 4, x0 // 4:(x0 + w) // 4])
+    # Clicks at or beyond the edges stay inside the image.
+    assert clamp_region((0, 0), 64, (256, 256), 4)[:2] == (0, 0)
+    assert clamp_region((1000, 1000), 64, (256, 256), 4) == (192, 192, 64, 64)
+    assert clamp_region(None, 1000, (40, 36), 4) == (0, 0, 36, 40)
+    picker = draw_region(inputs.gt, (x0, y0, w, h))
+    assert picker.shape == inputs.gt.shape and not np.array_equal(picker, inputs.gt)
+
+
+def test_slider_pairs():
+    comparison = run_comparison(prepare_inputs(rng_image(32, 32), 2, "hr"), ["bicubic"])
+    keys = [k for _, k in pair_choices(comparison)]
+    assert keys == ["bicubic", "gt", "lr"]
+    a, b = pair_images(comparison, "bicubic", "lr")
+    assert a.shape == b.shape == (32, 32, 3)
+    assert default_pair(comparison) == ("bicubic", "gt")
+    with pytest.raises(UserError):
+        pair_images(comparison, "dsconv", "gt")
+
+
+def test_choices_follow_the_registry_and_the_shipped_checkpoints():
+    available = ["tiny-dsconv-x2", "tiny-kdsconv-det-x2", "tiny-conv-x2"]
+    choices = dict((key, label) for label, key in variant_choices(2, available))
+    assert list(choices) == ["bicubic", *(v.key for v in variants())]  # the registry's display order
+    assert choices["dsconv"] == "DSConv" and choices["ldsconv"] == "Linear DSConv (no x2 checkpoint)"
+    # The standard conv is shipped but not selected by default; unshipped variants are not selected either.
+    assert default_variants(2, available) == ["bicubic", "dsconv", "kdsconv-det"]
+
+
+def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
+    comparison = run_comparison(prepare_inputs(rng_image(40, 40), 2, "hr"), ["bicubic"])
+    run = ComparisonRun.save(comparison, tmp_path / "runs", keep=2)
+    assert {Path(p).name for p in run.downloads()} == {"bicubic-x2.png", "lr-input.png", "ground-truth.png",
+                                                      "metrics.csv"}
+    left, right = run.slider("bicubic", "lr")
+    assert Image.open(left).size == Image.open(right).size == (40, 40)
+    assert "lr-nearest-x2.png" not in {Path(p).name for p in run.downloads()}
+    with pytest.raises(UserError, match="Not part of this comparison: dsconv"):
+        run.slider("dsconv", "gt")
+    view = run.zoom((30, 10), 16)
+    assert run.region == (22, 2, 16, 16) and view.center == (30, 10) and len(view.crops) == 3
+    for _ in range(3):  # the new run and the 2 newest before it are kept
+        ComparisonRun.save(comparison, tmp_path / "runs", keep=2)
+    assert len(list((tmp_path / "runs").iterdir())) == 3
+    nothing = run_comparison(prepare_inputs(rng_image(40, 40), 3, "hr"), ["tiny-dsconv-x2"])
+    with pytest.raises(UserError, match="None of the chosen variants could run"):
+        ComparisonRun.save(nothing, tmp_path / "runs")

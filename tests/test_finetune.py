@@ -1,0 +1,73 @@
+"""Fine-tuning jobs (kaldn.finetune), driven without the app."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaldn.errors import BusyError, UserError
+from kaldn.finetune import (FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base,
+                            prepare_finetune_data)
+from kaldn.images import save_png
+
+from app_server import rng_image
+
+
+def test_finetune_data_preparation(tmp_path):
+    good = tmp_path / "good.png"
+    save_png(rng_image(100, 120), good)
+    small = tmp_path / "small.png"
+    save_png(rng_image(40, 40), small)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    count, notes, patch = prepare_finetune_data([good, small, junk], 2, 32, tmp_path / "data")
+    assert count == 2 and patch == 20  # patch shrunk to fit the 40-pixel image at x2
+    assert any("junk.png" in n for n in notes)
+    with pytest.raises(UserError, match="No usable training image"):
+        prepare_finetune_data([junk], 2, 32, tmp_path / "data2")
+
+
+
+
+def test_settings_from_form_values():
+    s = FineTuneSettings.from_form("tiny-ldsconv-x2", "20", 2e-4, 2.0, "16")
+    assert (s.iters, s.lr, s.batch, s.patch) == (20, 2e-4, 2, 16)
+    with pytest.raises(UserError, match="Choose a base model"):
+        FineTuneSettings.from_form(None, 20, 2e-4, 2, 16)
+    with pytest.raises(UserError, match="must be numbers"):
+        FineTuneSettings.from_form("tiny-ldsconv-x2", None, 2e-4, 2, 16)
+
+
+def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_throwaway, tmp_path):
+    images = []
+    for i in range(2):
+        save_png(rng_image(64, 64, seed=i), tmp_path / f"{i}.png")
+        images.append(tmp_path / f"{i}.png")
+    manager = FineTuneManager(FineTunedRegistry(), root=tmp_path / "jobs", max_iters=50)
+    settings = FineTuneSettings("tiny-ldsconv-x2", iters=20, lr=2e-4, batch=2, patch=16, device="cpu")
+    with pytest.raises(UserError, match="between 1 and 50"):
+        manager.start(images, FineTuneSettings("tiny-ldsconv-x2", iters=51, lr=2e-4))
+    updates = manager.run(images, settings, owner="a", min_interval=0.0)
+    first = next(updates)
+    assert "Training on 2 image(s)" in first.status and first.iteration == 0 and manager.busy
+    with pytest.raises(BusyError):
+        manager.start(images, settings)
+    assert manager.cancel(owner="b") is False  # not the owner
+    *_, last = updates
+    assert "**Finished** after 20 iterations" in last.status and last.entry is not None
+    assert last.iteration == 20 and last.loss_curve()["iteration"][-1] == 20
+    assert last.psnr_curve()["iteration"][0] == 0  # the base model, measured first
+    assert {p.split("/")[-1] for p in last.downloads} == {"model.safetensors", "config.json"}
+    assert manager.registry.items() == [last.entry] and not manager.busy
+    assert last.entry.label == "Fine-tuned #1 (Linear DSConv x2, 20 it)"
+    bases = base_choices(["tiny-ldsconv-x2", "tiny-kdsconv-det-x4", "small-ldsconv-x4"], manager.registry)
+    assert bases == [("Linear DSConv x2 (tiny-ldsconv-x2)", "tiny-ldsconv-x2"),
+                     ("KDSConv (det) x4 (tiny-kdsconv-det-x4)", "tiny-kdsconv-det-x4"),
+                     (last.entry.label, str(last.entry.path))]
+    assert default_base(bases) == "tiny-kdsconv-det-x4"
+
+    # Closing the stream early (the user went away) stops the job; its model is still kept.
+    updates = manager.run(images, FineTuneSettings(str(last.entry.path), iters=50, lr=2e-4, batch=2, patch=16,
+                                                   device="cpu"), min_interval=0.0)
+    next(updates)
+    updates.close()
+    assert not manager.busy

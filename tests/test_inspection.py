@@ -1,0 +1,112 @@
+"""Model inspection (kaldn.inspection): the hasty-ReLU statistic, kernel tables and the gate report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kaldn.cache import ModelCache
+from kaldn.errors import UserError
+from kaldn.images import load_image
+from kaldn.inputs import prepare_inputs
+from kaldn.inspection import (depthwise_stats, gate_report, gate_rows, gate_summary, hasty_relu_report,
+                              inspection_choices, kernel_layers, kernel_rows, kernel_table, kernel_view,
+                              render_kernel_grid)
+from kaldn.models import create_model
+
+from app_server import rng_image
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "astronaut.png"
+
+
+def test_hasty_relu_statistic_is_a_fraction(use_throwaway):
+    lr = prepare_inputs(load_image(EXAMPLE), 2, "hr").lr
+    report = hasty_relu_report(lr, 2, ModelCache(), where="the example")
+    assert set(report.stats) == {"dsconv", "ldsconv"} and not report.missing
+    assert report.summary.startswith("On the example (x2):")
+    ds, lin = report.stats["dsconv"], report.stats["ldsconv"]
+    assert ds["relu_after_depthwise"] and not lin["relu_after_depthwise"]
+    for st in (ds, lin):
+        assert 0.0 <= st["zeroed_fraction"] <= 1.0 and 0.0 <= st["zeroed_energy"] <= 1.0
+        assert len(st["layers"]) == 16  # tiny: 4 blocks x 4 layers
+        assert all(0 <= layer["zeroed_fraction"] <= 1 for layer in st["layers"])
+        assert st["map"].shape == lr.shape[:2] and st["map"].min() >= 0 and st["map"].max() <= 1
+    assert "DSConv" in report.summary and len(report.maps) == 3
+    assert len(report.rows) == 2 and len(report.per_layer) == 32
+    with pytest.raises(UserError, match="No DSConv / linear DSConv checkpoint at x3: tiny-dsconv-x3"):
+        hasty_relu_report(lr, 3, ModelCache())
+
+
+def test_depthwise_stats_match_a_direct_computation(use_throwaway):
+    """For DSConv, the share of zeros after its ReLU is exactly what the statistic reports."""
+    model = ModelCache().raw("tiny-dsconv-x2")
+    lr = rng_image(24, 24)
+    seen = []
+    layer = model.blocks[0].layers[0]
+    handle = layer.depthwise.register_forward_hook(lambda m, i, o: seen.append(float((o < 0).float().mean())))
+    try:
+        stats = depthwise_stats(model, lr)
+    finally:
+        handle.remove()
+    assert stats["layers"][0]["zeroed_fraction"] == pytest.approx(seen[0], abs=1e-6)
+
+
+def test_kernel_table_and_heat_map(use_throwaway):
+    model = ModelCache().raw("tiny-kdsconv-det-x4")
+    layers = kernel_layers(model)
+    assert layers[0] == "blocks.0.layers.0" and len(layers) == 16
+    table = kernel_table(model, layers[1])
+    c = table["kernels"].shape[0]
+    assert table["kernels"].shape == (c, 3, 3) and c == 64
+    layer = model.blocks[0].layers[1]
+    np.testing.assert_allclose(table["scale"], 1 + layer.attention().numpy(), rtol=1e-6)
+    assert np.all((table["scale"] > 1) & (table["scale"] < 2))
+    np.testing.assert_allclose(table["avg"], layer.depthwise.weight[:, 0].mean(dim=(1, 2)).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(table["det"], [np.linalg.det(k) for k in table["kernels"].astype(np.float64)],
+                               atol=1e-6)
+    grid = render_kernel_grid(table)
+    assert grid.ndim == 3 and grid.dtype == np.uint8 and grid.shape[1] > 500
+    assert len(kernel_rows(table)) == c
+    fixed = kernel_table(ModelCache().raw("tiny-kdsconv-fixed-x4"), "blocks.0.layers.0")
+    assert np.all(fixed["scale"] == 1.5)
+    headers, rows = gate_rows(model)
+    assert len(rows) == 16 and headers[0] == "Layer"
+    with pytest.raises(UserError):
+        kernel_table(model, "upsample")
+
+
+
+
+def test_kernel_view_and_the_model_lists(use_throwaway):
+    cache = ModelCache()
+    view = kernel_view(cache, "tiny-kdsconv-det-x4")
+    assert view.layer == "blocks.0.layers.2" and len(view.layers) == 16 and len(view.gate_rows) == 16
+    assert kernel_view(cache, "tiny-dsconv-x4", "blocks.3.layers.3").layer == "blocks.3.layers.3"
+    assert kernel_view(cache, "tiny-dsconv-x4").gate_rows == []  # no kernel attention in DSConv
+    with pytest.raises(UserError, match="Cannot load tiny-kdsconv-det-x3"):
+        kernel_view(cache, "tiny-kdsconv-det-x3")
+    available = ["tiny-conv-x4", "tiny-dsconv-x2", "tiny-kdsconv-avg-x2", "tiny-kdsconv-det-x2",
+                 "tiny-kdsconv-fixed-x4", "tiny-kdsconv-max-x4", "small-kdsconv-det-x4"]
+    # Kernel attention first (x4 first, then det/avg/max), then the rest; no standard conv, no other backbone.
+    assert [m for _, m in inspection_choices(available)] == [
+        "tiny-kdsconv-max-x4", "tiny-kdsconv-det-x2", "tiny-kdsconv-avg-x2", "tiny-dsconv-x2",
+        "tiny-kdsconv-fixed-x4"]
+
+
+def test_gate_report_sees_a_dead_gate():
+    torch.manual_seed(0)
+    model = create_model("tiny-kdsconv-det-x2")
+    layer = model.blocks[0].layers[0]
+    with torch.no_grad():
+        layer.gate_down.weight.zero_()  # every gate ReLU off: a = sigmoid(0) for every channel
+    rows = gate_report(model)
+    assert len(rows) == 16
+    assert rows[0]["a_std"] == 0 and rows[0]["a_mean"] == pytest.approx(0.5)  # dead: sigmoid(0) everywhere
+    assert all(r["a_std"] > 0 for r in rows[1:])
+    summary = gate_summary(rows)
+    assert summary["gate_layers"] == 16 and 0 < summary["gate_a_std_mean"] < max(r["a_std"] for r in rows)
+    assert gate_summary([]) == {}
