@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kaldn.models import create_model
-from kaldn.train import TrainConfig, train
+from kaldn.train import STATE_NAME, TrainConfig, train
 
 SETTINGS = {  # label -> (precision, ema decay)
     "fp32": ("fp32", 0.0),
@@ -35,12 +35,18 @@ SETTINGS = {  # label -> (precision, ema decay)
 def run_setting(label: str, args: argparse.Namespace) -> tuple[list[dict], float]:
     precision, ema = SETTINGS[label]
     out = Path(args.out) / label.replace(" + ", "-").replace(" ", "")
+    # An interrupted calibration resumes; the CPU time of every part of a run adds up in cpu_seconds.txt.
+    resume = (out / STATE_NAME).exists()
     config = TrainConfig(model=args.model, data=args.data, out=str(out), iters=args.iters, batch=args.batch,
                          patch=args.patch, lr=args.lr, seed=0, threads=args.threads, precision=precision, ema=ema,
-                         val_every=args.iters // 4, save_every=args.iters, force=True)
+                         val_every=args.iters // 4, save_every=max(1, args.iters // 20), resume=resume, force=not resume)
+    cpu_file = out / "cpu_seconds.txt"
+    cpu_before = float(cpu_file.read_text()) if resume and cpu_file.exists() else 0.0
     cpu_start = time.process_time()
-    train(config)
-    cpu_hours = (time.process_time() - cpu_start) / 3600
+    train(config, progress=lambda event: event["event"] == "step" and cpu_file.write_text(
+        str(cpu_before + time.process_time() - cpu_start)))
+    cpu_hours = (cpu_before + time.process_time() - cpu_start) / 3600
+    cpu_file.write_text(str(cpu_hours * 3600))
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return [r for r in records if r["event"] == "validation"], cpu_hours
 
