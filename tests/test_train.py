@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import create_model
 from kaldn.train import TrainConfig, TrainStateError, train
+from kaldn.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -257,21 +259,17 @@ def test_standardised_descriptor_spreads_the_gate(short_runs):
 
 # --- damaged or missing run state: one clear line naming the file, never a silent restart ---
 
-def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "kaldn.train", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True)
-
-
-def _cli_run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
+def _cli_run(tmp_path: Path, capsys, *extra: str) -> SimpleNamespace:
+    """``python -m kaldn.train`` in-process: its exit code and what it printed to stderr."""
     data = tmp_path / "data"
     if not data.exists():
         _write_images(data)
-    return _cli(["--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(tmp_path / "run"),
-                 "--iters", "4", "--batch", "2", "--patch", "12", "--save-every", "2", "--threads", "1", *extra])
+    code = train_main(["--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(tmp_path / "run"),
+                       "--iters", "4", "--batch", "2", "--patch", "12", "--save-every", "2", "--threads", "1", *extra])
+    return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
 
 
-def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+def _one_line_error(proc: SimpleNamespace, *needles: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     message = proc.stderr.strip().splitlines()[-1]
@@ -280,8 +278,8 @@ def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "flipped"])
-def test_damaged_state_gives_one_line_naming_the_file(tmp_path, damage):
-    assert _cli_run(tmp_path).returncode == 0
+def test_damaged_state_gives_one_line_naming_the_file(tmp_path, capsys, damage):
+    assert _cli_run(tmp_path, capsys).returncode == 0
     state = tmp_path / "run" / "train_state.safetensors"
     data = bytearray(state.read_bytes())
     if damage == "truncated":
@@ -291,21 +289,21 @@ def test_damaged_state_gives_one_line_naming_the_file(tmp_path, damage):
     else:  # one byte inside the tensor data: the file still parses, the checksum does not match
         data[-64] ^= 0xFF
     state.write_bytes(bytes(data))
-    _one_line_error(_cli_run(tmp_path, "--iters", "4", "--resume"), str(state), "damaged", "--force")
+    _one_line_error(_cli_run(tmp_path, capsys, "--resume"), str(state), "damaged", "--force")
 
 
-def test_resume_without_state_is_an_error_not_a_restart(tmp_path):
-    proc = _cli_run(tmp_path, "--resume")
+def test_resume_without_state_is_an_error_not_a_restart(tmp_path, capsys):
+    proc = _cli_run(tmp_path, capsys, "--resume")
     _one_line_error(proc, "train_state.safetensors", "no training state")
     assert not (tmp_path / "run" / "last").exists()
 
 
-def test_existing_run_is_not_overwritten_without_force(tmp_path):
-    assert _cli_run(tmp_path).returncode == 0
+def test_existing_run_is_not_overwritten_without_force(tmp_path, capsys):
+    assert _cli_run(tmp_path, capsys).returncode == 0
     log_before = (tmp_path / "run" / "log.jsonl").read_text()
-    _one_line_error(_cli_run(tmp_path), "--resume", "--force")
+    _one_line_error(_cli_run(tmp_path, capsys), "--resume", "--force")
     assert (tmp_path / "run" / "log.jsonl").read_text() == log_before
-    assert _cli_run(tmp_path, "--force").returncode == 0
+    assert _cli_run(tmp_path, capsys, "--force").returncode == 0
 
 
 def test_partial_last_log_line_is_dropped_and_a_damaged_one_named(tmp_path):
