@@ -58,7 +58,12 @@ def save_checkpoint(directory: str | Path, model: nn.Module, metadata: dict[str,
     config = {"format_version": FORMAT_VERSION, **model.config, **(metadata or {})}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # Weights first, config last: a config present means its weights are complete.
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"model": config["model"]}))
+    # The file carries its name, and where its weights come from when that is recorded (kaldn.convert), so a
+    # model.safetensors taken out of its folder still says whose weights it holds.
+    file_metadata = {"model": config["model"]}
+    if "weights" in config:
+        file_metadata["weights"] = json.dumps(config["weights"], sort_keys=True)
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=file_metadata))
     write_json(directory / CONFIG_NAME, config)
     return directory
 

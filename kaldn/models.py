@@ -1,15 +1,20 @@
 """One model factory: ``create_model("tiny-kdsconv-det-x4")``.
 
-Names are ``{backbone}-{conv}-x{scale}`` (DESIGN.md), e.g. ``tiny-ldsconv-x2``.
+Names are ``{backbone}-{conv}-x{scale}`` (DESIGN.md), e.g. ``tiny-ldsconv-x2``,
+or ``{arch}-x{scale}`` for the seed papers' peers (``PEERS``), e.g. ``fdiwn-x4``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
+from .archs.fdiwn import FDIWN
+from .archs.lesrcnn import LESRCNN
+from .archs.scnet import SCNet
 from .layers import CONVS, DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .rdn import RDN
 
@@ -28,6 +33,15 @@ BACKBONES: dict[str, dict] = {
 }
 SCALES = (2, 3, 4)
 
+# The seed papers' peers (kaldn/archs): arch name -> builder(scale). Names are "{arch}-x{scale}";
+# their ModelSpec has backbone PEER and conv = arch. One entry each: the registry port is a line per peer.
+PEER = "peer"
+PEERS: dict[str, Callable[[int], nn.Module]] = {
+    "lesrcnn": lambda scale: LESRCNN(scale),
+    "fdiwn": lambda scale: FDIWN(scale),
+    "scnet-t": lambda scale: SCNet(scale),
+}
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -37,17 +51,20 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
+        if self.backbone == PEER:
+            return f"{self.conv}-x{self.scale}"
         return f"{self.backbone}-{self.conv}-x{self.scale}"
 
 
-def model_names(backbones: tuple[str, ...] = tuple(BACKBONES)) -> list[str]:
-    return [ModelSpec(b, c, s).name for b in backbones for c in CONVS for s in SCALES]
+def model_names(backbones: tuple[str, ...] = (*BACKBONES, PEER)) -> list[str]:
+    """Every model name of ``backbones`` (``PEER`` for the seed papers' peers)."""
+    return [ModelSpec(b, c, s).name for b in backbones for c in (PEERS if b == PEER else CONVS) for s in SCALES]
 
 
 def parse_model_name(name: str) -> ModelSpec:
     """Split a model name into backbone, conv and scale; ValueError listing valid names otherwise."""
-    for backbone in BACKBONES:
-        for conv in CONVS:
+    for backbone in (*BACKBONES, PEER):
+        for conv in PEERS if backbone == PEER else CONVS:
             for scale in SCALES:
                 if name == ModelSpec(backbone, conv, scale).name:
                     return ModelSpec(backbone, conv, scale)
@@ -55,10 +72,17 @@ def parse_model_name(name: str) -> ModelSpec:
 
 
 def create_model(name: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> nn.Module:
-    """Build an untrained model by name. ``model.config`` records how, for checkpoints."""
+    """Build an untrained model by name. ``model.config`` records how, for checkpoints.
+
+    ``descriptor_norm`` concerns KDSConv only; a peer ignores it.
+    """
     spec = parse_model_name(name)
     if descriptor_norm not in DESCRIPTOR_NORMS:
         raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+    if spec.backbone == PEER:
+        model = PEERS[spec.conv](spec.scale)
+        model.config = {"model": name, "arch": spec.conv, "scale": spec.scale}
+        return model
     model = RDN(conv=spec.conv, scale=spec.scale, descriptor_norm=descriptor_norm, **BACKBONES[spec.backbone])
     model.config = {"model": name, "backbone": spec.backbone, "conv": spec.conv, "scale": spec.scale,
                     "descriptor_norm": descriptor_norm}
