@@ -1,8 +1,9 @@
 """Inference speed and memory of every conv variant, on the path the app uses (fused, channels_last).
 
-    python -m benchmarks.speed [--threads 2] [--repeats 7] [--paper-repeats 1]
+    python -m benchmarks.speed [--threads 2] [--repeats 7] [--paper-repeats 1] [--peer-repeats 3]
 
-Prints, at x4 for the tiny and paper backbones: parameters, multiply-adds and
+Prints, at x4 for the tiny and paper backbones and the seed papers' peers
+(LESRCNN, FDIWN, SCNet-T, in the same run): parameters, multiply-adds and
 CPU milliseconds for a 256x256 input (median of repeated runs), and peak memory
 (each model measured in its own process, so peak RSS is its own); the ratio
 fused-KDSConv / LinearDSConv time measured side by side; peak RSS of tiled x4
@@ -29,6 +30,7 @@ from kaldn.inference import prepare_model, upscale
 from kaldn.models import count_parameters, create_model, multiply_adds
 
 CONVS = ["conv", "dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed"]
+PEERS = ["lesrcnn-x4", "fdiwn-x4", "scnet-t-x4"]  # random weights: speed does not depend on them
 SIZE = 256
 
 
@@ -146,6 +148,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--paper-repeats", type=int, default=1, help="the paper backbone takes seconds a pass")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--peer-repeats", type=int, default=3, help="the peers take seconds a pass on a CPU")
+    parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--child-model")
     parser.add_argument("--child-tiled", action="store_true")
@@ -170,6 +174,11 @@ def main() -> None:
                         "--warmup", str(warmup), *common])
             print(f"{r['model']:<24}{r['params']:>12,}{r['macs'] / 1e9:>9.1f}G{r['ms']:>10.0f}"
                   f"{r['peak_rss_mib']:>8.0f}MiB{r['forward_rss_mib']:>7.0f}MiB", flush=True)
+    for name in [] if args.skip_peers else PEERS:
+        # Params as built (FDIWN: weight norm's g and v both counted); timed fused, weight norm folded.
+        r = _child(["--child-model", name, "--repeats", str(args.peer_repeats), "--warmup", "1", *common])
+        print(f"{r['model']:<24}{r['params']:>12,}{r['macs'] / 1e9:>9.1f}G{r['ms']:>10.0f}"
+              f"{r['peak_rss_mib']:>8.0f}MiB{r['forward_rss_mib']:>7.0f}MiB", flush=True)
 
     s = side_by_side(max(args.repeats, 9))
     print()

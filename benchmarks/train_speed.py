@@ -1,9 +1,12 @@
-"""Training speed of each tiny variant on this CPU, to plan the model-zoo budget.
+"""Training speed of each tiny variant (or any named models) on this CPU, to plan the model-zoo budget.
 
     python -m benchmarks.train_speed [--scale 4] [--batch 16] [--patch 48] [--threads 2] [--iters 20]
+    python -m benchmarks.train_speed --models lesrcnn-x4 fdiwn-x4 scnet-t-x4 --patch 32 --threads 1 \
+        --precision fp32 bf16
 
 Times full training iterations (forward, L1, backward, Adam step; channels_last,
-as kaldn.train runs them) on random patches, after a few warm-up iterations.
+and bf16 under autocast as kaldn.train runs it) on random patches, after a few
+warm-up iterations.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from kaldn.models import count_parameters, create_model
 CONVS = ["conv", "dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed"]
 
 
-def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3) -> tuple[float, int]:
+def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3,
+                          precision: str = "fp32") -> tuple[float, int]:
     torch.manual_seed(0)
     model = create_model(name).to(memory_format=torch.channels_last).train()
     scale = model.config["scale"]
@@ -29,7 +33,8 @@ def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup:
     for i in range(warmup + iters):
         if i == warmup:
             start = time.perf_counter()
-        loss = F.l1_loss(model(lr), hr)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.l1_loss(model(lr).float(), hr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -44,15 +49,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--convs", nargs="*", default=CONVS)
+    parser.add_argument("--models", nargs="*", help="model names (e.g. fdiwn-x4); replaces --convs/--scale")
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"tiny x{args.scale}, batch {args.batch}, LR patch {args.patch}, {args.threads} threads, "
+    names = args.models or [f"tiny-{conv}-x{args.scale}" for conv in args.convs]
+    print(f"batch {args.batch}, LR patch {args.patch}, {args.threads} threads, "
           f"{args.iters} timed iterations, torch {torch.__version__}")
-    print(f"{'model':<26}{'params':>9}{'it/s':>8}{'s / 1000 it':>13}")
-    for conv in args.convs:
-        name = f"tiny-{conv}-x{args.scale}"
-        speed, params = iterations_per_second(name, args.batch, args.patch, args.iters)
-        print(f"{name:<26}{params:>9,}{speed:>8.2f}{1000 / speed:>13.0f}")
+    print(f"{'model':<26}{'precision':>10}{'params':>9}{'it/s':>8}{'s / it':>8}{'s / 1000 it':>13}")
+    for name in names:
+        for precision in args.precision:
+            speed, params = iterations_per_second(name, args.batch, args.patch, args.iters, precision=precision)
+            print(f"{name:<26}{precision:>10}{params:>9,}{speed:>8.2f}{1 / speed:>8.2f}{1000 / speed:>13.0f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
