@@ -414,7 +414,11 @@ def _verify_folder(folder: Path) -> list[str]:
 
 def push(repo_id: str, folder: str | Path = "checkpoints", *, private: bool = False,
          revision: str | None = None) -> str:
-    """Upload the checkpoints folder as the Hub model repo (safetensors, json and md files only); returns its URL."""
+    """Upload the checkpoints folder as the Hub model repo (safetensors, json and md files only); returns its URL.
+
+    Every checkpoint is loaded first; a broken one, or one holding third-party weights (``kaldn.convert`` of a
+    peer's release), stops the upload before anything is sent.
+    """
     from huggingface_hub import HfApi
 
     folder = Path(folder)

@@ -130,7 +130,8 @@ def test_checkpoint_prepare_and_tiles(tmp_path, arch):
     whole = upscale(image, fast, tile=None)
     tiled = upscale(image, fast, tile=16, overlap=24)
     if getattr(model, "global_context", False):
-        assert tiled.shape == whole.shape  # pooled statistics: tiles may differ; evaluation uses whole images
+        # Pooled statistics see each tile, not the image: tiles differ, so evaluation runs whole images.
+        assert tiled.shape == whole.shape and not np.allclose(tiled, whole, atol=1e-5)
     else:
         np.testing.assert_allclose(tiled, whole, atol=1e-5)
 
@@ -194,6 +195,10 @@ def test_a_pickle_carrying_code_is_refused_not_run(tmp_path, capsys):
     with pytest.raises(ConversionError, match="refused"):
         read_torch_state(tmp_path / "plain.pkl")
     assert not marker.exists()
+    # So is a file that is no pickle at all.
+    (tmp_path / "noise.pth").write_bytes(np.random.default_rng(0).bytes(256))
+    with pytest.raises(ConversionError, match="refused"):
+        read_torch_state(tmp_path / "noise.pth")
 
 
 def test_published_layout_converts_and_loads(tmp_path):
