@@ -1,8 +1,9 @@
 """Inference speed and memory of every conv variant, on the path the app uses (fused, channels_last).
 
-    python -m benchmarks.speed [--threads 2] [--repeats 7] [--paper-repeats 1]
+    python -m benchmarks.speed [--threads 2] [--repeats 7] [--paper-repeats 1] [--peer-repeats 3]
 
-Prints, at x4 for the tiny and paper backbones: parameters, multiply-adds and
+Prints, at x4 for the tiny and paper backbones and the seed papers' peers
+(LESRCNN, FDIWN, SCNet-T, in the same run): parameters, multiply-adds and
 CPU milliseconds for a 256x256 input (median of repeated runs), and peak memory
 (each model measured in its own process, so peak RSS is its own); the ratio
 fused-KDSConv / LinearDSConv time measured side by side; peak RSS of tiled x4
@@ -27,9 +28,11 @@ import torch
 
 from kaldn.inference import prepare_model, upscale
 from kaldn.models import count_parameters, create_model, multiply_adds
-from kaldn.registry import conv_entries
+from kaldn.registry import architectures, conv_entries
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
+# Every registered single network (the seed papers' peers) at x4; random weights: speed does not depend on them.
+PEERS = [f"{a.name}-x4" for a in architectures() if not a.family]
 SIZE = 256
 
 
@@ -37,12 +40,17 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Wall clock by default; --cpu-time switches to this process's CPU seconds, which a busy shared machine
+# inflates far less (meaningful with --threads 1, where CPU time is the work itself).
+CLOCK = time.perf_counter
+
+
 def _time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = CLOCK()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(CLOCK() - start)
     return 1000 * statistics.median(times)
 
 
@@ -66,9 +74,9 @@ def child_tiled(tile: int) -> dict:
     """Peak RSS of tiled x4 upscaling of a 1920x1080 image (the app's path)."""
     fast = prepare_model(create_model("tiny-kdsconv-det-x4"), device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-    start = time.perf_counter()
+    start = CLOCK()
     out = upscale(image, fast, tile=tile)
-    return {"seconds": time.perf_counter() - start, "peak_rss_mib": _peak_rss_mib(), "shape": list(out.shape)}
+    return {"seconds": CLOCK() - start, "peak_rss_mib": _peak_rss_mib(), "shape": list(out.shape)}
 
 
 def side_by_side(repeats: int) -> dict:
@@ -147,13 +155,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--paper-repeats", type=int, default=1, help="the paper backbone takes seconds a pass")
     parser.add_argument("--skip-paper", action="store_true")
+    parser.add_argument("--peer-repeats", type=int, default=3, help="the peers take seconds a pass on a CPU")
+    parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--child-model")
     parser.add_argument("--child-tiled", action="store_true")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cpu-time", action="store_true", help="time CPU seconds of the process, not wall time")
     args = parser.parse_args()
+    global CLOCK
+    if args.cpu_time:
+        CLOCK = time.process_time
     torch.set_num_threads(args.threads)
-    common = ["--threads", str(args.threads)]
+    common = ["--threads", str(args.threads), *(["--cpu-time"] if args.cpu_time else [])]
     if args.child_model:
         print(json.dumps(child_model(args.child_model, args.repeats, args.warmup)))
         return
@@ -161,7 +175,8 @@ def main() -> None:
         print(json.dumps(child_tiled(args.tile)))
         return
 
-    print(f"x4, {SIZE}x{SIZE} input, {args.threads} threads, fused + channels_last, torch {torch.__version__}")
+    print(f"x4, {SIZE}x{SIZE} input, {args.threads} threads, fused + channels_last, torch {torch.__version__}"
+          f"{', CPU time of the process' if args.cpu_time else ''}")
     print(f"{'model':<24}{'params':>12}{'MACs':>10}{'CPU ms':>10}{'peak RSS':>11}{'fwd RSS':>10}")
     backbones = ["tiny"] + ([] if args.skip_paper else ["paper"])
     for backbone in backbones:
@@ -171,6 +186,11 @@ def main() -> None:
                         "--warmup", str(warmup), *common])
             print(f"{r['model']:<24}{r['params']:>12,}{r['macs'] / 1e9:>9.1f}G{r['ms']:>10.0f}"
                   f"{r['peak_rss_mib']:>8.0f}MiB{r['forward_rss_mib']:>7.0f}MiB", flush=True)
+    for name in [] if args.skip_peers else PEERS:
+        # Params as built (FDIWN: weight norm's g and v both counted); timed fused, weight norm folded.
+        r = _child(["--child-model", name, "--repeats", str(args.peer_repeats), "--warmup", "1", *common])
+        print(f"{r['model']:<24}{r['params']:>12,}{r['macs'] / 1e9:>9.1f}G{r['ms']:>10.0f}"
+              f"{r['peak_rss_mib']:>8.0f}MiB{r['forward_rss_mib']:>7.0f}MiB", flush=True)
 
     s = side_by_side(max(args.repeats, 9))
     print()

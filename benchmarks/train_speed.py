@@ -1,10 +1,13 @@
-"""Training speed of each variant of a backbone on this CPU (or a GPU), to plan the model-zoo budget.
+"""Training speed of each variant of a backbone (or any named models) on this CPU or a GPU, to plan budgets.
 
     python -m benchmarks.train_speed [--backbone tiny] [--scale 4] [--batch 16] [--patch 48] [--threads 2]
-        [--iters 20] [--device cpu] [--precision fp32]
+        [--iters 20] [--device cpu] [--precision fp32 [bf16]]
+    python -m benchmarks.train_speed --models lesrcnn-x4 fdiwn-x4 scnet-t-x4 --patch 32 --threads 1 \
+        --precision fp32 bf16 --cpu-time
 
 Times full training iterations (forward, L1, backward, Adam step; channels_last,
-as kaldn.train runs them) on random patches, after a few warm-up iterations.
+and bf16 under autocast as kaldn.train runs it) on random patches, after a few
+warm-up iterations.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from kaldn.models import count_parameters, create_model
 from kaldn.registry import conv_entries
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3,
-                          device: str = "cpu", precision: str = "fp32") -> tuple[float, int]:
+                          device: str = "cpu", precision: str = "fp32",
+                          clock=time.perf_counter) -> tuple[float, int]:
     """Training iterations per second of ``name`` (as kaldn.train runs them) and its parameter count."""
     torch.manual_seed(0)
     device = torch.device(device)
@@ -31,18 +36,18 @@ def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     lr = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
     hr = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    amp = PRECISIONS[precision]
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
-            start = time.perf_counter()
+            start = clock()
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = F.l1_loss(model(lr).float(), hr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     _sync(device)
-    return iters / (time.perf_counter() - start), count_parameters(model)
+    return iters / (clock() - start), count_parameters(model)
 
 
 def _sync(device: torch.device) -> None:
@@ -59,18 +64,24 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--convs", nargs="*", default=CONVS)
     parser.add_argument("--backbone", default="tiny")
+    parser.add_argument("--models", nargs="*", help="model names (e.g. fdiwn-x4); replaces --backbone/--convs/--scale")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=list(PRECISIONS))
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time CPU seconds of the process (robust on a busy machine with --threads 1)")
     args = parser.parse_args()
+    clock = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(args.threads)
-    print(f"{args.backbone} x{args.scale}, batch {args.batch}, LR patch {args.patch}, {args.threads} threads, "
-          f"{args.device} {args.precision}, {args.iters} timed iterations, torch {torch.__version__}")
-    print(f"{'model':<26}{'params':>9}{'it/s':>8}{'s / 1000 it':>13}")
-    for conv in args.convs:
-        name = f"{args.backbone}-{conv}-x{args.scale}"
-        speed, params = iterations_per_second(name, args.batch, args.patch, args.iters,
-                                              device=args.device, precision=args.precision)
-        print(f"{name:<26}{params:>9,}{speed:>8.2f}{1000 / speed:>13.0f}")
+    names = args.models or [f"{args.backbone}-{conv}-x{args.scale}" for conv in args.convs]
+    print(f"batch {args.batch}, LR patch {args.patch}, {args.threads} threads, {args.device}, "
+          f"{args.iters} timed iterations, torch {torch.__version__}{', CPU time' if args.cpu_time else ''}")
+    print(f"{'model':<26}{'precision':>10}{'params':>9}{'it/s':>8}{'s / it':>8}{'s / 1000 it':>13}")
+    for name in names:
+        for precision in args.precision:
+            speed, params = iterations_per_second(name, args.batch, args.patch, args.iters, device=args.device,
+                                                  precision=precision, clock=clock)
+            print(f"{name:<26}{precision:>10}{params:>9,}{speed:>8.2f}{1 / speed:>8.2f}{1000 / speed:>13.0f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

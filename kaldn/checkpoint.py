@@ -64,6 +64,10 @@ def save_checkpoint(directory: str | Path, model: nn.Module, metadata: dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     header = {"format": "pt", "model": config["model"], CONFIG_METADATA_KEY: json.dumps(config)}
     # Weights first, config last: a config present means its weights are complete.
+    # The file carries its full config and, when recorded (kaldn.convert), where its weights come from, so a
+    # model.safetensors taken out of its folder still says whose weights it holds.
+    if "weights" in config:
+        header["weights"] = json.dumps(config["weights"], sort_keys=True)
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata=header))
     write_json(directory / CONFIG_NAME, config)
     return directory

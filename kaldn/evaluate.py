@@ -64,9 +64,12 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
            "multiply_adds_256": multiply_adds(fast, 256, 256),
            "training": model.config.get("training"), "seed": (model.config.get("training") or {}).get("seed"),
            "descriptor_norm": model.config.get("descriptor_norm")
-           if "kdsconv-" in (model.config.get("conv") or "") else None}
+           if "kdsconv-" in (model.config.get("conv") or "") else None,
+           "weights_origin": (model.config.get("weights") or {}).get("origin")}
+    # Models with pooled statistics (FDIWN) see the whole image, as published numbers are measured: a tile changes them.
+    tile = None if getattr(model, "global_context", False) else 256
     for name, pairs in datasets.items():
-        row[name] = score([upscale(lr, fast) for _, lr in pairs], pairs, scale)
+        row[name] = score([upscale(lr, fast, tile=tile) for _, lr in pairs], pairs, scale)
     if timing:
         row["cpu_ms_256"] = cpu_milliseconds(fast)
     return row
@@ -84,6 +87,9 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
     shipped = []
     for row in rows:
         if row["model"] == "bicubic" or row.get("seed") not in (0, None):
+            continue
+        if row.get("weights_origin") == "third-party":  # the authors' weights are never shipped
+            print(f"not shipped: {row['source']} holds third-party weights", file=sys.stderr)
             continue
         source = Path(row["source"])
         target = destination / row["model"]

@@ -420,19 +420,43 @@ def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str
 
 # --- CLI: push / pull ---------------------------------------------------------------------------------------
 
+def _file_weights_record(path: Path) -> dict:
+    """The ``weights`` record a safetensors file carries in its metadata (kaldn.convert writes one), or {}."""
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("weights")
+    try:
+        record = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def _verify_folder(folder: Path) -> list[str]:
     """Load every checkpoint in ``folder`` before uploading: a broken file must not reach the Hub."""
     names = []
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if (sub / CONFIG_NAME).is_file() or any(sub.glob("*.safetensors")):
-            load_checkpoint_files(sub / WEIGHTS_NAME, sub / CONFIG_NAME)  # CheckpointError names the file
+            model = load_checkpoint_files(sub / WEIGHTS_NAME, sub / CONFIG_NAME)  # CheckpointError names the file
+            # Weights converted from a peer's release (kaldn.convert) are the authors', without a licence.
+            weights = model.config.get("weights") or _file_weights_record(sub / WEIGHTS_NAME)
+            if weights.get("origin") == "third-party":
+                raise CheckpointError(f"{sub}: holds third-party weights ({weights.get('source_file')}, "
+                                      f"{weights.get('published_at')}); they are never uploaded")
             names.append(sub.name)
     return names
 
 
 def push(repo_id: str, folder: str | Path = "checkpoints", *, private: bool = False,
          revision: str | None = None) -> str:
-    """Upload the checkpoints folder as the Hub model repo (safetensors, json and md files only); returns its URL."""
+    """Upload the checkpoints folder as the Hub model repo (safetensors, json and md files only); returns its URL.
+
+    Every checkpoint is loaded first; a broken one, or one holding third-party weights (``kaldn.convert`` of a
+    peer's release), stops the upload before anything is sent.
+    """
     from huggingface_hub import HfApi
 
     folder = Path(folder)

@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .images import image_to_tensor, tensor_to_image
 from .layers import fuse
@@ -35,14 +36,32 @@ def prepare_model(model: nn.Module, device: str | torch.device = "auto", precisi
     """A fused, eval-mode, channels_last copy on ``device``: the fast inference path.
 
     Fusing bakes KDSConv's kernel attention into plain depthwise kernels, so a
-    KDSConv model then costs exactly a LinearDSConv model. fp16/bf16 only on CUDA.
+    KDSConv model then costs exactly a LinearDSConv model; weight norm (FDIWN)
+    is folded into plain weights the same way. fp16/bf16 only on CUDA.
     """
     device = resolve_device(device)
     if precision != "fp32" and device.type != "cuda":
         raise ValueError(f"precision {precision} needs CUDA; use fp32 on CPU")
-    fast = fuse(copy.deepcopy(model)).eval().to(device=device, dtype=DTYPES[precision])
+    fast = bake_parametrizations(fuse(copy.deepcopy(model))).eval().to(device=device, dtype=DTYPES[precision])
     fast.config = dict(getattr(model, "config", {}), fused=True)
     return fast.to(memory_format=torch.channels_last)
+
+
+def bake_parametrizations(model: nn.Module) -> nn.Module:
+    """Replace parametrized weights (FDIWN's weight norm: g and v) by the plain tensors they compute (in place).
+
+    Same output; the weight is no longer recomputed from g and v on every forward pass.
+    """
+    for module in model.modules():
+        if parametrize.is_parametrized(module):
+            values = {name: getattr(module, name).detach().clone() for name in module.parametrizations}
+            # Not parametrize.remove_parametrizations: a deep copy shares the generated Parametrized* class
+            # with its original, and removal deletes the property from that class, breaking the original.
+            module.__class__ = module.__class__.__bases__[0]
+            del module.parametrizations
+            for name, value in values.items():
+                module.register_parameter(name, nn.Parameter(value, requires_grad=False))
+    return model
 
 
 def _model_device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:

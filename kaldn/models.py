@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .archs.rdn import BACKBONES, DEFAULT_BACKBONE  # importing an architecture's module registers it
+from .archs import fdiwn, lesrcnn, scnet  # noqa: F401  (importing an architecture's module registers it)
+from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
 from .errors import UserError
 from .registry import Architecture, Claim, architecture, architectures, conv_entries
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kaldn"
 LAYERS = [
     {"registry", "errors", "settings", "resize", "images", "metrics", "display", "maps"},  # foundations
     {"layers", "archs", "models", "checkpoint", "hub", "inference", "data"},               # models and weights
-    {"cache", "inspection", "train", "results", "cards", "evaluate"},                      # tools over models
+    {"cache", "inspection", "train", "results", "cards", "evaluate", "convert"},                      # tools over models
     {"inputs", "comparison", "finetune"},                                                  # the app's logic
     {"cli", "__main__", "__init__"},                                                       # entry points
 ]

@@ -57,10 +57,10 @@ def median_conv():
 
 def test_the_built_in_entries():
     assert [v.key for v in variants()] == ["dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max",
-                                           "kdsconv-fixed", "conv"]
-    assert [c.name for c in conv_entries()] == [v.key for v in variants()]
+                                           "kdsconv-fixed", "conv", "lesrcnn", "fdiwn", "scnet-t"]
+    assert [c.name for c in conv_entries()] == [v.key for v in variants()][:7]  # the convs, then the peers
     assert scales() == (2, 3, 4)
-    assert len(model_names()) == 3 * 7 * 3 and len(model_names(("tiny",))) == 21
+    assert len(model_names()) == 3 * 7 * 3 + 3 * 3 and len(model_names(("tiny",))) == 21
     spec = parse_model_name("small-kdsconv-max-x3")
     assert (spec.arch, spec.backbone, spec.conv, spec.scale, spec.variant) == ("rdn", "small", "kdsconv-max", 3,
                                                                                "kdsconv-max")

@@ -1,0 +1,129 @@
+"""SCNet-T (Wu et al., "Fully 1x1 Convolutional Network for Lightweight Image Super-Resolution", seed 002).
+
+Every learned layer is a 1x1 convolution; spatial context comes only from a
+parameter-free *spatial shift*: the channels are cut into eight equal groups and
+each group is moved by one pixel in one of the eight neighbour directions (zero
+fill at the border). Modified-SRResNet layout, as the authors release it:
+
+- 1x1 head (3 -> 64), LeakyReLU 0.1;
+- 16 residual blocks x + conv1x1(ReLU(shift(conv1x1(x))));
+- upsampling: one x2/x3 step, or two x2 steps at x4, each
+  bilinear resize -> 1x1 -> LeakyReLU 0.02 -> shift -> 1x1 ("MLP" upsampler,
+  the default of the released training configuration) or
+  1x1 -> LeakyReLU 0.02 -> shift -> 1x1 to C*s^2 -> PixelShuffle ("pixelshuffle"),
+  each step followed by LeakyReLU 0.1;
+- 1x1 (64 -> 64), LeakyReLU 0.1, 1x1 (64 -> 3), plus the bilinearly upsampled input.
+
+SCNet-T is the smallest configuration: 64 features, 16 blocks ("D64B16").
+Input and output are RGB in [0, 1] with no mean shift, as released.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..registry import register_architecture
+
+# (dy, dx) read offsets of the eight channel groups: group g at (y, x) takes its input from (y + dy, x + dx).
+SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1), (1, -1), (-1, 1), (-1, -1))
+UPSAMPLERS = ("mlp", "pixelshuffle")
+
+
+def spatial_shift(x: torch.Tensor) -> torch.Tensor:
+    """Move each eighth of the channels one pixel in its own direction, filling with zeros (no parameters)."""
+    c = x.shape[1]
+    if c % len(SHIFTS):
+        raise ValueError(f"spatial shift needs a multiple of {len(SHIFTS)} channels, got {c}")
+    g, h, w = c // len(SHIFTS), x.shape[2], x.shape[3]
+    padded = F.pad(x, (1, 1, 1, 1))
+    return torch.cat([padded[:, i * g:(i + 1) * g, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+                      for i, (dy, dx) in enumerate(SHIFTS)], dim=1)
+
+
+class ShiftBlock(nn.Module):
+    """x + conv1x1(ReLU(shift(conv1x1(x))))."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(features, features, 1)
+        self.conv2 = nn.Conv2d(features, features, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(spatial_shift(self.conv1(x))))
+
+
+class ShiftUpsample(nn.Module):
+    """One upsampling step of factor ``factor``, all 1x1 convs plus a shift (see module docstring)."""
+
+    def __init__(self, features: int, factor: int, mode: str) -> None:
+        super().__init__()
+        if mode not in UPSAMPLERS:
+            raise ValueError(f"upsampler must be one of {UPSAMPLERS}, got {mode!r}")
+        self.factor, self.mode = factor, mode
+        self.conv1 = nn.Conv2d(features, features, 1)
+        self.conv2 = nn.Conv2d(features, features * (factor * factor if mode == "pixelshuffle" else 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mlp":
+            x = F.interpolate(x, scale_factor=self.factor, mode="bilinear", align_corners=False)
+        x = self.conv2(spatial_shift(F.leaky_relu(self.conv1(x), 0.02)))
+        return F.pixel_shuffle(x, self.factor) if self.mode == "pixelshuffle" else x
+
+
+class SCNet(nn.Module):
+    """SCNet at scale 2, 3 or 4 (defaults: SCNet-T, 64 features, 16 blocks): RGB [0, 1] -> RGB [0, 1]."""
+
+    def __init__(self, scale: int, features: int = 64, blocks: int = 16, upsampler: str = "mlp") -> None:
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        self.scale = scale
+        self.head = nn.Conv2d(3, features, 1)
+        self.body = nn.Sequential(*(ShiftBlock(features) for _ in range(blocks)))
+        factors = [2, 2] if scale == 4 else [scale]
+        self.upsample = nn.ModuleList(ShiftUpsample(features, f, upsampler) for f in factors)
+        self.hr_conv = nn.Conv2d(features, features, 1)
+        self.tail = nn.Conv2d(features, 3, 1)
+        # Published initialisation: Kaiming-normal scaled by 0.1, zero biases (residual branches start small).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+                with torch.no_grad():
+                    m.weight.mul_(0.1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(F.leaky_relu(self.head(x), 0.1))
+        for step in self.upsample:
+            out = F.leaky_relu(step(out), 0.1)
+        out = self.tail(F.leaky_relu(self.hr_conv(out), 0.1))
+        return out + F.interpolate(x, scale_factor=self.scale, mode="bilinear", align_corners=False)
+
+
+def published_key(name: str) -> str | None:
+    """This module's name for a tensor of the authors' BasicSR state dict (``params``); None if not in the layout.
+
+    No released SCNet weights are at hand here, so this mapping is checked only against the published
+    code's layout (``conv_first``, ``body.N.conv1/2``, ``upconvN.up_layer.K``, ``conv_hr``, ``conv_last``).
+    """
+    fixed = {"conv_first": "head", "conv_hr": "hr_conv", "conv_last": "tail"}
+    m = re.fullmatch(r"(conv_first|conv_hr|conv_last)\.(weight|bias)", name)
+    if m:
+        return f"{fixed[m.group(1)]}.{m.group(2)}"
+    m = re.fullmatch(r"body\.(\d+)\.(conv[12])\.(weight|bias)", name)
+    if m:
+        return name
+    # up_layer indices: MLP (Upsample, conv, act, shift, conv) -> 1, 4; PixelShuffle (conv, act, shift, conv) -> 0, 3.
+    m = re.fullmatch(r"upconv([12])\.up_layer\.([0134])\.(weight|bias)", name)
+    if m:
+        conv = {"0": "conv1", "1": "conv1", "3": "conv2", "4": "conv2"}[m.group(2)]
+        return f"upsample.{int(m.group(1)) - 1}.{conv}.{m.group(3)}"
+    return None
+
+
+# One entry: models scnet-t-x2 .. scnet-t-x4. Not selected by default in the app (no bundled weights yet).
+register_architecture("scnet-t", lambda scale: SCNet(scale), label="SCNet-T", order=120, default=False)

@@ -1,0 +1,265 @@
+"""Turn a published PyTorch checkpoint, or a bare kaldn ``.safetensors`` file, into a kaldn checkpoint folder.
+
+    python -m kaldn.convert --arch fdiwn --scale 4 model_best.pt OUT_DIR
+    python -m kaldn.convert --arch lesrcnn --scale 4 lesrcnn_x4.pth OUT_DIR
+    python -m kaldn.convert model.safetensors OUT_DIR              # config in the file's metadata
+    python -m kaldn.convert --arch tiny-kdsconv-det --scale 4 model.safetensors OUT_DIR
+
+The result is an ordinary checkpoint folder (``model.safetensors``, ``config.json``,
+``README.md``) that ``kaldn.load_model(OUT_DIR)`` loads.
+
+Safety: a PyTorch file is read with ``torch.load(weights_only=True)`` and nothing
+else, so a pickle that carries code is refused, never run. Strictness: every
+tensor of the file must map onto the architecture and every tensor of the
+architecture must come from the file, with the same shape; anything else is an
+error naming the tensors. The published name layouts live beside each
+architecture (``kaldn/archs/*.py``, ``published_key``).
+
+Weights converted from a peer's release are the authors', not this project's:
+the folder's config says so (``"weights": {"origin": "third-party", ...}``), its
+model card names the source, and ``python -m kaldn.hub push`` refuses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import pickle
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+
+from .archs import fdiwn, lesrcnn, scnet
+from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
+from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
+from .models import create_model, parse_model_name
+
+# arch -> (label, paper, where the authors publish weights, published name -> kaldn name)
+PUBLISHED: dict[str, tuple[str, str, str, Callable[[str], str | None]]] = {
+    "lesrcnn": ("LESRCNN", "Tian et al., Lightweight image super-resolution with enhanced CNN (KBS 2020)",
+                "github.com/hellloxiaotian/LESRCNN", lesrcnn.published_key),
+    "fdiwn": ("FDIWN", "Gao et al., Feature Distillation Interaction Weighting Network for lightweight image "
+              "super-resolution (AAAI 2022)", "github.com/IVIPLab/FDIWN", fdiwn.published_key),
+    "scnet-t": ("SCNet-T", "Wu et al., Fully 1x1 convolutional network for lightweight image super-resolution "
+                "(MIR 2024)", "github.com/Aitical/SCNet", scnet.published_key),
+}
+# Containers some trainers wrap the state dict in (EDSR-style code saves it bare; BasicSR under "params").
+WRAPPER_KEYS = ("state_dict", "params", "params_ema", "model")
+MAX_NAMES = 6
+THIRD_PARTY_NOTE = ("the authors' released weights, not the kaldn project's; the source carries no licence: "
+                    "do not redistribute, bundle or upload them")
+
+
+class ConversionError(ValueError):
+    """A file that cannot be converted; the message names the file and the tensors at fault."""
+
+
+def _names(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:MAX_NAMES]) + (f" ... ({len(keys)} in all)" if len(keys) > MAX_NAMES else "")
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_torch_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a PyTorch checkpoint, read with ``weights_only=True`` only; ConversionError otherwise."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: no such file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConversionError(
+            f"{path}: refused: not a plain PyTorch tensor file. Only torch.load(weights_only=True) is used, "
+            f"which reads tensors and plain containers and never runs code from the file ({first})") from None
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise ConversionError(f"{path}: has no entry {key!r}")
+        obj = obj[key]
+    elif isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrappers = [k for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if len(wrappers) > 1:
+            raise ConversionError(f"{path}: holds several state dicts ({', '.join(wrappers)}); choose one with --key")
+        if wrappers:
+            obj = obj[wrappers[0]]
+    if not isinstance(obj, Mapping):
+        raise ConversionError(f"{path}: holds a {type(obj).__name__}, not a state dict of tensors")
+    not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ConversionError(f"{path}: entries that are not tensors: {_names(not_tensors)}")
+    state = {str(k): v for k, v in obj.items()}
+    if state and all(k.startswith("module.") for k in state):  # saved from DataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def map_state(state: Mapping[str, torch.Tensor], name: str, source: str,
+              rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
+    """Rename ``state`` onto model ``name`` strictly: every tensor used once, every shape equal."""
+    expected = create_model(name).state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    unknown, duplicate = [], []
+    for key, tensor in state.items():
+        target = rename(key)
+        if target is None:
+            unknown.append(key)
+        elif target in mapped:
+            duplicate.append(f"{origin[target]} and {key} (both {target})")
+        else:
+            mapped[target], origin[target] = tensor, key
+    unexpected = unknown + [origin[k] for k in mapped if k not in expected]
+    missing = [k for k in expected if k not in mapped]
+    wrong = [f"{origin[k]} {tuple(mapped[k].shape)} (expected {tuple(expected[k].shape)})"
+             for k in mapped if k in expected and mapped[k].shape != expected[k].shape]
+    problems = [f"{label}: {_names(keys)}" for label, keys in
+                (("unexpected tensors", unexpected), ("missing tensors", missing), ("wrong shape", wrong),
+                 ("mapped twice", duplicate)) if keys]
+    if problems:
+        raise ConversionError(f"{source}: does not fit {name} ({'; '.join(problems)})")
+    return {k: v.detach().to(torch.float32).contiguous() for k, v in mapped.items()}
+
+
+def _recorded_weights(metadata: Mapping[str, str], source: Path) -> dict:
+    """The ``weights`` record ``save_checkpoint`` leaves in a safetensors file's metadata, if any."""
+    if "weights" not in metadata:
+        return {}
+    try:
+        record = json.loads(metadata["weights"])
+    except json.JSONDecodeError:
+        raise ConversionError(f"{source}: its 'weights' metadata is not JSON") from None
+    if not isinstance(record, dict):
+        raise ConversionError(f"{source}: its 'weights' metadata is not a JSON object")
+    return record
+
+
+def _identity(key: str) -> str:
+    return key
+
+
+def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, source: Path) -> str:
+    if arch is not None or scale is not None:
+        if arch is None or scale is None:
+            raise ConversionError("give --arch and --scale together")
+        name = f"{arch}-x{scale}"
+        if metadata_name is not None and metadata_name != name:
+            raise ConversionError(f"{source}: its metadata says {metadata_name}, not {name}")
+    elif metadata_name is not None:
+        name = metadata_name
+    else:
+        raise ConversionError(f"{source}: no model name in its metadata; give --arch and --scale")
+    try:
+        parse_model_name(name)
+    except ValueError as exc:
+        raise ConversionError(str(exc)) from None
+    return name
+
+
+def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, scale: int | None = None,
+            key: str | None = None, descriptor_norm: str | None = None) -> Path:
+    """Convert ``source`` into the checkpoint folder ``out_dir``; returns it. ConversionError when it cannot."""
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.is_file():
+        raise ConversionError(f"{source}: no such file")
+    metadata: dict[str, str] = {}
+    if source.suffix == ".safetensors":
+        try:
+            with safe_open(str(source), framework="pt") as f:
+                metadata = f.metadata() or {}
+            state = load_file(str(source))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConversionError(f"{source}: not a valid safetensors file ({exc})") from None
+    else:
+        state = read_torch_state(source, key)
+    name = _model_name(arch, scale, metadata.get("model"), source)
+    spec = parse_model_name(name)
+    third_party = spec.backbone is None and source.suffix != ".safetensors"  # a peer, from a published file
+    if third_party and spec.arch not in PUBLISHED:
+        raise ConversionError(f"no published layout is known for {spec.arch}")
+    rename = PUBLISHED[spec.arch][3] if third_party else _identity
+    mapped = map_state(state, name, str(source), rename)
+
+    norm = descriptor_norm or metadata.get("descriptor_norm") or DEFAULT_DESCRIPTOR_NORM
+    if norm not in DESCRIPTOR_NORMS:
+        raise ConversionError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {norm!r}")
+    model = create_model(name, **({"descriptor_norm": norm} if spec.backbone is not None else {}))  # RDN's option
+    model.load_state_dict(mapped, strict=True)
+    digest = sha256(source)
+    command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"
+    recorded = _recorded_weights(metadata, source)
+    if third_party:
+        label, paper, where, _ = PUBLISHED[spec.arch]
+        weights = {"origin": "third-party", "architecture": label, "paper": paper, "published_at": where,
+                   "source_file": source.name, "source_sha256": digest, "converted_by": command,
+                   "note": THIRD_PARTY_NOTE}
+    elif recorded.get("origin") == "third-party":
+        # A file cut from a converted folder stays marked: the weights are still the authors'.
+        weights = {**recorded, "repacked_from": source.name, "repacked_sha256": digest, "repacked_by": command}
+    else:
+        weights = {"origin": "kaldn", "source_file": source.name, "source_sha256": digest, "converted_by": command}
+    save_checkpoint(out_dir, model, {"weights": weights})
+    (out_dir / "README.md").write_text(model_card(name, weights))
+    return out_dir
+
+
+def model_card(name: str, weights: dict) -> str:
+    """The folder's README: where the weights come from, and whose they are."""
+    if weights.get("origin") != "third-party":
+        return (f"# {name}\n\nA kaldn checkpoint made by `{weights['converted_by']}` from the single file "
+                f"`{weights['source_file']}` (sha256 `{weights['source_sha256']}`). "
+                f"Load with `kaldn.load_model(\"<this folder>\")`.\n")
+    repacked = (f"\nRepacked from the single file `{weights['repacked_from']}` by `{weights['repacked_by']}`.\n"
+                if "repacked_from" in weights else "")
+    return f"""---
+library_name: kaldn
+tags: [super-resolution, kaldn, third-party-weights]
+---
+
+# {name}: {weights.get('architecture', name)} with its authors' released weights
+
+**These weights are not the kaldn project's.** They are the weights the authors of
+{weights.get('paper', 'the original paper')} released at {weights.get('published_at', 'their repository')},
+file `{weights.get('source_file')}` (sha256 `{weights.get('source_sha256')}`), converted onto kaldn's own
+implementation of the architecture by `{weights.get('converted_by')}`. The source carries no licence: use
+them to verify and compare, and do not redistribute, bundle or upload them (`python -m kaldn.hub push`
+refuses this folder).
+{repacked}
+Load with `kaldn.load_model("<this folder>")`; input and output are RGB in [0, 1], like every kaldn model.
+Evaluate with `python -m kaldn.evaluate --models <this folder> --datasets set5 set14 --scale {name.rsplit('-x', 1)[1]}`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kaldn.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="a published .pt/.pth state dict, or a kaldn .safetensors file")
+    parser.add_argument("out_dir", help="checkpoint folder to write")
+    parser.add_argument("--arch", help=f"peer ({', '.join(PUBLISHED)}) or kaldn architecture "
+                                       "(e.g. tiny-kdsconv-det); with --scale")
+    parser.add_argument("--scale", type=int, choices=(2, 3, 4))
+    parser.add_argument("--key", help="entry of the file holding the state dict, when it holds several")
+    parser.add_argument("--descriptor-norm", choices=DESCRIPTOR_NORMS, help="KDSConv models only")
+    args = parser.parse_args(argv)
+    try:
+        out = convert(args.source, args.out_dir, args.arch, args.scale, args.key, args.descriptor_norm)
+    except ConversionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out / WEIGHTS_NAME}, {out / CONFIG_NAME} and {out / 'README.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
