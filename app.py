@@ -26,6 +26,7 @@ import inspect
 import logging
 import os
 import tempfile
+import weakref
 from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,9 +34,13 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.utils import get_upload_folder
+from gradio_client.utils import is_file_obj_with_meta
+from starlette.middleware import Middleware
 
+from kaldn.admission import SessionSlots
 from kaldn.cache import ModelCache
-from kaldn.comparison import (ComparisonRun, default_pair, default_variants, metrics_table, pair_choices,
+from kaldn.comparison import (ComparisonRun, RunStore, default_pair, default_variants, metrics_table, pair_choices,
                               run_comparison)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
@@ -49,8 +54,10 @@ from kaldn.models import check_scale, scales
 from kaldn.results import zoo_table
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
+from kaldn.workdirs import instance_root
 
 SETTINGS = AppSettings.from_env()
+log = logging.getLogger("kaldn.app")
 
 try:  # Hugging Face Spaces: GPU on demand (ZeroGPU); a no-op decorator elsewhere.
     import spaces
@@ -67,11 +74,33 @@ ON_ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
-OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"
+OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
 FINETUNED = FineTunedRegistry()
 CACHE = ModelCache(source=SETTINGS.model_source)
-FINETUNE = FineTuneManager(FINETUNED, max_iters=SETTINGS.finetune_max_iters)
+FINETUNE = FineTuneManager(FINETUNED, max_iters=SETTINGS.finetune_max_iters,
+                           time_budget_s=SETTINGS.finetune_time_budget_s, max_images=SETTINGS.finetune_max_images,
+                           max_total_pixels=SETTINGS.finetune_max_total_pixels,
+                           max_batch_pixels=SETTINGS.finetune_max_batch_pixels)
+# Every session's last comparison; a run lives as long as the session's state (+ a minute), never longer.
+RUNS = RunStore(instance_root(OUT_ROOT), memory_bytes=SETTINGS.run_memory, max_age_s=SETTINGS.session_ttl + 60)
+_DEMOS: "weakref.WeakSet[gr.Blocks]" = weakref.WeakSet()  # the built apps, whose queues SLOTS looks into
+
+
+def queued_events(session: str) -> int:
+    """Events of ``session`` in the queue of any built app, waiting or running (Gradio's queue internals,
+    read only; 0 where they are not there)."""
+    count = 0
+    for demo in list(_DEMOS):
+        queue = getattr(demo, "_queue", None)
+        for events in list(getattr(queue, "event_queue_per_concurrency_id", {}).values()):
+            count += sum(1 for e in list(getattr(events, "queue", [])) if e.session_hash == session)
+        for jobs in list(getattr(queue, "active_jobs", []) or []):
+            count += sum(1 for e in jobs or [] if e.session_hash == session)
+    return count
+
+
+SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events)
 
 PAPERS = """
 **Papers.** [001] *ALDNet*: "Attention-aware Linear Depthwise Convolution for Single Image Super-Resolution"
@@ -135,9 +164,12 @@ papers' DIV2K training: compare the rows with each other, not with published num
 # --- helpers ----------------------------------------------------------------------------------------------
 
 def shows_user_errors(fn):
-    """Turn the library's user-facing errors into Gradio error pop-ups (other exceptions keep their traceback)."""
+    """Turn the library's user-facing errors into Gradio error pop-ups, logged as one line (other exceptions
+    keep their traceback)."""
     def to_gradio(exc: Exception) -> gr.Error:
-        return gr.Error(str(exc), title="Busy" if isinstance(exc, BusyError) else "Cannot run this")
+        log.info("%s refused: %s", fn.__name__, exc)
+        return gr.Error(str(exc), title="Busy" if isinstance(exc, BusyError) else "Cannot run this",
+                        print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -161,52 +193,192 @@ def table(headers: list[str], rows: list[list[Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=headers, dtype=object)
 
 
-def need_run(run: ComparisonRun | None) -> ComparisonRun:
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None) or None
+
+
+def need_run(run_id: str | None, request: gr.Request | None) -> ComparisonRun:
+    """The session's last comparison (kept on the server; the session's state holds only its id)."""
+    run = RUNS.get(run_id, session_of(request))
     if run is None:
-        raise gr.Error("Run a comparison first.")
+        raise gr.Error("Run a comparison first (results are kept for "
+                       f"{SETTINGS.session_ttl // 60} minutes).", print_exception=False)
     return run
+
+
+def drop_run(run_id: str | None) -> None:
+    """The session's state expired or the session ended: its run's files go."""
+    RUNS.drop(run_id)
+
+
+def uploaded(payload: Any, what: str) -> tuple[str, str] | None:
+    """(path, original file name) of a file Gradio received for this request; None for no file.
+
+    Only Gradio's own file payloads are accepted (``meta`` = FileData, which Gradio checks lies in its
+    upload folder before the handler runs), and the path is checked again here: a client-chosen path,
+    a ``data:`` URL or anything else is refused with one message that says nothing about the server.
+    """
+    if payload is None or payload == "":
+        return None
+    refused = UserError(f"{what} must be an uploaded image file (the page's upload, or gradio_client's "
+                        "handle_file); other forms are not accepted.")
+    if not (isinstance(payload, dict) and is_file_obj_with_meta(payload)):
+        raise refused
+    path = Path(os.path.abspath(payload["path"]))
+    root = Path(os.path.abspath(get_upload_folder()))
+    if root not in path.parents:
+        raise refused
+    name = payload.get("orig_name") if isinstance(payload.get("orig_name"), str) else None
+    return str(path), name or path.name
+
+
+def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
+    return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
+
+
+def admitted(fn):
+    """Hold the session's job slot (taken by ``admit`` before queueing) while the handler runs; give it back
+    after, however it ends."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args, **kwargs):
+            session = session_of(_request_in(args, kwargs))
+            SLOTS.started(session)
+            try:
+                yield from fn(*args, **kwargs)
+            finally:
+                SLOTS.finished(session)
+        return stream
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        session = session_of(_request_in(args, kwargs))
+        SLOTS.started(session)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            SLOTS.finished(session)
+    return call
+
+
+def admit(request: gr.Request) -> None:
+    """Before a heavy job is queued: one job per session (``KALDN_APP_SESSION_JOBS``) waiting or running, so
+    one client cannot fill the queue or make everyone wait behind its jobs."""
+    if not SLOTS.admit(session_of(request)):
+        log.info("refused a job of session %s: it has %d waiting or running", session_of(request),
+                 SLOTS.limit)
+        raise gr.Error(f"You already have {'a job' if SLOTS.limit == 1 else f'{SLOTS.limit} jobs'} waiting or "
+                       "running: wait for it to finish, then submit the next one.", title="One at a time",
+                       print_exception=False)
+
+
+def admit_compare(mode, image, ground_truth, scale, variants, device, crop_size, request: gr.Request):
+    admit(request)
+    return [gr.validate(True, "")] * 7
+
+
+def admit_finetune(files, use_examples, base, iters, lr, batch, patch, request: gr.Request):
+    admit(request)
+    return [gr.validate(True, "")] * 7
+
+
+def admit_hasty(run, mode, image, ground_truth, scale, request: gr.Request):
+    admit(request)
+    return [gr.validate(True, "")] * 5
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
+    file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
+    JSON would be read into memory whole, whatever its size."""
+
+    def __init__(self, app, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/").endswith("/upload"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = f"Request body over {self.max_body} bytes; send files through the upload route.".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
 
 
 # --- Compare tab ------------------------------------------------------------------------------------------
 
 @gpu
+@admitted
 @shows_user_errors
 def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
-                crop_size: Any, progress=gr.Progress()):
+                crop_size: Any, request: gr.Request = None, progress=gr.Progress()):
     """Upscale with every chosen variant; returns outputs, crops, metrics and downloads."""
     mode = mode if mode in ("hr", "lr") else "hr"
-    inputs = prepare_inputs(image, scale, mode, ground_truth if mode == "lr" else None,
-                            max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels)
+    session = session_of(request)
+    image = uploaded(image, "The image")
+    ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
+    inputs = prepare_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0],
+                            max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels,
+                            image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
     progress(0.0, desc="Loading models")
-    comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE, registry=FINETUNED,
-                                progress=lambda f, d: progress(f, desc=d))
-    run = ComparisonRun.save(comparison, OUT_ROOT)
+    comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE,
+                                registry=FINETUNED.for_owner(session), progress=lambda f, d: progress(f, desc=d))
+    run_id, run = RUNS.save(comparison, owner=session)
     for warning in comparison.warnings:
         gr.Warning(warning)
     left, right = default_pair(comparison)
     choices = pair_choices(comparison)
     zoom = run.zoom(None, crop_size)
-    return (run, comparison.status_markdown(), run.slider(left, right), gr.update(choices=choices, value=left),
+    return (run_id, comparison.status_markdown(), run.slider(left, right), gr.update(choices=choices, value=left),
             gr.update(choices=choices, value=right), zoom.picker, zoom.crops, table(*metrics_table(comparison)),
             run.downloads(), *zoom.center)
 
 
 @shows_user_errors
-def show_pair(run: ComparisonRun | None, left: str, right: str):
+def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = None):
     """The two chosen images in the slider."""
-    return need_run(run).slider(left, right)
+    return need_run(run_id, request).slider(left, right)
 
 
-def select_region(run: ComparisonRun | None, crop_size: Any, evt: gr.SelectData):
+def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, request: gr.Request = None):
     """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
-    view = need_run(run).zoom((evt.index[0], evt.index[1]), crop_size)
+    view = need_run(run_id, request).zoom((evt.index[0], evt.index[1]), crop_size)
     return view.picker, view.crops, *view.center
 
 
-def zoom(run: ComparisonRun | None, x: Any, y: Any, crop_size: Any):
+def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
     """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide."""
     center = None if x is None or y is None else (float(x), float(y))
-    view = need_run(run).zoom(center, crop_size)
+    view = need_run(run_id, request).zoom(center, crop_size)
     return view.picker, view.crops, *view.center
 
 
@@ -219,10 +391,10 @@ def set_mode(mode: str):
 
 
 @shows_user_errors
-def variant_choices(scale: Any, selected: list[str] | None):
+def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request = None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
     scale, available = check_scale(scale), available_models()
-    choices = compare_choices(scale, available, FINETUNED)
+    choices = compare_choices(scale, available, FINETUNED.for_owner(session_of(request)))
     keys = {k for _, k in choices}
     value = [v for v in (selected or []) if v in keys] or default_variants(scale, available)
     return gr.update(choices=choices, value=value)
@@ -240,7 +412,7 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                           image_mode=None, format="png", sources=["upload", "clipboard"], height=200,
                           visible=False, elem_id="kaldn-gt")
             scale = gr.Radio(list(scales()), value=scale0, label="Scale")
-            variants = gr.CheckboxGroup(compare_choices(scale0, available, FINETUNED),
+            variants = gr.CheckboxGroup(compare_choices(scale0, available),
                                         value=default_variants(scale0, available), label="Variants",
                                         elem_id="kaldn-variants")
             device = gr.Radio([("Auto", "auto"), ("CUDA", "cuda"), ("CPU", "cpu")], value="auto", label="Device")
@@ -277,10 +449,11 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     scale.change(variant_choices, [scale, variants], [variants], api_name="variant_choices")
     compare_inputs = [mode, image, gt, scale, variants, device, crop_size]
     compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy]
+    # preprocess=False: the handler reads the file Gradio saved (16-bit and alpha intact), via ``uploaded``.
     run.click(run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-              concurrency_id="compute")
+              concurrency_id="compute", validator=admit_compare)
     examples.load_input_event.then(run_compare, compare_inputs, compare_outputs, api_name="compare_example",
-                                   preprocess=False, concurrency_id="compute")
+                                   preprocess=False, concurrency_id="compute", validator=admit_compare)
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider], api_name="slider_pair")
     picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region")
     gr.on([crop_size.release, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
@@ -312,13 +485,17 @@ def curves(update) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(update.loss_curve()), pd.DataFrame(update.psnr_curve())
 
 
+@admitted
 @shows_user_errors
 def finetune(files: list[str] | None, use_examples: bool, base: str | None, iters: Any, lr: Any, batch: Any,
-             patch: Any, request: gr.Request, progress=gr.Progress()):
+             patch: Any, request: gr.Request = None, progress=gr.Progress()):
     """Fine-tune ``base`` on the uploaded HR images; streams (status, loss curve, PSNR curve, downloads)."""
+    # gr.File's preprocessing already refused any path Gradio did not save for this request.
     images = list(files or []) + ([str(p) for p in EXAMPLES] if use_examples else [])
     settings = FineTuneSettings.from_form(base, iters, lr, batch, patch, device="cpu" if ON_ZERO_GPU else "auto")
-    owner = getattr(request, "session_hash", None)
+    owner = session_of(request)
+    if owner is None:
+        raise UserError("Fine-tuning needs a session (the page, or gradio_client).")
     with closing(FINETUNE.run(images, settings, owner=owner, max_pixels=SETTINGS.max_pixels)) as updates:
         for update in updates:
             for note in update.notes:
@@ -328,14 +505,14 @@ def finetune(files: list[str] | None, use_examples: bool, base: str | None, iter
 
 
 def cancel_finetune(request: gr.Request):
-    """Stop your running fine-tuning job after the current iteration (its model is kept)."""
-    kind, message = FINETUNE.cancel_message(owner=getattr(request, "session_hash", None))
+    """Stop your running fine-tuning job after the current iteration (its model is kept); only yours."""
+    kind, message = FINETUNE.cancel_message(owner=session_of(request))
     (gr.Warning if kind == "warning" else gr.Info)(message)
 
 
 def finetune_tab() -> SimpleNamespace:
     """Train a bundled model further on the user's images, with live curves."""
-    bases = base_choices(available_models(), FINETUNED)
+    bases = base_choices(available_models())
     gr.Markdown("Fine-tune a bundled model on a few of your own HR images (LR patches are made with the "
                 "same MATLAB-compatible bicubic). One job at a time on this server; at most "
                 f"{FINETUNE.max_iters} iterations. The result appears in the Compare choices and can be "
@@ -368,42 +545,54 @@ def finetune_tab() -> SimpleNamespace:
 
     train_event = start.click(finetune, [files, use_examples, base, iters, lr, batch, patch],
                               [status, loss_plot, psnr_plot, download], api_name="finetune",
-                              concurrency_limit=None, concurrency_id="finetune")
+                              concurrency_limit=None, concurrency_id="finetune", validator=admit_finetune)
     cancel.click(cancel_finetune, None, None, api_name="cancel_finetune", queue=False)
     return SimpleNamespace(base=base, trained=train_event)
 
 
 # --- How it works tab -------------------------------------------------------------------------------------
 
-def how_choices() -> list[tuple[str, str]]:
-    return inspection_choices(available_models()) + FINETUNED.choices()
+def how_choices(session: str | None = None) -> list[tuple[str, str]]:
+    return inspection_choices(available_models()) + FINETUNED.for_owner(session).choices()
+
+
+def check_model_ref(model_ref: str, request: gr.Request | None) -> None:
+    """A model the session may inspect: a bundled one, or one of its own fine-tuned models."""
+    if model_ref not in {value for _, value in how_choices(session_of(request))}:
+        raise UserError("Unknown model: choose one from the list.")
 
 
 @shows_user_errors
-def kernel_model(model_ref: str | None, layer: str | None):
+def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """Choose a model: its layers, and the kernels of the current (or a default) layer, plus its gate report."""
     if not model_ref:
-        raise gr.Error("No model with depthwise layers is available.")
+        raise gr.Error("No model with depthwise layers is available.", print_exception=False)
+    check_model_ref(model_ref, request)
     view = kernel_view(CACHE, model_ref, layer)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
             table(view.gate_headers, view.gate_rows))
 
 
 @shows_user_errors
-def kernels(model_ref: str | None, layer: str | None):
+def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """The depthwise kernels of one layer as heat maps, with det/avg/max pooled values and 1 + a."""
     if not model_ref:
-        raise gr.Error("Choose a model first.")
+        raise gr.Error("Choose a model first.", print_exception=False)
+    check_model_ref(model_ref, request)
     view = kernel_view(CACHE, model_ref, layer)
     return view.grid, table(KERNEL_HEADERS, view.kernel_rows)
 
 
+@admitted
 @shows_user_errors
-def hasty_relu(run: ComparisonRun | None, mode: str, image: Any, ground_truth: Any, scale: Any):
+def hasty_relu(run_id: str | None, mode: str, image: Any, ground_truth: Any, scale: Any,
+               request: gr.Request = None):
     """Share of depthwise outputs that DSConv's ReLU zeroes vs what linear DSConv keeps, on the current image."""
-    lr, where = measurement_input(scale, run.comparison.inputs if run else None, image, mode,
+    run = RUNS.get(run_id, session_of(request))
+    upload = uploaded(image, "The image")
+    lr, where = measurement_input(scale, run.comparison.inputs if run else None, upload and upload[0], mode,
                                   EXAMPLES[0] if EXAMPLES else None, max_pixels=SETTINGS.max_pixels,
-                                  max_output_pixels=SETTINGS.max_output_pixels)
+                                  max_output_pixels=SETTINGS.max_output_pixels, upload_name=upload and upload[1])
     report = hasty_relu_report(lr, check_scale(scale), CACHE, where=where)
     return (report.summary, report.maps, table(HASTY_HEADERS, report.rows),
             table(HASTY_LAYER_HEADERS, report.per_layer))
@@ -440,12 +629,14 @@ def how_tab() -> SimpleNamespace:
 
 # --- layout -----------------------------------------------------------------------------------------------
 
-def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None):
-    """Refresh every model list (after fine-tuning, or on page load)."""
-    bases, hows = base_choices(available_models(), FINETUNED), how_choices()
+def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
+                   request: gr.Request = None):
+    """Refresh every model list (after fine-tuning, or on page load): the session sees its own models only."""
+    session = session_of(request)
+    bases, hows = base_choices(available_models(), FINETUNED.for_owner(session)), how_choices(session)
     base_value = base if base in {v for _, v in bases} else default_base(bases)
     how_value = how if how in {v for _, v in hows} else (hows[0][1] if hows else None)
-    return (variant_choices(scale, selected), gr.update(choices=bases, value=base_value),
+    return (variant_choices(scale, selected, request=request), gr.update(choices=bases, value=base_value),
             gr.update(choices=hows, value=how_value))
 
 
@@ -463,7 +654,8 @@ def build_demo() -> gr.Blocks:
         if not available:
             gr.Markdown("**No bundled checkpoint was found** (`checkpoints/`, or `KALDN_CHECKPOINTS`): only bicubic "
                         "can run until models are added or the Hub can be reached.")
-        state = gr.State(None)  # the last ComparisonRun of this session
+        # The id of this session's last comparison (its arrays and files stay on the server, in RUNS).
+        state = gr.State(None, time_to_live=SETTINGS.session_ttl, delete_callback=drop_run)
         with gr.Tab("Compare", id="compare"):
             compare = compare_tab(state, available)
         with gr.Tab("Model zoo", id="zoo"):
@@ -478,12 +670,26 @@ def build_demo() -> gr.Blocks:
         tune.trained.then(refresh_models, lists, lists[1:], api_name="refresh_after_finetune")
         demo.load(refresh_models, lists, lists[1:], api_name="refresh_models")
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
-        how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False)
+        how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
+                               validator=admit_hasty)
         how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works").then(
-            hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False)
+            hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False,
+            validator=admit_hasty)
+        demo.unload(end_session)
 
-    demo.queue(default_concurrency_limit=SETTINGS.concurrency, max_size=SETTINGS.queue_size)
+    # api_open=False: /gradio_api/run/... cannot skip the queue (and its concurrency limit).
+    demo.queue(default_concurrency_limit=SETTINGS.concurrency, max_size=SETTINGS.queue_size, api_open=False)
+    _DEMOS.add(demo)
     return demo
+
+
+def end_session(request: gr.Request):
+    """The session's page was closed: stop its fine-tuning job, delete its comparison files and models."""
+    session = session_of(request)
+    if session:
+        FINETUNE.cancel(owner=session)
+        RUNS.drop_owner(session)
+        FINETUNED.drop_owner(session)
 
 
 def launch_kwargs() -> dict[str, Any]:
@@ -491,6 +697,7 @@ def launch_kwargs() -> dict[str, Any]:
     return {
         "max_file_size": SETTINGS.max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
+        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body)]},
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": True,

@@ -25,10 +25,13 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import secrets
 import shutil
+import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -39,7 +42,7 @@ from torch import nn
 from .cache import MODEL_ERRORS, ModelCache
 from .display import clamp_region, crop_region, draw_region, enlarge_nearest, to_display
 from .errors import UserError
-from .images import save_png
+from .images import load_image, save_png
 from .inference import resolve_device, upscale
 from .inputs import Inputs
 from .metrics import evaluate_pair
@@ -53,7 +56,7 @@ log = logging.getLogger("kaldn.comparison")
 
 __all__ = ["BICUBIC", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
            "ResolvedVariant", "VariantResult", "ZoomView", "default_pair", "default_variants", "metrics_table",
-           "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison", "save_outputs",
+           "RunStore", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison", "save_outputs",
            "variant_choices", "variant_label", "zoom_crops"]
 
 BICUBIC = "bicubic"
@@ -245,8 +248,9 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
                 fast = cache.prepared(var.ref, dev)
             except MODEL_ERRORS as exc:
                 status = "unavailable" if isinstance(exc, FileNotFoundError) else "error"
+                # The exception's text may name server paths: it goes to the log, not to the user.
                 msg = (f"No checkpoint for {var.model} (neither bundled nor on the Hub)."
-                       if status == "unavailable" else f"Could not load {var.model}: {exc}")
+                       if status == "unavailable" else f"Could not load {var.model}: its checkpoint is damaged.")
                 log.warning("%s: %s", var.key, exc)
                 results.append(VariantResult(var.key, var.label, var.model, None, status, msg))
                 continue
@@ -480,3 +484,141 @@ class ComparisonRun:
         reference = inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image
         x0, y0, w, h = region
         return ZoomView(draw_region(reference, region), crops, (x0 + w // 2, y0 + h // 2))
+
+
+# --- the runs of this process: one live run per session, in memory within a byte budget, on disk until dropped --
+
+def _nbytes(comparison: Comparison) -> int:
+    arrays = [comparison.inputs.lr, comparison.inputs.gt] + [r.image for r in comparison.results]
+    return sum(a.nbytes for a in arrays if a is not None)
+
+
+def _stripped(run: ComparisonRun) -> ComparisonRun:
+    """The same run without its arrays (metrics, labels and file paths kept): what stays in memory."""
+    c = run.comparison
+    inputs = replace(c.inputs, lr=None, gt=None)
+    results = [replace(r, image=None) for r in c.results]
+    return ComparisonRun(replace(c, inputs=inputs, results=results), run.folder, dict(run.paths), run.region)
+
+
+def _reloaded(run: ComparisonRun) -> ComparisonRun:
+    """The arrays read back from the run's lossless PNGs (16-bit colour comes back at 8 bits: display only)."""
+    c = run.comparison
+    paths = run.paths
+    inputs = replace(c.inputs, lr=load_image(paths["lr"], max_pixels=1 << 40),
+                     gt=load_image(paths["gt"], max_pixels=1 << 40) if "gt" in paths else None)
+    results = [replace(r, image=load_image(paths[r.key], max_pixels=1 << 40) if r.status == "ok" else None)
+               for r in c.results]
+    return ComparisonRun(replace(c, inputs=inputs, results=results), run.folder, dict(paths), run.region)
+
+
+@dataclass
+class _StoredRun:
+    run: ComparisonRun
+    owner: str | None
+    created: float
+    in_memory: bool
+    nbytes: int
+
+
+class RunStore:
+    """Comparison runs of this process, each in its own folder under ``root`` (give it a folder of this
+    process, see :func:`kaldn.workdirs.instance_root`, so another instance never prunes them).
+
+    * One live run per owner (a session): saving a new run drops the owner's previous one.
+    * A run stays until its owner drops it (:meth:`drop`, :meth:`drop_owner`: the session ended) or it is
+      older than ``max_age_s``; nothing else removes it, so a session's files never disappear under it.
+    * The arrays of at most ``memory_bytes`` (newest used first) stay in memory; older runs keep only
+      their numbers and are read back from their PNGs when used again.
+    """
+
+    def __init__(self, root: str | Path, memory_bytes: int = 512 << 20, max_age_s: float = 3600.0) -> None:
+        self.root = Path(root)
+        self.memory_bytes = memory_bytes
+        self.max_age_s = max_age_s
+        self._runs: OrderedDict[str, _StoredRun] = OrderedDict()  # least recently used first
+        self._lock = threading.RLock()
+
+    def save(self, comparison: Comparison, owner: str | None) -> tuple[str, ComparisonRun]:
+        """Write a run's files and keep it; (run id, run). Drops ``owner``'s previous run and expired ones."""
+        if not comparison.ok:
+            raise UserError("None of the chosen variants could run: "
+                            + " ".join(r.message for r in comparison.results if r.message))
+        self.prune()
+        if owner:
+            self.drop_owner(owner)
+        self.root.mkdir(parents=True, exist_ok=True)
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
+        folder = self.root / run_id
+        folder.mkdir()
+        run = ComparisonRun(comparison, folder, save_outputs(comparison, folder))
+        with self._lock:
+            self._runs[run_id] = _StoredRun(run, owner, time.time(), True, _nbytes(comparison))
+            self._trim()
+        return run_id, run
+
+    def get(self, run_id: str | None, owner: str | None = None) -> ComparisonRun | None:
+        """The run (arrays in memory), or None when it is gone or belongs to another owner."""
+        if not run_id:
+            return None
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is None or (stored.owner is not None and stored.owner != owner):
+                return None
+            self._runs.move_to_end(run_id)
+            run = stored.run
+            if stored.in_memory:
+                return run
+        try:
+            full = _reloaded(run)  # outside the lock: decoding PNGs takes a while
+        except (OSError, ValueError):
+            log.warning("run %s could not be read back", run_id, exc_info=True)
+            return None
+        with self._lock:
+            stored = self._runs.get(run_id)
+            if stored is not None and not stored.in_memory:
+                stored.run, stored.in_memory = full, True
+                self._trim(keep=run_id)
+        return full
+
+    def drop(self, run_id: str | None) -> None:
+        """Forget a run and delete its folder (its session ended or moved on)."""
+        with self._lock:
+            stored = self._runs.pop(run_id, None) if run_id else None
+        if stored is not None:
+            shutil.rmtree(stored.run.folder, ignore_errors=True)
+
+    def drop_owner(self, owner: str | None) -> None:
+        with self._lock:
+            ids = [k for k, v in self._runs.items() if owner and v.owner == owner]
+        for run_id in ids:
+            self.drop(run_id)
+
+    def prune(self) -> None:
+        """Drop runs older than ``max_age_s`` (their session's state has expired by then)."""
+        now = time.time()
+        with self._lock:
+            ids = [k for k, v in self._runs.items() if now - v.created > self.max_age_s]
+        for run_id in ids:
+            self.drop(run_id)
+
+    def memory(self) -> int:
+        """Bytes of arrays held in memory."""
+        with self._lock:
+            return sum(v.nbytes for v in self._runs.values() if v.in_memory)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._runs)
+
+    def _trim(self, keep: str | None = None) -> None:
+        """Strip the arrays of the least recently used runs beyond the memory budget (never ``keep``,
+        nor the newest run)."""
+        total = self.memory()
+        newest = next(reversed(self._runs), None)
+        for run_id, stored in self._runs.items():
+            if total <= self.memory_bytes:
+                break
+            if stored.in_memory and run_id not in (keep, newest):
+                stored.run, stored.in_memory = _stripped(stored.run), False
+                total -= stored.nbytes

@@ -34,6 +34,7 @@ from .inference import resolve_device
 from .models import parse_model_name, variant, variant_of
 from .settings import AppSettings, env_int
 from .train import TrainConfig, train, validate
+from .workdirs import instance_root
 
 log = logging.getLogger("kaldn.finetune")
 
@@ -73,10 +74,21 @@ class FineTuned:
     model: str                      # architecture name, e.g. tiny-kdsconv-det-x4
     label: str
     info: dict = field(default_factory=dict)
+    owner: str | None = None        # the session that made it: only that session sees it (None: everyone)
+
+
+def _delete(entry: FineTuned) -> None:
+    victim = entry.info.get("delete_dir")
+    if victim:
+        shutil.rmtree(victim, ignore_errors=True)
 
 
 class FineTunedRegistry:
-    """Fine-tuned models of this process, newest last; the oldest are forgotten (and deleted) beyond ``cap``."""
+    """Fine-tuned models of this process, newest last; the oldest are forgotten (and deleted) beyond ``cap``.
+
+    Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
+    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends.
+    """
 
     def __init__(self, cap: int = 8) -> None:
         self.cap = cap
@@ -85,7 +97,7 @@ class FineTunedRegistry:
         self._lock = threading.Lock()
 
     def add(self, path: str | Path, model: str, info: dict | None = None,
-            delete_dir: str | Path | None = None) -> FineTuned:
+            delete_dir: str | Path | None = None, owner: str | None = None) -> FineTuned:
         with self._lock:
             n = next(self._counter)
             key = f"ft-{n}"
@@ -94,14 +106,27 @@ class FineTunedRegistry:
             iters = (info or {}).get("iterations")
             label = f"Fine-tuned #{n} ({v.label if v else spec.name.rsplit('-x', 1)[0]} x{spec.scale}" + \
                 (f", {iters} it)" if iters else ")")
-            entry = FineTuned(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir))
+            entry = FineTuned(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner)
             self._items[key] = entry
             while len(self._items) > self.cap:
                 _, old = self._items.popitem(last=False)
-                victim = old.info.get("delete_dir")
-                if victim:
-                    shutil.rmtree(victim, ignore_errors=True)
+                _delete(old)
             return entry
+
+    def for_owner(self, owner: str | None) -> "FineTunedRegistry":
+        """A read-only view with only ``owner``'s models (none for no owner): what one session may use."""
+        return _OwnerView(self, owner)
+
+    def drop_owner(self, owner: str | None) -> int:
+        """Forget and delete every model of ``owner`` (its session ended); how many."""
+        if not owner:
+            return 0
+        with self._lock:
+            gone = [k for k, e in self._items.items() if e.owner == owner]
+            entries = [self._items.pop(k) for k in gone]
+        for entry in entries:
+            _delete(entry)
+        return len(entries)
 
     def get(self, key: str) -> FineTuned | None:
         with self._lock:
@@ -114,6 +139,33 @@ class FineTunedRegistry:
     def choices(self) -> list[tuple[str, str]]:
         """(label, checkpoint directory) of every fine-tuned model, for model lists."""
         return [(e.label, str(e.path)) for e in self.items()]
+
+    def by_path(self, path: str) -> FineTuned | None:
+        """The model whose checkpoint directory is ``path`` (as :meth:`choices` gives it), or None."""
+        return next((e for e in self.items() if str(e.path) == str(path)), None)
+
+
+class _OwnerView(FineTunedRegistry):
+    """One owner's models of a registry (reads only; adding goes to the registry itself)."""
+
+    def __init__(self, registry: FineTunedRegistry, owner: str | None) -> None:
+        self._registry, self._owner = registry, owner
+
+    def add(self, *args: Any, **kwargs: Any) -> FineTuned:
+        raise TypeError("add models to the registry, not to an owner's view")
+
+    def get(self, key: str) -> FineTuned | None:
+        entry = self._registry.get(key)
+        return entry if entry is not None and self._owner and entry.owner == self._owner else None
+
+    def items(self) -> list[FineTuned]:
+        return [e for e in self._registry.items() if self._owner and e.owner == self._owner]
+
+    def for_owner(self, owner: str | None) -> FineTunedRegistry:
+        return _OwnerView(self._registry, owner if owner == self._owner else None)
+
+    def drop_owner(self, owner: str | None) -> int:
+        return self._registry.drop_owner(owner) if owner == self._owner else 0
 
 
 @dataclass
@@ -141,16 +193,18 @@ class FineTuneSettings:
 
 
 def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder: str | Path,
-                          max_pixels: int | None = None) -> tuple[int, list[str], int]:
+                          max_pixels: int | None = None, max_total_pixels: int | None = None
+                          ) -> tuple[int, list[str], int]:
     """Check the user's HR images and write them as 8-bit RGB PNGs into ``folder``.
 
     Images smaller than the training crop are skipped with a note. Returns
     (number written, notes, patch to use): the patch shrinks (down to 16 LR
-    pixels) so that small uploads can still be used.
+    pixels) so that small uploads can still be used. More than ``max_total_pixels``
+    in all is a :class:`UserError` (training memory grows with the images).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    notes, loaded = [], []
+    notes, loaded, total = [], [], 0
     for i, source in enumerate(images):
         name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else f"image {i + 1}"
         try:
@@ -158,6 +212,10 @@ def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder:
         except ImageError as exc:
             notes.append(f"Skipped {name}: {exc}")
             continue
+        total += img.shape[0] * img.shape[1]
+        if max_total_pixels is not None and total > max_total_pixels:
+            raise UserError(f"The training images add up to more than {max_total_pixels:,} pixels, the limit on "
+                            "this server (KALDN_FINETUNE_MAX_TOTAL_PIXELS): use fewer or smaller images.")
         rgb = to_display(img)[..., :3]
         loaded.append((name, rgb))
     if not loaded:
@@ -182,8 +240,10 @@ def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder:
 class FineTuneJob:
     """One training run in a background thread; ``events()`` yields its progress dicts."""
 
-    def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None) -> None:
+    def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None,
+                 time_budget_s: float | None = None) -> None:
         self.settings = settings
+        self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
         self.data = folder / "data"
         self.out = folder / "run"
@@ -200,7 +260,7 @@ class FineTuneJob:
             s = self.settings
             config = TrainConfig(data=str(self.data), val=str(self.data), out=str(self.out), init=s.base,
                                  iters=s.iters, batch=s.batch, patch=s.patch, lr=s.lr, seed=s.seed,
-                                 device=s.device, val_every=max(10, s.iters // 10),
+                                 device=s.device, time_budget_s=self.time_budget_s, val_every=max(10, s.iters // 10),
                                  save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)))
             # Iteration 0 of the curves: the base model on the same images.
             base = load_model(s.base)
@@ -209,9 +269,12 @@ class FineTuneJob:
             before = validate(base.to(dev), pairs, base.config["scale"], dev)
             self.queue.put({"event": "validation", "iteration": 0, **before})
             self.result = train(config, progress=self.queue.put, stop=self.stop)
-        except Exception as exc:  # noqa: BLE001 - reported to the user, the server keeps running
+        except (UserError, ImageError) as exc:  # a message meant for the user
+            log.info("fine-tuning stopped: %s", exc)
+            self.error = str(exc)
+        except Exception:  # noqa: BLE001 - the details (paths, library internals) stay in the server log
             log.exception("fine-tuning failed")
-            self.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc)
+            self.error = "an internal error stopped the training (the details are in the server log)."
         finally:
             release()
             self.queue.put({"event": "end"})
@@ -238,13 +301,28 @@ class FineTuneJob:
 
 
 class FineTuneManager:
-    """One fine-tuning job at a time for the whole process; finished models go to ``registry``."""
+    """One fine-tuning job at a time for the whole process; finished models go to ``registry``.
+
+    Caps (defaults from :class:`~kaldn.settings.AppSettings`, i.e. the ``KALDN_FINETUNE_*`` variables):
+    iterations, a wall-clock ``time_budget_s`` per job (training stops and keeps its model), the number of
+    images and their total pixels, and ``batch x patch^2`` LR pixels per step. Job folders live in a
+    folder of this process (``root``, default ``<tmp>/kaldn-finetune/<pid>-<token>``); a job's folder is
+    removed when the job fails or is abandoned, and with its model when the owner's models are dropped.
+    """
 
     def __init__(self, registry: FineTunedRegistry, root: str | Path | None = None,
-                 max_iters: int | None = None) -> None:
+                 max_iters: int | None = None, time_budget_s: float | None = None,
+                 max_images: int | None = None, max_total_pixels: int | None = None,
+                 max_batch_pixels: int | None = None) -> None:
+        d = AppSettings.from_env()
         self.registry = registry
-        self.root = Path(root) if root else Path(tempfile.gettempdir()) / "kaldn-finetune"
-        self.max_iters = max_iters or env_int("KALDN_FINETUNE_MAX_ITERS", AppSettings.finetune_max_iters)
+        self._base = Path(root) if root else None
+        self.root = self._base  # set on first use (the per-process folder is made only when needed)
+        self.max_iters = max_iters or d.finetune_max_iters
+        self.time_budget_s = time_budget_s or d.finetune_time_budget_s
+        self.max_images = max_images or d.finetune_max_images
+        self.max_total_pixels = max_total_pixels or d.finetune_max_total_pixels
+        self.max_batch_pixels = max_batch_pixels or d.finetune_max_batch_pixels
         self._lock = threading.Lock()
         self.job: FineTuneJob | None = None
         self._count = itertools.count(1)
@@ -267,12 +345,19 @@ class FineTuneManager:
             raise UserError(f"The batch size must be between 1 and 32, got {settings.batch}.")
         if not 16 <= settings.patch <= 96:
             raise UserError(f"The patch size must be between 16 and 96 LR pixels, got {settings.patch}.")
+        if settings.batch * settings.patch ** 2 > self.max_batch_pixels:
+            raise UserError(f"Batch {settings.batch} x patch {settings.patch}x{settings.patch} is "
+                            f"{settings.batch * settings.patch ** 2:,} LR pixels per step; the limit on this server "
+                            f"is {self.max_batch_pixels:,} (KALDN_FINETUNE_MAX_BATCH_PIXELS): lower one of them.")
         if not images:
             raise UserError("Upload a few HR images to fine-tune on (or use the examples).")
+        if len(images) > self.max_images:
+            raise UserError(f"{len(images)} training images; the limit on this server is {self.max_images} "
+                            "(KALDN_FINETUNE_MAX_IMAGES).")
         try:
             spec = parse_model_name(settings.base)
         except ValueError:
-            entry = next((e for e in self.registry.items() if str(e.path) == settings.base), None)
+            entry = self.registry.for_owner(owner).by_path(settings.base)  # only the owner's own models
             if entry is None:
                 raise UserError(f"Unknown base model {settings.base!r}.") from None
             spec = parse_model_name(entry.model)
@@ -282,14 +367,19 @@ class FineTuneManager:
         try:
             n = next(self._count)
             folder = Path(tempfile.mkdtemp(prefix=f"job{n}-", dir=self._root()))
-            count, notes, patch = prepare_finetune_data(images, spec.scale, settings.patch, folder / "data",
-                                                        max_pixels=max_pixels)
+            try:
+                count, notes, patch = prepare_finetune_data(images, spec.scale, settings.patch, folder / "data",
+                                                            max_pixels=max_pixels,
+                                                            max_total_pixels=self.max_total_pixels)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
             if patch != settings.patch:
                 notes.append(f"Training patch reduced to {patch} LR pixels to fit the smallest image.")
                 settings.patch = patch
             notes.insert(0, f"Training on {count} image(s); validation on the same images "
                             "(it measures how well the model fits them).")
-            job = FineTuneJob(settings, folder, owner)
+            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(self._lock.release,), daemon=True,
                                           name=f"kaldn-finetune-{n}")
@@ -300,15 +390,15 @@ class FineTuneManager:
             raise
 
     def _root(self) -> Path:
+        if self._base is None:
+            self.root = instance_root(Path(tempfile.gettempdir()) / "kaldn-finetune")
         self.root.mkdir(parents=True, exist_ok=True)
         return self.root
 
-    def cancel(self, owner: str | None = None) -> bool:
-        """Ask the running job to stop (only its owner may, when owners are given); True if one was asked."""
+    def cancel(self, owner: str | None) -> bool:
+        """Ask the running job to stop; only its owner may (no owner, no cancel). True if one was asked."""
         job = self.job
-        if job is None or not self.busy:
-            return False
-        if owner is not None and job.owner is not None and owner != job.owner:
+        if job is None or not self.busy or not owner or job.owner != owner:
             return False
         job.stop.set()
         return True
@@ -323,7 +413,7 @@ class FineTuneManager:
         validation = config.get("validation") or {}
         return self.registry.add(path, config["model"], {"iterations": done, "base": job.settings.base,
                                                          "val_psnr": validation.get("val_psnr")},
-                                 delete_dir=job.folder)
+                                 delete_dir=job.folder, owner=job.owner)
 
     def run(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
             max_pixels: int | None = None, min_interval: float = 1.0) -> Iterator[FineTuneUpdate]:
@@ -339,6 +429,7 @@ class FineTuneManager:
                   f"patch {s.patch}). " + notes[0])
         history: list[dict] = []
         started, last_update = time.time(), 0.0
+        followed = False  # False when the iterator is closed early (the user went away)
         try:
             yield FineTuneUpdate(header + "\n\nPreparing (measuring the base model first)...", [], 0, s.iters,
                                  notes=notes[1:])
@@ -354,18 +445,29 @@ class FineTuneManager:
                 if vals:
                     line += f"; validation PSNR {vals[-1]['val_psnr']:.2f} dB (before: {vals[0]['val_psnr']:.2f} dB)"
                 yield FineTuneUpdate(header + "\n\n" + line, list(history), done, s.iters)
+            followed = True
         finally:
             if job.thread is not None and job.thread.is_alive():  # closed early: stop and wait
                 job.stop.set()
                 job.thread.join(timeout=60)
-        if job.error:
-            raise FineTuneError(f"Fine-tuning failed: {job.error}")
-        entry = self.register(job)
+            if not followed:  # nobody will see or use this model: leave nothing behind
+                shutil.rmtree(job.folder, ignore_errors=True)
+        try:
+            if job.error:
+                raise FineTuneError(f"Fine-tuning failed: {job.error}")
+            entry = self.register(job)
+        finally:
+            if job.error or job.checkpoint_dir() is None:
+                shutil.rmtree(job.folder, ignore_errors=True)
         vals = [h for h in history if h["event"] == "validation"]
-        cancelled = job.result is not None and job.result.status == "cancelled"
+        status = job.result.status if job.result is not None else ""
+        cancelled = status == "cancelled"
         done = job.result.iteration if job.result else 0
-        summary = (f"{header}\n\n**{'Cancelled' if cancelled else 'Finished'}** after {done} iterations "
-                   f"in {time.time() - started:.0f} s.")
+        word = "Cancelled" if cancelled else ("Stopped at the time budget" if status == "time budget" else "Finished")
+        summary = f"{header}\n\n**{word}** after {done} iterations in {time.time() - started:.0f} s."
+        if status == "time budget":
+            summary += (f" Fine-tuning jobs on this server run for at most {job.time_budget_s:.0f} s "
+                        "(KALDN_FINETUNE_TIME_BUDGET_S); the model trained so far is kept.")
         if len(vals) > 1:
             summary += f" Validation PSNR {vals[0]['val_psnr']:.2f} → best {max(v['val_psnr'] for v in vals):.2f} dB."
         downloads = None
@@ -375,7 +477,7 @@ class FineTuneManager:
             downloads = [str(entry.path / WEIGHTS_NAME), str(entry.path / CONFIG_NAME)]
         yield FineTuneUpdate(summary, history, done, s.iters, downloads=downloads, entry=entry)
 
-    def cancel_message(self, owner: str | None = None) -> tuple[str, str]:
+    def cancel_message(self, owner: str | None) -> tuple[str, str]:
         """Ask the owner's running job to stop; (kind, message) for the user, kind "info" or "warning"."""
         if self.cancel(owner=owner):
             return "info", "Stopping after the current iteration; the model trained so far is kept."

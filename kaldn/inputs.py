@@ -76,7 +76,8 @@ def _describe_image(image: np.ndarray, what: str) -> list[str]:
 
 
 def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
-                   max_pixels: int | None = None, max_output_pixels: int | None = None) -> Inputs:
+                   max_pixels: int | None = None, max_output_pixels: int | None = None,
+                   image_name: str | None = None, gt_name: str | None = None) -> Inputs:
     """Load and check the user's images; make the LR input.
 
     ``mode="hr"``: ``image`` is the ground truth; it is cropped so both sides are
@@ -85,7 +86,8 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
     given, must be exactly ``scale`` times its size.
     ``image``/``ground_truth`` are anything :func:`kaldn.images.load_image` takes, or an upload
     (see :func:`image_source`). Raises :class:`~kaldn.images.ImageError` or :class:`UserError`
-    with a user-facing message.
+    with a user-facing message, which names the images ``image_name`` / ``gt_name`` when given (an upload's
+    original file name) instead of their file names on the server.
     """
     scale = check_scale(scale)
     if mode not in ("hr", "lr"):
@@ -93,7 +95,7 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
     image, ground_truth = image_source(image), image_source(ground_truth)
     if image is None:
         raise UserError("Upload an image first (or click one of the examples).")
-    img = load_image(image, max_pixels=max_pixels)
+    img = load_image(image, max_pixels=max_pixels, name=image_name)
     h, w = img.shape[:2]
     notes: list[str] = []
 
@@ -126,7 +128,7 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
     gt = None
     if ground_truth is not None:
         gt_limit = None if max_pixels is None else max_pixels * scale * scale
-        gt = load_image(ground_truth, max_pixels=gt_limit)
+        gt = load_image(ground_truth, max_pixels=gt_limit, name=gt_name)
         gh, gw = gt.shape[:2]
         if (gh, gw) != (h * scale, w * scale):
             message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
@@ -147,7 +149,7 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
 
 def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None, mode: str = "hr",
                       example: Path | None = None, max_pixels: int | None = None,
-                      max_output_pixels: int | None = None) -> tuple[np.ndarray, str]:
+                      max_output_pixels: int | None = None, upload_name: str | None = None) -> tuple[np.ndarray, str]:
     """The LR image to measure a model on, and where it came from: the ``last`` comparison's input at this
     scale, else the ``upload`` (in ``mode``), else the ``example`` (as HR)."""
     scale = check_scale(scale)
@@ -161,5 +163,6 @@ def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None
     else:
         raise UserError("Upload an image on the Compare tab first.")
     inputs = prepare_inputs(source, scale, mode if mode in ("hr", "lr") else "hr", max_pixels=max_pixels,
-                            max_output_pixels=max_output_pixels)
+                            max_output_pixels=max_output_pixels,
+                            image_name=upload_name if source is not None and where.startswith("the image") else None)
     return inputs.lr, where

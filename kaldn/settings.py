@@ -11,6 +11,14 @@ variable                           what                                        d
 ``KALDN_APP_GPU_SECONDS``          ZeroGPU duration of one comparison          120
 ``KALDN_APP_MODEL_SOURCE``         ``auto``, ``bundled`` or ``hub``            ``auto``
 ``KALDN_FINETUNE_MAX_ITERS``       iterations of one fine-tuning job           2000
+``KALDN_APP_SESSION_JOBS``         jobs one session may have queued/running    1
+``KALDN_APP_MAX_BODY``             largest request body besides uploads        1 MiB
+``KALDN_APP_SESSION_TTL``          seconds a session's results are kept        1800
+``KALDN_APP_RUN_MEMORY``           bytes of results kept in memory (all)       512 MiB
+``KALDN_FINETUNE_TIME_BUDGET_S``   wall-clock seconds of one fine-tuning job   600
+``KALDN_FINETUNE_MAX_IMAGES``      training images of one job                  8
+``KALDN_FINETUNE_MAX_TOTAL_PIXELS``  their pixels in all                       2048 x 2048
+``KALDN_FINETUNE_MAX_BATCH_PIXELS``  batch x patch^2 (LR pixels per step)      16 x 48^2
 =================================  ==========================================  ===============
 
 ``kaldn.hub``'s own settings (``KALDN_CHECKPOINTS``, ``KALDN_HUB_REPO``, ...) are read by the loader.
@@ -45,6 +53,14 @@ class AppSettings:
     gpu_seconds: int = 120
     model_source: str = "auto"
     finetune_max_iters: int = 2000
+    session_jobs: int = 1
+    max_body: int = 1 << 20
+    session_ttl: int = 1800
+    run_memory: int = 512 << 20
+    finetune_time_budget_s: int = 600
+    finetune_max_images: int = 8
+    finetune_max_total_pixels: int = 2048 * 2048
+    finetune_max_batch_pixels: int = 16 * 48 * 48
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -56,4 +72,12 @@ class AppSettings:
                    queue_size=env_int("KALDN_APP_QUEUE_SIZE", d.queue_size),
                    gpu_seconds=env_int("KALDN_APP_GPU_SECONDS", d.gpu_seconds),
                    model_source=os.environ.get("KALDN_APP_MODEL_SOURCE", d.model_source),
-                   finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters))
+                   finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters),
+                   session_jobs=env_int("KALDN_APP_SESSION_JOBS", d.session_jobs),
+                   max_body=env_int("KALDN_APP_MAX_BODY", d.max_body),
+                   session_ttl=env_int("KALDN_APP_SESSION_TTL", d.session_ttl),
+                   run_memory=env_int("KALDN_APP_RUN_MEMORY", d.run_memory),
+                   finetune_time_budget_s=env_int("KALDN_FINETUNE_TIME_BUDGET_S", d.finetune_time_budget_s),
+                   finetune_max_images=env_int("KALDN_FINETUNE_MAX_IMAGES", d.finetune_max_images),
+                   finetune_max_total_pixels=env_int("KALDN_FINETUNE_MAX_TOTAL_PIXELS", d.finetune_max_total_pixels),
+                   finetune_max_batch_pixels=env_int("KALDN_FINETUNE_MAX_BATCH_PIXELS", d.finetune_max_batch_pixels))

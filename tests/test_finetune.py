@@ -65,9 +65,12 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
                      (last.entry.label, str(last.entry.path))]
     assert default_base(bases) == "tiny-kdsconv-det-x4"
 
-    # Closing the stream early (the user went away) stops the job; its model is still kept.
+    # Closing the stream early (the user went away) stops the job. Its own fine-tuned model as the base: the
+    # owner may, nobody else may.
+    with pytest.raises(UserError, match="Unknown base model"):
+        manager.start(images, FineTuneSettings(str(last.entry.path), iters=50, lr=2e-4, batch=2, patch=16), owner="b")
     updates = manager.run(images, FineTuneSettings(str(last.entry.path), iters=50, lr=2e-4, batch=2, patch=16,
-                                                   device="cpu"), min_interval=0.0)
+                                                   device="cpu"), owner="a", min_interval=0.0)
     next(updates)
     updates.close()
     assert not manager.busy

@@ -9,7 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kaldn"
 
 # Lowest first. A module may import from its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"registry", "errors", "settings", "resize", "images", "metrics", "display", "maps"},  # foundations
+    {"registry", "errors", "settings", "resize", "images", "metrics", "display", "maps",
+     "workdirs", "admission"},                                                              # foundations
     {"layers", "archs", "models", "checkpoint", "hub", "inference", "data"},               # models and weights
     {"cache", "inspection", "train", "results", "cards", "evaluate", "convert"},                      # tools over models
     {"inputs", "comparison", "finetune"},                                                  # the app's logic

@@ -1,0 +1,88 @@
+"""Fair admission: at most ``limit`` jobs per session waiting or running, checked before a job is queued.
+
+Gradio's queue is first in, first out: a client that submits forty jobs makes everyone behind it wait for
+forty jobs, or fills the queue. The app asks :meth:`SessionSlots.admit` before a job enters the queue
+(Gradio's ``validator``, which runs outside the queue), the handler calls :meth:`SessionSlots.started`
+when it runs and :meth:`SessionSlots.finished` when it ends. A slot whose job never ran (the client went
+away while it waited) is recognised as stale with the ``pending`` callback, which says how many of the
+session's events the queue still holds, so a session is never locked out for good.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+__all__ = ["SessionSlots"]
+
+
+@dataclass
+class _Slot:
+    admitted: float = field(default_factory=time.monotonic)
+    running: bool = False
+
+
+class SessionSlots:
+    """Per-session count of admitted jobs (waiting or running), thread-safe."""
+
+    def __init__(self, limit: int = 1, pending: Callable[[str], int] | None = None, grace_s: float = 10.0) -> None:
+        self.limit = limit
+        self.pending = pending      # how many events of a session the queue holds (waiting or running)
+        self.grace_s = grace_s      # time between admission and the job showing up in the queue
+        self._slots: dict[str, list[_Slot]] = {}
+        self._lock = threading.Lock()
+
+    def _prune(self, session: str) -> list[_Slot]:
+        slots = self._slots.get(session, [])
+        waiting = [s for s in slots if not s.running]
+        if waiting and self.pending is not None:
+            old = [s for s in waiting if time.monotonic() - s.admitted > self.grace_s]
+            queued = self.pending(session)
+            # The queue holds fewer of this session's events than we count: the oldest waiting ones left it.
+            excess = len(slots) - queued
+            for slot in old[:max(0, excess)]:
+                slots.remove(slot)
+        if slots:
+            self._slots[session] = slots
+        else:
+            self._slots.pop(session, None)
+        return slots
+
+    def admit(self, session: str | None) -> bool:
+        """Take a slot for ``session``; False when it already has ``limit`` jobs waiting or running.
+        No session (a call outside a browser/client session) is never admitted."""
+        if not session:
+            return False
+        with self._lock:
+            slots = self._prune(session)
+            if len(slots) >= self.limit:
+                return False
+            self._slots.setdefault(session, []).append(_Slot())
+            return True
+
+    def started(self, session: str | None) -> None:
+        """The session's oldest waiting job is running now (it no longer needs the queue to vouch for it)."""
+        with self._lock:
+            for slot in self._slots.get(session or "", []):
+                if not slot.running:
+                    slot.running = True
+                    return
+            if session:  # admitted before a restart of the counter, or never: count it while it runs
+                self._slots.setdefault(session, []).append(_Slot(running=True))
+
+    def finished(self, session: str | None) -> None:
+        """Give back the slot of a job that ended (however it ended)."""
+        with self._lock:
+            slots = self._slots.get(session or "", [])
+            for slot in slots:
+                if slot.running:
+                    slots.remove(slot)
+                    break
+            if not slots:
+                self._slots.pop(session or "", None)
+
+    def held(self, session: str) -> int:
+        with self._lock:
+            return len(self._prune(session))

@@ -1,0 +1,71 @@
+"""Temporary folders owned by one process: ``<base>/<pid>-<token>``, removed at exit; leftovers of dead ones swept.
+
+Several app instances may share a temporary directory (a Space restarts, two local runs): each works in
+a root of its own, so one never prunes another's files, and a new instance removes what a killed one left
+behind (half-written ``*.tmp`` checkpoint files included), but never a folder of a process still alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+log = logging.getLogger("kaldn.workdirs")
+
+__all__ = ["instance_root", "sweep_dead_instances"]
+
+_ROOT_NAME = re.compile(r"^(\d+)-[0-9a-f]{8}$")
+_roots: dict[str, Path] = {}
+_lock = threading.Lock()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def sweep_dead_instances(base: str | Path) -> list[Path]:
+    """Remove every ``<pid>-<token>`` folder under ``base`` whose process is gone; the removed folders."""
+    base = Path(base)
+    removed = []
+    if not base.is_dir():
+        return removed
+    for path in base.iterdir():
+        match = _ROOT_NAME.match(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    if removed:
+        log.info("removed %d folder(s) left by stopped instances under %s", len(removed), base)
+    return removed
+
+
+def instance_root(base: str | Path) -> Path:
+    """This process's own folder under ``base`` (created once; leftovers of dead processes swept first);
+    removed when the process exits normally."""
+    base = Path(base)
+    key = str(base.resolve()) if base.exists() else str(base)
+    with _lock:
+        root = _roots.get(key)
+        if root is not None and root.is_dir():
+            return root
+        base.mkdir(parents=True, exist_ok=True)
+        sweep_dead_instances(base)
+        root = base / f"{os.getpid()}-{secrets.token_hex(4)}"
+        root.mkdir()
+        _roots[key] = root
+        atexit.register(shutil.rmtree, root, True)
+        return root

@@ -1,0 +1,360 @@
+"""Issue 11: the app as a hostile caller sees it (one test per attack class), plus the library parts behind it.
+
+The served app is driven through raw HTTP where an attacker would (``/gradio_api/call``, ``/run``, bodies
+chosen by hand) and through ``gradio_client`` where a normal user would. Each session hash is new, so the
+one-job-per-session rule never mixes tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kaldn.admission import SessionSlots
+from kaldn.comparison import RunStore, run_comparison
+from kaldn.errors import UserError
+from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings
+from kaldn.images import load_image, save_png
+from kaldn.inputs import prepare_inputs
+from kaldn.workdirs import instance_root, sweep_dead_instances
+
+from app_server import png_bytes, rng_image, running_app
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def served(throwaway):
+    pytest.importorskip("gradio_client")
+    with running_app(throwaway) as server:
+        yield server
+
+
+def session() -> str:
+    return uuid.uuid4().hex[:11]
+
+
+def call(url: str, api: str, data: list, session_hash: str | None = None, timeout: float = 120) -> dict:
+    """One event through the queue by hand: {"refused": detail} before queueing, else {"error": message} or
+    {"data": outputs}."""
+    import httpx
+    r = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data, "session_hash": session_hash}, timeout=30)
+    if r.status_code != 200:
+        return {"refused": r.text, "status": r.status_code}
+    try:
+        text = httpx.get(f"{url}gradio_api/call/{api}/{r.json()['event_id']}", timeout=timeout).text
+    except httpx.RemoteProtocolError:  # Gradio's /call stream can miss an event that ended before it connected
+        return {"error": None, "queued": True}
+    event, payload = None, None
+    for line in text.splitlines():
+        if line.startswith("event:"):
+            event = line.split(":", 1)[1].strip()
+        elif line.startswith("data:") and event in ("complete", "error"):
+            payload = json.loads(line.split(":", 1)[1])
+    if event == "complete":
+        return {"data": payload}
+    return {"error": (payload or {}).get("error") if isinstance(payload, dict) else str(payload)}
+
+
+def upload(url: str, path: Path) -> dict:
+    """A file as the page uploads it: Gradio saves it and names it; the payload that refers to it."""
+    import httpx
+    with open(path, "rb") as f:
+        r = httpx.post(f"{url}gradio_api/upload", files={"files": (path.name, f, "image/png")}, timeout=30)
+    r.raise_for_status()
+    return {"path": r.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def compare_data(image, gt=None, mode="hr", variants=("bicubic",)) -> list:
+    return [mode, image, gt, 4, list(variants), "cpu", 64]
+
+
+def output_files(value, found=None) -> list[str]:
+    """Every file path in an endpoint's outputs."""
+    found = [] if found is None else found
+    if isinstance(value, dict):
+        if isinstance(value.get("path"), str):
+            found.append(value["path"])
+        for v in value.values():
+            output_files(v, found)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            output_files(v, found)
+    return found
+
+
+# --- 1: no endpoint reads a file the client names --------------------------------------------------------
+
+def test_1_no_endpoint_reads_a_server_file_outside_the_upload_folder(served, tmp_path):
+    secret = rng_image(64, 64, seed=42)
+    path = tmp_path / "server-secret.png"
+    save_png(secret, path)
+    missing = tmp_path / "does-not-exist.png"
+    meta = {"_type": "gradio.FileData"}
+    payloads = [{"path": str(path)}, {"path": str(path), "orig_name": "a.png"},
+                {"path": str(path), "meta": meta}, {"path": str(path), "url": f"file://{path}", "meta": meta},
+                {"url": f"file://{path}"}, str(path)]
+    lr = tmp_path / "lr.png"
+    save_png(rng_image(16, 16), lr)  # at x4 the secret is exactly the ground truth's size
+    lr_upload = upload(served["url"], lr)
+    assert "data" in call(served["url"], "compare", compare_data(lr_upload, mode="lr"), session())  # a real upload
+    results = []
+    for p in payloads:
+        results.append(call(served["url"], "compare", compare_data(p), session()))
+        results.append(call(served["url"], "compare", compare_data(lr_upload, p, mode="lr"), session()))
+        results.append(call(served["url"], "hasty_relu", ["hr", p, None, 4], session()))
+    for result in results:
+        assert "data" not in result, result  # refused or an error, never an output
+        for f in output_files(result.get("data")):
+            assert not (Path(f).is_file() and np.array_equal(load_image(f)[..., :3], secret))
+    # The answer does not depend on whether the path exists (nothing to learn about the server's files).
+    a = call(served["url"], "compare", compare_data({"path": str(path)}), session())
+    b = call(served["url"], "compare", compare_data({"path": str(missing)}), session())
+    assert a["error"] == b["error"] and "uploaded image file" in a["error"] and str(tmp_path) not in a["error"]
+
+
+# --- 3: only the owner cancels a fine-tune ----------------------------------------------------------------
+
+def test_3_cancel_without_a_session_or_by_another_session_is_refused(served):
+    import httpx
+    from gradio_client import Client
+    app = served["app"]
+    owner = Client(served["url"], verbose=False)
+    job = owner.submit(None, True, "tiny-ldsconv-x2", app.FINETUNE.max_iters, 2e-4, 2, 16, api_name="/finetune")
+    deadline = time.time() + 120
+    while not app.FINETUNE.busy and time.time() < deadline:
+        time.sleep(0.2)
+    assert app.FINETUNE.busy
+    r = httpx.post(f"{served['url']}gradio_api/run/cancel_finetune", json={"data": []}, timeout=30)
+    assert r.status_code == 200  # answered, but nothing stopped
+    call(served["url"], "cancel_finetune", [], session())
+    time.sleep(2)
+    assert app.FINETUNE.busy and not app.FINETUNE.job.stop.is_set()
+    owner.predict(api_name="/cancel_finetune")
+    status, *_ = job.result(timeout=180)
+    assert "Cancelled" in status
+
+
+# --- 4: the queue cannot be skipped -----------------------------------------------------------------------
+
+def test_4_the_rest_route_of_a_queued_endpoint_is_closed(served):
+    import httpx
+    r = httpx.post(f"{served['url']}gradio_api/run/compare", json={"data": compare_data(None)}, timeout=30)
+    assert r.status_code == 404 and "queue" in r.text
+
+
+# --- 5: the upload cap holds for every way a file can arrive ----------------------------------------------
+
+def test_5_inline_files_and_oversized_bodies_are_refused(served):
+    import httpx
+    png = png_bytes(rng_image(64, 64))
+    inline = {"url": "data:image/png;base64," + base64.b64encode(png).decode(), "meta": {"_type": "gradio.FileData"}}
+    result = call(served["url"], "compare", compare_data(inline), session())
+    assert "uploaded image file" in result["error"]
+    big = {"url": "data:image/png;base64," + "A" * (3 << 20)}  # 3 MiB of base64: over the body cap, never decoded
+    r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(big), "session_hash": "x"},
+                   timeout=30)
+    assert r.status_code == 413
+    r = httpx.post(f"{served['url']}gradio_api/queue/join", content=b"{" * (2 << 20),
+                   headers={"content-type": "application/json", "transfer-encoding": "chunked"}, timeout=30)
+    assert r.status_code == 413
+
+
+# --- 6: one client cannot fill the queue ------------------------------------------------------------------
+
+def test_6_one_session_has_one_job_queued_others_still_get_in(served):
+    from concurrent.futures import ThreadPoolExecutor
+    from gradio_client import handle_file  # noqa: F401 - the client must be installed for the served app
+    flood = session()
+    image = upload(served["url"], EXAMPLE)  # a job of a few seconds: all eight arrive while it runs
+    job = compare_data(image, variants=["bicubic", "ldsconv", "kdsconv-det", "dsconv"])
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: call(served["url"], "compare", job, flood), range(8)))
+    refused = [r for r in results if "refused" in r]
+    assert len(refused) == 7 and all("already have a job" in r["refused"] for r in refused)
+    other = call(served["url"], "compare", compare_data(None), session())
+    assert "refused" not in other  # queued and run (ending with the user's own error: no image)
+    time.sleep(0.5)
+    again = call(served["url"], "compare", compare_data(None), flood)
+    assert "refused" not in again  # its slot came back when its job ended
+    assert call(served["url"], "compare", compare_data(None), None)["status"] == 400  # no session: no job
+
+
+def test_6_a_slot_whose_job_left_the_queue_is_given_back():
+    pending = {"s": 0}
+    slots = SessionSlots(limit=1, pending=lambda s: pending[s], grace_s=0.05)
+    assert slots.admit("s") and not slots.admit("s")  # on its way into the queue: counted
+    time.sleep(0.06)
+    assert slots.admit("s")  # the first one never reached the queue: stale, given back
+    pending["s"] = 1
+    time.sleep(0.06)
+    assert not slots.admit("s")  # this one is in the queue: refused
+    slots.started("s")
+    slots.finished("s")
+    assert slots.held("s") == 0 and slots.admit("s") and not slots.admit(None)
+
+
+# --- 7 and 10: session state holds an id; runs stay while their session does ---------------------------------
+
+def _comparison(seed: int):
+    return run_comparison(prepare_inputs(rng_image(64, 64, seed=seed), 2), ["bicubic"])
+
+
+def test_7_runs_keep_arrays_within_a_memory_budget_and_read_them_back(tmp_path):
+    one = _comparison(0)
+    store = RunStore(tmp_path, memory_bytes=int(1.5 * (one.inputs.lr.nbytes + one.inputs.gt.nbytes
+                                                       + one.results[0].image.nbytes)))
+    first, run = store.save(one, owner="a")
+    expected = run.comparison.results[0].image.copy()
+    for i in range(1, 5):
+        store.save(_comparison(i), owner=f"u{i}")
+    assert store.memory() <= store.memory_bytes
+    again = store.get(first, owner="a")  # stripped in memory, read back from its PNGs
+    assert np.array_equal(again.comparison.results[0].image, expected)
+    assert again.zoom(None, 16).crops and store.get(first, owner="someone else") is None
+
+
+def test_7_the_session_state_holds_a_run_id_not_arrays(served):
+    from gradio_client import Client, handle_file
+    client = Client(served["url"], verbose=False)
+    client.predict("hr", handle_file(str(EXAMPLE)), None, 4, ["bicubic"], "cpu", 64, api_name="/compare")
+    values = [v for demo in list(served["app"]._DEMOS) for h, s in demo.state_holder.session_data.items()
+              if h == client.session_hash for v in s.state_data.values()]
+    assert len(values) == 1 and isinstance(values[0], str)
+    run = served["app"].RUNS.get(values[0], client.session_hash)
+    assert run is not None and run.comparison.inputs.gt.shape == (256, 256, 3)
+
+
+def test_10_a_live_run_survives_any_number_of_later_runs(tmp_path):
+    store = RunStore(tmp_path, memory_bytes=0)
+    mine, run = store.save(_comparison(0), owner="me")
+    for i in range(40):
+        store.save(_comparison(i % 3), owner=f"other{i}")
+    assert run.folder.is_dir() and store.get(mine, "me") is not None
+    assert Path(store.get(mine, "me").slider("bicubic", "gt")[0]).is_file()
+    store.save(_comparison(1), owner="me")  # the owner's next run replaces it
+    assert not run.folder.exists() and store.get(mine, "me") is None
+    store.drop_owner("me")
+    assert len(store) == 40
+
+
+# --- 8: fine-tuning is bounded in time, images and memory ------------------------------------------------
+
+@pytest.fixture
+def images(tmp_path):
+    paths = []
+    for i in range(3):
+        save_png(rng_image(64, 64, seed=i), tmp_path / f"{i}.png")
+        paths.append(tmp_path / f"{i}.png")
+    return paths
+
+
+def test_8_finetune_caps_and_time_budget(use_throwaway, tmp_path, images):
+    manager = FineTuneManager(FineTunedRegistry(), root=tmp_path / "jobs", max_iters=100000, time_budget_s=3,
+                              max_images=2, max_total_pixels=64 * 64 * 2, max_batch_pixels=16 * 48 * 48)
+    settings = FineTuneSettings("tiny-ldsconv-x2", iters=100000, lr=2e-4, batch=2, patch=16, device="cpu")
+    with pytest.raises(UserError, match="limit on this server is 2"):
+        manager.start(images, settings, owner="a")
+    with pytest.raises(UserError, match="KALDN_FINETUNE_MAX_BATCH_PIXELS"):
+        manager.start(images[:2], FineTuneSettings("tiny-ldsconv-x2", 10, 2e-4, batch=32, patch=96), owner="a")
+    manager.max_total_pixels = 64 * 64
+    with pytest.raises(UserError, match="KALDN_FINETUNE_MAX_TOTAL_PIXELS"):
+        manager.start(images[:2], settings, owner="a")
+    assert not manager.busy and list((tmp_path / "jobs").iterdir()) == []  # refused jobs leave nothing
+    manager.max_total_pixels = 64 * 64 * 2
+    t0 = time.time()
+    *_, last = manager.run(images[:2], settings, owner="a", min_interval=0.0)
+    assert time.time() - t0 < 60 and "time budget" in last.status and last.entry is not None
+
+
+# --- 9: nothing is left behind ----------------------------------------------------------------------------
+
+def test_9_job_folders_go_with_failures_abandoned_jobs_and_their_owner(use_throwaway, tmp_path, images):
+    root = tmp_path / "jobs"
+    manager = FineTuneManager(FineTunedRegistry(), root=root, max_iters=1000)
+    settings = FineTuneSettings("tiny-ldsconv-x2", iters=1000, lr=2e-4, batch=2, patch=16, device="cpu")
+    updates = manager.run(images, settings, owner="a", min_interval=0.0)
+    next(updates)
+    updates.close()  # the user went away
+    assert list(root.iterdir()) == []
+    *_, last = manager.run(images, FineTuneSettings("tiny-ldsconv-x2", 10, 2e-4, 2, 16, "cpu"), owner="a")
+    assert last.entry.path.is_dir()
+    assert manager.registry.drop_owner("a") == 1 and list(root.iterdir()) == []
+
+
+def test_9_instances_sweep_what_dead_ones_left_and_nothing_else(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = tmp_path / f"{int(dead.stdout)}-0123abcd"
+    (leftover / "job1" / "run" / "last").mkdir(parents=True)
+    (leftover / "job1" / "run" / "last" / ".model.safetensors.x.tmp").write_bytes(b"")
+    alive = tmp_path / f"{os.getppid()}-89abcdef"  # the parent process: alive
+    alive.mkdir()
+    other = tmp_path / "not-an-instance"
+    other.mkdir()
+    mine = instance_root(tmp_path)
+    assert not leftover.exists() and alive.is_dir() and other.is_dir() and mine.is_dir()
+    assert mine.name.startswith(f"{os.getpid()}-") and instance_root(tmp_path) == mine
+    assert sweep_dead_instances(tmp_path) == []
+
+
+# --- 11: fine-tuned models are private to their session ---------------------------------------------------
+
+def test_11_another_sessions_fine_tuned_model_is_invisible_and_unusable(served, throwaway):
+    from gradio_client import Client
+    app = served["app"]
+    entry = app.FINETUNED.add(throwaway / "tiny-ldsconv-x4", "tiny-ldsconv-x4", owner="someone-else")
+    try:
+        client = Client(served["url"], verbose=False)
+        variants, bases, hows = client.predict(4, ["bicubic"], None, None, api_name="/refresh_models")
+        assert entry.key not in [c[1] for c in variants["choices"]]
+        assert str(entry.path) not in [c[1] for c in bases["choices"]] + [c[1] for c in hows["choices"]]
+        result = call(served["url"], "compare", compare_data(None, variants=["bicubic", entry.key]), session())
+        assert "Upload an image" in result["error"]
+        from kaldn.comparison import resolve_variant
+        with pytest.raises(UserError, match="Unknown variant"):
+            resolve_variant(entry.key, 4, app.FINETUNED.for_owner(client.session_hash))
+        assert resolve_variant(entry.key, 4, app.FINETUNED.for_owner("someone-else")).ref == str(entry.path)
+    finally:
+        app.FINETUNED.drop_owner("someone-else")
+
+
+# --- 12: messages name the upload, not the server; user errors are one log line ----------------------------
+
+def test_12_messages_name_the_upload_and_user_errors_log_one_line(served, tmp_path, capfd, caplog):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from gradio.utils import get_upload_folder
+    bad = tmp_path / "holiday photo.png"
+    bad.write_text("not an image")
+    client = Client(served["url"], verbose=False)
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="kaldn.app"), pytest.raises(AppError) as err:
+        client.predict("hr", handle_file(str(bad)), None, 4, ["bicubic"], "cpu", 64, api_name="/compare")
+    message = str(err.value)
+    assert "'holiday photo.png'" in message and get_upload_folder() not in message and "PIL" not in message
+    out, errors = capfd.readouterr()
+    assert "Traceback" not in out + errors
+    assert [r for r in caplog.records if "holiday photo.png" in r.getMessage()]
+
+
+def test_12_a_damaged_checkpoint_is_reported_without_its_path(tmp_path):
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"junk")
+    (folder / "config.json").write_text(json.dumps({"model": "tiny-ldsconv-x2", "scale": 2}))
+    registry = FineTunedRegistry()
+    entry = registry.add(folder, "tiny-ldsconv-x2", owner="a")
+    result = run_comparison(prepare_inputs(rng_image(32, 32), 2), ["bicubic", entry.key],
+                            registry=registry.for_owner("a")).result(entry.key)
+    assert result.status == "error" and str(tmp_path) not in result.message and "damaged" in result.message
