@@ -35,14 +35,14 @@ import gradio as gr
 import pandas as pd
 
 from kaldn.cache import ModelCache
-from kaldn.comparison import (ComparisonRun, default_pair, default_variants, metrics_table, pair_choices,
-                              run_comparison)
+from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, default_pair, default_variants, metrics_table,
+                              pair_choices, resolve_variant, run_comparison, runnable_selection)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
 from kaldn.images import ImageError
-from kaldn.inputs import measurement_input, prepare_inputs
+from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
                               inspection_choices, kernel_view)
 from kaldn.models import check_scale, scales
@@ -185,29 +185,64 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
         gr.Warning(warning)
     left, right = default_pair(comparison)
     choices = pair_choices(comparison)
-    zoom = run.zoom(None, crop_size)
-    return (run, comparison.status_markdown(), run.slider(left, right), gr.update(choices=choices, value=left),
-            gr.update(choices=choices, value=right), zoom.picker, zoom.crops, table(*metrics_table(comparison)),
-            run.downloads(), *zoom.center)
+    slider = run.slider(left, right)
+    zoom = run.zoom(None, crop_size)  # where the slider's pair differs most
+    maps = run.maps(left, right)
+    return (run, comparison.status_markdown(), slider, gr.update(choices=choices, value=left),
+            gr.update(choices=choices, value=right), zoom.picker, zoom.labelled(), table(*metrics_table(comparison)),
+            run.downloads(), *zoom.center, maps.pair, maps.pair_note, maps.errors, maps.errors_note)
+
+
+@shows_user_errors
+def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
+                  crop_size: Any) -> None:
+    """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
+    mode = mode if mode in ("hr", "lr") else "hr"
+    check_inputs(image, scale, mode, ground_truth if mode == "lr" else None, max_pixels=SETTINGS.max_pixels,
+                 max_output_pixels=SETTINGS.max_output_pixels)
+    if not variants:
+        raise UserError("Choose at least one variant to run.")
+    resolved = [resolve_variant(v, check_scale(scale), FINETUNED) for v in variants]
+    if all(r.unavailable for r in resolved):
+        raise UserError("None of the chosen variants can run at this scale: "
+                        + "; ".join(f"{r.label}: {r.unavailable}" for r in resolved) + ".")
+
+
+def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any) -> str:
+    """On upload: say at once what is wrong with the file (or what will be done with it), in the status."""
+    if image is None:
+        return "Upload an image (or click an example) and press **Run comparison**."
+    mode = mode if mode in ("hr", "lr") else "hr"
+    try:
+        notes = check_inputs(image, scale, mode, ground_truth if mode == "lr" else None,
+                             max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels)
+    except (UserError, ImageError) as exc:
+        gr.Warning(str(exc), title="This upload cannot be used")
+        return f"**This upload cannot be used:** {exc}"
+    return "\n\n".join(f"- {line}" for line in ["Ready: press **Run comparison**.", *notes])
 
 
 @shows_user_errors
 def show_pair(run: ComparisonRun | None, left: str, right: str):
-    """The two chosen images in the slider."""
-    return need_run(run).slider(left, right)
+    """The two chosen images in the slider, and where they differ."""
+    run = need_run(run)
+    slider = run.slider(left, right)
+    pair, note = run.pair_view(left, right)
+    return slider, pair, note
 
 
 def select_region(run: ComparisonRun | None, crop_size: Any, evt: gr.SelectData):
     """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
     view = need_run(run).zoom((evt.index[0], evt.index[1]), crop_size)
-    return view.picker, view.crops, *view.center
+    return view.picker, view.labelled(), *view.center
 
 
 def zoom(run: ComparisonRun | None, x: Any, y: Any, crop_size: Any):
-    """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide."""
+    """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
+    slider's pair differs most)."""
     center = None if x is None or y is None else (float(x), float(y))
     view = need_run(run).zoom(center, crop_size)
-    return view.picker, view.crops, *view.center
+    return view.picker, view.labelled(), *view.center
 
 
 def set_mode(mode: str):
@@ -223,9 +258,7 @@ def variant_choices(scale: Any, selected: list[str] | None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
     scale, available = check_scale(scale), available_models()
     choices = compare_choices(scale, available, FINETUNED)
-    keys = {k for _, k in choices}
-    value = [v for v in (selected or []) if v in keys] or default_variants(scale, available)
-    return gr.update(choices=choices, value=value)
+    return gr.update(choices=choices, value=runnable_selection(selected, scale, available, FINETUNED))
 
 
 def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> SimpleNamespace:
@@ -254,11 +287,24 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
             with gr.Row():
                 left = gr.Dropdown(label="Slider: left", choices=[], interactive=True)
                 right = gr.Dropdown(label="Slider: right", choices=[], interactive=True)
-            slider = gr.ImageSlider(label="Side by side (drag the handle; fullscreen to zoom)", format="png",
-                                    type="filepath", interactive=False, max_height=600, elem_id="kaldn-slider")
-    metrics = gr.Dataframe(label="Metrics vs ground truth (PSNR/SSIM on Y, border = scale; time = upscaling only)",
+            with gr.Row():
+                slider = gr.ImageSlider(label="Side by side (drag the handle; fullscreen to zoom)", format="png",
+                                        type="filepath", interactive=False, max_height=600, elem_id="kaldn-slider")
+                pair_map = gr.Image(label="Where the slider's two images differ (against the ground truth)",
+                                    format="png", interactive=False, elem_id="kaldn-pair-map",
+                                    buttons=["download", "fullscreen"])
+            pair_note = gr.Markdown(elem_id="kaldn-pair-note")
+    metrics = gr.Dataframe(pd.DataFrame(columns=METRIC_HEADERS),
+                           label="Metrics vs ground truth (PSNR/SSIM on Y, border = scale). No time column: one "
+                                 "run on a shared machine is noise; speed is in Model zoo (benchmark, warm runs)",
                            interactive=False, wrap=True, elem_id="kaldn-metrics",
-                           column_widths=["15%", "14%", "7%", "6%", "8%", "7%", "7%", "6%", "13%", "17%"])
+                           column_widths=["15%", "15%", "7%", "7%", "9%", "8%", "8%", "14%", "17%"])
+    gr.Markdown("### Where each output is wrong\nThe outputs differ from each other by fractions of a grey level "
+                "on average, too little to see side by side. These maps show the error itself, all on one colour "
+                "scale; the map beside the slider shows which of its two images is closer where.")
+    errors_note = gr.Markdown(elem_id="kaldn-errors-note")
+    errors = gr.Gallery(label="Error maps: |output - ground truth| on Y, one shared scale", columns=4, format="png",
+                        height="auto", object_fit="contain", elem_id="kaldn-errors")
     with gr.Row():
         with gr.Column(scale=2, min_width=280):
             picker = gr.Image(label="Click to choose the zoom region", format="png", interactive=False,
@@ -268,23 +314,33 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                 cx = gr.Number(label="Region centre x", precision=0, min_width=80)
                 cy = gr.Number(label="Region centre y", precision=0, min_width=80)
         with gr.Column(scale=5):
-            gallery = gr.Gallery(label="Zoomed crops, same region (nearest-neighbour enlargement)", columns=5,
+            gallery = gr.Gallery(label="Zoomed crops, same region (nearest-neighbour enlargement); first shown "
+                                       "where the slider's pair differs most", columns=5,
                                  format="png", height="auto", object_fit="contain", elem_id="kaldn-gallery")
     files = gr.File(label="Downloads: lossless PNG outputs and metrics.csv", file_count="multiple",
-                    interactive=False, height=260, elem_id="kaldn-files")
+                    interactive=False, height=560, elem_id="kaldn-files")  # 10+ files without scrolling
 
     mode.change(set_mode, [mode], [image, gt], api_name="set_mode")
     scale.change(variant_choices, [scale, variants], [variants], api_name="variant_choices")
     compare_inputs = [mode, image, gt, scale, variants, device, crop_size]
-    compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy]
-    run.click(run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-              concurrency_id="compute")
-    examples.load_input_event.then(run_compare, compare_inputs, compare_outputs, api_name="compare_example",
-                                   preprocess=False, concurrency_id="compute")
-    gr.on([left.input, right.input], show_pair, [state, left, right], [slider], api_name="slider_pair")
+    compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy,
+                       pair_map, pair_note, errors, errors_note]
+    # The checks run first with no outputs: a bad input is a pop-up and the last results stay as they were
+    # (an error in the run itself would cover every output with an error badge).
+    run.click(check_compare, compare_inputs, None, api_name="check_compare", preprocess=False).success(
+        run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False, concurrency_id="compute")
+    examples.load_input_event.then(check_compare, compare_inputs, None, api_name="check_compare_example",
+                                   preprocess=False).success(
+        run_compare, compare_inputs, compare_outputs, api_name="compare_example", preprocess=False,
+        concurrency_id="compute")
+    gr.on([image.upload, gt.upload], check_upload, [mode, image, gt, scale], [status], api_name="check_upload",
+          preprocess=False)
+    gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
+          api_name="slider_pair")
     picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region")
-    gr.on([crop_size.release, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
-          api_name="zoom")
+    # Typed values count too: the slider's number box and the centre boxes on Enter or on leaving them.
+    gr.on([crop_size.input, cx.submit, cy.submit, cx.blur, cy.blur], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
+          api_name="zoom", trigger_mode="always_last")
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
 

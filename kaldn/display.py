@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "render_heatmap",
-           "render_image", "sequential", "to_display"]
+__all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "label_above",
+           "render_heatmap", "render_image", "sequential", "to_display"]
 
 
 # --- 8-bit views, enlargement, regions --------------------------------------------------------------------
@@ -133,4 +133,14 @@ def render_image(image: np.ndarray, title: str, max_side: int = 384) -> np.ndarr
     canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 24), "white")
     canvas.paste(Image.fromarray(np.ascontiguousarray(body)), (0, 24))
     ImageDraw.Draw(canvas).text((2, 4), title, fill="black", font=font(12))
+    return np.asarray(canvas)
+
+
+def label_above(image: np.ndarray, text: str, height: int = 20) -> np.ndarray:
+    """``image`` (8-bit view) under a white band with ``text``: a caption that never covers the pixels
+    (a gallery's own captions are drawn over the image's corner)."""
+    view = to_display(image)[..., :3]
+    canvas = Image.new("RGB", (view.shape[1], view.shape[0] + height), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(view)), (0, height))
+    ImageDraw.Draw(canvas).text((3, max(1, (height - 13) // 2)), text, fill="black", font=font(12))
     return np.asarray(canvas)
