@@ -46,7 +46,8 @@ from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
                               inspection_choices, kernel_view)
 from kaldn.models import check_scale, scales
-from kaldn.results import zoo_table
+from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
+                           zoo_table)
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
 
@@ -124,11 +125,42 @@ linear DSConv model, the negative share it keeps. Energy is the share of the sum
 
 
 ZOO_INTRO = """
-Every bundled model, trained by this project with one budget per scale (same iterations, patch, batch,
-seed and data for every variant), and its numbers by the evaluation protocol above (Y channel, border =
-scale, MATLAB bicubic LR), as written by `python -m kaldn.evaluate --ship`. The budget is far below the
-papers' DIV2K training: compare the rows with each other, not with published numbers. README's
-"Results" has the same numbers with the seed-to-seed spread and what they say about each claim.
+### Every model this project trained, and how it was measured
+**Equal budgets.** Per scale, every variant is the same tiny RDN backbone with only the convolution changed, trained
+with the same iterations, patch, batch, learning-rate schedule, data (80 SUN/Hays images) and seed; a second seed
+of some variants (Seed 1; weights not shipped, their numbers are kept) shows how much a rerun alone moves PSNR.
+The budget is far below the papers' DIV2K training: compare the rows with each other, not with published numbers
+(those are on the Results tab).
+
+**Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
+with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
+with `scale` pixels cropped from every border; each cell is the mean over Set5, Set14 or BSD68.
+
+**Columns.** *Params*: trained parameters; *Params (fused)*: after KDSConv's weight-only attention is baked into
+the kernels, what inference costs (KDSConv = linear DSConv). *MACs*: multiply-adds of one forward pass on a
+256x256 input. *CPU ms*: median of 5 warm runs on a 256x256 input on this project's shared CPU; models with the
+same MACs differ by up to 40 % here, which is the machine's noise, so compare MACs for cost. Bicubic is the floor.
+Written by `python -m kaldn.evaluate` (`results/x{scale}.json`).
+"""
+
+RESULTS_INTRO = """
+### What the equal-budget comparison says
+Each claim of the papers checked on this project's models: the PSNR margin (mean over the seeds both sides were
+trained with) next to the largest seed-to-seed spread. A margin inside that spread is a tie: a rerun with another
+seed moves PSNR that much by itself.
+"""
+
+CURVES_NOTE = """
+Validation PSNR during training (held-out images), per bundled model, read from the `log.jsonl` shipped beside each
+checkpoint in `checkpoints/<model>/`.
+"""
+
+COST_NOTE = f"""
+Set5 x4 PSNR against cost, every evaluated model (both seeds). **Published** points are the papers' numbers
+(source: {PUBLISHED_SOURCE}); on the CPU-time plot only LESRCNN and FDIWN have a time: their released models measured
+on this CPU by an independent harness (DESIGN.md, 2 threads), this project's models by `kaldn.evaluate`. The papers
+give no whole-model parameter counts, so the parameter plot has this project's models only. Hover a point for its
+name.
 """
 
 
@@ -353,13 +385,71 @@ def zoo(scale_filter: Any) -> pd.DataFrame:
 
 
 def zoo_tab() -> None:
-    """Every bundled model's measured numbers and training budget."""
+    """Every evaluated model's measured numbers, cost and training budget, with the protocol explained."""
     gr.Markdown(ZOO_INTRO)
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["15%", "6%", "16%", "7%", "11%", "11%", "11%", "23%"],
-                          max_height=2400)  # every row rendered: no scrolling inside the table
+                          max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
+
+
+# --- Results tab ------------------------------------------------------------------------------------------
+
+def _y_range(values: list[float], pad: float = 0.15) -> list[float]:
+    # PSNR differences are tenths of a dB: a zero-based axis would flatten them.
+    return [round(min(values) - pad, 2), round(max(values) + pad, 2)] if values else None
+
+
+@shows_user_errors
+def results_view(scale: Any):
+    """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
+    scale = check_scale(scale)
+    data = load_results(scale, ROOT / "results")
+    if data is None:
+        claims_md = f"No `results/x{scale}.json` here: run `python -m kaldn.evaluate --scale {scale}` to make it."
+    else:
+        claims_md = RESULTS_INTRO + "\n" + claims(data["rows"], data["datasets"])
+    points, missing = training_curves(scale=scale)
+    curves = pd.DataFrame(points, columns=["model", "variant", "iteration", "val_psnr"]).rename(
+        columns={"val_psnr": "validation PSNR (dB)"})
+    curves_md = CURVES_NOTE
+    if missing:
+        curves_md += (f"\n**No training log** for {len(missing)} bundled x{scale} model(s) "
+                      f"({', '.join(missing)}): their run folders were not kept, so no curve can be drawn for "
+                      "them. Models shipped with their `log.jsonl` get a curve here.")
+    cost = pd.DataFrame(psnr_cost_points(scale, "set5", ROOT / "results"),
+                        columns=["model", "label", "source", "psnr", "cpu_ms", "params"])
+    cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters"})
+    by_cpu = cost.dropna(subset=["CPU ms (256x256)"])
+    by_params = cost.dropna(subset=["parameters"])
+    cost_md = COST_NOTE if scale == 4 else COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
+    return (claims_md, gr.LinePlot(curves, y_lim=_y_range(curves["validation PSNR (dB)"].tolist())), curves_md,
+            gr.ScatterPlot(by_cpu, y_lim=_y_range(by_cpu["Set5 PSNR (dB)"].tolist())),
+            gr.ScatterPlot(by_params, y_lim=_y_range(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
+
+
+def results_tab() -> SimpleNamespace:
+    """The equal-budget claims, training curves and PSNR against cost: readable without README."""
+    scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
+    claims_md = gr.Markdown(elem_id="kaldn-claims")
+    with gr.Row():
+        cpu_plot = gr.ScatterPlot(pd.DataFrame(columns=["CPU ms (256x256)", "Set5 PSNR (dB)", "label", "model"]),
+                                  x="CPU ms (256x256)", y="Set5 PSNR (dB)", color="label", title="PSNR against CPU time",
+                                  tooltip=["model", "CPU ms (256x256)", "Set5 PSNR (dB)"], height=380,
+                                  elem_id="kaldn-cost-cpu")
+        params_plot = gr.ScatterPlot(pd.DataFrame(columns=["parameters", "Set5 PSNR (dB)", "label", "model"]),
+                                     x="parameters", y="Set5 PSNR (dB)", color="label",
+                                     title="PSNR against parameters (trained)",
+                                     tooltip=["model", "parameters", "Set5 PSNR (dB)"], height=380,
+                                     elem_id="kaldn-cost-params")
+    cost_md = gr.Markdown()
+    curves_plot = gr.LinePlot(pd.DataFrame(columns=["iteration", "validation PSNR (dB)", "model"]), x="iteration",
+                              y="validation PSNR (dB)", color="model", title="Validation PSNR during training",
+                              height=340, elem_id="kaldn-curves")
+    curves_md = gr.Markdown(elem_id="kaldn-curves-note")
+    outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
+    scale.change(results_view, [scale], outputs, api_name="results")
+    return SimpleNamespace(scale=scale, outputs=outputs)
 
 
 # --- Fine-tune tab ----------------------------------------------------------------------------------------
@@ -524,6 +614,8 @@ def build_demo() -> gr.Blocks:
             compare = compare_tab(state, available)
         with gr.Tab("Model zoo", id="zoo"):
             zoo_tab()
+        with gr.Tab("Results", id="results") as results_tab_:
+            results = results_tab()
         with gr.Tab("Fine-tune", id="finetune"):
             tune = finetune_tab()
         with gr.Tab("How it works", id="how") as how_tab_:
@@ -535,6 +627,7 @@ def build_demo() -> gr.Blocks:
         demo.load(refresh_models, lists, lists[1:], api_name="refresh_models")
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False)
+        results_tab_.select(results_view, [results.scale], results.outputs, api_name="open_results")
         how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works").then(
             hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False)
 

@@ -63,7 +63,7 @@ def table_rows(table: dict) -> dict[str, dict]:
 
 API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_compare_example", "compare_example",
              "check_upload", "load_example", "slider_pair",
-             "select_region", "zoom", "zoo", "finetune", "cancel_finetune", "refresh_after_finetune", "refresh_models",
+             "select_region", "zoom", "zoo", "results", "open_results", "finetune", "cancel_finetune", "refresh_after_finetune", "refresh_models",
              "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "hasty_relu_on_open"}
 
 
@@ -210,11 +210,24 @@ def test_alpha_and_16_bit_uploads_through_the_api(client, tmp_path):
 def test_zoo_tab_through_the_api(served, client):
     table = client.predict("4", api_name="/zoo")
     rows = table_rows(table)
-    assert rows and all(name.endswith("-x4") for name in rows)
+    assert rows and all(name.endswith("-x4") or name == "bicubic" for name in rows)
     if served["real"]:  # shipped checkpoints carry their measured numbers
-        assert set(rows) == set(served["real"])
+        assert set(rows) == {"bicubic", *served["real"]}
         assert all(row["set5 PSNR / SSIM"] != "-" for row in rows.values())
-    assert len(table_rows(client.predict("all", api_name="/zoo"))) >= len(rows)
+        assert any(row[3] == "1" for row in table["data"])  # second seeds are listed
+        assert all("," in row["Params"] for name, row in rows.items() if name != "bicubic")  # 112,272
+    assert len(client.predict("all", api_name="/zoo")["data"]) >= len(table["data"])
+
+
+def test_results_view_through_the_api(served, client):
+    claims_md, curves, curves_md, by_cpu, by_params, cost_md = client.predict(4, api_name="/results")
+    assert "log.jsonl" in curves_md and "Published" in cost_md
+    cpu_sources = {row[2] for row in by_cpu["value"]["data"]}
+    assert "published" in cpu_sources  # the released LESRCNN / FDIWN, marked apart from this project's models
+    assert {row[2] for row in by_params["value"]["data"]} <= {"this project"}
+    if served["real"]:
+        assert "seed-to-seed spread" in claims_md and "KDSConv (det) beats linear DSConv" in claims_md
+        assert "this project" in cpu_sources and len(by_params["value"]["data"]) >= len(served["real"])
 
 
 def test_how_it_works_endpoints(served, client):
