@@ -43,7 +43,7 @@ from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings,
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
-from kaldn.inspection import (HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
                               inspection_choices, kernel_view)
 from kaldn.models import check_scale, scales
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
@@ -454,8 +454,22 @@ def results_tab() -> SimpleNamespace:
 
 # --- Fine-tune tab ----------------------------------------------------------------------------------------
 
-def curves(update) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.DataFrame(update.loss_curve()), pd.DataFrame(update.psnr_curve())
+def _padded(values: list[float], pad: float) -> list[float] | None:
+    # Vega draws a one-point (or flat) series with ticks such as "30.479298 / 0.000000": give it a range.
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    margin = max(pad, 0.1 * (hi - lo))
+    return [round(lo - margin, 3), round(hi + margin, 3)]
+
+
+def curves(update) -> tuple[gr.LinePlot, gr.LinePlot]:
+    """The loss and validation-PSNR plots, with axes that read well from the first point on."""
+    loss, psnr = pd.DataFrame(update.loss_curve()), pd.DataFrame(update.psnr_curve())
+    x_lim = [0, max(int(update.total), 1)]
+    return (gr.LinePlot(loss, x_lim=x_lim, y_lim=_padded(loss["loss"].tolist() if "loss" in loss else [], 0.005)),
+            gr.LinePlot(psnr, x_lim=x_lim, y_lim=_padded(psnr["PSNR (dB)"].tolist() if "PSNR (dB)" in psnr else [],
+                                                          0.25)))
 
 
 @shows_user_errors
@@ -514,7 +528,8 @@ def finetune_tab() -> SimpleNamespace:
 
     train_event = start.click(finetune, [files, use_examples, base, iters, lr, batch, patch],
                               [status, loss_plot, psnr_plot, download], api_name="finetune",
-                              concurrency_limit=None, concurrency_id="finetune")
+                              concurrency_limit=None, concurrency_id="finetune",
+                              show_progress="hidden")  # the status line says the progress; no flickering overlay
     cancel.click(cancel_finetune, None, None, api_name="cancel_finetune", queue=False)
     return SimpleNamespace(base=base, trained=train_event)
 
@@ -532,7 +547,7 @@ def kernel_model(model_ref: str | None, layer: str | None):
         raise gr.Error("No model with depthwise layers is available.")
     view = kernel_view(CACHE, model_ref, layer)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
-            table(view.gate_headers, view.gate_rows))
+            table(view.gate_headers, view.gate_rows), view.gate_note)
 
 
 @shows_user_errors
@@ -566,21 +581,24 @@ def how_tab() -> SimpleNamespace:
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
     with gr.Accordion("Per-kernel values", open=False):
-        kernel_df = gr.Dataframe(interactive=False, max_height=360)
-    gate_df = gr.Dataframe(label="Gate report (every KDSConv layer)", interactive=False, max_height=300)
+        kernel_df = gr.Dataframe(table(KERNEL_HEADERS, []), interactive=False, max_height=360)
+    gate_md = gr.Markdown(elem_id="kaldn-gate-note")
+    gate_df = gr.Dataframe(table(GATE_HEADERS, []), label="Gate report (every KDSConv layer; a dead gate gives "
+                           "every channel a = 0.5)", interactive=False, max_height=300, elem_id="kaldn-gates")
     gr.Markdown(HOW_RELU)
     hasty_btn = gr.Button("Measure on the current image")
     hasty_md = gr.Markdown(elem_id="kaldn-hasty")
     hasty_gallery = gr.Gallery(label="Where the depthwise output is negative", columns=3, format="png",
                                height="auto", object_fit="contain")
-    hasty_df = gr.Dataframe(label="Whole model", interactive=False)
+    hasty_df = gr.Dataframe(table(HASTY_HEADERS, []), label="Whole model", interactive=False)
     with gr.Accordion("Per layer", open=False):
-        hasty_layers = gr.Dataframe(interactive=False, max_height=360)
+        hasty_layers = gr.Dataframe(table(HASTY_LAYER_HEADERS, []), interactive=False, max_height=360)
     gr.Markdown(PAPERS)
 
-    model.change(kernel_model, [model, layer], [layer, kernel_img, kernel_df, gate_df], api_name="kernel_model")
+    kernel_outputs = [layer, kernel_img, kernel_df, gate_df, gate_md]
+    model.change(kernel_model, [model, layer], kernel_outputs, api_name="kernel_model")
     layer.input(kernels, [model, layer], [kernel_img, kernel_df], api_name="kernels")
-    return SimpleNamespace(model=model, layer=layer, kernel_outputs=[layer, kernel_img, kernel_df, gate_df],
+    return SimpleNamespace(model=model, layer=layer, kernel_outputs=kernel_outputs,
                            hasty_button=hasty_btn, hasty_outputs=[hasty_md, hasty_gallery, hasty_df, hasty_layers])
 
 

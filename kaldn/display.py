@@ -114,14 +114,15 @@ def render_heatmap(values: np.ndarray, title: str, lo: float = 0.0, hi: float = 
     body = enlarge_nearest(sequential((values - lo) / span), factor)
     bar_w = 18
     bar = sequential(np.linspace(1, 0, body.shape[0])[:, None].repeat(bar_w, axis=1))
-    canvas = Image.new("RGB", (body.shape[1] + bar_w + 56, body.shape[0] + 24), "white")
+    canvas = Image.new("RGB", (body.shape[1] + bar_w + 62, body.shape[0] + 24), "white")
     canvas.paste(Image.fromarray(body), (0, 24))
     canvas.paste(Image.fromarray(bar), (body.shape[1] + 8, 24))
     draw = ImageDraw.Draw(canvas)
     small = font(12)
     draw.text((2, 4), title, fill="black", font=small)
-    draw.text((body.shape[1] + bar_w + 11, 24), f"{100 * hi:.0f}%", fill="black", font=small)
-    draw.text((body.shape[1] + bar_w + 11, canvas.height - 14), f"{100 * lo:.0f}%", fill="black", font=small)
+    # Both ends labelled to a tenth: a range such as 43.5-51% must not read as 0-51%.
+    draw.text((body.shape[1] + bar_w + 11, 24), f"{100 * hi:.1f}%", fill="black", font=small)
+    draw.text((body.shape[1] + bar_w + 11, canvas.height - 14), f"{100 * lo:.1f}%", fill="black", font=small)
     return np.asarray(canvas)
 
 

@@ -235,7 +235,8 @@ def test_how_it_works_endpoints(served, client):
     models = served_models(served)
     kds = next((m for m in models if m.startswith("tiny-kdsconv-") and "fixed" not in m), None)
     if kds is not None:
-        layer, grid, kernel_rows, gate = client.predict(kds, None, api_name="/kernel_model")
+        layer, grid, kernel_rows, gate, gate_note = client.predict(kds, None, api_name="/kernel_model")
+        assert gate["headers"][-1] == "Gate" and "gate" in gate_note
         assert layer["value"] == "blocks.0.layers.2" and len(layer["choices"]) == 16
         assert Image.open(grid).size[0] > 500
         assert len(kernel_rows["data"]) == 96 and kernel_rows["headers"][-1] == "1 + a"
@@ -306,3 +307,14 @@ def test_uploads_are_checked_at_once_and_bad_runs_stop_before_running(client, tm
     with pytest.raises(AppError, match="None of the chosen variants can run"):
         client.predict("hr", handle_file(str(EXAMPLE)), None, 3, ["tiny-dsconv-x2"], "auto", 64,
                        api_name="/check_compare")
+
+
+def test_a_one_point_validation_curve_gets_a_readable_range():
+    """A cancelled fine-tune with one validation point: the axis spans a range around it (not 30.479298 / 0)."""
+    from types import SimpleNamespace
+    import app
+    update = SimpleNamespace(total=200, loss_curve=lambda: {"iteration": [10], "loss": [0.03]},
+                             psnr_curve=lambda: {"iteration": [0], "PSNR (dB)": [30.479298]})
+    loss, psnr = app.curves(update)
+    assert psnr.y_lim == [30.229, 30.729] and psnr.x_lim == [0, 200]
+    assert loss.y_lim[0] < 0.03 < loss.y_lim[1]
