@@ -323,7 +323,7 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                 slider = gr.ImageSlider(label="Side by side (drag the handle; fullscreen to zoom)", format="png",
                                         type="filepath", interactive=False, max_height=600, elem_id="kaldn-slider")
                 pair_map = gr.Image(label="Where the slider's two images differ (against the ground truth)",
-                                    format="png", interactive=False, elem_id="kaldn-pair-map",
+                                    show_label=False, format="png", interactive=False, elem_id="kaldn-pair-map",
                                     buttons=["download", "fullscreen"])
             pair_note = gr.Markdown(elem_id="kaldn-pair-note")
     metrics = gr.Dataframe(pd.DataFrame(columns=METRIC_HEADERS),
@@ -335,16 +335,16 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                 "on average, too little to see side by side. These maps show the error itself, all on one colour "
                 "scale; the map beside the slider shows which of its two images is closer where.")
     errors_note = gr.Markdown(elem_id="kaldn-errors-note")
-    errors = gr.Gallery(label="Error maps: |output - ground truth| on Y, one shared scale", columns=4, format="png",
-                        height="auto", object_fit="contain", elem_id="kaldn-errors")
+    errors = gr.Image(label="Error maps: |output - ground truth| on Y, one shared scale", show_label=False,
+                      format="png", interactive=False, elem_id="kaldn-errors", buttons=["download", "fullscreen"])
     with gr.Row():
         with gr.Column(scale=2, min_width=280):
             picker = gr.Image(label="Click to choose the zoom region", format="png", interactive=False,
                               height=340, elem_id="kaldn-picker", buttons=["fullscreen"])
             crop_size = gr.Slider(16, 256, value=64, step=4, label="Region size (output pixels)")
             with gr.Row():
-                cx = gr.Number(label="Region centre x", precision=0, min_width=80)
-                cy = gr.Number(label="Region centre y", precision=0, min_width=80)
+                cx = gr.Number(label="Region centre x", precision=0, min_width=80, elem_id="kaldn-cx")
+                cy = gr.Number(label="Region centre y", precision=0, min_width=80, elem_id="kaldn-cy")
         with gr.Column(scale=5):
             gallery = gr.Gallery(label="Zoomed crops, same region (nearest-neighbour enlargement); first shown "
                                        "where the slider's pair differs most", columns=5,
@@ -369,10 +369,11 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
           preprocess=False)
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
           api_name="slider_pair")
-    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region")
+    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region",
+                  show_progress="hidden")
     # Typed values count too: the slider's number box and the centre boxes on Enter or on leaving them.
     gr.on([crop_size.input, cx.submit, cy.submit, cx.blur, cy.blur], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
-          api_name="zoom", trigger_mode="always_last")
+          api_name="zoom", trigger_mode="always_last", show_progress="hidden")  # quick: no overlay on the picker
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
 
@@ -419,7 +420,8 @@ def results_view(scale: Any):
                       "them. Models shipped with their `log.jsonl` get a curve here.")
     cost = pd.DataFrame(psnr_cost_points(scale, "set5", ROOT / "results"),
                         columns=["model", "label", "source", "psnr", "cpu_ms", "params"])
-    cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters"})
+    cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
+                                "label": "model / published"})
     by_cpu = cost.dropna(subset=["CPU ms (256x256)"])
     by_params = cost.dropna(subset=["parameters"])
     cost_md = COST_NOTE if scale == 4 else COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
@@ -433,12 +435,12 @@ def results_tab() -> SimpleNamespace:
     scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
     claims_md = gr.Markdown(elem_id="kaldn-claims")
     with gr.Row():
-        cpu_plot = gr.ScatterPlot(pd.DataFrame(columns=["CPU ms (256x256)", "Set5 PSNR (dB)", "label", "model"]),
-                                  x="CPU ms (256x256)", y="Set5 PSNR (dB)", color="label", title="PSNR against CPU time",
+        cpu_plot = gr.ScatterPlot(pd.DataFrame(columns=["CPU ms (256x256)", "Set5 PSNR (dB)", "model / published", "model"]),
+                                  x="CPU ms (256x256)", y="Set5 PSNR (dB)", color="model / published", title="PSNR against CPU time",
                                   tooltip=["model", "CPU ms (256x256)", "Set5 PSNR (dB)"], height=380,
                                   elem_id="kaldn-cost-cpu")
-        params_plot = gr.ScatterPlot(pd.DataFrame(columns=["parameters", "Set5 PSNR (dB)", "label", "model"]),
-                                     x="parameters", y="Set5 PSNR (dB)", color="label",
+        params_plot = gr.ScatterPlot(pd.DataFrame(columns=["parameters", "Set5 PSNR (dB)", "model / published", "model"]),
+                                     x="parameters", y="Set5 PSNR (dB)", color="model / published",
                                      title="PSNR against parameters (trained)",
                                      tooltip=["model", "parameters", "Set5 PSNR (dB)"], height=380,
                                      elem_id="kaldn-cost-params")

@@ -42,8 +42,8 @@ from .errors import UserError
 from .images import save_png
 from .inference import resolve_device, upscale
 from .inputs import Inputs
-from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_maps, pair_difference,
-                   render_error_map, render_pair_difference)
+from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
+                   pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
 from .models import count_parameters, parse_model_name, variants
 from .resize import imresize
@@ -422,6 +422,35 @@ def default_pair(comparison: Comparison) -> tuple[str, str]:
     return left, right
 
 
+def _tile(image: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
+    """A map for the overview grid: small ones enlarged (nearest) to about ``side``; large ones reduced by
+    an integer factor keeping each block's brightest pixel (the largest error), so no hotspot disappears."""
+    h, w = image.shape[:2]
+    if max(h, w) <= most:
+        return enlarge_nearest(image, max(1, side // max(h, w)))
+    f = -(-max(h, w) // most)  # ceil
+    padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, -1)
+    return blocks.max(axis=(1, 3))  # colours rise with the error, so the brightest is the largest error
+
+
+def _grid(tiles: list[np.ndarray], columns: int, bar: np.ndarray, pad: int = 6) -> np.ndarray:
+    """Tiles in rows of ``columns`` on white, the colour bar under them; uint8 RGB."""
+    columns = max(1, min(columns, len(tiles)))
+    tw = max(t.shape[1] for t in tiles)
+    th = max(t.shape[0] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    width = max(columns * (tw + pad) + pad, bar.shape[1] + 2 * pad)
+    canvas = np.full((rows * (th + pad) + pad + bar.shape[0], width, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        canvas[y:y + t.shape[0], x:x + t.shape[1]] = t[..., :3]
+    y = rows * (th + pad) + pad
+    canvas[y:y + bar.shape[0], pad:pad + bar.shape[1]] = bar
+    return canvas
+
+
 # --- one run as the app keeps it: files, slider, crops ----------------------------------------------------
 
 def new_run_dir(root: str | Path, keep: int = 32) -> Path:
@@ -444,14 +473,14 @@ class ZoomView:
 
     def labelled(self) -> list[np.ndarray]:
         """The crops with their captions drawn above them (a gallery's captions would cover the crop)."""
-        return [label_above(crop, caption) for crop, caption in self.crops]
+        return [label_above(crop, caption, square=True) for crop, caption in self.crops]
 
 
 @dataclass
 class MapsView:
     """Where the outputs are wrong (error maps) and where the slider's two images differ (pair map)."""
 
-    errors: list[tuple[np.ndarray, str]]     # rendered error maps (title, map, shared colour bar), caption
+    errors: np.ndarray | None                # every output's error map on one scale, one colour bar
     errors_note: str                         # Markdown: the shared scale, or why there are no maps
     pair: np.ndarray | None                  # the rendered pair map (title, map, colour bar)
     pair_note: str                           # Markdown: win shares and PSNR difference, or |A - B|
@@ -533,19 +562,21 @@ class ComparisonRun:
                                border=self.scale, labels=(best.label, BICUBIC_LABEL))
         return default_zoom_center(size, best_vs_bicubic=gain)
 
-    def error_view(self) -> tuple[list[tuple[np.ndarray, str]], str]:
-        """Every output's |SR - ground truth| on Y on one shared colour scale (rendered with the labelled bar),
-        and a Markdown note; without a ground truth no maps and a note that says why."""
+    def error_view(self, columns: int = 4) -> tuple[np.ndarray | None, str]:
+        """Every output's |SR - ground truth| on Y, side by side on one shared colour scale with one labelled
+        colour bar (one image), and a Markdown note; without a ground truth no image and a note that says why."""
         if self.comparison.inputs.gt is None:
-            return [], NO_GROUND_TRUTH
+            return None, NO_GROUND_TRUTH
         ok = self.comparison.ok
         maps = error_maps({r.label: r.image for r in ok}, self.comparison.inputs.gt, border=self.scale)
-        rendered = [(render_error_map(maps.maps[r.label], maps.limit, r.label, maps.mean_abs[r.label]),
-                     f"{r.label}: mean |error| {maps.mean_abs[r.label]:.2f}") for r in ok]
+        tiles = [label_above(_tile(maps.colourized(r.label)), f"{r.label}: mean {maps.mean_abs[r.label]:.2f}")
+                 for r in ok]
         note = (f"|output − ground truth| on the Y channel, in grey levels, every map on **one scale**: "
-                f"black = 0, light yellow = {maps.limit:g} or more (the 99th percentile of all maps). "
-                f"The {self.scale}-pixel border the metrics skip is drawn but not counted.")
-        return rendered, note
+                f"black = 0, light yellow = {maps.limit:g} or more (the 99th percentile of all maps); the title "
+                f"gives each output's mean error. The {self.scale}-pixel border the metrics skip is drawn but not "
+                "counted. Same places bright in every map: hard for all; a place darker in one map: that variant "
+                "does better there.")
+        return _grid(tiles, columns, error_colour_bar(maps.limit, length=256)), note
 
     def pair_view(self, left: str, right: str) -> tuple[np.ndarray | None, str]:
         """The slider pair's difference map (rendered with its labelled colour bar) and a one-line summary."""

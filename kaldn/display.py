@@ -137,11 +137,13 @@ def render_image(image: np.ndarray, title: str, max_side: int = 384) -> np.ndarr
     return np.asarray(canvas)
 
 
-def label_above(image: np.ndarray, text: str, height: int = 20) -> np.ndarray:
+def label_above(image: np.ndarray, text: str, height: int = 20, square: bool = False) -> np.ndarray:
     """``image`` (8-bit view) under a white band with ``text``: a caption that never covers the pixels
-    (a gallery's own captions are drawn over the image's corner)."""
+    (a gallery's own captions are drawn over the image's corner). ``square``: white margins left and right
+    make the result square, so a gallery's square thumbnails show all of it."""
     view = to_display(image)[..., :3]
-    canvas = Image.new("RGB", (view.shape[1], view.shape[0] + height), "white")
-    canvas.paste(Image.fromarray(np.ascontiguousarray(view)), (0, height))
+    width = max(view.shape[1], view.shape[0] + height) if square else view.shape[1]
+    canvas = Image.new("RGB", (width, view.shape[0] + height), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(view)), ((width - view.shape[1]) // 2, height))
     ImageDraw.Draw(canvas).text((3, max(1, (height - 13) // 2)), text, fill="black", font=font(12))
     return np.asarray(canvas)

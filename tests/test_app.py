@@ -137,7 +137,7 @@ def test_zoom_slider_and_lr_mode_through_the_api(client, tmp_path):
     picker, gallery, cx, cy = client.predict(200, 40, 32, api_name="/zoom")
     assert (cx, cy) == (200, 40) and len(gallery) >= 3
     crop = Image.open(gallery[-1]["image"])
-    assert crop.size[0] == 256 and crop.size[1] > 256  # 32-pixel crop, enlarged x8, its caption above it
+    assert crop.size[0] == crop.size[1] > 256  # 32-pixel crop, enlarged x8, its caption above it (square)
     (left, right), pair_map, pair_note = client.predict("bicubic", "gt", api_name="/slider_pair")
     assert Image.open(left).size == Image.open(right).size == (256, 256)
     assert pair_map is not None and "closer" in pair_note
@@ -150,7 +150,7 @@ def test_zoom_slider_and_lr_mode_through_the_api(client, tmp_path):
         compare_all(client, lr, 4, ["bicubic"], mode="lr")
     assert table_rows(table)["Bicubic"]["PSNR (dB)"] is None and "no ground truth" in status
     # Without a ground truth: no error maps, and the page says why; the pair map is |A - B|.
-    assert not errors and "No ground truth" in errors_note
+    assert errors is None and "No ground truth" in errors_note
     assert pair_map is not None and pair_note.startswith("No ground truth")
 
 
@@ -158,8 +158,8 @@ def test_error_maps_and_pair_map_through_the_api(served, client):
     status, slider, left, right, picker, gallery, table, files, cx, cy, pair_map, pair_note, errors, errors_note = \
         compare_all(client, EXAMPLE, 4, ["bicubic", "ldsconv", "kdsconv-det"])
     ran = [row for row in table["data"] if row[2] is not None]
-    assert len(errors) == len(ran)  # one error map per output, each with its title and colour bar
-    assert all(Image.open(e["image"]).size[1] > 256 for e in errors)
+    width, height = Image.open(errors).size  # every output's map (256x256 here) in rows of 4, one colour bar
+    assert width >= min(len(ran), 4) * 256 and height > -(-len(ran) // 4) * 256
     assert "one scale" in errors_note and "grey levels" in errors_note
     assert Image.open(pair_map).size[1] > 256 and "closer to the ground truth" in pair_note and "dB" in pair_note
 

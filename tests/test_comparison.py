@@ -281,10 +281,15 @@ def test_the_default_zoom_is_where_the_chosen_pair_differs_most(tmp_path):
 
 
 def test_error_and_pair_views_know_the_answer(tmp_path):
-    run, _ = _synthetic_run(tmp_path)
-    errors, note = run.error_view()
-    assert [caption.split(":")[0] for _, caption in errors] == ["Bicubic", "Linear DSConv", "KDSConv (det)"]
-    assert "one scale" in note and all(img.ndim == 3 and img.shape[0] > 64 for img, _ in errors)
+    run, gt = _synthetic_run(tmp_path)
+    grid, note = run.error_view(columns=2)
+    assert "one scale" in note and grid.ndim == 3 and grid.dtype == np.uint8
+    # 64x64 maps enlarged x4 to 256, two per row, two rows, each with a caption band, then one colour bar.
+    assert grid.shape[1] >= 2 * 256 and grid.shape[0] > 2 * 256 + 40
+    from kaldn.maps import error_maps
+    maps = error_maps({r.label: r.image for r in run.comparison.ok}, gt, border=4)  # the same shared scale
+    tile = grid[6 + 20:6 + 20 + 256, 6 + 256 + 6:6 + 256 + 6 + 256]  # row 0, column 1: Linear DSConv = exact
+    np.testing.assert_array_equal(tile, np.repeat(np.repeat(maps.colourized("Linear DSConv"), 4, 0), 4, 1))
     pair_img, summary = run.pair_view("ldsconv", "kdsconv-det")
     assert pair_img is not None and "Linear DSConv is closer" in summary
     assert run.pair_difference("ldsconv", "kdsconv-det").b_wins == 0.0  # B is never the closer one
@@ -292,7 +297,7 @@ def test_error_and_pair_views_know_the_answer(tmp_path):
     assert same is None and "same image" in message
     no_gt, _ = _synthetic_run(tmp_path / "nogt", with_gt=False)
     errors, note = no_gt.error_view()
-    assert errors == [] and note.startswith("No ground truth")
+    assert errors is None and note.startswith("No ground truth")
     _, summary = no_gt.pair_view("ldsconv", "kdsconv-det")
     assert summary.startswith("No ground truth") and f"{30 * 219 / 255:.1f} at most" in summary  # +30 RGB = +25.8 Y
 
@@ -302,8 +307,9 @@ def test_zoomed_crops_carry_their_caption_above_the_pixels(tmp_path):
     view = run.zoom((32, 32), 16)
     labelled = view.labelled()
     for (crop, _), shown in zip(view.crops, labelled):
-        assert shown.shape[1] == crop.shape[1] and shown.shape[0] > crop.shape[0]
-        np.testing.assert_array_equal(shown[-crop.shape[0]:], crop[..., :3])  # the crop itself untouched
+        assert shown.shape[0] == shown.shape[1] > crop.shape[0]  # square: a gallery thumbnail shows all of it
+        margin = (shown.shape[1] - crop.shape[1]) // 2
+        np.testing.assert_array_equal(shown[-crop.shape[0]:, margin:margin + crop.shape[1]], crop[..., :3])
 
 
 def test_the_slider_lr_image_is_the_nearest_neighbour_enlargement(tmp_path):
@@ -353,3 +359,12 @@ def test_what_the_loader_changes_reaches_the_notes_once():
     Image.fromarray(rng_image(32, 32, channels=1, dtype=np.uint16)[..., 0]).save(gray16, format="PNG")
     notes = prepare_inputs(gray16.getvalue(), 2, "hr").notes
     assert sum("grayscale" in n for n in notes) == 1 and sum("16 bits" in n or "16-bit" in n for n in notes) == 2
+
+
+def test_large_error_maps_shrink_for_the_overview_without_losing_a_hotspot():
+    from kaldn.comparison import _tile
+    image = np.zeros((1100, 1030, 3), np.uint8)
+    image[777, 333] = 255  # one bright (large-error) pixel
+    tile = _tile(image)
+    assert max(tile.shape[:2]) <= 512 and tile.max() == 255
+    assert _tile(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)  # small ones enlarged
