@@ -401,9 +401,8 @@ def _y_range(values: list[float], pad: float = 0.15) -> list[float]:
     return [round(min(values) - pad, 2), round(max(values) + pad, 2)] if values else None
 
 
-@shows_user_errors
-def results_view(scale: Any):
-    """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
+def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.DataFrame, str]:
+    """(claims Markdown, curves, curves note, PSNR by CPU time, PSNR by parameters, cost note) for one scale."""
     scale = check_scale(scale)
     data = load_results(scale, ROOT / "results")
     if data is None:
@@ -411,44 +410,57 @@ def results_view(scale: Any):
     else:
         claims_md = RESULTS_INTRO + "\n" + claims(data["rows"], data["datasets"])
     points, missing = training_curves(scale=scale)
-    curves = pd.DataFrame(points, columns=["model", "variant", "iteration", "val_psnr"]).rename(
-        columns={"val_psnr": "validation PSNR (dB)"})
+    # Numeric columns typed even when empty: the plot fixes its axis types from the first value it gets.
+    curves = pd.DataFrame(points, columns=["model", "variant", "iteration", "val_psnr"]).astype(
+        {"iteration": float, "val_psnr": float}).rename(columns={"val_psnr": "validation PSNR (dB)"})
     curves_md = CURVES_NOTE
     if missing:
         curves_md += (f"\n**No training log** for {len(missing)} bundled x{scale} model(s) "
                       f"({', '.join(missing)}): their run folders were not kept, so no curve can be drawn for "
                       "them. Models shipped with their `log.jsonl` get a curve here.")
     cost = pd.DataFrame(psnr_cost_points(scale, "set5", ROOT / "results"),
-                        columns=["model", "label", "source", "psnr", "cpu_ms", "params"])
+                        columns=["model", "label", "source", "psnr", "cpu_ms", "params"]).astype(
+        {"psnr": float, "cpu_ms": float, "params": float})
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
-    by_cpu = cost.dropna(subset=["CPU ms (256x256)"])
-    by_params = cost.dropna(subset=["parameters"])
     cost_md = COST_NOTE if scale == 4 else COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
+    return (claims_md, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]), cost.dropna(subset=["parameters"]),
+            cost_md)
+
+
+def _x_range(values: list[float]) -> list[float] | None:
+    return [0, round(max(values) * 1.08)] if values else None  # the last point not on the frame
+
+
+@shows_user_errors
+def results_view(scale: Any):
+    """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
+    claims_md, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
     return (claims_md, gr.LinePlot(curves, y_lim=_y_range(curves["validation PSNR (dB)"].tolist())), curves_md,
-            gr.ScatterPlot(by_cpu, y_lim=_y_range(by_cpu["Set5 PSNR (dB)"].tolist())),
+            gr.ScatterPlot(by_cpu, y_lim=_y_range(by_cpu["Set5 PSNR (dB)"].tolist()),
+                           x_lim=_x_range(by_cpu["CPU ms (256x256)"].tolist())),
             gr.ScatterPlot(by_params, y_lim=_y_range(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
 
 
 def results_tab() -> SimpleNamespace:
     """The equal-budget claims, training curves and PSNR against cost: readable without README."""
+    claims0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # reads two small files, no models
     scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
-    claims_md = gr.Markdown(elem_id="kaldn-claims")
+    claims_md = gr.Markdown(claims0, elem_id="kaldn-claims")
     with gr.Row():
-        cpu_plot = gr.ScatterPlot(pd.DataFrame(columns=["CPU ms (256x256)", "Set5 PSNR (dB)", "model / published", "model"]),
-                                  x="CPU ms (256x256)", y="Set5 PSNR (dB)", color="model / published", title="PSNR against CPU time",
-                                  tooltip=["model", "CPU ms (256x256)", "Set5 PSNR (dB)"], height=380,
-                                  elem_id="kaldn-cost-cpu")
-        params_plot = gr.ScatterPlot(pd.DataFrame(columns=["parameters", "Set5 PSNR (dB)", "model / published", "model"]),
-                                     x="parameters", y="Set5 PSNR (dB)", color="model / published",
-                                     title="PSNR against parameters (trained)",
-                                     tooltip=["model", "parameters", "Set5 PSNR (dB)"], height=380,
-                                     elem_id="kaldn-cost-params")
-    cost_md = gr.Markdown()
-    curves_plot = gr.LinePlot(pd.DataFrame(columns=["iteration", "validation PSNR (dB)", "model"]), x="iteration",
-                              y="validation PSNR (dB)", color="model", title="Validation PSNR during training",
-                              height=340, elem_id="kaldn-curves")
-    curves_md = gr.Markdown(elem_id="kaldn-curves-note")
+        psnr = "Set5 PSNR (dB)"
+        cpu_plot = gr.ScatterPlot(cpu0, x="CPU ms (256x256)", y=psnr, color="model / published",
+                                  title="PSNR against CPU time", y_lim=_y_range(cpu0[psnr].tolist()),
+                                  x_lim=_x_range(cpu0["CPU ms (256x256)"].tolist()),
+                                  tooltip=["model", "CPU ms (256x256)", psnr], height=380, elem_id="kaldn-cost-cpu")
+        params_plot = gr.ScatterPlot(params0, x="parameters", y=psnr, color="model / published",
+                                     title="PSNR against parameters (trained)", y_lim=_y_range(params0[psnr].tolist()),
+                                     tooltip=["model", "parameters", psnr], height=380, elem_id="kaldn-cost-params")
+    cost_md = gr.Markdown(cost_md0)
+    curves_plot = gr.LinePlot(curves0, x="iteration", y="validation PSNR (dB)", color="model",
+                              title="Validation PSNR during training", height=340, elem_id="kaldn-curves",
+                              y_lim=_y_range(curves0["validation PSNR (dB)"].tolist()))
+    curves_md = gr.Markdown(curves_md0, elem_id="kaldn-curves-note")
     outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
     scale.change(results_view, [scale], outputs, api_name="results")
     return SimpleNamespace(scale=scale, outputs=outputs)
@@ -634,8 +646,8 @@ def build_demo() -> gr.Blocks:
             compare = compare_tab(state, available)
         with gr.Tab("Model zoo", id="zoo"):
             zoo_tab()
-        with gr.Tab("Results", id="results") as results_tab_:
-            results = results_tab()
+        with gr.Tab("Results", id="results"):
+            results_tab()
         with gr.Tab("Fine-tune", id="finetune"):
             tune = finetune_tab()
         with gr.Tab("How it works", id="how") as how_tab_:
@@ -647,7 +659,6 @@ def build_demo() -> gr.Blocks:
         demo.load(refresh_models, lists, lists[1:], api_name="refresh_models")
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False)
-        results_tab_.select(results_view, [results.scale], results.outputs, api_name="open_results")
         how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works").then(
             hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False)
 

@@ -63,7 +63,7 @@ def table_rows(table: dict) -> dict[str, dict]:
 
 API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_compare_example", "compare_example",
              "check_upload", "load_example", "slider_pair",
-             "select_region", "zoom", "zoo", "results", "open_results", "finetune", "cancel_finetune", "refresh_after_finetune", "refresh_models",
+             "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune", "refresh_models",
              "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "hasty_relu_on_open"}
 
 
