@@ -139,7 +139,8 @@ with `scale` pixels cropped from every border; each cell is the mean over Set5, 
 **Columns.** *Params*: trained parameters; *Params (fused)*: after KDSConv's weight-only attention is baked into
 the kernels, what inference costs (KDSConv = linear DSConv). *MACs*: multiply-adds of one forward pass on a
 256x256 input. *CPU ms*: median of 5 warm runs on a 256x256 input on this project's shared CPU; models with the
-same MACs differ by up to 40 % here, which is the machine's noise, so compare MACs for cost. Bicubic is the floor.
+same MACs differ by up to half here (285 to 420 ms at x4), which is the machine's noise, so compare MACs for cost.
+Bicubic is the floor.
 Written by `python -m kaldn.evaluate` (`results/x{scale}.json`).
 """
 
@@ -372,7 +373,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region",
                   show_progress="hidden")
     # Typed values count too: the slider's number box and the centre boxes on Enter or on leaving them.
-    gr.on([crop_size.input, cx.submit, cy.submit, cx.blur, cy.blur], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
+    gr.on([crop_size.input, cx.submit, cy.submit, cx.blur, cy.blur], zoom, [state, cx, cy, crop_size],
+          [picker, gallery, cx, cy],
           api_name="zoom", trigger_mode="always_last", show_progress="hidden")  # quick: no overlay on the picker
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
@@ -390,6 +392,8 @@ def zoo_tab() -> None:
     gr.Markdown(ZOO_INTRO)
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
+                          column_widths=["12%", "4%", "10%", "4%", "6%", "6%", "6%", "5%", "8%", "8%", "8%", "15%",
+                                         "8%"],
                           max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
 
@@ -423,7 +427,8 @@ def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.D
         {"psnr": float, "cpu_ms": float, "params": float})
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
-    cost_md = COST_NOTE if scale == 4 else COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
+    cost_md = COST_NOTE if scale == 4 else \
+        COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
     return (claims_md, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]), cost.dropna(subset=["parameters"]),
             cost_md)
 

@@ -54,9 +54,9 @@ if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
 log = logging.getLogger("kaldn.comparison")
 
 __all__ = ["BICUBIC", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
-           "MapsView", "ResolvedVariant", "VariantResult", "ZoomView", "default_pair", "default_variants", "metrics_table",
-           "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison", "runnable_selection", "save_outputs",
-           "variant_choices", "variant_label", "zoom_crops"]
+           "MapsView", "ResolvedVariant", "VariantResult", "ZoomView", "default_pair", "default_variants",
+           "metrics_table", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison",
+           "runnable_selection", "save_outputs", "variant_choices", "variant_label", "zoom_crops"]
 
 BICUBIC = "bicubic"
 BICUBIC_LABEL = "Bicubic"

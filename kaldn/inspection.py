@@ -28,9 +28,10 @@ from .images import image_to_tensor
 from .layers import DSConv, FixedScaleDSConv, KDSConv, pool_kernels
 from .models import parse_model_name, variant, variant_of
 
-__all__ = ["DEAD_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport", "KernelView",
-           "depthwise_stats", "gate_note", "gate_report", "gate_rows", "gate_summary", "hasty_relu_report", "inspection_choices",
-           "kernel_layers", "kernel_rows", "kernel_table", "kernel_view", "render_kernel_grid"]
+__all__ = ["DEAD_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport",
+           "KernelView", "depthwise_stats", "gate_note", "gate_report", "gate_rows", "gate_summary",
+           "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
+           "render_kernel_grid"]
 
 
 # --- the gate report --------------------------------------------------------------------------------------

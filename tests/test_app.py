@@ -63,7 +63,8 @@ def table_rows(table: dict) -> dict[str, dict]:
 
 API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_compare_example", "compare_example",
              "check_upload", "load_example", "slider_pair",
-             "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune", "refresh_models",
+             "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune",
+             "refresh_models",
              "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "hasty_relu_on_open"}
 
 
@@ -104,7 +105,8 @@ def test_upscale_example_x4_with_every_variant(served, client):
     assert ran, "no model variant ran"
     assert Path(slider[0]).is_file() and Path(slider[1]).is_file()
     assert len(gallery) == 2 + 1 + len(ran)  # LR, bicubic, models, ground truth
-    # The first zoom is where the slider's pair (bicubic, best model) differs most, not the centre (kaldn.maps.hotspot; tested on known images in test_comparison.py).
+    # The first zoom is where the slider's pair (bicubic, best model) differs most, not the centre
+    # (kaldn.maps.hotspot; tested on known images in test_comparison.py).
     assert 0 < cx < 256 and 0 < cy < 256
 
     if not served["real"]:
