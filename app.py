@@ -372,9 +372,9 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
           api_name="slider_pair")
     picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region",
                   show_progress="hidden")
-    # Typed values count too: the slider's number box and the centre boxes on Enter or on leaving them.
-    gr.on([crop_size.input, cx.submit, cy.submit, cx.blur, cy.blur], zoom, [state, cx, cy, crop_size],
-          [picker, gallery, cx, cy],
+    # Typed values count too: the slider's number box (input) and the centre boxes (Enter). Not on blur: a
+    # click on the picker right after typing would race a second zoom.
+    gr.on([crop_size.input, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
           api_name="zoom", trigger_mode="always_last", show_progress="hidden")  # quick: no overlay on the picker
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
@@ -392,8 +392,8 @@ def zoo_tab() -> None:
     gr.Markdown(ZOO_INTRO)
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["12%", "4%", "10%", "4%", "6%", "6%", "6%", "5%", "8%", "8%", "8%", "15%",
-                                         "8%"],
+                          column_widths=["12%", "4%", "9%", "4%", "7%", "7%", "6%", "5%", "8%", "8%", "8%", "13%",
+                                         "7%"],
                           max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
 
