@@ -40,18 +40,19 @@ from starlette.middleware import Middleware
 
 from kaldn.admission import SessionSlots
 from kaldn.cache import ModelCache
-from kaldn.comparison import (ComparisonRun, RunStore, default_pair, default_variants, metrics_table, pair_choices,
-                              run_comparison)
+from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
+                              metrics_table, pair_choices, resolve_variant, run_comparison, runnable_selection)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
 from kaldn.images import ImageError
-from kaldn.inputs import measurement_input, prepare_inputs
-from kaldn.inspection import (HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
+from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
                               inspection_choices, kernel_view)
 from kaldn.models import check_scale, scales
-from kaldn.results import zoo_table
+from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
+                           zoo_table)
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
 from kaldn.workdirs import instance_root
@@ -153,11 +154,43 @@ linear DSConv model, the negative share it keeps. Energy is the share of the sum
 
 
 ZOO_INTRO = """
-Every bundled model, trained by this project with one budget per scale (same iterations, patch, batch,
-seed and data for every variant), and its numbers by the evaluation protocol above (Y channel, border =
-scale, MATLAB bicubic LR), as written by `python -m kaldn.evaluate --ship`. The budget is far below the
-papers' DIV2K training: compare the rows with each other, not with published numbers. README's
-"Results" has the same numbers with the seed-to-seed spread and what they say about each claim.
+### Every model this project trained, and how it was measured
+**Equal budgets.** Per scale, every variant is the same tiny RDN backbone with only the convolution changed, trained
+with the same iterations, patch, batch, learning-rate schedule, data (80 SUN/Hays images) and seed; a second seed
+of some variants (Seed 1; weights not shipped, their numbers are kept) shows how much a rerun alone moves PSNR.
+The budget is far below the papers' DIV2K training: compare the rows with each other, not with published numbers
+(those are on the Results tab).
+
+**Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
+with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
+with `scale` pixels cropped from every border; each cell is the mean over Set5, Set14 or BSD68.
+
+**Columns.** *Params*: trained parameters; *Params (fused)*: after KDSConv's weight-only attention is baked into
+the kernels, what inference costs (KDSConv = linear DSConv). *MACs*: multiply-adds of one forward pass on a
+256x256 input. *CPU ms*: median of 5 warm runs on a 256x256 input on this project's shared CPU; models with the
+same MACs differ by up to half here (285 to 420 ms at x4), which is the machine's noise, so compare MACs for cost.
+Bicubic is the floor.
+Written by `python -m kaldn.evaluate` (`results/x{scale}.json`).
+"""
+
+RESULTS_INTRO = """
+### What the equal-budget comparison says
+Each claim of the papers checked on this project's models: the PSNR margin (mean over the seeds both sides were
+trained with) next to the largest seed-to-seed spread. A margin inside that spread is a tie: a rerun with another
+seed moves PSNR that much by itself.
+"""
+
+CURVES_NOTE = """
+Validation PSNR during training (held-out images), per bundled model, read from the `log.jsonl` shipped beside each
+checkpoint in `checkpoints/<model>/`.
+"""
+
+COST_NOTE = f"""
+Set5 x4 PSNR against cost, every evaluated model (both seeds). **Published** points are the papers' numbers
+(source: {PUBLISHED_SOURCE}); on the CPU-time plot only LESRCNN and FDIWN have a time: their released models measured
+on this CPU by an independent harness (DESIGN.md, 2 threads), this project's models by `kaldn.evaluate`. The papers
+give no whole-model parameter counts, so the parameter plot has this project's models only. Hover a point for its
+name.
 """
 
 
@@ -282,6 +315,11 @@ def admit_finetune(files, use_examples, base, iters, lr, batch, patch, request: 
     return [gr.validate(True, "")] * 7
 
 
+def admit_upload(mode, image, ground_truth, scale, request: gr.Request):
+    admit(request)
+    return [gr.validate(True, "")] * 4
+
+
 def admit_hasty(run, mode, image, ground_truth, scale, request: gr.Request):
     admit(request)
     return [gr.validate(True, "")] * 5
@@ -357,29 +395,73 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
         gr.Warning(warning)
     left, right = default_pair(comparison)
     choices = pair_choices(comparison)
-    zoom = run.zoom(None, crop_size)
-    return (run_id, comparison.status_markdown(), run.slider(left, right), gr.update(choices=choices, value=left),
-            gr.update(choices=choices, value=right), zoom.picker, zoom.crops, table(*metrics_table(comparison)),
-            run.downloads(), *zoom.center)
+    slider = run.slider(left, right)
+    zoom = run.zoom(None, crop_size)  # where the slider's pair differs most
+    maps = run.maps(left, right)
+    return (run_id, comparison.status_markdown(), slider, gr.update(choices=choices, value=left),
+            gr.update(choices=choices, value=right), zoom.picker, zoom.labelled(), table(*metrics_table(comparison)),
+            run.downloads(), *zoom.center, maps.pair, maps.pair_note, maps.errors, maps.errors_note)
+
+
+@shows_user_errors
+@admitted
+def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
+                  crop_size: Any, request: gr.Request = None) -> None:
+    """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
+    mode = mode if mode in ("hr", "lr") else "hr"
+    image = uploaded(image, "The image")
+    ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
+    check_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0], max_pixels=SETTINGS.max_pixels,
+                 max_output_pixels=SETTINGS.max_output_pixels, image_name=image and image[1],
+                 gt_name=ground_truth and ground_truth[1])
+    if not variants:
+        raise UserError("Choose at least one variant to run.")
+    finetuned = FINETUNED.for_owner(session_of(request))
+    resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in variants]
+    if all(r.unavailable for r in resolved):
+        raise UserError("None of the chosen variants can run at this scale: "
+                        + "; ".join(f"{r.label}: {r.unavailable}" for r in resolved) + ".")
+
+
+@admitted
+def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any, request: gr.Request = None) -> str:
+    """On upload: say at once what is wrong with the file (or what will be done with it), in the status."""
+    if image is None:
+        return "Upload an image (or click an example) and press **Run comparison**."
+    mode = mode if mode in ("hr", "lr") else "hr"
+    try:
+        image = uploaded(image, "The image")
+        ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
+        notes = check_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0],
+                             max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels,
+                             image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
+    except (UserError, ImageError) as exc:
+        log.info("check_upload refused: %s", exc)
+        gr.Warning(str(exc), title="This upload cannot be used")
+        return f"**This upload cannot be used:** {exc}"
+    return "\n\n".join(f"- {line}" for line in ["Ready: press **Run comparison**.", *notes])
 
 
 @shows_user_errors
 def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = None):
-    """The two chosen images in the slider."""
-    return need_run(run_id, request).slider(left, right)
+    """The two chosen images in the slider, and where they differ."""
+    run = need_run(run_id, request)
+    pair, note = run.pair_view(left, right)
+    return run.slider(left, right), pair, note
 
 
 def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, request: gr.Request = None):
     """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
     view = need_run(run_id, request).zoom((evt.index[0], evt.index[1]), crop_size)
-    return view.picker, view.crops, *view.center
+    return view.picker, view.labelled(), *view.center
 
 
 def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
-    """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide."""
+    """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
+    slider's pair differs most)."""
     center = None if x is None or y is None else (float(x), float(y))
     view = need_run(run_id, request).zoom(center, crop_size)
-    return view.picker, view.crops, *view.center
+    return view.picker, view.labelled(), *view.center
 
 
 def set_mode(mode: str):
@@ -394,10 +476,9 @@ def set_mode(mode: str):
 def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request = None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
     scale, available = check_scale(scale), available_models()
-    choices = compare_choices(scale, available, FINETUNED.for_owner(session_of(request)))
-    keys = {k for _, k in choices}
-    value = [v for v in (selected or []) if v in keys] or default_variants(scale, available)
-    return gr.update(choices=choices, value=value)
+    finetuned = FINETUNED.for_owner(session_of(request))
+    choices = compare_choices(scale, available, finetuned)
+    return gr.update(choices=choices, value=runnable_selection(selected, scale, available, finetuned))
 
 
 def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> SimpleNamespace:
@@ -426,38 +507,66 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
             with gr.Row():
                 left = gr.Dropdown(label="Slider: left", choices=[], interactive=True)
                 right = gr.Dropdown(label="Slider: right", choices=[], interactive=True)
-            slider = gr.ImageSlider(label="Side by side (drag the handle; fullscreen to zoom)", format="png",
-                                    type="filepath", interactive=False, max_height=600, elem_id="kaldn-slider")
-    metrics = gr.Dataframe(label="Metrics vs ground truth (PSNR/SSIM on Y, border = scale; time = upscaling only)",
+            with gr.Row():
+                slider = gr.ImageSlider(label="Side by side (drag the handle; fullscreen to zoom)", format="png",
+                                        type="filepath", interactive=False, max_height=600, elem_id="kaldn-slider")
+                pair_map = gr.Image(label="Where the slider's two images differ (against the ground truth)",
+                                    show_label=False, format="png", interactive=False, elem_id="kaldn-pair-map",
+                                    buttons=["download", "fullscreen"])
+            pair_note = gr.Markdown(elem_id="kaldn-pair-note")
+    metrics = gr.Dataframe(pd.DataFrame(columns=METRIC_HEADERS),
+                           label="Metrics vs ground truth (PSNR/SSIM on Y, border = scale). No time column: one "
+                                 "run on a shared machine is noise; speed is in Model zoo (benchmark, warm runs)",
                            interactive=False, wrap=True, elem_id="kaldn-metrics",
-                           column_widths=["15%", "14%", "7%", "6%", "8%", "7%", "7%", "6%", "13%", "17%"])
+                           column_widths=["15%", "15%", "7%", "7%", "9%", "8%", "8%", "14%", "17%"])
+    gr.Markdown("### Where each output is wrong\nThe outputs differ from each other by fractions of a grey level "
+                "on average, too little to see side by side. These maps show the error itself, all on one colour "
+                "scale; the map beside the slider shows which of its two images is closer where.")
+    errors_note = gr.Markdown(elem_id="kaldn-errors-note")
+    errors = gr.Image(label="Error maps: |output - ground truth| on Y, one shared scale", show_label=False,
+                      format="png", interactive=False, elem_id="kaldn-errors", buttons=["download", "fullscreen"])
     with gr.Row():
         with gr.Column(scale=2, min_width=280):
             picker = gr.Image(label="Click to choose the zoom region", format="png", interactive=False,
                               height=340, elem_id="kaldn-picker", buttons=["fullscreen"])
             crop_size = gr.Slider(16, 256, value=64, step=4, label="Region size (output pixels)")
             with gr.Row():
-                cx = gr.Number(label="Region centre x", precision=0, min_width=80)
-                cy = gr.Number(label="Region centre y", precision=0, min_width=80)
+                cx = gr.Number(label="Region centre x", precision=0, min_width=80, elem_id="kaldn-cx")
+                cy = gr.Number(label="Region centre y", precision=0, min_width=80, elem_id="kaldn-cy")
         with gr.Column(scale=5):
-            gallery = gr.Gallery(label="Zoomed crops, same region (nearest-neighbour enlargement)", columns=5,
+            gallery = gr.Gallery(label="Zoomed crops, same region (nearest-neighbour enlargement); first shown "
+                                       "where the slider's pair differs most", columns=5,
                                  format="png", height="auto", object_fit="contain", elem_id="kaldn-gallery")
     files = gr.File(label="Downloads: lossless PNG outputs and metrics.csv", file_count="multiple",
-                    interactive=False, height=260, elem_id="kaldn-files")
+                    interactive=False, height=560, elem_id="kaldn-files")  # 10+ files without scrolling
 
     mode.change(set_mode, [mode], [image, gt], api_name="set_mode")
     scale.change(variant_choices, [scale, variants], [variants], api_name="variant_choices")
     compare_inputs = [mode, image, gt, scale, variants, device, crop_size]
-    compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy]
-    # preprocess=False: the handler reads the file Gradio saved (16-bit and alpha intact), via ``uploaded``.
-    run.click(run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False,
-              concurrency_id="compute", validator=admit_compare)
-    examples.load_input_event.then(run_compare, compare_inputs, compare_outputs, api_name="compare_example",
-                                   preprocess=False, concurrency_id="compute", validator=admit_compare)
-    gr.on([left.input, right.input], show_pair, [state, left, right], [slider], api_name="slider_pair")
-    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region")
-    gr.on([crop_size.release, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
-          api_name="zoom")
+    compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy,
+                       pair_map, pair_note, errors, errors_note]
+    # The checks run first with no outputs: a bad input is a pop-up and the last results stay as they were
+    # (an error in the run itself would cover every output with an error badge). Each step takes the
+    # session's one job slot before it is queued (validator) and gives it back when it ends.
+    # preprocess=False: the handlers read the file Gradio saved (16-bit and alpha intact), via ``uploaded``.
+    run.click(check_compare, compare_inputs, None, api_name="check_compare", preprocess=False,
+              concurrency_id="compute", validator=admit_compare).success(
+        run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False, concurrency_id="compute",
+        validator=admit_compare)
+    examples.load_input_event.then(check_compare, compare_inputs, None, api_name="check_compare_example",
+                                   preprocess=False, concurrency_id="compute", validator=admit_compare).success(
+        run_compare, compare_inputs, compare_outputs, api_name="compare_example", preprocess=False,
+        concurrency_id="compute", validator=admit_compare)
+    gr.on([image.upload, gt.upload], check_upload, [mode, image, gt, scale], [status], api_name="check_upload",
+          preprocess=False, concurrency_id="compute", validator=admit_upload)
+    gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
+          api_name="slider_pair")
+    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region",
+                  show_progress="hidden")
+    # Typed values count too: the slider's number box (input) and the centre boxes (Enter). Not on blur: a
+    # click on the picker right after typing would race a second zoom.
+    gr.on([crop_size.input, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
+          api_name="zoom", trigger_mode="always_last", show_progress="hidden")  # quick: no overlay on the picker
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
 
@@ -470,19 +579,107 @@ def zoo(scale_filter: Any) -> pd.DataFrame:
 
 
 def zoo_tab() -> None:
-    """Every bundled model's measured numbers and training budget."""
+    """Every evaluated model's measured numbers, cost and training budget, with the protocol explained."""
     gr.Markdown(ZOO_INTRO)
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["15%", "6%", "16%", "7%", "11%", "11%", "11%", "23%"],
-                          max_height=2400)  # every row rendered: no scrolling inside the table
+                          column_widths=["12%", "4%", "9%", "4%", "7%", "7%", "6%", "5%", "8%", "8%", "8%", "13%",
+                                         "7%"],
+                          max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
+
+
+# --- Results tab ------------------------------------------------------------------------------------------
+
+def _y_range(values: list[float], pad: float = 0.15) -> list[float]:
+    # PSNR differences are tenths of a dB: a zero-based axis would flatten them.
+    return [round(min(values) - pad, 2), round(max(values) + pad, 2)] if values else None
+
+
+def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.DataFrame, str]:
+    """(claims Markdown, curves, curves note, PSNR by CPU time, PSNR by parameters, cost note) for one scale."""
+    scale = check_scale(scale)
+    data = load_results(scale, ROOT / "results")
+    if data is None:
+        claims_md = f"No `results/x{scale}.json` here: run `python -m kaldn.evaluate --scale {scale}` to make it."
+    else:
+        claims_md = RESULTS_INTRO + "\n" + claims(data["rows"], data["datasets"])
+    points, missing = training_curves(scale=scale)
+    # Numeric columns typed even when empty: the plot fixes its axis types from the first value it gets.
+    curves = pd.DataFrame(points, columns=["model", "variant", "iteration", "val_psnr"]).astype(
+        {"iteration": float, "val_psnr": float}).rename(columns={"val_psnr": "validation PSNR (dB)"})
+    curves_md = CURVES_NOTE
+    if missing:
+        curves_md += (f"\n**No training log** for {len(missing)} bundled x{scale} model(s) "
+                      f"({', '.join(missing)}): their run folders were not kept, so no curve can be drawn for "
+                      "them. Models shipped with their `log.jsonl` get a curve here.")
+    cost = pd.DataFrame(psnr_cost_points(scale, "set5", ROOT / "results"),
+                        columns=["model", "label", "source", "psnr", "cpu_ms", "params"]).astype(
+        {"psnr": float, "cpu_ms": float, "params": float})
+    cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
+                                "label": "model / published"})
+    cost_md = COST_NOTE if scale == 4 else \
+        COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
+    return (claims_md, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]), cost.dropna(subset=["parameters"]),
+            cost_md)
+
+
+def _x_range(values: list[float]) -> list[float] | None:
+    return [0, round(max(values) * 1.08)] if values else None  # the last point not on the frame
+
+
+@shows_user_errors
+def results_view(scale: Any):
+    """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
+    claims_md, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
+    return (claims_md, gr.LinePlot(curves, y_lim=_y_range(curves["validation PSNR (dB)"].tolist())), curves_md,
+            gr.ScatterPlot(by_cpu, y_lim=_y_range(by_cpu["Set5 PSNR (dB)"].tolist()),
+                           x_lim=_x_range(by_cpu["CPU ms (256x256)"].tolist())),
+            gr.ScatterPlot(by_params, y_lim=_y_range(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
+
+
+def results_tab() -> SimpleNamespace:
+    """The equal-budget claims, training curves and PSNR against cost: readable without README."""
+    claims0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # reads two small files, no models
+    scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
+    claims_md = gr.Markdown(claims0, elem_id="kaldn-claims")
+    with gr.Row():
+        psnr = "Set5 PSNR (dB)"
+        cpu_plot = gr.ScatterPlot(cpu0, x="CPU ms (256x256)", y=psnr, color="model / published",
+                                  title="PSNR against CPU time", y_lim=_y_range(cpu0[psnr].tolist()),
+                                  x_lim=_x_range(cpu0["CPU ms (256x256)"].tolist()),
+                                  tooltip=["model", "CPU ms (256x256)", psnr], height=380, elem_id="kaldn-cost-cpu")
+        params_plot = gr.ScatterPlot(params0, x="parameters", y=psnr, color="model / published",
+                                     title="PSNR against parameters (trained)", y_lim=_y_range(params0[psnr].tolist()),
+                                     tooltip=["model", "parameters", psnr], height=380, elem_id="kaldn-cost-params")
+    cost_md = gr.Markdown(cost_md0)
+    curves_plot = gr.LinePlot(curves0, x="iteration", y="validation PSNR (dB)", color="model",
+                              title="Validation PSNR during training", height=340, elem_id="kaldn-curves",
+                              y_lim=_y_range(curves0["validation PSNR (dB)"].tolist()))
+    curves_md = gr.Markdown(curves_md0, elem_id="kaldn-curves-note")
+    outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
+    scale.change(results_view, [scale], outputs, api_name="results")
+    return SimpleNamespace(scale=scale, outputs=outputs)
 
 
 # --- Fine-tune tab ----------------------------------------------------------------------------------------
 
-def curves(update) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.DataFrame(update.loss_curve()), pd.DataFrame(update.psnr_curve())
+def _padded(values: list[float], pad: float) -> list[float] | None:
+    # Vega draws a one-point (or flat) series with ticks such as "30.479298 / 0.000000": give it a range.
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    margin = max(pad, 0.1 * (hi - lo))
+    return [round(lo - margin, 3), round(hi + margin, 3)]
+
+
+def curves(update) -> tuple[gr.LinePlot, gr.LinePlot]:
+    """The loss and validation-PSNR plots, with axes that read well from the first point on."""
+    loss, psnr = pd.DataFrame(update.loss_curve()), pd.DataFrame(update.psnr_curve())
+    x_lim = [0, max(int(update.total), 1)]
+    return (gr.LinePlot(loss, x_lim=x_lim, y_lim=_padded(loss["loss"].tolist() if "loss" in loss else [], 0.005)),
+            gr.LinePlot(psnr, x_lim=x_lim, y_lim=_padded(psnr["PSNR (dB)"].tolist() if "PSNR (dB)" in psnr else [],
+                                                          0.25)))
 
 
 @admitted
@@ -545,7 +742,8 @@ def finetune_tab() -> SimpleNamespace:
 
     train_event = start.click(finetune, [files, use_examples, base, iters, lr, batch, patch],
                               [status, loss_plot, psnr_plot, download], api_name="finetune",
-                              concurrency_limit=None, concurrency_id="finetune", validator=admit_finetune)
+                              concurrency_limit=None, concurrency_id="finetune", validator=admit_finetune,
+                              show_progress="hidden")  # the status line says the progress; no flickering overlay
     cancel.click(cancel_finetune, None, None, api_name="cancel_finetune", queue=False)
     return SimpleNamespace(base=base, trained=train_event)
 
@@ -570,7 +768,7 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
     check_model_ref(model_ref, request)
     view = kernel_view(CACHE, model_ref, layer)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
-            table(view.gate_headers, view.gate_rows))
+            table(view.gate_headers, view.gate_rows), view.gate_note)
 
 
 @shows_user_errors
@@ -609,21 +807,24 @@ def how_tab() -> SimpleNamespace:
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
     with gr.Accordion("Per-kernel values", open=False):
-        kernel_df = gr.Dataframe(interactive=False, max_height=360)
-    gate_df = gr.Dataframe(label="Gate report (every KDSConv layer)", interactive=False, max_height=300)
+        kernel_df = gr.Dataframe(table(KERNEL_HEADERS, []), interactive=False, max_height=360)
+    gate_md = gr.Markdown(elem_id="kaldn-gate-note")
+    gate_df = gr.Dataframe(table(GATE_HEADERS, []), label="Gate report (every KDSConv layer; a dead gate gives "
+                           "every channel a = 0.5)", interactive=False, max_height=300, elem_id="kaldn-gates")
     gr.Markdown(HOW_RELU)
     hasty_btn = gr.Button("Measure on the current image")
     hasty_md = gr.Markdown(elem_id="kaldn-hasty")
     hasty_gallery = gr.Gallery(label="Where the depthwise output is negative", columns=3, format="png",
                                height="auto", object_fit="contain")
-    hasty_df = gr.Dataframe(label="Whole model", interactive=False)
+    hasty_df = gr.Dataframe(table(HASTY_HEADERS, []), label="Whole model", interactive=False)
     with gr.Accordion("Per layer", open=False):
-        hasty_layers = gr.Dataframe(interactive=False, max_height=360)
+        hasty_layers = gr.Dataframe(table(HASTY_LAYER_HEADERS, []), interactive=False, max_height=360)
     gr.Markdown(PAPERS)
 
-    model.change(kernel_model, [model, layer], [layer, kernel_img, kernel_df, gate_df], api_name="kernel_model")
+    kernel_outputs = [layer, kernel_img, kernel_df, gate_df, gate_md]
+    model.change(kernel_model, [model, layer], kernel_outputs, api_name="kernel_model")
     layer.input(kernels, [model, layer], [kernel_img, kernel_df], api_name="kernels")
-    return SimpleNamespace(model=model, layer=layer, kernel_outputs=[layer, kernel_img, kernel_df, gate_df],
+    return SimpleNamespace(model=model, layer=layer, kernel_outputs=kernel_outputs,
                            hasty_button=hasty_btn, hasty_outputs=[hasty_md, hasty_gallery, hasty_df, hasty_layers])
 
 
@@ -660,6 +861,8 @@ def build_demo() -> gr.Blocks:
             compare = compare_tab(state, available)
         with gr.Tab("Model zoo", id="zoo"):
             zoo_tab()
+        with gr.Tab("Results", id="results"):
+            results_tab()
         with gr.Tab("Fine-tune", id="finetune"):
             tune = finetune_tab()
         with gr.Tab("How it works", id="how") as how_tab_:

@@ -20,10 +20,8 @@ from pathlib import Path
 import torch
 
 from kaldn.checkpoint import load_checkpoint
-from kaldn.inspection import gate_report
+from kaldn.inspection import DEAD_STD, gate_report
 from kaldn.models import create_model
-
-DEAD_STD = 1e-6  # a spread this small is a constant gate, not a learned one
 
 
 def main() -> None:

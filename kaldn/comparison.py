@@ -40,11 +40,13 @@ import torch
 from torch import nn
 
 from .cache import MODEL_ERRORS, ModelCache
-from .display import clamp_region, crop_region, draw_region, enlarge_nearest, to_display
+from .display import clamp_region, crop_region, draw_region, enlarge_nearest, label_above, to_display
 from .errors import UserError
 from .images import load_image, save_png
 from .inference import resolve_device, upscale
 from .inputs import Inputs
+from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
+                   pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
 from .models import count_parameters, parse_model_name, variants
 from .resize import imresize
@@ -55,9 +57,9 @@ if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
 log = logging.getLogger("kaldn.comparison")
 
 __all__ = ["BICUBIC", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
-           "ResolvedVariant", "VariantResult", "ZoomView", "default_pair", "default_variants", "metrics_table",
-           "RunStore", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison", "save_outputs",
-           "variant_choices", "variant_label", "zoom_crops"]
+           "MapsView", "ResolvedVariant", "RunStore", "VariantResult", "ZoomView", "default_pair", "default_variants",
+           "metrics_table", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison",
+           "runnable_selection", "save_outputs", "variant_choices", "variant_label", "zoom_crops"]
 
 BICUBIC = "bicubic"
 BICUBIC_LABEL = "Bicubic"
@@ -96,13 +98,13 @@ def resolve_variant(key: str, scale: int, registry: FineTunedRegistry | None = N
     if key in known:
         v = known[key]
         if scale not in v.scales:
-            return ResolvedVariant(key, v.label, None, None, f"{v.label} has no x{scale} model.")
+            return ResolvedVariant(key, v.label, None, None, f"no x{scale} model")
         name = v.model_name(scale)
         return ResolvedVariant(key, v.label, name, name)
     if registry is not None and (entry := registry.get(key)) is not None:
         model_scale = parse_model_name(entry.model).scale
-        missing = None if model_scale == scale else \
-            f"{entry.label} is a x{model_scale} model; the chosen scale is x{scale}."
+        # Messages never repeat the label: they are shown after it ("<label>: <message>").
+        missing = None if model_scale == scale else f"a x{model_scale} model; the chosen scale is x{scale}"
         return ResolvedVariant(key, entry.label, str(entry.path), entry.model, missing)
     try:
         spec = parse_model_name(key)
@@ -110,7 +112,7 @@ def resolve_variant(key: str, scale: int, registry: FineTunedRegistry | None = N
         valid = [BICUBIC, *known] + ([e.key for e in registry.items()] if registry is not None else [])
         raise UserError(f"Unknown variant {key!r}; valid: {', '.join(valid)} or a model name "
                         f"such as {variants()[0].model_name(variants()[0].scales[-1])}.") from None
-    missing = None if spec.scale == scale else f"{key} is a x{spec.scale} model; the chosen scale is x{scale}."
+    missing = None if spec.scale == scale else f"a x{spec.scale} model; the chosen scale is x{scale}"
     return ResolvedVariant(key, key, key, key, missing)
 
 
@@ -125,6 +127,17 @@ def variant_choices(scale: int, available: Sequence[str], registry: FineTunedReg
         model_scale = parse_model_name(entry.model).scale
         choices.append((entry.label if model_scale == scale else f"{entry.label} (x{model_scale} only)", entry.key))
     return choices
+
+
+def runnable_selection(selected: Sequence[str] | None, scale: int, available: Sequence[str],
+                       registry: FineTunedRegistry | None = None) -> list[str]:
+    """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
+    of another scale instead of leaving them ticked to fail); the defaults when none is left."""
+    runnable = {BICUBIC} | {v.key for v in variants() if scale in v.scales and v.model_name(scale) in available}
+    runnable |= {e.key for e in (registry.items() if registry is not None else [])
+                 if parse_model_name(e.model).scale == scale}
+    kept = [key for key in selected or [] if key in runnable]
+    return kept or default_variants(scale, available)
 
 
 def default_variants(scale: int, available: Sequence[str]) -> list[str]:
@@ -256,7 +269,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
                 continue
             if fast.config.get("scale") != scale:  # a checkpoint dir whose config disagrees with its name
                 results.append(VariantResult(var.key, var.label, var.model, None, "unavailable",
-                                             f"{var.label} is a x{fast.config.get('scale')} model."))
+                                             f"a x{fast.config.get('scale')} model"))
                 continue
 
             def tile_progress(done: int, total: int, i: int = i, label: str = var.label) -> None:
@@ -282,8 +295,10 @@ def _upscale(lr: np.ndarray, model: nn.Module, tile: int, progress: Callable[[in
     return upscale(lr, model, tile=tile, overlap=24, progress=progress)
 
 
+# No time column: one cold run per variant on a shared machine ranks variants at random (0.05 s against
+# 1.12 s for identical fused costs). Speed is the benchmark's (Model zoo: CPU ms, median of warm runs).
 METRIC_HEADERS = ["Variant", "Model", "PSNR (dB)", "SSIM", "Δ vs bicubic (dB)", "Params",
-                  "Params (fused)", "Time (s)", "Device", "Note"]
+                  "Params (fused)", "Device", "Note"]
 
 
 def _round(x: float | None, digits: int) -> float | None:
@@ -305,8 +320,7 @@ def metrics_table(comparison: Comparison) -> tuple[list[str], list[list[Any]]]:
         if r.status == "ok" and comparison.inputs.gt is None:
             note = "no ground truth"
         rows.append([r.label, r.model or ("imresize" if r.key == BICUBIC else ""), _round(r.psnr, 3),
-                     _round(r.ssim, 4), _round(delta, 3), r.params, r.params_inference,
-                     _round(r.seconds, 3), r.device, note])
+                     _round(r.ssim, 4), _round(delta, 3), r.params, r.params_inference, r.device, note])
     return METRIC_HEADERS, rows
 
 
@@ -364,7 +378,7 @@ def zoom_crops(comparison: Comparison, center: tuple[float, float] | None = None
     lr = comparison.inputs.lr[y0 // s:(y0 + h) // s, x0 // s:(x0 + w) // s]
     crops.append((enlarge_nearest(to_display(lr), factor * s), f"{LR_INPUT} (nearest x{s})"))
     for r in comparison.ok:
-        caption = r.label if r.psnr is None else f"{r.label} · {r.psnr:.2f} dB"
+        caption = r.label if r.psnr is None else f"{r.label}, {r.psnr:.2f} dB"
         crops.append((crop_region(r.image, (x0, y0, w, h), factor), caption))
     if comparison.inputs.gt is not None:
         crops.append((crop_region(comparison.inputs.gt, (x0, y0, w, h), factor), GROUND_TRUTH))
@@ -412,6 +426,35 @@ def default_pair(comparison: Comparison) -> tuple[str, str]:
     return left, right
 
 
+def _tile(image: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
+    """A map for the overview grid: small ones enlarged (nearest) to about ``side``; large ones reduced by
+    an integer factor keeping each block's brightest pixel (the largest error), so no hotspot disappears."""
+    h, w = image.shape[:2]
+    if max(h, w) <= most:
+        return enlarge_nearest(image, max(1, side // max(h, w)))
+    f = -(-max(h, w) // most)  # ceil
+    padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, -1)
+    return blocks.max(axis=(1, 3))  # colours rise with the error, so the brightest is the largest error
+
+
+def _grid(tiles: list[np.ndarray], columns: int, bar: np.ndarray, pad: int = 6) -> np.ndarray:
+    """Tiles in rows of ``columns`` on white, the colour bar under them; uint8 RGB."""
+    columns = max(1, min(columns, len(tiles)))
+    tw = max(t.shape[1] for t in tiles)
+    th = max(t.shape[0] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    width = max(columns * (tw + pad) + pad, bar.shape[1] + 2 * pad)
+    canvas = np.full((rows * (th + pad) + pad + bar.shape[0], width, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        canvas[y:y + t.shape[0], x:x + t.shape[1]] = t[..., :3]
+    y = rows * (th + pad) + pad
+    canvas[y:y + bar.shape[0], pad:pad + bar.shape[1]] = bar
+    return canvas
+
+
 # --- one run as the app keeps it: files, slider, crops ----------------------------------------------------
 
 def new_run_dir(root: str | Path, keep: int = 32) -> Path:
@@ -432,6 +475,20 @@ class ZoomView:
     crops: list[tuple[np.ndarray, str]]      # (crop, caption): LR input, every output, ground truth
     center: tuple[int, int]                  # of the region, in output pixels
 
+    def labelled(self) -> list[np.ndarray]:
+        """The crops with their captions drawn above them (a gallery's captions would cover the crop)."""
+        return [label_above(crop, caption, square=True) for crop, caption in self.crops]
+
+
+@dataclass
+class MapsView:
+    """Where the outputs are wrong (error maps) and where the slider's two images differ (pair map)."""
+
+    errors: np.ndarray | None                # every output's error map on one scale, one colour bar
+    errors_note: str                         # Markdown: the shared scale, or why there are no maps
+    pair: np.ndarray | None                  # the rendered pair map (title, map, colour bar)
+    pair_note: str                           # Markdown: win shares and PSNR difference, or |A - B|
+
 
 @dataclass
 class ComparisonRun:
@@ -441,13 +498,14 @@ class ComparisonRun:
     folder: Path
     paths: dict[str, Path]
     region: tuple[int, int, int, int] | None = None
+    pair: tuple[str, str] | None = None      # the slider's two keys, set by :meth:`slider`
 
     @classmethod
     def save(cls, comparison: Comparison, root: str | Path, keep: int = 32) -> "ComparisonRun":
         """Write the outputs into a new folder under ``root``; a :class:`UserError` when nothing could run."""
         if not comparison.ok:
             raise UserError("None of the chosen variants could run: "
-                            + " ".join(r.message for r in comparison.results if r.message))
+                            + "; ".join(f"{r.label}: {r.message}" for r in comparison.results if r.message) + ".")
         folder = new_run_dir(root, keep)
         return cls(comparison, folder, save_outputs(comparison, folder))
 
@@ -465,6 +523,7 @@ class ComparisonRun:
         missing = [k for k in (left, right) if k != "lr" and k not in self.paths]
         if missing:
             raise UserError(f"Not part of this comparison: {', '.join(missing)}.")
+        self.pair = (left, right)
         return self._path(left), self._path(right)
 
     def _path(self, key: str) -> str:
@@ -476,9 +535,72 @@ class ComparisonRun:
         self.paths["lr-nearest"] = path
         return str(path)
 
+    def label(self, key: str) -> str:
+        if key == "gt":
+            return GROUND_TRUTH
+        if key == "lr":
+            return f"{LR_INPUT} (nearest x{self.scale})"
+        r = self.comparison.result(key)
+        return r.label if r is not None else variant_label(key)
+
+    def pair_difference(self, left: str, right: str) -> PairDifference:
+        """:func:`kaldn.maps.pair_difference` of two slider keys (A = ``left``), against the ground truth
+        when there is one; border = scale, as the metrics."""
+        a, b = pair_images(self.comparison, left, right)
+        labels = (self.label(left), self.label(right))
+        if labels[0] == labels[1]:
+            labels = (f"{labels[0]} (left)", f"{labels[1]} (right)")
+        return pair_difference(a, b, self.comparison.inputs.gt, border=self.scale, labels=labels)
+
+    def default_center(self, size: int) -> tuple[float, float] | None:
+        """Where to zoom first: where the slider's pair differs most (two different outputs), else where the
+        best model gains most over bicubic; None (the centre) when neither can be told."""
+        if self.pair is not None and self.pair[0] != self.pair[1] and "lr" not in self.pair:
+            return default_zoom_center(size, pair=self.pair_difference(*self.pair))
+        models = [r for r in self.comparison.ok if r.key != BICUBIC]
+        if not models or self.comparison.result(BICUBIC) not in self.comparison.ok:
+            return None
+        scored = [r for r in models if r.psnr is not None]
+        best = max(scored, key=lambda r: r.psnr) if scored else models[0]
+        gain = pair_difference(best.image, self.comparison.result(BICUBIC).image, self.comparison.inputs.gt,
+                               border=self.scale, labels=(best.label, BICUBIC_LABEL))
+        return default_zoom_center(size, best_vs_bicubic=gain)
+
+    def error_view(self, columns: int = 4) -> tuple[np.ndarray | None, str]:
+        """Every output's |SR - ground truth| on Y, side by side on one shared colour scale with one labelled
+        colour bar (one image), and a Markdown note; without a ground truth no image and a note that says why."""
+        if self.comparison.inputs.gt is None:
+            return None, NO_GROUND_TRUTH
+        ok = self.comparison.ok
+        maps = error_maps({r.label: r.image for r in ok}, self.comparison.inputs.gt, border=self.scale)
+        tiles = [label_above(_tile(maps.colourized(r.label)), f"{r.label}: mean {maps.mean_abs[r.label]:.2f}")
+                 for r in ok]
+        note = (f"|output − ground truth| on the Y channel, in grey levels, every map on **one scale**: "
+                f"black = 0, light yellow = {maps.limit:g} or more (the 99th percentile of all maps); the title "
+                f"gives each output's mean error. The {self.scale}-pixel border the metrics skip is drawn but not "
+                "counted. Same places bright in every map: hard for all; a place darker in one map: that variant "
+                "does better there.")
+        return _grid(tiles, columns, error_colour_bar(maps.limit, length=256)), note
+
+    def pair_view(self, left: str, right: str) -> tuple[np.ndarray | None, str]:
+        """The slider pair's difference map (rendered with its labelled colour bar) and a one-line summary."""
+        if left == right:
+            return None, "The slider shows the same image on both sides: choose two different ones."
+        pair = self.pair_difference(left, right)
+        return render_pair_difference(pair), pair.summary()
+
+    def maps(self, left: str, right: str) -> MapsView:
+        errors, errors_note = self.error_view()
+        pair, pair_note = self.pair_view(left, right)
+        return MapsView(errors, errors_note, pair, pair_note)
+
     def zoom(self, center: tuple[float, float] | None, size: Any) -> ZoomView:
-        """Crops of the same region (about ``size`` output pixels, centred on ``center``; None: the middle)."""
-        crops, region = zoom_crops(self.comparison, center, int(size or 64))
+        """Crops of the same region (about ``size`` output pixels, centred on ``center``; None: where the slider's
+        pair differs most, see :meth:`default_center`)."""
+        size = int(size or 64)
+        if center is None:
+            center = self.default_center(size)
+        crops, region = zoom_crops(self.comparison, center, size)
         self.region = region
         inputs = self.comparison.inputs
         reference = inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image

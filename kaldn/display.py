@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "render_heatmap",
-           "render_image", "sequential", "to_display"]
+__all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "label_above",
+           "render_heatmap", "render_image", "sequential", "to_display"]
 
 
 # --- 8-bit views, enlargement, regions --------------------------------------------------------------------
@@ -114,14 +114,15 @@ def render_heatmap(values: np.ndarray, title: str, lo: float = 0.0, hi: float = 
     body = enlarge_nearest(sequential((values - lo) / span), factor)
     bar_w = 18
     bar = sequential(np.linspace(1, 0, body.shape[0])[:, None].repeat(bar_w, axis=1))
-    canvas = Image.new("RGB", (body.shape[1] + bar_w + 56, body.shape[0] + 24), "white")
+    canvas = Image.new("RGB", (body.shape[1] + bar_w + 62, body.shape[0] + 24), "white")
     canvas.paste(Image.fromarray(body), (0, 24))
     canvas.paste(Image.fromarray(bar), (body.shape[1] + 8, 24))
     draw = ImageDraw.Draw(canvas)
     small = font(12)
     draw.text((2, 4), title, fill="black", font=small)
-    draw.text((body.shape[1] + bar_w + 11, 24), f"{100 * hi:.0f}%", fill="black", font=small)
-    draw.text((body.shape[1] + bar_w + 11, canvas.height - 14), f"{100 * lo:.0f}%", fill="black", font=small)
+    # Both ends labelled to a tenth: a range such as 43.5-51% must not read as 0-51%.
+    draw.text((body.shape[1] + bar_w + 11, 24), f"{100 * hi:.1f}%", fill="black", font=small)
+    draw.text((body.shape[1] + bar_w + 11, canvas.height - 14), f"{100 * lo:.1f}%", fill="black", font=small)
     return np.asarray(canvas)
 
 
@@ -133,4 +134,16 @@ def render_image(image: np.ndarray, title: str, max_side: int = 384) -> np.ndarr
     canvas = Image.new("RGB", (body.shape[1], body.shape[0] + 24), "white")
     canvas.paste(Image.fromarray(np.ascontiguousarray(body)), (0, 24))
     ImageDraw.Draw(canvas).text((2, 4), title, fill="black", font=font(12))
+    return np.asarray(canvas)
+
+
+def label_above(image: np.ndarray, text: str, height: int = 20, square: bool = False) -> np.ndarray:
+    """``image`` (8-bit view) under a white band with ``text``: a caption that never covers the pixels
+    (a gallery's own captions are drawn over the image's corner). ``square``: white margins left and right
+    make the result square, so a gallery's square thumbnails show all of it."""
+    view = to_display(image)[..., :3]
+    width = max(view.shape[1], view.shape[0] + height) if square else view.shape[1]
+    canvas = Image.new("RGB", (width, view.shape[0] + height), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(view)), ((width - view.shape[1]) // 2, height))
+    ImageDraw.Draw(canvas).text((3, max(1, (height - 13) // 2)), text, fill="black", font=font(12))
     return np.asarray(canvas)

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .images import ImageError, load_image
+from .images import ImageError, load_image_with_notes
 from .models import check_scale, scales
 from .resize import crop_to_scale, make_lr
 
-__all__ = ["MIN_LR_SIDE", "Inputs", "image_source", "measurement_input", "prepare_inputs"]
+__all__ = ["MIN_LR_SIDE", "Inputs", "check_inputs", "image_source", "measurement_input", "prepare_inputs"]
 
 MIN_LR_SIDE = 8   # LR side below which no comparison makes sense (and SSIM's 11x11 window would not fit)
 
@@ -61,18 +61,29 @@ def image_source(upload: Any) -> Any:
     return upload
 
 
-def _describe_image(image: np.ndarray, what: str) -> list[str]:
-    notes = []
+def _describe_image(image: np.ndarray, what: str, load_notes: list[str]) -> list[str]:
+    """The loader's notes (16-bit, frames, colour spaces, EXIF) and what the comparison does with the image,
+    each said once."""
+    notes = list(load_notes)
     if image.ndim == 3 and image.shape[2] == 4:
         notes.append(f"{what} has an alpha channel: the networks upscale the colour channels and the alpha "
                      "channel is resized with bicubic; metrics use the colour channels only.")
-    if image.dtype == np.uint16:
-        notes.append(f"{what} has 16 bits per channel: it is processed and saved at 16 bits; PSNR/SSIM are "
-                     "computed on it scaled to the 8-bit range.")
+    if image.dtype == np.uint16:  # the loader said the 16 bits are kept; say what happens to them here
+        notes.append(f"{what} is processed and saved at 16 bits; PSNR/SSIM are computed on it scaled to the "
+                     "8-bit range.")
     rgb = image[..., :3]
-    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]):
+    gray = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])
+    if gray and not any("grayscale" in note for note in load_notes):
         notes.append(f"{what} is grayscale: it goes through the colour networks as R = G = B.")
     return notes
+
+
+def check_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
+                 max_pixels: int | None = None, max_output_pixels: int | None = None,
+                 image_name: str | None = None, gt_name: str | None = None) -> list[str]:
+    """Every check :func:`prepare_inputs` makes, without making the LR input: for telling a user at once,
+    on upload, what is wrong with a file. Returns the notes; raises as :func:`prepare_inputs` does."""
+    return _load_checked(image, scale, mode, ground_truth, max_pixels, max_output_pixels, image_name, gt_name)[3]
 
 
 def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
@@ -89,13 +100,34 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
     with a user-facing message, which names the images ``image_name`` / ``gt_name`` when given (an upload's
     original file name) instead of their file names on the server.
     """
+    img, gt, scale, notes = _load_checked(image, scale, mode, ground_truth, max_pixels, max_output_pixels,
+                                          image_name, gt_name)
+    h, w = img.shape[:2]
+    if mode == "hr":
+        hr, lr = make_lr(img, scale)
+        if hr.shape[:2] != (h, w):
+            notes.append(f"The HR image was cropped from {w}x{h} to {hr.shape[1]}x{hr.shape[0]} "
+                         f"(both sides a multiple of {scale}) before making the LR input.")
+        notes.insert(0, f"HR mode: LR input {lr.shape[1]}x{lr.shape[0]} made from the {hr.shape[1]}x{hr.shape[0]} "
+                        f"ground truth with MATLAB-compatible bicubic (1/{scale}).")
+        return Inputs(lr=lr, gt=hr, scale=scale, mode=mode, notes=notes)
+    notes.insert(0, f"LR mode: {w}x{h} input, x{scale} output {w * scale}x{h * scale}; "
+                    + ("metrics against the uploaded ground truth." if gt is not None
+                       else "no ground truth, so no PSNR/SSIM."))
+    return Inputs(lr=img, gt=gt, scale=scale, mode=mode, notes=notes)
+
+
+def _load_checked(image: Any, scale: Any, mode: str, ground_truth: Any, max_pixels: int | None,
+                  max_output_pixels: int | None, image_name: str | None = None,
+                  gt_name: str | None = None) -> tuple[np.ndarray, np.ndarray | None, int, list[str]]:
+    """Load the upload(s) and check sizes and modes: (image, ground truth or None, scale, notes)."""
     scale = check_scale(scale)
     if mode not in ("hr", "lr"):
         raise UserError(f"mode must be 'hr' or 'lr', got {mode!r}")
     image, ground_truth = image_source(image), image_source(ground_truth)
     if image is None:
         raise UserError("Upload an image first (or click one of the examples).")
-    img = load_image(image, max_pixels=max_pixels, name=image_name)
+    img, load_notes = load_image_with_notes(image, max_pixels=max_pixels, name=image_name)
     h, w = img.shape[:2]
     notes: list[str] = []
 
@@ -109,14 +141,8 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
         if ground_truth is not None:
             notes.append("A separate ground truth is only used in LR mode; in HR mode the image itself is "
                          "the ground truth, so the second upload was ignored.")
-        notes += _describe_image(img, "The image")
-        hr, lr = make_lr(img, scale)
-        if hr.shape[:2] != (h, w):
-            notes.append(f"The HR image was cropped from {w}x{h} to {hr.shape[1]}x{hr.shape[0]} "
-                         f"(both sides a multiple of {scale}) before making the LR input.")
-        notes.insert(0, f"HR mode: LR input {lr.shape[1]}x{lr.shape[0]} made from the {hr.shape[1]}x{hr.shape[0]} "
-                        f"ground truth with MATLAB-compatible bicubic (1/{scale}).")
-        return Inputs(lr=lr, gt=hr, scale=scale, mode=mode, notes=notes)
+        notes += _describe_image(img, "The image", load_notes)
+        return img, None, scale, notes
 
     if h < MIN_LR_SIDE or w < MIN_LR_SIDE:
         raise ImageError(f"The LR image ({w}x{h}) is too small: it needs at least {MIN_LR_SIDE} pixels on each side.")
@@ -124,11 +150,11 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
         raise ImageError(f"The LR image ({w}x{h}) is too large for x{scale}: the output would be "
                          f"{w * scale}x{h * scale} = {w * h * scale * scale:,} pixels, the limit is "
                          f"{max_output_pixels:,}.")
-    notes += _describe_image(img, "The LR image")
+    notes += _describe_image(img, "The LR image", load_notes)
     gt = None
     if ground_truth is not None:
         gt_limit = None if max_pixels is None else max_pixels * scale * scale
-        gt = load_image(ground_truth, max_pixels=gt_limit, name=gt_name)
+        gt, gt_notes = load_image_with_notes(ground_truth, max_pixels=gt_limit, name=gt_name)
         gh, gw = gt.shape[:2]
         if (gh, gw) != (h * scale, w * scale):
             message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
@@ -140,11 +166,8 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
                 message += (f" Crop it to {w * scale}x{h * scale} (bottom/right), or upload it alone in HR mode, "
                             "which crops it and makes the LR input for you.")
             raise UserError(message)
-        notes += _describe_image(gt, "The ground truth")
-    notes.insert(0, f"LR mode: {w}x{h} input, x{scale} output {w * scale}x{h * scale}; "
-                    + ("metrics against the uploaded ground truth." if gt is not None
-                       else "no ground truth, so no PSNR/SSIM."))
-    return Inputs(lr=img, gt=gt, scale=scale, mode=mode, notes=notes)
+        notes += _describe_image(gt, "The ground truth", gt_notes)
+    return img, gt, scale, notes
 
 
 def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None, mode: str = "hr",

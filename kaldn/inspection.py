@@ -28,12 +28,15 @@ from .images import image_to_tensor
 from .layers import DSConv, FixedScaleDSConv, KDSConv, pool_kernels
 from .models import parse_model_name, variant, variant_of
 
-__all__ = ["GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport", "KernelView",
-           "depthwise_stats", "gate_report", "gate_rows", "gate_summary", "hasty_relu_report", "inspection_choices",
-           "kernel_layers", "kernel_rows", "kernel_table", "kernel_view", "render_kernel_grid"]
+__all__ = ["DEAD_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport",
+           "KernelView", "depthwise_stats", "gate_note", "gate_report", "gate_rows", "gate_summary",
+           "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
+           "render_kernel_grid"]
 
 
 # --- the gate report --------------------------------------------------------------------------------------
+
+DEAD_STD = 1e-6  # a spread of a this small is a constant gate (a = 0.5 everywhere: all gate ReLUs off), not a learned one
 
 @torch.no_grad()
 def gate_report(model: nn.Module) -> list[dict]:
@@ -191,13 +194,14 @@ def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = Non
     maps.append((render_image(region, f"LR input, {w}x{h} (the region measured)"), "LR input"))
     for conv, st in stats.items():
         relu = st["relu_after_depthwise"]
+        mean = float(np.mean(st["map"]))
         rows.append([labels[conv], st["model"], "yes: zeroed" if relu else "no: kept",
                      round(100 * st["zeroed_fraction"], 2), round(100 * st["zeroed_energy"], 2)])
         for layer in st["layers"]:
             per_layer.append([labels[conv], layer["layer"], layer["channels"],
                               round(100 * layer["zeroed_fraction"], 2), round(100 * layer["zeroed_energy"], 2)])
         verb = "zeroed by the ReLU" if relu else "negative, kept"
-        maps.append((render_heatmap(st["map"], f"{labels[conv]}: depthwise outputs {verb}", lo, hi),
+        maps.append((render_heatmap(st["map"], f"{labels[conv]}: {verb}, mean {100 * mean:.1f}%", lo, hi),
                      f"{labels[conv]}: {100 * st['zeroed_fraction']:.1f}% of values, "
                      f"{100 * st['zeroed_energy']:.1f}% of energy"))
     lines = [f"On {where} (x{scale}):"] if where else []
@@ -213,7 +217,9 @@ def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = Non
                          "the pointwise conv intact.")
     lines.append(f"Measured on the LR input ({w}x{h} pixels from ({x0}, {y0})), all depthwise layers of each "
                  "model. The maps show, per LR pixel, the share of channels (over all layers) whose depthwise "
-                 "output is negative.")
+                 f"output is negative. Their colours span **{100 * lo:.1f}% (dark) to {100 * hi:.1f}% (light)**, "
+                 "not 0 to 100%, so that small differences show: a dark pixel is still about "
+                 f"{100 * lo:.0f}% negative.")
     if missing:
         lines.append("Not available: " + ", ".join(missing) + ".")
     return HastyReluReport("\n\n".join(lines), maps, rows, per_layer, stats, missing)
@@ -319,16 +325,35 @@ def render_kernel_grid(table: dict, columns: int = 16, cell: int = 18) -> np.nda
 
 
 GATE_HEADERS = ["Layer", "Channels", "Pooling", "Descriptor", "a min", "a max", "a mean", "a std",
-                "median |pooled|", "z std"]
+                "median |pooled|", "z std", "Gate"]
 
 
 def gate_rows(model: nn.Module) -> tuple[list[str], list[list[Any]]]:
-    """:func:`gate_report` as a table (empty for models without KDSConv)."""
+    """:func:`gate_report` as a table (empty for models without KDSConv); the last column flags dead gates."""
     report = gate_report(model)
     rows = [[r["layer"], r["channels"], r["kernel_pool"], r["descriptor_norm"], round(r["a_min"], 4),
              round(r["a_max"], 4), round(r["a_mean"], 4), round(r["a_std"], 4),
-             float(f"{r['raw_pooled_median_abs']:.3g}"), round(r["z_std"], 3)] for r in report]
+             float(f"{r['raw_pooled_median_abs']:.3g}"), round(r["z_std"], 3),
+             f"DEAD: a = {r['a_mean']:.3f} in every channel" if r["a_std"] < DEAD_STD else "learned"]
+            for r in report]
     return GATE_HEADERS, rows
+
+
+def gate_note(model: nn.Module, name: str) -> str:
+    """One Markdown line above the gate report: why it is empty, or how many of its layers have a dead gate."""
+    rows = gate_report(model)
+    if not rows:
+        kind = "a fixed 1.5x kernel scale" if any(isinstance(m, FixedScaleDSConv) for m in model.modules()) \
+            else "no kernel attention"
+        return (f"**{name} has no gate to report:** it has {kind} (only KDSConv layers compute an attention `a` "
+                "from their kernels). Choose a KDSConv model to see its gates.")
+    dead = [r for r in rows if r["a_std"] < DEAD_STD]
+    if not dead:
+        return (f"**{name}:** every one of its {len(rows)} gates spreads `a` across channels (smallest `a std` "
+                f"{min(r['a_std'] for r in rows):.4f}): no dead gate.")
+    return (f"**{name}: {len(dead)} of {len(rows)} gates are dead** (every gate ReLU off, so `a` = "
+            f"sigmoid(0) = 0.5 in every channel: a constant 1.5x scale, like the fixed control): "
+            + ", ".join(r["layer"] for r in dead) + ".")
 
 
 @dataclass
@@ -341,6 +366,7 @@ class KernelView:
     kernel_rows: list[list[Any]]                 # KERNEL_HEADERS
     gate_headers: list[str]
     gate_rows: list[list[Any]]
+    gate_note: str = ""                          # Markdown: why the report is empty, or its dead gates
 
 
 def kernel_view(cache: ModelCache, ref: str, layer: str | None = None) -> KernelView:
@@ -355,7 +381,8 @@ def kernel_view(cache: ModelCache, ref: str, layer: str | None = None) -> Kernel
     layer = layer if layer in layers else layers[min(2, len(layers) - 1)]
     table = kernel_table(model, layer)
     gate_headers, gate = gate_rows(model)
-    return KernelView(layers, layer, render_kernel_grid(table), kernel_rows(table), gate_headers, gate)
+    return KernelView(layers, layer, render_kernel_grid(table), kernel_rows(table), gate_headers, gate,
+                      gate_note(model, getattr(model, "config", {}).get("model", ref)))
 
 
 def inspection_choices(available: Sequence[str]) -> list[tuple[str, str]]:

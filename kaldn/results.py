@@ -7,6 +7,7 @@ One formatter for a metric cell (:func:`format_metrics`) and one for a training 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,14 +17,22 @@ import numpy as np
 from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
-from .models import check_scale, count_parameters, create_model, parse_model_name, variants
+from .layers import fuse
+from .models import check_scale, count_parameters, create_model, parse_model_name, scales, variants
 
 log = logging.getLogger("kaldn.results")
 
-__all__ = ["PUBLISHED_X4", "ZOO_DATASETS", "claims", "format_budget", "format_metrics", "markdown_table",
-           "zoo_table"]
+__all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
+           "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
+           "psnr_cost_points", "training_curves", "zoo_table"]
 
-# DESIGN.md: published x4 PSNR / SSIM on Set5, Set14 (models trained on DIV2K).
+LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
+
+PUBLISHED_SOURCE = ("DESIGN.md, 'Published x4 references on Set5 / Set14' (papers 000/001 and the peers' "
+                    "papers; trained on DIV2K)")
+# DESIGN.md: published x4 PSNR / SSIM on Set5, Set14 (models trained on DIV2K). The papers give no whole-model
+# parameter counts (paper 001's Table IV counts single blocks), so none are listed.
 PUBLISHED_X4 = {
     "bicubic": ((28.42, 0.8104), (26.00, 0.7027)),
     "KALDN": ((31.91, 0.8913), (28.43, 0.7778)),
@@ -33,6 +42,16 @@ PUBLISHED_X4 = {
     "LESRCNN": ((31.88, 0.8903), (28.44, 0.7772)),
     "FDIWN": ((32.23, 0.8955), (28.66, 0.7829)),
 }
+
+
+# DESIGN.md, "Where the shipped models stand": the released LESRCNN and FDIWN measured by an independent harness
+# on this project's CPU, 256x256 input, 2 threads (seconds -> ms).
+RELEASED_X4_CPU = {"LESRCNN": 3200.0, "FDIWN": 2400.0}
+
+
+def format_count(n: float | int | None) -> str:
+    """A count with thousands separators (112,272); '-' when unknown."""
+    return "-" if n is None else f"{int(round(n)):,}"
 
 
 def format_metrics(cell: dict | None) -> str:
@@ -123,37 +142,160 @@ ZOO_DATASETS = tuple(DATASETS)
 
 
 @functools.lru_cache(maxsize=None)
-def _parameter_count(name: str) -> int:
-    # A model's size follows from its name: build each once, not on every table refresh.
-    return count_parameters(create_model(name))
+def _parameter_counts(name: str) -> tuple[int, int]:
+    # A model's size follows from its name: build each once (trained, then fused), not on every refresh.
+    model = create_model(name)
+    trained = count_parameters(model)
+    return trained, count_parameters(fuse(model))
 
 
-def zoo_table(folder: str | Path | None = None, scale: Any = None) -> tuple[list[str], list[list[Any]]]:
-    """The shipped models' measured numbers, read from their ``config.json`` (no weights loaded).
+def load_results(scale: int, results_dir: str | Path | None = None) -> dict | None:
+    """``results/x{scale}.json`` as ``python -m kaldn.evaluate`` wrote it (rows with seeds, params, MACs, CPU ms),
+    or None when there is none."""
+    path = Path(results_dir if results_dir is not None else RESULTS_DIR) / f"x{check_scale(scale)}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
-    The numbers are those ``python -m kaldn.evaluate --ship`` wrote (DESIGN.md protocol), next to
-    each model's size and training budget, so the app shows what README's results tables show.
-    ``scale``: one of the scales, or None / ``"all"`` for every scale.
+
+ZOO_HEADERS = ["Model", "Scale", "Variant", "Seed", "Params", "Params (fused)", "MACs (256x256)",
+               "CPU ms (256x256)", *[f"{d} PSNR / SSIM" for d in ZOO_DATASETS], "Training budget", "Weights"]
+
+
+def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[Any]:
+    name = row["model"]
+    if name == "bicubic":
+        return [name, scale, "bicubic (MATLAB imresize)", "-", "0", "0", "-", "-",
+                *[format_metrics(row.get(d)) for d in ZOO_DATASETS], "none (no learned weights)", "-"]
+    spec = parse_model_name(name)
+    trained, fused = _parameter_counts(spec.name)
+    seed = row.get("seed")
+    shipped = shipped_seed.get(name)
+    weights = ("bundled" if shipped is not None and shipped == (seed or 0)
+               else "not shipped (results only)")
+    macs = row.get("multiply_adds_256")
+    return [name, spec.scale, labels.get(spec.variant, spec.variant), "-" if seed is None else str(seed),
+            format_count(row.get("params") or trained), format_count(fused),
+            f"{macs / 1e9:.2f} G" if macs else "-",
+            format_count(row["cpu_ms_256"]) if row.get("cpu_ms_256") else "-",
+            *[format_metrics(row.get(d)) for d in ZOO_DATASETS], format_budget(row.get("training")), weights]
+
+
+def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: str | Path | None = None
+              ) -> tuple[list[str], list[list[Any]]]:
+    """Every evaluated model of the zoo, bicubic and second seeds included, as the app shows it.
+
+    Rows come from ``results/x{s}.json`` (``python -m kaldn.evaluate``: the DESIGN.md protocol, params, MACs and
+    the median CPU time for a 256x256 input); a shipped checkpoint without such a row is read from its
+    ``config.json`` (no weights loaded). Numbers are formatted for reading (112,272); "Weights" says whether the
+    row's weights are bundled. ``scale``: one of the scales, or None / ``"all"``.
     """
     scale = None if scale in (None, "", "all") else check_scale(scale)
     folder = Path(folder) if folder is not None else bundled_dir()
-    headers = ["Model", "Scale", "Variant", "Params",
-               *[f"{d} PSNR / SSIM" for d in ZOO_DATASETS], "Training budget"]
     labels = {v.key: v.label for v in variants()}
-    rows = []
+    shipped_seed: dict[str, int] = {}
+    configs: dict[str, dict] = {}
     for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
         try:
             config = read_config(config_path)
-            spec = parse_model_name(config["model"])
-        except (CheckpointError, ValueError) as exc:
+            parse_model_name(config["model"])
+        except (CheckpointError, ValueError, KeyError) as exc:
             log.warning("zoo table: skipping %s (%s)", config_path.parent.name, exc)
+            continue
+        configs[config["model"]] = config
+        shipped_seed[config["model"]] = (config.get("training") or {}).get("seed") or 0
+    order = {v.key: i for i, v in enumerate(variants())}
+    rows: list[list[Any]] = []
+    for s in ([scale] if scale is not None else list(scales())):
+        results = load_results(s, results_dir)
+        listed = []
+        for row in (results or {}).get("rows", []):
+            try:
+                rows.append(_zoo_row(row, s, labels, shipped_seed))
+                listed.append(row["model"])
+            except (ValueError, KeyError) as exc:
+                log.warning("zoo table: skipping a row of x%s.json (%s)", s, exc)
+        for name, config in configs.items():
+            if parse_model_name(name).scale == s and name not in listed:
+                row = {"model": name, "seed": (config.get("training") or {}).get("seed"),
+                       "training": config.get("training"), **(config.get("metrics") or {})}
+                rows.append(_zoo_row(row, s, labels, shipped_seed))
+
+    def key(r: list[Any]) -> tuple:
+        variant_order = -1 if r[0] == "bicubic" else order.get(parse_model_name(r[0]).variant, len(order))
+        return (r[1], 0 if r[3] in ("-", "0") else int(r[3]), variant_order)
+    rows.sort(key=key)
+    return ZOO_HEADERS, rows
+
+
+# --- the results view: curves and cost plots ----------------------------------------------------------------
+
+def training_curves(folder: str | Path | None = None, scale: Any = None) -> tuple[list[dict], list[str]]:
+    """Validation PSNR over training iterations of every bundled model with a ``log.jsonl`` beside it.
+
+    Returns (points, missing): points are ``{"model", "variant", "iteration", "val_psnr"}`` dicts (the
+    ``"validation"`` events ``kaldn.train`` logs), ``missing`` the models without a readable log. A damaged
+    line is skipped, not fatal.
+    """
+    scale = None if scale in (None, "", "all") else check_scale(scale)
+    folder = Path(folder) if folder is not None else bundled_dir()
+    labels = {v.key: v.label for v in variants()}
+    points: list[dict] = []
+    missing: list[str] = []
+    for model_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file()):
+        try:
+            spec = parse_model_name(model_dir.name)
+        except ValueError:
             continue
         if scale is not None and spec.scale != scale:
             continue
-        metrics = config.get("metrics") or {}
-        rows.append([config["model"], spec.scale, labels.get(spec.variant, spec.variant), _parameter_count(spec.name),
-                     *[format_metrics(metrics.get(d)) for d in ZOO_DATASETS],
-                     format_budget(config.get("training"), with_seed=True)])
-    order = {v.key: i for i, v in enumerate(variants())}
-    rows.sort(key=lambda r: (r[1], order.get(parse_model_name(r[0]).variant, len(order))))
-    return headers, rows
+        found = []
+        try:
+            lines = (model_dir / LOG_NAME).read_text().splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a partial last line of an interrupted run
+            if isinstance(event, dict) and event.get("event") == "validation" and "val_psnr" in event:
+                found.append({"model": spec.name, "variant": labels.get(spec.variant, spec.variant),
+                              "iteration": int(event["iteration"]), "val_psnr": float(event["val_psnr"])})
+        if found:
+            points += sorted(found, key=lambda p: p["iteration"])
+        else:
+            missing.append(spec.name)
+    return points, missing
+
+
+def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | Path | None = None
+                     ) -> list[dict]:
+    """PSNR on ``dataset`` against CPU ms (256x256) and parameters for every evaluated model, plus the
+    published rows (x4 Set5/Set14 only) marked ``"source": "published"``.
+
+    Each point: ``{"model", "label", "source", "psnr", "cpu_ms", "params"}``; ``cpu_ms``/``params`` are None
+    where unknown (bicubic has no CPU time here; the papers give no whole-model parameter counts; the CPU times
+    of the released LESRCNN and FDIWN are DESIGN.md's independent measurement).
+    """
+    scale = check_scale(scale)
+    labels = {v.key: v.label for v in variants()}
+    points = []
+    for row in (load_results(scale, results_dir) or {}).get("rows", []):
+        if not row.get(dataset):
+            continue
+        name = row["model"]
+        if name == "bicubic":
+            label, seed = "bicubic", None
+        else:
+            label, seed = labels.get(parse_model_name(name).variant, name), row.get("seed")
+        points.append({"model": name if seed is None else f"{name} (seed {seed})", "label": label,
+                       "source": "this project", "psnr": float(row[dataset]["psnr"]),
+                       "cpu_ms": row.get("cpu_ms_256"), "params": row.get("params")})
+    index = {"set5": 0, "set14": 1}.get(dataset)
+    if scale == 4 and index is not None:
+        for name, cells in PUBLISHED_X4.items():
+            points.append({"model": f"{name} (published)", "label": f"{name} (published)", "source": "published",
+                           "psnr": cells[index][0], "cpu_ms": RELEASED_X4_CPU.get(name), "params": None})
+    return points

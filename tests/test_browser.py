@@ -1,8 +1,9 @@
 """The app in a real browser: Debian's Chromium driven by Playwright (never ``playwright install``).
 
-Uploads an image, runs a comparison, finds the output images and the metrics table, runs a short
-fine-tune, opens "Model zoo" and "How it works", and saves screenshots of the four tabs to a temporary
-folder: a test never writes into tracked files. To refresh README's screenshots (with the bundled
+Uploads an image, runs a comparison, finds the output images, the metrics table, the error maps and the
+slider pair's difference map with their colour bars, runs a short fine-tune, opens "Model zoo", "Results"
+(with its plots) and "How it works", and saves screenshots to a temporary folder: a test never writes
+into tracked files. To refresh README's screenshots (with the bundled
 ``checkpoints/tiny-*-x4`` models, so the numbers are real)::
 
     KALDN_SCREENSHOTS_DIR=docs/screenshots python -m pytest tests/test_browser.py
@@ -90,6 +91,23 @@ def test_compare_tab(served, page):
     files = _text(page, "#kaldn-files")
     assert "bicubic-x4" in files and "metrics" in files and "tiny-" in files
 
+    # Error maps (one per output, each with its colour bar drawn in) and the slider pair's difference map.
+    page.wait_for_selector("#kaldn-errors img")
+    assert "one scale" in _text(page, "#kaldn-errors-note")
+    page.wait_for_selector("#kaldn-pair-map img")
+    assert "closer to the ground truth" in _text(page, "#kaldn-pair-note")
+    for selector in ("#kaldn-pair-map img", "#kaldn-errors img"):  # maps with a title and a bar: taller than wide
+        size = page.eval_on_selector(selector, "img => [img.naturalWidth, img.naturalHeight]")
+        assert size[1] > 256 and size[0] >= 256, (selector, size)
+
+    # A typed centre (Enter) moves the crops.
+    before = page.locator("#kaldn-gallery img").first.get_attribute("src")
+    cx = page.locator("#kaldn-cx input")
+    cx.fill("40")
+    cx.press("Enter")
+    page.wait_for_function(
+        "(b) => document.querySelector('#kaldn-gallery img').getAttribute('src') !== b", arg=before)
+
     # Click the zoom picker: the crops follow.
     before = page.locator("#kaldn-gallery img").first.get_attribute("src")
     picker = page.locator("#kaldn-picker img")
@@ -100,7 +118,19 @@ def test_compare_tab(served, page):
         "(b) => document.querySelector('#kaldn-gallery img').getAttribute('src') !== b", arg=before)
     time.sleep(1.0)
     page.screenshot(path=str(served["shots"] / "compare.png"), full_page=True)
+    page.locator("#kaldn-errors").scroll_into_view_if_needed()
+    page.locator("#kaldn-pair-map").screenshot(path=str(served["shots"] / "pair_map.png"))
+    page.locator("#kaldn-errors").screenshot(path=str(served["shots"] / "error_maps.png"))
     assert not page.errors, page.errors
+
+
+def test_a_bad_upload_is_reported_at_once(served, page, tmp_path):
+    page.get_by_role("tab", name="Compare").click()
+    bad = tmp_path / "not-an-image.png"
+    bad.write_text("hello, I am text")
+    page.set_input_files("#kaldn-input input[type=file]", str(bad))
+    page.wait_for_function("document.querySelector('#kaldn-status').innerText.includes('cannot be used')")
+    assert "not an image" in _text(page, "#kaldn-status")
 
 
 def test_finetune_tab(served, page):
@@ -126,13 +156,27 @@ def test_zoo_tab(served, page):
     page.wait_for_function("document.querySelector('#kaldn-zoo').innerText.includes('tiny-')")
     time.sleep(1.0)
     page.screenshot(path=str(served["shots"] / "zoo.png"), full_page=True)
-    page.get_by_role("radio", name="x4").check()
+    page.get_by_role("radio", name="x4").first.check()
     page.wait_for_function("!/-x[23]\\b/.test(document.querySelector('#kaldn-zoo').innerText)")
     table = _text(page, "#kaldn-zoo")
     for name in served["real"]:  # every shipped x4 model, with its measured Set5 PSNR
         assert name in table, name
     if served["real"]:
         assert re.search(r"\b\d{2}\.\d{2} / 0\.\d{4}\b", table), table
+    assert not page.errors, page.errors
+
+
+def test_results_tab(served, page):
+    page.get_by_role("tab", name="Results").click()
+    page.wait_for_function("document.querySelector('#kaldn-claims').innerText.length > 50", timeout=60_000)
+    # The plots are drawn (Vega renders into a canvas or an svg) with the published points' legend.
+    for plot in ("#kaldn-cost-cpu", "#kaldn-cost-params"):
+        page.wait_for_selector(f"{plot} canvas, {plot} svg")
+    if served["real"]:
+        assert "seed-to-seed spread" in _text(page, "#kaldn-claims")
+    assert "log.jsonl" in _text(page, "#kaldn-curves-note")
+    time.sleep(2.0)
+    page.screenshot(path=str(served["shots"] / "results.png"), full_page=True)
     assert not page.errors, page.errors
 
 

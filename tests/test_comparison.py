@@ -186,7 +186,7 @@ def test_zoom_crops_show_the_same_region_everywhere():
     assert x0 % 4 == 0 and y0 % 4 == 0 and w == h == 40
     assert abs(x0 + w / 2 - 101) <= 4 and abs(y0 + h / 2 - 57) <= 4
     factor = 160 // 40
-    assert [c[1].split(" ·")[0] for c in crops] == ["LR input (nearest x4)", "Bicubic", "Ground truth"]
+    assert [c[1].split(",")[0] for c in crops] == ["LR input (nearest x4)", "Bicubic", "Ground truth"]
     for img, _ in crops:
         assert img.shape == (w * factor, h * factor, 3)
     gt_crop = inputs.gt[y0:y0 + h, x0:x0 + w]
@@ -239,3 +239,132 @@ def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
     nothing = run_comparison(prepare_inputs(rng_image(40, 40), 3, "hr"), ["tiny-dsconv-x2"])
     with pytest.raises(UserError, match="None of the chosen variants could run"):
         ComparisonRun.save(nothing, tmp_path / "runs")
+
+
+# --- where the outputs differ: maps, default zoom, captions, scale switches ---------------------------------
+
+def _synthetic_run(tmp_path, with_gt: bool = True) -> tuple[ComparisonRun, np.ndarray]:
+    """Bicubic and two made-up 'models' on a 64x64 image: A is the ground truth, B is wrong only in a 12x12
+    patch at x 40..51, y 8..19 (so the pair differs there and nowhere else), bicubic only at x 8..19, y 40..51."""
+    from kaldn.comparison import Comparison, VariantResult
+    from kaldn.inputs import Inputs
+    gt = rng_image(64, 64, seed=3)
+    a = gt.copy()
+    b = gt.copy()
+    b[8:20, 40:52] = np.clip(b[8:20, 40:52].astype(int) + 30, 0, 255).astype(np.uint8)
+    bicubic = gt.copy()  # wrong only in its own patch at x 8..19, y 40..51
+    bicubic[40:52, 8:20] = np.clip(bicubic[40:52, 8:20].astype(int) - 30, 0, 255).astype(np.uint8)
+    inputs = Inputs(lr=gt[::4, ::4].copy(), gt=gt if with_gt else None, scale=4, mode="hr")
+    results = [VariantResult("bicubic", "Bicubic", None, bicubic),
+               VariantResult("ldsconv", "Linear DSConv", "m-a", a),
+               VariantResult("kdsconv-det", "KDSConv (det)", "m-b", b)]
+    if with_gt:
+        for r in results:
+            m = evaluate_pair(r.image, gt, 4)
+            r.psnr, r.ssim = m["psnr"], m["ssim"]
+    return ComparisonRun.save(Comparison(inputs, results, "cpu"), tmp_path / "runs"), gt
+
+
+def test_the_default_zoom_is_where_the_chosen_pair_differs_most(tmp_path):
+    run, _ = _synthetic_run(tmp_path)
+    run.slider("ldsconv", "kdsconv-det")
+    view = run.zoom(None, 16)
+    x0, y0, w, h = run.region
+    assert x0 <= 40 and x0 + w >= 52 - 4 and y0 <= 8 + 4 and y0 + h >= 20 - 4, run.region  # on the patch
+    assert view.center != (32, 32)
+    # Without a pair of two outputs (the LR input chosen): where the best model (A) gains most over bicubic,
+    # which is bicubic's own patch.
+    run.slider("lr", "ldsconv")
+    run.zoom(None, 16)
+    x0, y0, w, h = run.region
+    assert x0 <= 8 + 4 and x0 + w >= 20 - 4 and y0 <= 40 + 4 and y0 + h >= 52 - 4, run.region
+
+
+def test_error_and_pair_views_know_the_answer(tmp_path):
+    run, gt = _synthetic_run(tmp_path)
+    grid, note = run.error_view(columns=2)
+    assert "one scale" in note and grid.ndim == 3 and grid.dtype == np.uint8
+    # 64x64 maps enlarged x4 to 256, two per row, two rows, each with a caption band, then one colour bar.
+    assert grid.shape[1] >= 2 * 256 and grid.shape[0] > 2 * 256 + 40
+    from kaldn.maps import error_maps
+    maps = error_maps({r.label: r.image for r in run.comparison.ok}, gt, border=4)  # the same shared scale
+    tile = grid[6 + 20:6 + 20 + 256, 6 + 256 + 6:6 + 256 + 6 + 256]  # row 0, column 1: Linear DSConv = exact
+    np.testing.assert_array_equal(tile, np.repeat(np.repeat(maps.colourized("Linear DSConv"), 4, 0), 4, 1))
+    pair_img, summary = run.pair_view("ldsconv", "kdsconv-det")
+    assert pair_img is not None and "Linear DSConv is closer" in summary
+    assert run.pair_difference("ldsconv", "kdsconv-det").b_wins == 0.0  # B is never the closer one
+    same, message = run.pair_view("ldsconv", "ldsconv")
+    assert same is None and "same image" in message
+    no_gt, _ = _synthetic_run(tmp_path / "nogt", with_gt=False)
+    errors, note = no_gt.error_view()
+    assert errors is None and note.startswith("No ground truth")
+    _, summary = no_gt.pair_view("ldsconv", "kdsconv-det")
+    assert summary.startswith("No ground truth") and f"{30 * 219 / 255:.1f} at most" in summary  # +30 RGB = +25.8 Y
+
+
+def test_zoomed_crops_carry_their_caption_above_the_pixels(tmp_path):
+    run, gt = _synthetic_run(tmp_path)
+    view = run.zoom((32, 32), 16)
+    labelled = view.labelled()
+    for (crop, _), shown in zip(view.crops, labelled):
+        assert shown.shape[0] == shown.shape[1] > crop.shape[0]  # square: a gallery thumbnail shows all of it
+        margin = (shown.shape[1] - crop.shape[1]) // 2
+        np.testing.assert_array_equal(shown[-crop.shape[0]:, margin:margin + crop.shape[1]], crop[..., :3])
+
+
+def test_the_slider_lr_image_is_the_nearest_neighbour_enlargement(tmp_path):
+    comparison = run_comparison(prepare_inputs(rng_image(40, 40), 4, "hr"), ["bicubic"])
+    run = ComparisonRun.save(comparison, tmp_path / "runs")
+    _, lr_path = run.slider("bicubic", "lr")
+    shown = load_image(lr_path)
+    assert shown.shape == (40, 40, 3)  # the output size, not the 10x10 LR file the browser would smooth
+    np.testing.assert_array_equal(shown, np.repeat(np.repeat(comparison.inputs.lr, 4, axis=0), 4, axis=1))
+
+
+def test_a_scale_switch_keeps_only_what_can_run_and_messages_name_each_variant_once():
+    from kaldn.comparison import runnable_selection
+    from kaldn.finetune import FineTunedRegistry
+    available = ["tiny-dsconv-x2", "tiny-dsconv-x4", "tiny-ldsconv-x4"]
+    registry = FineTunedRegistry()
+    assert runnable_selection(["bicubic", "dsconv", "ldsconv"], 2, available, registry) == ["bicubic", "dsconv"]
+    assert runnable_selection(["ldsconv"], 2, available, registry) == default_variants(2, available)
+    comparison = run_comparison(prepare_inputs(rng_image(32, 32), 3, "hr"), ["bicubic", "dsconv", "tiny-ldsconv-x2"])
+    for warning in comparison.warnings:
+        label, message = warning.split(": ", 1)
+        assert label not in message, warning
+
+
+def test_what_the_loader_changes_reaches_the_notes_once():
+    rgb16 = rng_image(32, 32, dtype=np.uint16)
+    path_buf = io.BytesIO()
+    # A 16-bit RGB PNG (Pillow cannot write one): written by the library's own 16-bit writer.
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        from kaldn.images import save_png
+        save_png(rgb16, Path(tmp) / "rgb16.png")
+        notes = prepare_inputs(Path(tmp) / "rgb16.png", 2, "hr").notes
+    assert any("16 bits per channel" in n and "8 bits" in n for n in notes), notes
+
+    frames = [Image.fromarray(rng_image(32, 32, seed=s)) for s in range(3)]
+    frames[0].save(path_buf, format="GIF", save_all=True, append_images=frames[1:])
+    notes = prepare_inputs(path_buf.getvalue(), 2, "hr").notes
+    assert any("3 frames" in n and "first frame" in n for n in notes), notes
+
+    cmyk = io.BytesIO()
+    Image.fromarray(rng_image(32, 32)).convert("CMYK").save(cmyk, format="JPEG")
+    notes = prepare_inputs(cmyk.getvalue(), 2, "hr").notes
+    assert any("CMYK" in n for n in notes), notes
+
+    gray16 = io.BytesIO()
+    Image.fromarray(rng_image(32, 32, channels=1, dtype=np.uint16)[..., 0]).save(gray16, format="PNG")
+    notes = prepare_inputs(gray16.getvalue(), 2, "hr").notes
+    assert sum("grayscale" in n for n in notes) == 1 and sum("16 bits" in n or "16-bit" in n for n in notes) == 2
+
+
+def test_large_error_maps_shrink_for_the_overview_without_losing_a_hotspot():
+    from kaldn.comparison import _tile
+    image = np.zeros((1100, 1030, 3), np.uint8)
+    image[777, 333] = 255  # one bright (large-error) pixel
+    tile = _tile(image)
+    assert max(tile.shape[:2]) <= 512 and tile.max() == 255
+    assert _tile(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)  # small ones enlarged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from kaldn.cache import ModelCache
 from kaldn.errors import UserError
 from kaldn.images import load_image
 from kaldn.inputs import prepare_inputs
-from kaldn.inspection import (depthwise_stats, gate_report, gate_rows, gate_summary, hasty_relu_report,
+from kaldn.inspection import (depthwise_stats, gate_note, gate_report, gate_rows, gate_summary, hasty_relu_report,
                               inspection_choices, kernel_layers, kernel_rows, kernel_table, kernel_view,
                               render_kernel_grid)
 from kaldn.models import create_model
@@ -36,6 +37,10 @@ def test_hasty_relu_statistic_is_a_fraction(use_throwaway):
         assert all(0 <= layer["zeroed_fraction"] <= 1 for layer in st["layers"])
         assert st["map"].shape == lr.shape[:2] and st["map"].min() >= 0 and st["map"].max() <= 1
     assert "DSConv" in report.summary and len(report.maps) == 3
+    # The maps' colour range is said at both ends (not 0-100 %), and it contains what the maps show.
+    lo, hi = map(float, re.search(r"(\d+\.\d)% \(dark\) to (\d+\.\d)% \(light\)", report.summary).groups())
+    for st in (ds, lin):
+        assert lo - 0.05 <= 100 * np.percentile(st["map"], 50) <= hi + 0.05
     assert len(report.rows) == 2 and len(report.per_layer) == 32
     with pytest.raises(UserError, match="No DSConv / linear DSConv checkpoint at x3: tiny-dsconv-x3"):
         hasty_relu_report(lr, 3, ModelCache())
@@ -86,7 +91,9 @@ def test_kernel_view_and_the_model_lists(use_throwaway):
     view = kernel_view(cache, "tiny-kdsconv-det-x4")
     assert view.layer == "blocks.0.layers.2" and len(view.layers) == 16 and len(view.gate_rows) == 16
     assert kernel_view(cache, "tiny-dsconv-x4", "blocks.3.layers.3").layer == "blocks.3.layers.3"
-    assert kernel_view(cache, "tiny-dsconv-x4").gate_rows == []  # no kernel attention in DSConv
+    dsconv = kernel_view(cache, "tiny-dsconv-x4")
+    assert dsconv.gate_rows == [] and "no gate to report" in dsconv.gate_note  # the empty table says why
+    assert "no dead gate" in view.gate_note or "dead" in view.gate_note
     with pytest.raises(UserError, match="Cannot load tiny-kdsconv-det-x3"):
         kernel_view(cache, "tiny-kdsconv-det-x3")
     available = ["tiny-conv-x4", "tiny-dsconv-x2", "tiny-kdsconv-avg-x2", "tiny-kdsconv-det-x2",
@@ -109,4 +116,7 @@ def test_gate_report_sees_a_dead_gate():
     assert all(r["a_std"] > 0 for r in rows[1:])
     summary = gate_summary(rows)
     assert summary["gate_layers"] == 16 and 0 < summary["gate_a_std_mean"] < max(r["a_std"] for r in rows)
+    headers, table = gate_rows(model)
+    assert table[0][-1].startswith("DEAD: a = 0.500") and all(r[-1] == "learned" for r in table[1:])
+    assert "1 of 16 gates are dead" in gate_note(model, "m") and "blocks.0.layers.0" in gate_note(model, "m")
     assert gate_summary([]) == {}

@@ -11,7 +11,7 @@ from kaldn.cards import model_card, repo_card, write_cards
 from kaldn.checkpoint import save_checkpoint
 from kaldn.hub import bundled_dir
 from kaldn.models import count_parameters, create_model
-from kaldn.results import zoo_table
+from kaldn.results import PUBLISHED_X4, format_count, psnr_cost_points, training_curves, zoo_table
 
 
 def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
@@ -21,17 +21,74 @@ def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
                         {"metrics": {"set5": {"psnr": psnr, "ssim": 0.9}}, "training": budget})
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    headers, rows = zoo_table(tmp_path)
+    no_results = tmp_path / "no-results"  # no results/x{s}.json: every row from its config
+    headers, rows = zoo_table(tmp_path, results_dir=no_results)
     by_model = {r[0]: dict(zip(headers, r)) for r in rows}
     assert [r[0] for r in rows] == ["tiny-dsconv-x2", "tiny-kdsconv-det-x2", "tiny-ldsconv-x4"]  # scale, then variant
     row = by_model["tiny-kdsconv-det-x2"]
     assert row["set5 PSNR / SSIM"] == "33.50 / 0.9000" and row["set14 PSNR / SSIM"] == "-"
-    assert row["Params"] == count_parameters(create_model("tiny-kdsconv-det-x2"))
-    assert row["Training budget"] == "4000 it, batch 16, patch 32, seed 0, 10 min on cpu"
-    assert [r[0] for r in zoo_table(tmp_path, scale=4)[1]] == ["tiny-ldsconv-x4"]
-    assert zoo_table(tmp_path, scale="all") == (headers, rows)
+    assert row["Params"] == format_count(count_parameters(create_model("tiny-kdsconv-det-x2")))
+    assert row["Training budget"] == "4000 it, batch 16, patch 32, 10 min on cpu" and row["Seed"] == "0"
+    assert row["Weights"] == "bundled"
+    assert [r[0] for r in zoo_table(tmp_path, scale=4, results_dir=no_results)[1]] == ["tiny-ldsconv-x4"]
+    assert zoo_table(tmp_path, scale="all", results_dir=no_results) == (headers, rows)
     with pytest.raises(ValueError, match="scale must be one of"):
         zoo_table(tmp_path, scale=5)
+
+
+def test_zoo_table_from_evaluate_results_has_bicubic_second_seeds_fused_counts_and_costs(tmp_path):
+    ckpts, results = tmp_path / "ckpts", tmp_path / "results"
+    budget = {"iterations_done": 4000, "batch": 16, "patch": 32, "seed": 0, "wall_time_s": 600.0, "device": "cpu"}
+    save_checkpoint(ckpts / "tiny-kdsconv-det-x4", create_model("tiny-kdsconv-det-x4"), {"training": budget})
+    cell = {"psnr": 30.5, "ssim": 0.86}
+    rows = [{"model": "bicubic", "params": 0, "set5": {"psnr": 28.43, "ssim": 0.81}},
+            {"model": "tiny-kdsconv-det-x4", "seed": 0, "params": 142992, "multiply_adds_256": 7220494336,
+             "cpu_ms_256": 1357.4, "training": budget, "set5": cell},
+            {"model": "tiny-kdsconv-det-x4", "seed": 1, "params": 142992, "multiply_adds_256": 7220494336,
+             "cpu_ms_256": 323.0, "training": {**budget, "seed": 1}, "set5": cell}]
+    results.mkdir()
+    (results / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
+    headers, table = zoo_table(ckpts, scale=4, results_dir=results)
+    got = [dict(zip(headers, r)) for r in table]
+    assert [(r["Model"], r["Seed"]) for r in got] == [("bicubic", "-"), ("tiny-kdsconv-det-x4", "0"),
+                                                      ("tiny-kdsconv-det-x4", "1")]
+    assert got[0]["set5 PSNR / SSIM"] == "28.43 / 0.8100" and got[0]["Params"] == "0"
+    kds = got[1]
+    fused = format_count(count_parameters(create_model("tiny-ldsconv-x4")))  # fused KDSConv = linear DSConv
+    assert kds["Params"] == "142,992" and kds["Params (fused)"] == fused != kds["Params"]
+    assert kds["MACs (256x256)"] == "7.22 G" and kds["CPU ms (256x256)"] == "1,357"
+    assert kds["Weights"] == "bundled" and got[2]["Weights"].startswith("not shipped")
+
+
+def test_training_curves_read_the_log_beside_a_checkpoint(tmp_path):
+    for name in ("tiny-dsconv-x4", "tiny-ldsconv-x4", "tiny-ldsconv-x2"):
+        save_checkpoint(tmp_path / name, create_model(name), {})
+    events = [{"event": "step", "iteration": 10, "loss": 0.1},
+              {"event": "validation", "iteration": 200, "val_psnr": 27.5, "wall_time_s": 60.0},
+              {"event": "validation", "iteration": 100, "val_psnr": 26.0, "wall_time_s": 30.0}]
+    lines = [json.dumps(e) for e in events] + ['{"event": "validation", "iter']  # an interrupted last line
+    (tmp_path / "tiny-dsconv-x4" / "log.jsonl").write_text("\n".join(lines))
+    points, missing = training_curves(tmp_path, scale=4)
+    assert [(p["model"], p["iteration"], p["val_psnr"]) for p in points] == [
+        ("tiny-dsconv-x4", 100, 26.0), ("tiny-dsconv-x4", 200, 27.5)]
+    assert points[0]["variant"] == "DSConv" and missing == ["tiny-ldsconv-x4"]
+    assert training_curves(tmp_path)[1] == ["tiny-ldsconv-x2", "tiny-ldsconv-x4"]
+
+
+def test_psnr_cost_points_mark_the_published_rows(tmp_path):
+    rows = [{"model": "bicubic", "params": 0, "set5": {"psnr": 28.43, "ssim": 0.81}},
+            {"model": "tiny-dsconv-x4", "seed": 1, "params": 112272, "cpu_ms_256": 300.0,
+             "set5": {"psnr": 30.4, "ssim": 0.86}}]
+    (tmp_path / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
+    points = psnr_cost_points(4, "set5", tmp_path)
+    ours = [p for p in points if p["source"] == "this project"]
+    published = [p for p in points if p["source"] == "published"]
+    assert [p["model"] for p in ours] == ["bicubic", "tiny-dsconv-x4 (seed 1)"] and ours[1]["cpu_ms"] == 300.0
+    assert len(published) == len(PUBLISHED_X4) and all(p["params"] is None for p in published)
+    assert {p["model"]: p["psnr"] for p in published}["KALDN (published)"] == PUBLISHED_X4["KALDN"][0][0]
+    assert [p["model"] for p in published if p["cpu_ms"]] == ["LESRCNN (published)", "FDIWN (published)"]
+    (tmp_path / "x2.json").write_text(json.dumps({"scale": 2, "datasets": ["set5"], "rows": rows[:1]}))
+    assert [p["source"] for p in psnr_cost_points(2, "set5", tmp_path)] == ["this project"]  # x4 only published
 
 
 def _config(name: str, metrics: dict) -> dict:
