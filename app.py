@@ -196,12 +196,18 @@ name.
 
 # --- helpers ----------------------------------------------------------------------------------------------
 
+def titled(title: str, message: str) -> dict:
+    """A pop-up's title and message. Gradio 6 groups pop-ups by level and heads the group with the level
+    ("Error", "Warning"), so the title also leads the message, where the user sees it."""
+    return {"message": f"{title}: {message}", "title": title}
+
+
 def shows_user_errors(fn):
     """Turn the library's user-facing errors into Gradio error pop-ups, logged as one line (other exceptions
     keep their traceback)."""
     def to_gradio(exc: Exception) -> gr.Error:
         log.info("%s refused: %s", fn.__name__, exc)
-        return gr.Error(str(exc), title="Busy" if isinstance(exc, BusyError) else "Cannot run this",
+        return gr.Error(**titled("Busy" if isinstance(exc, BusyError) else "Cannot run this", str(exc)),
                         print_exception=False)
 
     if inspect.isgeneratorfunction(fn):
@@ -300,9 +306,9 @@ def admit(request: gr.Request) -> None:
     if not SLOTS.admit(session_of(request)):
         log.info("refused a job of session %s: it has %d waiting or running", session_of(request),
                  SLOTS.limit)
-        raise gr.Error(f"You already have {'a job' if SLOTS.limit == 1 else f'{SLOTS.limit} jobs'} waiting or "
-                       "running: wait for it to finish, then submit the next one.", title="One at a time",
-                       print_exception=False)
+        jobs = "a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs"
+        raise gr.Error(**titled("One at a time", f"you already have {jobs} waiting or running: wait for it to "
+                                "finish, then submit the next one."), print_exception=False)
 
 
 def admit_compare(mode, image, ground_truth, scale, variants, device, crop_size, request: gr.Request):
@@ -437,7 +443,7 @@ def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any, request: 
                              image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
     except (UserError, ImageError) as exc:
         log.info("check_upload refused: %s", exc)
-        gr.Warning(str(exc), title="This upload cannot be used")
+        gr.Warning(**titled("This upload cannot be used", str(exc)))
         return f"**This upload cannot be used:** {exc}"
     return "\n\n".join(f"- {line}" for line in ["Ready: press **Run comparison**.", *notes])
 

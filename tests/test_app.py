@@ -186,8 +186,9 @@ def test_bad_input_shows_a_message_and_the_app_keeps_serving(served, client, tmp
     else:
         path, expected = EXAMPLE, "at least one variant"
         kwargs = {"variants": []}
-    with pytest.raises(AppError, match=expected):
+    with pytest.raises(AppError, match=expected) as refused:
         compare(client, path, 4, **{"variants": ["bicubic"], **kwargs})
+    assert str(refused.value).startswith("Cannot run this: ")  # the title reaches the user in the message
     monkeypatch.undo()
     table = compare(client, EXAMPLE, 2, ["bicubic"])[6]  # still serving
     assert table_rows(table)["Bicubic"]["PSNR (dB)"] > 20
