@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .display import diverging, enlarge_nearest, font, sequential
-from .metrics import _as_8bit, psnr_y, rgb_to_y
+from .metrics import _as_8bit, crop_border, psnr_y, rgb_to_y
 
 __all__ = [
     "NO_GROUND_TRUTH", "WIN_THRESHOLD", "SCALE_PERCENTILE", "ErrorMaps", "PairDifference",
@@ -50,16 +50,6 @@ SCALE_PERCENTILE = 99.0  # colour scales end at this percentile, so a few outlie
 
 # --- Y channel and small helpers --------------------------------------------------------------------------
 
-def _crop(values: np.ndarray, border: int) -> np.ndarray:
-    border = int(border)
-    if border < 0:
-        raise ValueError(f"border must be >= 0, got {border}")
-    h, w = values.shape[:2]
-    if h - 2 * border <= 0 or w - 2 * border <= 0:
-        raise ValueError(f"border {border} leaves nothing of a {w}x{h} image")
-    return values[border:h - border, border:w - border] if border else values
-
-
 def _colour(image: np.ndarray) -> np.ndarray:
     """The colour channels: alpha is not part of any metric (as in compare.run_comparison)."""
     img = np.asarray(image)
@@ -72,7 +62,7 @@ def y_channel(image: np.ndarray, border: int = 0) -> np.ndarray:
     Floats are rounded to 8 bits first and alpha is dropped; ``border`` pixels are cropped
     from every side (0: the full, pixel-aligned map).
     """
-    return _crop(rgb_to_y(_as_8bit(_colour(image))), border)
+    return crop_border(rgb_to_y(_as_8bit(_colour(image))), border)
 
 
 def _same_shape(images: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -127,7 +117,7 @@ def error_maps(outputs: Mapping[str, np.ndarray], ground_truth: np.ndarray, *, b
     _same_shape({**outputs, "ground truth": ground_truth})
     y_gt = y_channel(ground_truth)
     maps = {name: np.abs(y_channel(out) - y_gt) for name, out in outputs.items()}
-    inner = {name: _crop(m, border) for name, m in maps.items()}
+    inner = {name: crop_border(m, border) for name, m in maps.items()}
     limit = _scale_limit(np.concatenate([m.ravel() for m in inner.values()]))
     return ErrorMaps(maps=maps, mean_abs={name: float(m.mean()) for name, m in inner.items()},
                      limit=limit, border=int(border))
@@ -197,14 +187,14 @@ def pair_difference(a: np.ndarray, b: np.ndarray, ground_truth: np.ndarray | Non
     _same_shape(images)
     y_a, y_b = y_channel(a), y_channel(b)
     absolute = np.abs(y_a - y_b)
-    inner_abs = _crop(absolute, border)
+    inner_abs = crop_border(absolute, border)
     common = dict(labels=(str(labels[0]), str(labels[1])), absolute=absolute, border=int(border),
                   max_abs=float(inner_abs.max()), mean_abs=float(inner_abs.mean()))
     if ground_truth is None:
         return PairDifference(signed=None, limit=_scale_limit(inner_abs), **common)
     y_gt = y_channel(ground_truth)
     signed = np.abs(y_b - y_gt) - np.abs(y_a - y_gt)
-    inner = _crop(signed, border)
+    inner = crop_border(signed, border)
     eps = 1e-9  # Y differences are sums of float products; a difference of exactly 1 must count
     psnr_a = psnr_y(_colour(a), _colour(ground_truth), border)
     psnr_b = psnr_y(_colour(b), _colour(ground_truth), border)
@@ -226,7 +216,7 @@ def hotspot(values: np.ndarray, size: int, border: int = 0) -> tuple[float, floa
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2:
         raise ValueError(f"hotspot expects a 2-D map, got shape {values.shape}")
-    inner = _crop(values, border)
+    inner = crop_border(values, border)
     h, w = inner.shape
     kh, kw = max(1, min(int(size), h)), max(1, min(int(size), w))
     table = np.zeros((h + 1, w + 1))

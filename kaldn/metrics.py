@@ -56,23 +56,24 @@ def _as_8bit(image: np.ndarray) -> np.ndarray:
     return img
 
 
+def crop_border(values: np.ndarray, border: int) -> np.ndarray:
+    """``values`` without ``border`` pixels on every side (the protocol's crop of ``scale`` pixels)."""
+    border = int(border)
+    if border < 0:
+        raise ValueError(f"border must be >= 0, got {border}")
+    h, w = values.shape[:2]
+    if h - 2 * border <= 0 or w - 2 * border <= 0:
+        raise ValueError(f"border {border} leaves nothing of a {w}x{h} image")
+    return values[border:h - border, border:w - border] if border else values
+
+
 def _prepare(output: np.ndarray, reference: np.ndarray, border: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.asarray(output)
     ref = np.asarray(reference)
     if out.shape != ref.shape:
         raise ValueError(f"output and reference shapes differ: output {out.shape} vs reference {ref.shape}")
-    border = int(border)
-    if border < 0:
-        raise ValueError(f"border must be >= 0, got {border}")
-    h, w = out.shape[:2]
-    if h - 2 * border <= 0 or w - 2 * border <= 0:
-        raise ValueError(f"border {border} leaves nothing of a {w}x{h} image")
-    y_out = rgb_to_y(_as_8bit(out))
-    y_ref = rgb_to_y(_as_8bit(ref))
-    if border:
-        y_out = y_out[border:-border, border:-border]
-        y_ref = y_ref[border:-border, border:-border]
-    return y_out, y_ref
+    crop_border(out, border)  # checks the border before any conversion work
+    return crop_border(rgb_to_y(_as_8bit(out)), border), crop_border(rgb_to_y(_as_8bit(ref)), border)
 
 
 def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
