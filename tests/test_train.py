@@ -395,3 +395,20 @@ def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
         assert training["iterations"] == plan["iters"]  # one budget for every model
         assert 0 < training["iterations_done"] <= plan["iters"]
         assert training["wall_time_s"] <= 0.05 * 60 / 2 + 5  # its share of the budget, plus one iteration
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16", "bf16"), ("fpu amx_bf16", "bf16"),
+                                             ("fpu sse avx2 avx512f", "fp32"), (None, "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, flags, expected):
+    from kaldn.train import resolve_precision
+    real = Path.read_text
+
+    def fake(self, *args, **kwargs):
+        if str(self) != "/proc/cpuinfo":
+            return real(self, *args, **kwargs)
+        if flags is None:
+            raise OSError("no /proc here")
+        return f"processor: 0\nflags: {flags}\n"
+    monkeypatch.setattr(Path, "read_text", fake)
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice is kept
