@@ -38,7 +38,7 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import SessionSlots
+from kaldn.admission import SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
 from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
                               metrics_table, pair_choices, resolve_variant, run_comparison, runnable_selection)
@@ -102,6 +102,7 @@ def queued_events(session: str) -> int:
 
 
 SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events)
+VIEWS = SingleFlight(limit=8)  # views outside the queue: one per session, eight at once
 
 PAPERS = """
 **Papers.** [001] *ALDNet*: "Attention-aware Linear Depthwise Convolution for Single Image Super-Resolution"
@@ -275,6 +276,22 @@ def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
 
+def quick_view(fn):
+    """A view (slider, zoom, kernels) runs outside the queue, so a flood of views cannot fill it: one per
+    session at a time and at most ``VIEWS.limit`` in all, extra calls refused at once."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        session = session_of(_request_in(args, kwargs))
+        if not VIEWS.enter(session):
+            raise gr.Error(**titled("One at a time", "a view of yours is still being drawn, or the server is "
+                                    "busy: try again in a moment."), print_exception=False)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            VIEWS.leave(session)
+    return call
+
+
 def admitted(fn):
     """Hold the session's job slot (taken by ``admit`` before queueing) while the handler runs; give it back
     after, however it ends."""
@@ -340,7 +357,9 @@ class BodyLimit:
         self.app, self.max_body = app, max_body
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope.get("path", "").rstrip("/").endswith("/upload"):
+        # Only Gradio's own upload route is exempt (exactly: "/gradio_api/call/upload" is not an upload).
+        upload = scope.get("root_path", "").rstrip("/") + "/gradio_api/upload"
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload"):
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -449,6 +468,7 @@ def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any, request: 
 
 
 @shows_user_errors
+@quick_view
 def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = None):
     """The two chosen images in the slider, and where they differ."""
     run = need_run(run_id, request)
@@ -456,12 +476,14 @@ def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = N
     return run.slider(left, right), pair, note
 
 
+@quick_view
 def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, request: gr.Request = None):
     """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
     view = need_run(run_id, request).zoom((evt.index[0], evt.index[1]), crop_size)
     return view.picker, view.labelled(), *view.center
 
 
+@quick_view
 def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
     """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
     slider's pair differs most)."""
@@ -566,13 +588,13 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     gr.on([image.upload, gt.upload], check_upload, [mode, image, gt, scale], [status], api_name="check_upload",
           preprocess=False, concurrency_id="compute", validator=admit_upload)
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
-          api_name="slider_pair")
-    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region",
+          api_name="slider_pair", queue=False)
+    picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region", queue=False,
                   show_progress="hidden")
     # Typed values count too: the slider's number box (input) and the centre boxes (Enter). Not on blur: a
     # click on the picker right after typing would race a second zoom.
     gr.on([crop_size.input, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
-          api_name="zoom", trigger_mode="always_last", show_progress="hidden")  # quick: no overlay on the picker
+          api_name="zoom", trigger_mode="always_last", show_progress="hidden", queue=False)  # quick: no overlay on the picker
     return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
 
 
@@ -767,6 +789,7 @@ def check_model_ref(model_ref: str, request: gr.Request | None) -> None:
 
 
 @shows_user_errors
+@quick_view
 def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """Choose a model: its layers, and the kernels of the current (or a default) layer, plus its gate report."""
     if not model_ref:
@@ -778,6 +801,7 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
 
 
 @shows_user_errors
+@quick_view
 def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """The depthwise kernels of one layer as heat maps, with det/avg/max pooled values and 1 + a."""
     if not model_ref:
@@ -828,8 +852,8 @@ def how_tab() -> SimpleNamespace:
     gr.Markdown(PAPERS)
 
     kernel_outputs = [layer, kernel_img, kernel_df, gate_df, gate_md]
-    model.change(kernel_model, [model, layer], kernel_outputs, api_name="kernel_model")
-    layer.input(kernels, [model, layer], [kernel_img, kernel_df], api_name="kernels")
+    model.change(kernel_model, [model, layer], kernel_outputs, api_name="kernel_model", queue=False)
+    layer.input(kernels, [model, layer], [kernel_img, kernel_df], api_name="kernels", queue=False)
     return SimpleNamespace(model=model, layer=layer, kernel_outputs=kernel_outputs,
                            hasty_button=hasty_btn, hasty_outputs=[hasty_md, hasty_gallery, hasty_df, hasty_layers])
 
@@ -881,7 +905,8 @@ def build_demo() -> gr.Blocks:
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
                                validator=admit_hasty)
-        how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works").then(
+        how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works",
+                        queue=False).then(
             hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False,
             validator=admit_hasty)
         demo.unload(end_session)
@@ -909,7 +934,7 @@ def launch_kwargs() -> dict[str, Any]:
         "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body)]},
         "theme": gr.themes.Soft(),
         "css": CSS,
-        "show_error": True,
+        "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not
     }
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["SessionSlots"]
+__all__ = ["SessionSlots", "SingleFlight"]
 
 
 @dataclass
@@ -86,3 +86,28 @@ class SessionSlots:
     def held(self, session: str) -> int:
         with self._lock:
             return len(self._prune(session))
+
+
+class SingleFlight:
+    """At most one call per session at a time and ``limit`` in all; ``enter`` never waits (False: refused).
+
+    For quick views that run outside the queue: without the queue's order, this is what bounds them.
+    """
+
+    def __init__(self, limit: int = 8) -> None:
+        self.limit = limit
+        self._active: set[str] = set()
+        self._lock = threading.Lock()
+
+    def enter(self, session: str | None) -> bool:
+        if not session:
+            return False
+        with self._lock:
+            if session in self._active or len(self._active) >= self.limit:
+                return False
+            self._active.add(session)
+            return True
+
+    def leave(self, session: str | None) -> None:
+        with self._lock:
+            self._active.discard(session or "")

@@ -48,6 +48,7 @@ from .inputs import Inputs
 from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
                    pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
+from . import models
 from .models import count_parameters, parse_model_name, variants
 from .resize import imresize
 
@@ -230,14 +231,22 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     than an exception. Times cover the upscaling only (the model is loaded, fused
     and moved to the device before the clock starts).
     """
-    variants = list(dict.fromkeys(str(v) for v in variants or []))  # de-duplicated, order kept
+    variants = list(dict.fromkeys(str(v).strip() for v in variants or []))  # de-duplicated, order kept
     if not variants:
         raise UserError("Choose at least one variant to run.")
+    # Each variant costs a model run and a full-size output: no more than there are distinct choices.
+    limit = 1 + len(models.variants()) + (len(registry.items()) if registry is not None else 0)
+    if len(variants) > limit:
+        raise UserError(f"At most {limit} variants can be compared at once; {len(variants)} were given.")
     cache = cache or ModelCache()
     device_warnings: list[str] = []
     dev = _resolve_device(device, device_warnings)
     lr, gt, scale = inputs.lr, inputs.gt, inputs.scale
-    resolved = [resolve_variant(v, scale, registry) for v in variants]
+    resolved, seen = [], set()
+    for var in (resolve_variant(v, scale, registry) for v in variants):
+        if (var.ref or var.key) not in seen:  # two names for one model (a key and its model name) run it once
+            seen.add(var.ref or var.key)
+            resolved.append(var)
     results: list[VariantResult] = []
     n = len(resolved)
 

@@ -84,14 +84,17 @@ def _delete(entry: FineTuned) -> None:
 
 
 class FineTunedRegistry:
-    """Fine-tuned models of this process, newest last; the oldest are forgotten (and deleted) beyond ``cap``.
+    """Fine-tuned models of this process, newest last.
 
     Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
-    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends.
+    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
+    one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
+    ``total_cap`` models in all, a new one is refused until sessions end.
     """
 
-    def __init__(self, cap: int = 8) -> None:
+    def __init__(self, cap: int = 8, total_cap: int = 64) -> None:
         self.cap = cap
+        self.total_cap = total_cap
         self._items: OrderedDict[str, FineTuned] = OrderedDict()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
@@ -99,6 +102,10 @@ class FineTunedRegistry:
     def add(self, path: str | Path, model: str, info: dict | None = None,
             delete_dir: str | Path | None = None, owner: str | None = None) -> FineTuned:
         with self._lock:
+            mine = [k for k, e in self._items.items() if e.owner == owner]
+            if len(self._items) - (len(mine) >= self.cap) >= self.total_cap:
+                raise BusyError("The server holds as many fine-tuned models as it can; try again when "
+                                "other sessions have ended.")
             n = next(self._counter)
             key = f"ft-{n}"
             spec = parse_model_name(model)
@@ -108,9 +115,8 @@ class FineTunedRegistry:
                 (f", {iters} it)" if iters else ")")
             entry = FineTuned(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner)
             self._items[key] = entry
-            while len(self._items) > self.cap:
-                _, old = self._items.popitem(last=False)
-                _delete(old)
+            for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
+                _delete(self._items.pop(old_key))
             return entry
 
     def for_owner(self, owner: str | None) -> "FineTunedRegistry":

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -102,6 +104,9 @@ def depthwise_stats(model: nn.Module, lr: np.ndarray, max_side: int = 192) -> di
     y0, x0 = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
     crop = rgb[y0:y0 + max_side, x0:x0 + max_side]
     x = image_to_tensor(crop)
+    # Hooks go on a private copy: the caller's model may be shared (the app's cache), and a hook left on it,
+    # or copied from it while this runs, would reach other users' runs.
+    model = copy.deepcopy(model)
     device = next(model.parameters()).device
     layers, handles = [], []
     total = {"n": 0, "neg": 0, "energy": 0.0, "neg_energy": 0.0}

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaldn.admission import SessionSlots
+from kaldn.admission import SessionSlots, SingleFlight
 from kaldn.comparison import RunStore, run_comparison
 from kaldn.errors import UserError
 from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings
@@ -358,3 +358,49 @@ def test_12_a_damaged_checkpoint_is_reported_without_its_path(tmp_path):
     result = run_comparison(prepare_inputs(rng_image(32, 32), 2), ["bicubic", entry.key],
                             registry=registry.for_owner("a")).result(entry.key)
     assert result.status == "error" and str(tmp_path) not in result.message and "damaged" in result.message
+
+
+# --- found by a hostile review after the merge --------------------------------------------------------------
+
+def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
+    import httpx
+    dependencies = httpx.get(f"{served['url']}config", timeout=30).json()["dependencies"]
+    queued = {d.get("api_name"): d.get("queue") for d in dependencies}
+    for view in ("slider_pair", "zoom", "select_region", "kernels", "kernel_model", "open_how_it_works"):
+        assert queued[view] is False, view  # a flood of views cannot fill the queue the jobs wait in
+    guard = SingleFlight(limit=2)
+    assert guard.enter("a") and not guard.enter("a")  # one view per session at a time
+    assert guard.enter("b") and not guard.enter("c")  # and a bound on all of them
+    assert not guard.enter(None)  # no session, no view
+    guard.leave("a")
+    assert guard.enter("c")
+
+
+def test_a_path_ending_in_upload_is_not_exempt_from_the_body_cap(served):
+    import httpx
+    for route in ("gradio_api/call/upload", "gradio_api/call/v2/upload", "gradio_api/call/upload/"):
+        r = httpx.post(f"{served['url']}{route}", content=b"{" + b" " * (2 << 20) + b"}",
+                       headers={"content-type": "application/json"}, timeout=30)
+        assert r.status_code == 413, route
+
+
+def test_duplicate_and_padded_variant_names_run_once_and_the_list_is_capped():
+    inputs = prepare_inputs(rng_image(24, 24), 2, "lr")
+    comparison = run_comparison(inputs, ["bicubic", " bicubic", "bicubic\t", "bicubic  "])
+    assert [r.key for r in comparison.results] == ["bicubic"]
+    with pytest.raises(UserError, match="At most"):
+        run_comparison(inputs, [f"x{i}" for i in range(40)])
+
+
+def test_one_owner_cannot_evict_another_owners_fine_tuned_models(tmp_path):
+    registry = FineTunedRegistry(cap=2, total_cap=4)
+    victim = registry.add(tmp_path / "v", "tiny-ldsconv-x2", owner="victim")
+    for i in range(6):
+        registry.add(tmp_path / f"a{i}", "tiny-ldsconv-x2", owner="attacker")
+    assert registry.for_owner("victim").get(victim.key) is not None
+    assert len(registry.for_owner("attacker").items()) == 2  # its own oldest went
+    registry.add(tmp_path / "b0", "tiny-ldsconv-x2", owner="b")
+    from kaldn.errors import BusyError
+    with pytest.raises(BusyError):  # full: refused, nobody's model deleted
+        registry.add(tmp_path / "c0", "tiny-ldsconv-x2", owner="c")
+    assert registry.for_owner("victim").get(victim.key) is not None

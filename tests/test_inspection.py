@@ -120,3 +120,19 @@ def test_gate_report_sees_a_dead_gate():
     assert table[0][-1].startswith("DEAD: a = 0.500") and all(r[-1] == "learned" for r in table[1:])
     assert "1 of 16 gates are dead" in gate_note(model, "m") and "blocks.0.layers.0" in gate_note(model, "m")
     assert gate_summary([]) == {}
+
+
+def test_depthwise_stats_never_runs_or_hooks_the_callers_model():
+    # The app's model cache shares one model between users: measuring must leave it untouched, even while
+    # it runs (a hook on it, copied by a concurrent prepare_model, broke later comparisons).
+    import numpy as np
+    from kaldn.inspection import depthwise_stats
+    from kaldn.layers import DSConv
+    from kaldn.models import create_model
+    model = create_model("tiny-dsconv-x2").eval()
+    calls = []
+    first = next(m for m in model.modules() if isinstance(m, DSConv))
+    first.register_forward_pre_hook(lambda module, _args: calls.append(module))  # copies carry it too
+    stats = depthwise_stats(model, np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8))
+    assert stats["layers"] and calls and all(m is not first for m in calls)  # a copy ran, never the original
+    assert len(first._forward_pre_hooks) == 1  # only the spy
