@@ -320,6 +320,9 @@ def admitted(fn):
 def admit(request: gr.Request) -> None:
     """Before a heavy job is queued: one job per session (``KALDN_APP_SESSION_JOBS``) waiting or running, so
     one client cannot fill the queue or make everyone wait behind its jobs."""
+    if not session_of(request):
+        raise gr.Error(**titled("No session", "jobs are counted per session: call with a session (the page "
+                                "or gradio_client have one)."), print_exception=False)
     if not SLOTS.admit(session_of(request)):
         log.info("refused a job of session %s: it has %d waiting or running", session_of(request),
                  SLOTS.limit)

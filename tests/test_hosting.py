@@ -188,7 +188,8 @@ def test_6_one_session_has_one_job_queued_others_still_get_in(served):
     time.sleep(0.5)
     again = call(served["url"], "compare", compare_data(None), flood)
     assert "refused" not in again  # its slot came back when its job ended
-    assert call(served["url"], "compare", compare_data(None), None)["status"] == 400  # no session: no job
+    no_session = call(served["url"], "compare", compare_data(None), None)
+    assert no_session["status"] == 400 and "No session" in no_session["refused"]  # no session: no job, said so
 
 
 def test_6_a_slot_whose_job_left_the_queue_is_given_back():
