@@ -48,8 +48,8 @@ from .inputs import Inputs
 from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
                    pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
-from . import models
 from .models import count_parameters, parse_model_name, variants
+from .models import variants as registered_variants  # run_comparison's argument is also called variants
 from .resize import imresize
 
 if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
@@ -235,7 +235,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     if not variants:
         raise UserError("Choose at least one variant to run.")
     # Each variant costs a model run and a full-size output: no more than there are distinct choices.
-    limit = 1 + len(models.variants()) + (len(registry.items()) if registry is not None else 0)
+    limit = 1 + len(registered_variants()) + (len(registry.items()) if registry is not None else 0)
     if len(variants) > limit:
         raise UserError(f"At most {limit} variants can be compared at once; {len(variants)} were given.")
     cache = cache or ModelCache()
