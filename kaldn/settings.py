@@ -14,7 +14,7 @@ variable                           what                                        d
 ``KALDN_APP_SESSION_JOBS``         jobs one session may have queued/running    1
 ``KALDN_APP_MAX_BODY``             largest request body besides uploads        1 MiB
 ``KALDN_APP_SESSION_TTL``          seconds a session's results are kept        1800
-``KALDN_APP_RUN_MEMORY``           bytes of results kept in memory (all)       512 MiB
+``KALDN_APP_RUN_MEMORY``           bytes of results kept in memory (all)       256 MiB
 ``KALDN_FINETUNE_TIME_BUDGET_S``   wall-clock seconds of one fine-tuning job   600
 ``KALDN_FINETUNE_MAX_IMAGES``      training images of one job                  8
 ``KALDN_FINETUNE_MAX_TOTAL_PIXELS``  their pixels in all                       2048 x 2048
@@ -56,7 +56,7 @@ class AppSettings:
     session_jobs: int = 1
     max_body: int = 1 << 20
     session_ttl: int = 1800
-    run_memory: int = 512 << 20
+    run_memory: int = 256 << 20  # with one comparison at the caps (~1.4 GiB) stays under 2 GiB
     finetune_time_budget_s: int = 600
     finetune_max_images: int = 8
     finetune_max_total_pixels: int = 2048 * 2048
