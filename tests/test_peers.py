@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 from kaldn.archs import lesrcnn
@@ -29,6 +28,7 @@ from kaldn.registry import architectures
 
 PEERS = [a.name for a in architectures() if not a.family]  # the seed papers' peers
 from kaldn.train import TrainConfig, train
+from synthetic import write_images
 
 PEERS_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "peers"
 PEER_FILES = {"lesrcnn": "lesrcnn/lesrcnn_x{s}.pth", "fdiwn": "fdiwn/fdiwn_x{s}.pt"}
@@ -71,17 +71,6 @@ def lesrcnn_published_layout(scale: int) -> dict[str, torch.Tensor]:
     published = {name: ours[lesrcnn.published_key(name)].clone() for name in names}
     assert len(published) == len(ours)  # every tensor of the module has a published name
     return published
-
-
-def _write_images(folder: Path, count: int, size: int) -> Path:
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    for i in range(count):
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        base = np.stack([np.sin(6 * xx + i), np.cos(5 * yy - i), np.sin(4 * (xx + yy))], axis=2)
-        image = np.clip(127 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / f"img{i}.png")
-    return folder
 
 
 # --- names, sizes, the model interface ---------------------------------------------------------------------
@@ -152,7 +141,7 @@ def test_fdiwn_keeps_weight_norm_and_prepare_folds_it():
 
 @pytest.mark.parametrize("arch", list(PEERS))
 def test_peers_train_like_rdn(tmp_path, arch):
-    data = _write_images(tmp_path / "data", count=2, size=48)
+    data = write_images(tmp_path / "data", count=2, size=48)
     result = train(TrainConfig(model=f"{arch}-x2", data=str(data), val=str(data), out=str(tmp_path / "run"),
                                iters=2, batch=2, patch=12, threads=1, seed=0, val_every=2, log_every=1,
                                precision="bf16", ema=0.9))

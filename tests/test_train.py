@@ -22,26 +22,15 @@ from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import create_model
 from kaldn.train import TrainConfig, TrainStateError, train
 from kaldn.train import main as train_main
+from synthetic import write_images
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _write_images(folder: Path, count: int = 3, size: int = 72, seed: int = 0) -> Path:
-    """Smooth random images with some texture: enough for a few iterations."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(count):
-        yy, xx = np.mgrid[0:size, 0:size] / size
-        base = np.stack([np.sin(6 * xx + i), np.cos(5 * yy - i), np.sin(4 * (xx + yy))], axis=2)
-        image = np.clip(127 + 90 * base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
-        Image.fromarray(image).save(folder / f"img{i}.png")
-    return folder
 
 
 def _quick(tmp_path: Path, out: str, **overrides) -> TrainConfig:
     data = tmp_path / "data"
     if not data.exists():
-        _write_images(data)
+        write_images(data)
     options = dict(model="tiny-ldsconv-x2", data=str(data), out=str(tmp_path / out), iters=3, batch=2, patch=12,
                    seed=7, threads=1, log_every=1)
     options.update(overrides)
@@ -108,7 +97,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_sigkill_then_resume_finishes_with_same_iteration_count(tmp_path):
-    data = _write_images(tmp_path / "data")
+    data = write_images(tmp_path / "data")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "kaldn.train", "--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(out),
            "--iters", "400", "--batch", "2", "--patch", "12", "--save-every", "5", "--threads", "1", "--seed", "3"]
@@ -169,14 +158,14 @@ def test_bad_data_folders_fail_before_work(tmp_path, caplog):
     assert sum("skipping" in r.message for r in caplog.records) == 2
     assert not (tmp_path / "x").exists()
     # A usable image beside the bad ones: the bad ones are skipped and counted, training runs.
-    _write_images(bad, count=1)
+    write_images(bad, count=1)
     caplog.clear()
     train(_quick(tmp_path, "x", data=str(bad)))
     assert any("used 1 images, skipped 2" in r.message for r in caplog.records)
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
-    data = _write_images(tmp_path / "data")
+    data = write_images(tmp_path / "data")
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -263,7 +252,7 @@ def _cli_run(tmp_path: Path, capsys, *extra: str) -> SimpleNamespace:
     """``python -m kaldn.train`` in-process: its exit code and what it printed to stderr."""
     data = tmp_path / "data"
     if not data.exists():
-        _write_images(data)
+        write_images(data)
     code = train_main(["--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(tmp_path / "run"),
                        "--iters", "4", "--batch", "2", "--patch", "12", "--save-every", "2", "--threads", "1", *extra])
     return SimpleNamespace(returncode=code, stderr=capsys.readouterr().err)
@@ -341,7 +330,7 @@ def test_holdout_split_is_every_tenth_image_and_never_trained_on():
 
 
 def test_default_validation_is_the_held_out_images(tmp_path):
-    _write_images(tmp_path / "data", count=10)
+    write_images(tmp_path / "data", count=10)
     train(_quick(tmp_path, "run", val_every=3))
     budget = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"]
     assert budget["train_images"] == 9 and budget["val_images"] == 1
@@ -380,7 +369,7 @@ def test_time_budget_stops_and_saves(tmp_path):
 
 def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
     # The one-command GPU path (train_zoo --device cuda --budget-minutes), run on the CPU for a few seconds.
-    data = _write_images(tmp_path / "data", count=3, size=48)
+    data = write_images(tmp_path / "data", count=3, size=48)
     out = tmp_path / "zoo"
     cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "0.05",
            "--backbone", "tiny", "--scale", "2", "--convs", "ldsconv", "kdsconv-det", "--second-seed",
