@@ -6,6 +6,7 @@
         --iters 30000 --patch 48 --precision bf16 --ema 0.999 --workers 1   # the long `small` run
     python -m benchmarks.train_zoo --device cuda --budget-minutes 40 --backbone paper \
         --convs dsconv ldsconv kdsconv-det --second-seed --patch 48 --precision bf16 --ema 0.999  # one GPU
+    python -m benchmarks.train_zoo --models scnet-t-x4 lesrcnn-x4 fdiwn-x4 --second-seed   # peers, x4 recipe
 
 With ``--budget-minutes`` the iteration count is not given but measured: each model's
 training speed is probed on the device first, and every model gets the same number of
@@ -34,6 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.train_speed import iterations_per_second
+from kaldn.models import parse_model_name
 from kaldn.registry import conv_entries
 from kaldn.train import resolve_precision
 
@@ -52,6 +54,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--convs", nargs="*", default=CONVS)
+    parser.add_argument("--models", nargs="*",
+                        help="full model names (e.g. the peers: scnet-t-x4) instead of --backbone/--convs/--scale")
     parser.add_argument("--second-seed", nargs="*", default=SECOND_SEED, help="convs trained again with seed 1")
     parser.add_argument("--data", default="../shared/data/train/sun_hays80")
     parser.add_argument("--val", help="validation folder (default: every 10th training image, held out)")
@@ -63,8 +67,14 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, help="size --iters so the whole queue fits this wall time")
     args = parser.parse_args()
 
-    jobs = [(scale, conv, seed) for scale in args.scale
-            for conv, seed in [(conv, 0) for conv in args.convs] + [(conv, 1) for conv in args.second_seed]]
+    if args.models:
+        second = set(args.second_seed) & set(args.models)
+        jobs = [(name, 0) for name in args.models] + [(name, 1) for name in args.models if name in second]
+    else:
+        jobs = [(f"{args.backbone}-{conv}-x{scale}", seed) for scale in args.scale
+                for conv, seed in [(conv, 0) for conv in args.convs] + [(conv, 1) for conv in args.second_seed]]
+    for name, _ in jobs:
+        parse_model_name(name)  # an unknown name fails here, before any run starts
     threads = 1 if args.device == "cpu" else 4
     workers = args.workers if args.device == "cpu" else 1
     time_budget = None
@@ -73,8 +83,7 @@ def main() -> None:
         share = args.budget_minutes * 60 * workers / len(jobs)
         time_budget = share
         speeds, probe_precision = {}, resolve_precision(args.precision, torch.device(args.device))
-        for scale, conv, _ in jobs:
-            name = f"{args.backbone}-{conv}-x{scale}"
+        for name, _ in jobs:
             if name not in speeds:
                 torch.set_num_threads(threads)
                 speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
@@ -82,7 +91,8 @@ def main() -> None:
                 print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
         args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
         # A re-run after an interruption must resume with the iterations planned first.
-        plan = Path(args.out) / f"{args.backbone}-{args.device}-plan.json"
+        queue = "-".join(args.models) if args.models else args.backbone
+        plan = Path(args.out) / f"{queue}-{args.device}-plan.json"
         if plan.exists():
             args.iters = json.loads(plan.read_text())["iters"]
         else:
@@ -90,10 +100,9 @@ def main() -> None:
             plan.write_text(json.dumps({"iters": args.iters, "speeds": speeds, "budget_minutes": args.budget_minutes}))
         print(f"{len(jobs)} runs x {args.iters} iterations, {share / 60:.1f} min each at most", flush=True)
 
-    def run(job: tuple[int, str, int]) -> tuple[str, int, int, float]:
-        scale, conv, seed = job
-        name = f"{args.backbone}-{conv}-x{scale}"
-        out = Path(args.out) / f"x{scale}" / f"{name}-s{seed}"
+    def run(job: tuple[str, int]) -> tuple[str, int, int, float]:
+        name, seed = job
+        out = Path(args.out) / f"x{parse_model_name(name).scale}" / f"{name}-s{seed}"
         resume = (out / "train_state.safetensors").exists()
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data,
