@@ -44,15 +44,16 @@ from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_p
                               metrics_table, pair_choices, resolve_variant, run_comparison, runnable_selection)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
-from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base
+from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
                               inspection_choices, kernel_view)
-from kaldn.models import check_scale, scales
+from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)
+from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
 from kaldn.workdirs import instance_root
@@ -77,9 +78,9 @@ EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
-FINETUNED = FineTunedRegistry()
+SESSION_MODELS = SessionModels()
 CACHE = ModelCache(source=SETTINGS.model_source)
-FINETUNE = FineTuneManager(FINETUNED, max_iters=SETTINGS.finetune_max_iters,
+FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters,
                            time_budget_s=SETTINGS.finetune_time_budget_s, max_images=SETTINGS.finetune_max_images,
                            max_total_pixels=SETTINGS.finetune_max_total_pixels,
                            max_batch_pixels=SETTINGS.finetune_max_batch_pixels)
@@ -251,7 +252,7 @@ def drop_run(run_id: str | None) -> None:
     RUNS.drop(run_id)
 
 
-def uploaded(payload: Any, what: str) -> tuple[str, str] | None:
+def uploaded(payload: Any, what: str, kind: str = "image file") -> tuple[str, str] | None:
     """(path, original file name) of a file Gradio received for this request; None for no file.
 
     Only Gradio's own file payloads are accepted (``meta`` = FileData, which Gradio checks lies in its
@@ -260,7 +261,7 @@ def uploaded(payload: Any, what: str) -> tuple[str, str] | None:
     """
     if payload is None or payload == "":
         return None
-    refused = UserError(f"{what} must be an uploaded image file (the page's upload, or gradio_client's "
+    refused = UserError(f"{what} must be an uploaded {kind} (the page's upload, or gradio_client's "
                         "handle_file); other forms are not accepted.")
     if not (isinstance(payload, dict) and is_file_obj_with_meta(payload)):
         raise refused
@@ -351,6 +352,11 @@ def admit_hasty(run, mode, image, ground_truth, scale, request: gr.Request):
     return [gr.validate(True, "")] * 5
 
 
+def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
+    admit(request)
+    return [gr.validate(True, "")] * 4
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
     file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
@@ -417,7 +423,7 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
                             image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
     progress(0.0, desc="Loading models")
     comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE,
-                                registry=FINETUNED.for_owner(session), progress=lambda f, d: progress(f, desc=d))
+                                registry=SESSION_MODELS.for_owner(session), progress=lambda f, d: progress(f, desc=d))
     run_id, run = RUNS.save(comparison, owner=session)
     for warning in comparison.warnings:
         gr.Warning(warning)
@@ -444,7 +450,7 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
                  gt_name=ground_truth and ground_truth[1])
     if not variants:
         raise UserError("Choose at least one variant to run.")
-    finetuned = FINETUNED.for_owner(session_of(request))
+    finetuned = SESSION_MODELS.for_owner(session_of(request))
     resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in variants]
     if all(r.unavailable for r in resolved):
         raise UserError("None of the chosen variants can run at this scale: "
@@ -507,9 +513,33 @@ def set_mode(mode: str):
 def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request = None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
     scale, available = check_scale(scale), available_models()
-    finetuned = FINETUNED.for_owner(session_of(request))
+    finetuned = SESSION_MODELS.for_owner(session_of(request))
     choices = compare_choices(scale, available, finetuned)
     return gr.update(choices=choices, value=runnable_selection(selected, scale, available, finetuned))
+
+
+@admitted
+@shows_user_errors
+def add_checkpoint(file: Any, arch: str | None, scale: Any, selected: list[str] | None, request: gr.Request = None,
+                   progress=gr.Progress()):
+    """Convert an uploaded checkpoint into a model only this session sees; switch to its scale and tick it."""
+    upload = uploaded(file, "The checkpoint", kind="file")
+    if upload is None:
+        raise UserError("Upload a .pt, .pth or .safetensors checkpoint first.")
+    progress(0.2, desc="Converting (in a separate, capped process)")
+    entry = import_checkpoint(upload[0], upload[1], arch, scale, SESSION_MODELS, session_of(request),
+                              root=instance_root(OUT_ROOT) / "uploads", max_bytes=SETTINGS.max_checkpoint_bytes,
+                              memory_bytes=SETTINGS.convert_memory, timeout_s=SETTINGS.convert_seconds)
+    model_scale = parse_model_name(entry.model).scale
+    mine = SESSION_MODELS.for_owner(session_of(request))
+    available = available_models()
+    whose = ("the authors' released weights, converted onto kaldn's implementation: compare them here, do not "
+             "redistribute them" if entry.third_party else "kaldn weights")
+    status = (f"Added **{entry.label}** ({entry.model}, {whose}). It is ticked under Variants (scale x{model_scale}); "
+              "only this session sees it, and it is deleted when the session ends.")
+    keep = runnable_selection([*(selected or []), entry.key], model_scale, available, mine)
+    return (status, gr.update(value=model_scale),
+            gr.update(choices=compare_choices(model_scale, available, mine), value=keep))
 
 
 def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> SimpleNamespace:
@@ -529,6 +559,18 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                                         elem_id="kaldn-variants")
             device = gr.Radio([("Auto", "auto"), ("CUDA", "cuda"), ("CPU", "cpu")], value="auto", label="Device")
             run = gr.Button("Run comparison", variant="primary", elem_id="kaldn-run")
+            with gr.Accordion("Compare with your own checkpoint", open=False):
+                gr.Markdown("A published LESRCNN / FDIWN / SCNet-T `.pt` / `.pth` state dict, or a kaldn "
+                            f"`.safetensors`, up to {SETTINGS.max_checkpoint_bytes >> 20} MiB. Read without running "
+                            "code from the file (`torch.load(weights_only=True)`), in a separate process; every "
+                            "tensor must fit the architecture. Only this session sees it.")
+                ckpt_file = gr.File(label="Checkpoint", file_types=[".pt", ".pth", ".safetensors"],
+                                    elem_id="kaldn-ckpt-file")
+                archs = upload_archs()
+                ckpt_arch = gr.Dropdown(archs, value=archs[0][1], label="What it holds", elem_id="kaldn-ckpt-arch")
+                ckpt_scale = gr.Radio(list(scales()), value=scale0, label="Its scale (a .pt / .pth does not say)")
+                ckpt_add = gr.Button("Add to Variants", elem_id="kaldn-ckpt-add")
+                ckpt_status = gr.Markdown(elem_id="kaldn-ckpt-status")
             examples = gr.Examples([[str(p), "hr"] for p in EXAMPLES], inputs=[image, mode],
                                    label="Examples (HR; one click runs the comparison)",
                                    example_labels=[p.stem for p in EXAMPLES], cache_examples=False)
@@ -598,7 +640,11 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     # click on the picker right after typing would race a second zoom.
     gr.on([crop_size.input, cx.submit, cy.submit], zoom, [state, cx, cy, crop_size], [picker, gallery, cx, cy],
           api_name="zoom", trigger_mode="always_last", show_progress="hidden", queue=False)  # quick: no overlay on the picker
-    return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants)
+    # preprocess=False: the handler checks the payload itself (``uploaded``) and keeps the file's name.
+    added = ckpt_add.click(add_checkpoint, [ckpt_file, ckpt_arch, ckpt_scale, variants], [ckpt_status, scale, variants],
+                           api_name="add_checkpoint", preprocess=False, concurrency_id="compute",
+                           validator=admit_checkpoint)
+    return SimpleNamespace(mode=mode, image=image, gt=gt, scale=scale, variants=variants, added=added)
 
 
 # --- Model zoo tab ----------------------------------------------------------------------------------------
@@ -782,7 +828,16 @@ def finetune_tab() -> SimpleNamespace:
 # --- How it works tab -------------------------------------------------------------------------------------
 
 def how_choices(session: str | None = None) -> list[tuple[str, str]]:
-    return inspection_choices(available_models()) + FINETUNED.for_owner(session).choices()
+    """Bundled models with depthwise kernels, then the session's own (by key)."""
+    own = [(e.label, e.key) for e in SESSION_MODELS.for_owner(session).items()
+           if (v := variant_of(e.model)) is not None and v.depthwise]
+    return inspection_choices(available_models()) + own
+
+
+def model_path(model_ref: str, request: gr.Request | None) -> str:
+    """What the loader takes: a bundled model's name, or the folder of one of the session's own models."""
+    entry = SESSION_MODELS.for_owner(session_of(request)).get(model_ref)
+    return str(entry.path) if entry is not None else model_ref
 
 
 def check_model_ref(model_ref: str, request: gr.Request | None) -> None:
@@ -798,7 +853,7 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
     if not model_ref:
         raise gr.Error("No model with depthwise layers is available.", print_exception=False)
     check_model_ref(model_ref, request)
-    view = kernel_view(CACHE, model_ref, layer)
+    view = kernel_view(CACHE, model_path(model_ref, request), layer)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
             table(view.gate_headers, view.gate_rows), view.gate_note)
 
@@ -810,7 +865,7 @@ def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None
     if not model_ref:
         raise gr.Error("Choose a model first.", print_exception=False)
     check_model_ref(model_ref, request)
-    view = kernel_view(CACHE, model_ref, layer)
+    view = kernel_view(CACHE, model_path(model_ref, request), layer)
     return view.grid, table(KERNEL_HEADERS, view.kernel_rows)
 
 
@@ -867,7 +922,7 @@ def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how
                    request: gr.Request = None):
     """Refresh every model list (after fine-tuning, or on page load): the session sees its own models only."""
     session = session_of(request)
-    bases, hows = base_choices(available_models(), FINETUNED.for_owner(session)), how_choices(session)
+    bases, hows = base_choices(available_models(), SESSION_MODELS.for_owner(session)), how_choices(session)
     base_value = base if base in {v for _, v in bases} else default_base(bases)
     how_value = how if how in {v for _, v in hows} else (hows[0][1] if hows else None)
     return (variant_choices(scale, selected, request=request), gr.update(choices=bases, value=base_value),
@@ -904,6 +959,7 @@ def build_demo() -> gr.Blocks:
         # Across tabs: a fine-tuned model joins every model list; the hasty ReLU measures the Compare image.
         lists = [compare.scale, compare.variants, tune.base, how.model]
         tune.trained.then(refresh_models, lists, lists[1:], api_name="refresh_after_finetune")
+        compare.added.success(refresh_models, lists, lists[1:], api_name="refresh_after_checkpoint")
         demo.load(refresh_models, lists, lists[1:], api_name="refresh_models")
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
@@ -926,7 +982,7 @@ def end_session(request: gr.Request):
     if session:
         FINETUNE.cancel(owner=session)
         RUNS.drop_owner(session)
-        FINETUNED.drop_owner(session)
+        SESSION_MODELS.drop_owner(session)
 
 
 def launch_kwargs() -> dict[str, Any]:

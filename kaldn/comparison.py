@@ -53,7 +53,7 @@ from .models import variants as registered_variants  # run_comparison's argument
 from .resize import imresize
 
 if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
-    from .finetune import FineTunedRegistry
+    from .session_models import SessionModels
 
 log = logging.getLogger("kaldn.comparison")
 
@@ -79,7 +79,7 @@ class ResolvedVariant:
     unavailable: str | None = None  # why it cannot run at this scale
 
 
-def variant_label(key: str, registry: FineTunedRegistry | None = None) -> str:
+def variant_label(key: str, registry: SessionModels | None = None) -> str:
     if key == BICUBIC:
         return BICUBIC_LABEL
     labels = {v.key: v.label for v in variants()}
@@ -90,7 +90,7 @@ def variant_label(key: str, registry: FineTunedRegistry | None = None) -> str:
     return key
 
 
-def resolve_variant(key: str, scale: int, registry: FineTunedRegistry | None = None) -> ResolvedVariant:
+def resolve_variant(key: str, scale: int, registry: SessionModels | None = None) -> ResolvedVariant:
     """A variant key -> what to run at ``scale`` (``unavailable`` set when it cannot run at that scale)."""
     key = str(key).strip()
     if key == BICUBIC:
@@ -117,7 +117,7 @@ def resolve_variant(key: str, scale: int, registry: FineTunedRegistry | None = N
     return ResolvedVariant(key, key, key, key, missing)
 
 
-def variant_choices(scale: int, available: Sequence[str], registry: FineTunedRegistry | None = None
+def variant_choices(scale: int, available: Sequence[str], registry: SessionModels | None = None
                     ) -> list[tuple[str, str]]:
     """(label, key) pairs for a checkbox group; labels say which variants have no checkpoint at ``scale``."""
     choices = [(BICUBIC_LABEL, BICUBIC)]
@@ -131,7 +131,7 @@ def variant_choices(scale: int, available: Sequence[str], registry: FineTunedReg
 
 
 def runnable_selection(selected: Sequence[str] | None, scale: int, available: Sequence[str],
-                       registry: FineTunedRegistry | None = None) -> list[str]:
+                       registry: SessionModels | None = None) -> list[str]:
     """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
     of another scale instead of leaving them ticked to fail); the defaults when none is left."""
     runnable = {BICUBIC} | {v.key for v in variants() if scale in v.scales and v.model_name(scale) in available}
@@ -222,7 +222,7 @@ def _sync(device: torch.device) -> None:
 
 
 def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto",
-                   cache: ModelCache | None = None, registry: FineTunedRegistry | None = None,
+                   cache: ModelCache | None = None, registry: SessionModels | None = None,
                    progress: Callable[[float, str], None] | None = None, tile: int = 256) -> Comparison:
     """Upscale ``inputs.lr`` with every variant; metrics against ``inputs.gt`` when there is one.
 
@@ -349,7 +349,7 @@ def save_outputs(comparison: Comparison, folder: str | Path) -> dict[str, Path]:
     for r in comparison.ok:
         if r.key == BICUBIC:
             stem = f"bicubic-x{s}"
-        elif r.key.startswith("ft-"):
+        elif r.key.startswith(("ft-", "up-")):
             stem = f"{r.key}-{r.model}"
         else:
             stem = r.model or r.key

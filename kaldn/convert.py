@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import pickle
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -213,6 +215,40 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     save_checkpoint(out_dir, model, {"weights": weights})
     (out_dir / "README.md").write_text(model_card(name, weights))
     return out_dir
+
+
+# The child limits its own address space before it imports anything heavy (no preexec_fn: the app is threaded).
+_ISOLATED = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1]))); "
+             "from kaldn.convert import main; sys.exit(main(sys.argv[2:]))")
+
+
+def convert_isolated(source: str | Path, out_dir: str | Path, arch: str | None = None, scale: int | None = None,
+                     *, memory_bytes: int = 2 << 30, timeout_s: float = 120.0, display_name: str | None = None
+                     ) -> Path:
+    """:func:`convert` in a child process whose memory and time are capped: for files from strangers.
+
+    A file built to allocate without bound (a legacy PyTorch file may declare any storage size) or to
+    take forever then fails the child, not the caller. Error messages name ``display_name`` instead of
+    ``source``'s path.
+    """
+    source, out_dir = Path(source), Path(out_dir)
+    shown = display_name or source.name
+    cmd = [sys.executable, "-c", _ISOLATED, str(int(memory_bytes)), str(source), str(out_dir)]
+    cmd += ["--arch", arch, "--scale", str(scale)] if arch is not None else []
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+    limits = f"{memory_bytes / 2**20:.0f} MiB of memory and {timeout_s:.0f} s"
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    except subprocess.TimeoutExpired:
+        raise ConversionError(f"{shown}: could not be converted within {limits}") from None
+    if done.returncode == 0 and (out_dir / WEIGHTS_NAME).is_file():
+        return out_dir
+    errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
+    if done.returncode == 2 and errors:
+        raise ConversionError(errors[-1].replace(str(source), shown))
+    raise ConversionError(f"{shown}: could not be converted within {limits}")
 
 
 def model_card(name: str, weights: dict) -> str:

@@ -2,7 +2,7 @@
 
 :class:`FineTuneManager` checks the request, writes the user's images as 8-bit PNGs, runs
 :func:`kaldn.train.train` in a thread (validating on the same images, so the curve shows how well the
-model fits them) and adds the result to a :class:`FineTunedRegistry`, where the comparison and the
+model fits them) and adds the result to a :class:`SessionModels`, where the comparison and the
 inspection views find it. :meth:`FineTuneManager.run` yields :class:`FineTuneUpdate` objects with the
 status text and the curves, so a UI only displays them.
 """
@@ -17,8 +17,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -32,14 +31,15 @@ from .hub import load_model
 from .images import ImageError, load_image, save_png
 from .inference import resolve_device
 from .models import parse_model_name, variant, variant_of
+from .session_models import SessionModel, SessionModels
 from .settings import AppSettings, env_int
 from .train import TrainConfig, train, validate
 from .workdirs import instance_root
 
 log = logging.getLogger("kaldn.finetune")
 
-__all__ = ["FineTuneError", "FineTuneJob", "FineTuneManager", "FineTuneSettings", "FineTuneUpdate", "FineTuned",
-           "FineTunedRegistry", "base_choices", "default_base", "prepare_finetune_data"]
+__all__ = ["FineTuneError", "FineTuneJob", "FineTuneManager", "FineTuneSettings", "FineTuneUpdate",
+           "base_choices", "default_base", "prepare_finetune_data"]
 
 
 class FineTuneError(UserError):
@@ -56,7 +56,7 @@ class FineTuneUpdate:
     total: int
     notes: list[str] = field(default_factory=list)     # worth a pop-up each (first update only)
     downloads: list[str] | None = None           # the final update: the new model's files
-    entry: FineTuned | None = None               # the final update: the new model
+    entry: SessionModel | None = None            # the final update: the new model
 
     def loss_curve(self) -> dict[str, list]:
         steps = [h for h in self.history if h["event"] == "step"]
@@ -65,113 +65,6 @@ class FineTuneUpdate:
     def psnr_curve(self) -> dict[str, list]:
         vals = [h for h in self.history if h["event"] == "validation"]
         return {"iteration": [h["iteration"] for h in vals], "PSNR (dB)": [h["val_psnr"] for h in vals]}
-
-
-@dataclass
-class FineTuned:
-    key: str
-    path: Path                      # checkpoint directory (model.safetensors + config.json)
-    model: str                      # architecture name, e.g. tiny-kdsconv-det-x4
-    label: str
-    info: dict = field(default_factory=dict)
-    owner: str | None = None        # the session that made it: only that session sees it (None: everyone)
-
-
-def _delete(entry: FineTuned) -> None:
-    victim = entry.info.get("delete_dir")
-    if victim:
-        shutil.rmtree(victim, ignore_errors=True)
-
-
-class FineTunedRegistry:
-    """Fine-tuned models of this process, newest last.
-
-    Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
-    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
-    one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
-    ``total_cap`` models in all, a new one is refused until sessions end.
-    """
-
-    def __init__(self, cap: int = 8, total_cap: int = 64) -> None:
-        self.cap = cap
-        self.total_cap = total_cap
-        self._items: OrderedDict[str, FineTuned] = OrderedDict()
-        self._counter = itertools.count(1)
-        self._lock = threading.Lock()
-
-    def add(self, path: str | Path, model: str, info: dict | None = None,
-            delete_dir: str | Path | None = None, owner: str | None = None) -> FineTuned:
-        with self._lock:
-            mine = [k for k, e in self._items.items() if e.owner == owner]
-            if len(self._items) - (len(mine) >= self.cap) >= self.total_cap:
-                raise BusyError("The server holds as many fine-tuned models as it can; try again when "
-                                "other sessions have ended.")
-            n = next(self._counter)
-            key = f"ft-{n}"
-            spec = parse_model_name(model)
-            v = variant_of(model)
-            iters = (info or {}).get("iterations")
-            label = f"Fine-tuned #{n} ({v.label if v else spec.name.rsplit('-x', 1)[0]} x{spec.scale}" + \
-                (f", {iters} it)" if iters else ")")
-            entry = FineTuned(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner)
-            self._items[key] = entry
-            for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
-                _delete(self._items.pop(old_key))
-            return entry
-
-    def for_owner(self, owner: str | None) -> "FineTunedRegistry":
-        """A read-only view with only ``owner``'s models (none for no owner): what one session may use."""
-        return _OwnerView(self, owner)
-
-    def drop_owner(self, owner: str | None) -> int:
-        """Forget and delete every model of ``owner`` (its session ended); how many."""
-        if not owner:
-            return 0
-        with self._lock:
-            gone = [k for k, e in self._items.items() if e.owner == owner]
-            entries = [self._items.pop(k) for k in gone]
-        for entry in entries:
-            _delete(entry)
-        return len(entries)
-
-    def get(self, key: str) -> FineTuned | None:
-        with self._lock:
-            return self._items.get(key)
-
-    def items(self) -> list[FineTuned]:
-        with self._lock:
-            return list(self._items.values())
-
-    def choices(self) -> list[tuple[str, str]]:
-        """(label, checkpoint directory) of every fine-tuned model, for model lists."""
-        return [(e.label, str(e.path)) for e in self.items()]
-
-    def by_path(self, path: str) -> FineTuned | None:
-        """The model whose checkpoint directory is ``path`` (as :meth:`choices` gives it), or None."""
-        return next((e for e in self.items() if str(e.path) == str(path)), None)
-
-
-class _OwnerView(FineTunedRegistry):
-    """One owner's models of a registry (reads only; adding goes to the registry itself)."""
-
-    def __init__(self, registry: FineTunedRegistry, owner: str | None) -> None:
-        self._registry, self._owner = registry, owner
-
-    def add(self, *args: Any, **kwargs: Any) -> FineTuned:
-        raise TypeError("add models to the registry, not to an owner's view")
-
-    def get(self, key: str) -> FineTuned | None:
-        entry = self._registry.get(key)
-        return entry if entry is not None and self._owner and entry.owner == self._owner else None
-
-    def items(self) -> list[FineTuned]:
-        return [e for e in self._registry.items() if self._owner and e.owner == self._owner]
-
-    def for_owner(self, owner: str | None) -> FineTunedRegistry:
-        return _OwnerView(self._registry, owner if owner == self._owner else None)
-
-    def drop_owner(self, owner: str | None) -> int:
-        return self._registry.drop_owner(owner) if owner == self._owner else 0
 
 
 @dataclass
@@ -316,7 +209,7 @@ class FineTuneManager:
     removed when the job fails or is abandoned, and with its model when the owner's models are dropped.
     """
 
-    def __init__(self, registry: FineTunedRegistry, root: str | Path | None = None,
+    def __init__(self, registry: SessionModels, root: str | Path | None = None,
                  max_iters: int | None = None, time_budget_s: float | None = None,
                  max_images: int | None = None, max_total_pixels: int | None = None,
                  max_batch_pixels: int | None = None) -> None:
@@ -363,10 +256,11 @@ class FineTuneManager:
         try:
             spec = parse_model_name(settings.base)
         except ValueError:
-            entry = self.registry.for_owner(owner).by_path(settings.base)  # only the owner's own models
-            if entry is None:
-                raise UserError(f"Unknown base model {settings.base!r}.") from None
+            entry = self.registry.for_owner(owner).get(settings.base)  # only the owner's own models, by key
+            if entry is None or entry.third_party:
+                raise UserError(f"Unknown base model {settings.base!r}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
+            settings = replace(settings, base=str(entry.path))  # the job trains from its folder
         if not self._lock.acquire(blocking=False):
             raise BusyError("Another fine-tuning job is running on this server (one at a time, to keep the "
                             "demo responsive). Try again when it has finished.")
@@ -409,7 +303,7 @@ class FineTuneManager:
         job.stop.set()
         return True
 
-    def register(self, job: FineTuneJob) -> FineTuned | None:
+    def register(self, job: FineTuneJob) -> SessionModel | None:
         """Add a finished (or cancelled) job's model to the registry."""
         path = job.checkpoint_dir()
         if path is None:
@@ -497,11 +391,12 @@ class FineTuneManager:
 PREFERRED_BASES = ("kdsconv-det", "ldsconv")  # the default base: the first of these shipped at x4
 
 
-def base_choices(available: Sequence[str], registry: FineTunedRegistry | None = None) -> list[tuple[str, str]]:
-    """(label, model) choices for the base model: every available model of a variant, then the fine-tuned ones."""
+def base_choices(available: Sequence[str], registry: SessionModels | None = None) -> list[tuple[str, str]]:
+    """(label, value) choices for the base model: every available model of a variant, then the session's own
+    (by key; uploads of a peer's released weights are for comparing only, not for training further)."""
     choices = [(f"{v.label} x{parse_model_name(name).scale} ({name})", name)
                for name in available if (v := variant_of(name)) is not None]
-    return choices + (registry.choices() if registry is not None else [])
+    return choices + [(e.label, e.key) for e in (registry.items() if registry is not None else []) if not e.third_party]
 
 
 def default_base(choices: Sequence[tuple[str, str]]) -> str | None:

@@ -75,10 +75,10 @@ def running_app(fallback_checkpoints: Path) -> Iterator[dict]:
     if not real:
         os.environ["KALDN_CHECKPOINTS"] = str(fallback_checkpoints)
     import app
-    from kaldn.finetune import FineTunedRegistry
+    from kaldn.session_models import SessionModels
 
     # A clean slate when another test module already used the app in this process: no fine-tuned models.
-    app.FINETUNED = app.FINETUNE.registry = FineTunedRegistry()
+    app.SESSION_MODELS = app.FINETUNE.registry = SessionModels()
     demo = app.build_demo()
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,

@@ -64,7 +64,7 @@ def table_rows(table: dict) -> dict[str, dict]:
 API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_compare_example", "compare_example",
              "check_upload", "load_example", "slider_pair",
              "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune",
-             "refresh_models",
+             "refresh_models", "add_checkpoint", "refresh_after_checkpoint",
              "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "hasty_relu_on_open", "end_session"}
 
 
@@ -286,7 +286,7 @@ def test_finetune_busy_cancel_and_new_model_in_compare(served, client):
     assert "Cancelled" in status
     assert {Path(f).name for f in downloads} == {"model.safetensors", "config.json"}
     assert not served["app"].FINETUNE.busy
-    entry = served["app"].FINETUNED.items()[-1]
+    entry = served["app"].SESSION_MODELS.items()[-1]
     variants, _, _ = client.predict(4, ["bicubic"], base, None, api_name="/refresh_models")
     assert entry.key in [c[1] for c in variants["choices"]]
     table = compare(client, EXAMPLE, 4, ["bicubic", entry.key])[6]

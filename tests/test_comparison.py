@@ -323,9 +323,9 @@ def test_the_slider_lr_image_is_the_nearest_neighbour_enlargement(tmp_path):
 
 def test_a_scale_switch_keeps_only_what_can_run_and_messages_name_each_variant_once():
     from kaldn.comparison import runnable_selection
-    from kaldn.finetune import FineTunedRegistry
+    from kaldn.session_models import SessionModels
     available = ["tiny-dsconv-x2", "tiny-dsconv-x4", "tiny-ldsconv-x4"]
-    registry = FineTunedRegistry()
+    registry = SessionModels()
     assert runnable_selection(["bicubic", "dsconv", "ldsconv"], 2, available, registry) == ["bicubic", "dsconv"]
     assert runnable_selection(["ldsconv"], 2, available, registry) == default_variants(2, available)
     comparison = run_comparison(prepare_inputs(rng_image(32, 32), 3, "hr"), ["bicubic", "dsconv", "tiny-ldsconv-x2"])

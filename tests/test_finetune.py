@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from kaldn.errors import BusyError, UserError
-from kaldn.finetune import (FineTunedRegistry, FineTuneManager, FineTuneSettings, base_choices, default_base,
+from kaldn.finetune import (FineTuneManager, FineTuneSettings, base_choices, default_base,
                             prepare_finetune_data)
 from kaldn.images import save_png
+from kaldn.session_models import SessionModels
 
 from app_server import rng_image
 
@@ -42,7 +43,7 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     for i in range(2):
         save_png(rng_image(64, 64, seed=i), tmp_path / f"{i}.png")
         images.append(tmp_path / f"{i}.png")
-    manager = FineTuneManager(FineTunedRegistry(), root=tmp_path / "jobs", max_iters=50)
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs", max_iters=50)
     settings = FineTuneSettings("tiny-ldsconv-x2", iters=20, lr=2e-4, batch=2, patch=16, device="cpu")
     with pytest.raises(UserError, match="between 1 and 50"):
         manager.start(images, FineTuneSettings("tiny-ldsconv-x2", iters=51, lr=2e-4))
@@ -62,14 +63,15 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     bases = base_choices(["tiny-ldsconv-x2", "tiny-kdsconv-det-x4", "small-ldsconv-x4"], manager.registry)
     assert bases == [("Linear DSConv x2 (tiny-ldsconv-x2)", "tiny-ldsconv-x2"),
                      ("KDSConv (det) x4 (tiny-kdsconv-det-x4)", "tiny-kdsconv-det-x4"),
-                     (last.entry.label, str(last.entry.path))]
+                     (last.entry.label, last.entry.key)]  # by key: no server path reaches the page
     assert default_base(bases) == "tiny-kdsconv-det-x4"
 
     # Closing the stream early (the user went away) stops the job. Its own fine-tuned model as the base: the
-    # owner may, nobody else may.
-    with pytest.raises(UserError, match="Unknown base model"):
-        manager.start(images, FineTuneSettings(str(last.entry.path), iters=50, lr=2e-4, batch=2, patch=16), owner="b")
-    updates = manager.run(images, FineTuneSettings(str(last.entry.path), iters=50, lr=2e-4, batch=2, patch=16,
+    # owner may, nobody else may; a server path is not a model name.
+    for base, owner in ((last.entry.key, "b"), (str(last.entry.path), "a")):
+        with pytest.raises(UserError, match="Unknown base model"):
+            manager.start(images, FineTuneSettings(base, iters=50, lr=2e-4, batch=2, patch=16), owner=owner)
+    updates = manager.run(images, FineTuneSettings(last.entry.key, iters=50, lr=2e-4, batch=2, patch=16,
                                                    device="cpu"), owner="a", min_interval=0.0)
     next(updates)
     updates.close()

@@ -23,7 +23,8 @@ import pytest
 from kaldn.admission import SessionSlots, SingleFlight
 from kaldn.comparison import RunStore, run_comparison
 from kaldn.errors import UserError
-from kaldn.finetune import FineTunedRegistry, FineTuneManager, FineTuneSettings
+from kaldn.finetune import FineTuneManager, FineTuneSettings
+from kaldn.session_models import SessionModels
 from kaldn.images import load_image, save_png
 from kaldn.inputs import prepare_inputs
 from kaldn.workdirs import instance_root, sweep_dead_instances
@@ -262,7 +263,7 @@ def images(tmp_path):
 
 
 def test_8_finetune_caps_and_time_budget(use_throwaway, tmp_path, images):
-    manager = FineTuneManager(FineTunedRegistry(), root=tmp_path / "jobs", max_iters=100000, time_budget_s=3,
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs", max_iters=100000, time_budget_s=3,
                               max_images=2, max_total_pixels=64 * 64 * 2, max_batch_pixels=16 * 48 * 48)
     settings = FineTuneSettings("tiny-ldsconv-x2", iters=100000, lr=2e-4, batch=2, patch=16, device="cpu")
     with pytest.raises(UserError, match="limit on this server is 2"):
@@ -283,7 +284,7 @@ def test_8_finetune_caps_and_time_budget(use_throwaway, tmp_path, images):
 
 def test_9_job_folders_go_with_failures_abandoned_jobs_and_their_owner(use_throwaway, tmp_path, images):
     root = tmp_path / "jobs"
-    manager = FineTuneManager(FineTunedRegistry(), root=root, max_iters=1000)
+    manager = FineTuneManager(SessionModels(), root=root, max_iters=1000)
     settings = FineTuneSettings("tiny-ldsconv-x2", iters=1000, lr=2e-4, batch=2, patch=16, device="cpu")
     updates = manager.run(images, settings, owner="a", min_interval=0.0)
     next(updates)
@@ -314,20 +315,20 @@ def test_9_instances_sweep_what_dead_ones_left_and_nothing_else(tmp_path):
 def test_11_another_sessions_fine_tuned_model_is_invisible_and_unusable(served, throwaway):
     from gradio_client import Client
     app = served["app"]
-    entry = app.FINETUNED.add(throwaway / "tiny-ldsconv-x4", "tiny-ldsconv-x4", owner="someone-else")
+    entry = app.SESSION_MODELS.add(throwaway / "tiny-ldsconv-x4", "tiny-ldsconv-x4", owner="someone-else")
     try:
         client = Client(served["url"], verbose=False)
         variants, bases, hows = client.predict(4, ["bicubic"], None, None, api_name="/refresh_models")
         assert entry.key not in [c[1] for c in variants["choices"]]
-        assert str(entry.path) not in [c[1] for c in bases["choices"]] + [c[1] for c in hows["choices"]]
+        assert entry.key not in [c[1] for c in bases["choices"]] + [c[1] for c in hows["choices"]]
         result = call(served["url"], "compare", compare_data(None, variants=["bicubic", entry.key]), session())
         assert "Upload an image" in result["error"]
         from kaldn.comparison import resolve_variant
         with pytest.raises(UserError, match="Unknown variant"):
-            resolve_variant(entry.key, 4, app.FINETUNED.for_owner(client.session_hash))
-        assert resolve_variant(entry.key, 4, app.FINETUNED.for_owner("someone-else")).ref == str(entry.path)
+            resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner(client.session_hash))
+        assert resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner("someone-else")).ref == str(entry.path)
     finally:
-        app.FINETUNED.drop_owner("someone-else")
+        app.SESSION_MODELS.drop_owner("someone-else")
 
 
 # --- 12: messages name the upload, not the server; user errors are one log line ----------------------------
@@ -354,7 +355,7 @@ def test_12_a_damaged_checkpoint_is_reported_without_its_path(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"junk")
     (folder / "config.json").write_text(json.dumps({"model": "tiny-ldsconv-x2", "scale": 2}))
-    registry = FineTunedRegistry()
+    registry = SessionModels()
     entry = registry.add(folder, "tiny-ldsconv-x2", owner="a")
     result = run_comparison(prepare_inputs(rng_image(32, 32), 2), ["bicubic", entry.key],
                             registry=registry.for_owner("a")).result(entry.key)
@@ -394,7 +395,7 @@ def test_duplicate_and_padded_variant_names_run_once_and_the_list_is_capped():
 
 
 def test_one_owner_cannot_evict_another_owners_fine_tuned_models(tmp_path):
-    registry = FineTunedRegistry(cap=2, total_cap=4)
+    registry = SessionModels(cap=2, total_cap=4)
     victim = registry.add(tmp_path / "v", "tiny-ldsconv-x2", owner="victim")
     for i in range(6):
         registry.add(tmp_path / f"a{i}", "tiny-ldsconv-x2", owner="attacker")

@@ -1,0 +1,196 @@
+"""The models one app session added, fine-tuned or uploaded: visible to that session alone.
+
+A session's models live in its own folders and are listed by key (``ft-3``, ``up-4``), never by path, so a
+client names them without learning, or choosing, anything on the server. :func:`import_checkpoint` turns an
+uploaded checkpoint file into one: size-checked, converted by :func:`kaldn.convert.convert_isolated` in a
+child process with capped memory and time, then registered for its owner.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CONFIG_NAME, read_config
+from .convert import PUBLISHED, ConversionError, convert_isolated
+from .errors import BusyError, UserError
+from .models import parse_model_name, variant_of
+
+__all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint"]
+
+FINE_TUNED, UPLOADED = "Fine-tuned", "Uploaded"
+KEY_PREFIX = {FINE_TUNED: "ft", UPLOADED: "up"}
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+AUTO_ARCH = "auto"  # the file's own metadata names the model (kaldn .safetensors)
+
+
+@dataclass
+class SessionModel:
+    key: str                        # what clients use to name it
+    path: Path                      # checkpoint directory (model.safetensors + config.json), server-side only
+    model: str                      # model name, e.g. tiny-kdsconv-det-x4
+    label: str
+    info: dict = field(default_factory=dict)
+    owner: str | None = None        # the session that made it: only that session sees it (None: everyone)
+    kind: str = FINE_TUNED
+
+    @property
+    def third_party(self) -> bool:
+        """Weights converted from a peer's release (not to be trained further or shipped from here)."""
+        return self.info.get("origin") == "third-party"
+
+
+def _delete(entry: SessionModel) -> None:
+    victim = entry.info.get("delete_dir")
+    if victim:
+        shutil.rmtree(victim, ignore_errors=True)
+
+
+class SessionModels:
+    """Fine-tuned and uploaded models of this process, newest last.
+
+    Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
+    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
+    one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
+    ``total_cap`` models in all, a new one is refused until sessions end.
+    """
+
+    def __init__(self, cap: int = 8, total_cap: int = 64) -> None:
+        self.cap = cap
+        self.total_cap = total_cap
+        self._items: OrderedDict[str, SessionModel] = OrderedDict()
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def add(self, path: str | Path, model: str, info: dict | None = None,
+            delete_dir: str | Path | None = None, owner: str | None = None, kind: str = FINE_TUNED) -> SessionModel:
+        with self._lock:
+            mine = [k for k, e in self._items.items() if e.owner == owner]
+            if len(self._items) - (len(mine) >= self.cap) >= self.total_cap:
+                raise BusyError("The server holds as many session models as it can; try again when "
+                                "other sessions have ended.")
+            n = next(self._counter)
+            key = f"{KEY_PREFIX[kind]}-{n}"
+            spec = parse_model_name(model)
+            v = variant_of(model)
+            iters = (info or {}).get("iterations")
+            label = f"{kind} #{n} ({v.label if v else spec.name.rsplit('-x', 1)[0]} x{spec.scale}" + \
+                (f", {iters} it)" if iters else ")")
+            entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner, kind)
+            self._items[key] = entry
+            for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
+                _delete(self._items.pop(old_key))
+            return entry
+
+    def for_owner(self, owner: str | None) -> "SessionModels":
+        """A read-only view with only ``owner``'s models (none for no owner): what one session may use."""
+        return _OwnerView(self, owner)
+
+    def drop_owner(self, owner: str | None) -> int:
+        """Forget and delete every model of ``owner`` (its session ended); how many."""
+        if not owner:
+            return 0
+        with self._lock:
+            gone = [k for k, e in self._items.items() if e.owner == owner]
+            entries = [self._items.pop(k) for k in gone]
+        for entry in entries:
+            _delete(entry)
+        return len(entries)
+
+    def get(self, key: str) -> SessionModel | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def items(self) -> list[SessionModel]:
+        with self._lock:
+            return list(self._items.values())
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, key) of every model, for model lists."""
+        return [(e.label, e.key) for e in self.items()]
+
+
+class _OwnerView(SessionModels):
+    """One owner's models of a registry (reads only; adding goes to the registry itself)."""
+
+    def __init__(self, registry: SessionModels, owner: str | None) -> None:
+        self._registry, self._owner = registry, owner
+
+    def add(self, *args: Any, **kwargs: Any) -> SessionModel:
+        raise TypeError("add models to the registry, not to an owner's view")
+
+    def get(self, key: str) -> SessionModel | None:
+        entry = self._registry.get(key)
+        return entry if entry is not None and self._owner and entry.owner == self._owner else None
+
+    def items(self) -> list[SessionModel]:
+        return [e for e in self._registry.items() if self._owner and e.owner == self._owner]
+
+    def for_owner(self, owner: str | None) -> SessionModels:
+        return _OwnerView(self._registry, owner if owner == self._owner else None)
+
+    def drop_owner(self, owner: str | None) -> int:
+        return self._registry.drop_owner(owner) if owner == self._owner else 0
+
+
+def upload_archs() -> list[tuple[str, str]]:
+    """(label, value) of what an uploaded checkpoint can be: a kaldn file that names itself, or a peer."""
+    return [("kaldn .safetensors (named in the file)", AUTO_ARCH)] + \
+        [(f"{label} (published .pt / .pth)", arch) for arch, (label, *_) in PUBLISHED.items()]
+
+
+def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: Any, registry: SessionModels,
+                      owner: str | None, root: str | Path, max_bytes: int, memory_bytes: int,
+                      timeout_s: float) -> SessionModel:
+    """Convert the uploaded file ``source`` (shown to its owner as ``name``) into a model only ``owner`` sees.
+
+    Refused with a :class:`UserError` that names the file only: no owner, a suffix other than .pt / .pth /
+    .safetensors, a file over ``max_bytes``, an unknown architecture or scale, and anything the converter
+    refuses (code in a pickle, tensors that do not fit, a file that needs more than ``memory_bytes`` or
+    ``timeout_s`` to read).
+    """
+    if not owner:
+        raise UserError("Adding a checkpoint needs a session (the page, or gradio_client).")
+    source, name = Path(source), Path(str(name)).name[:80] or "the checkpoint"
+    suffix = Path(name).suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise UserError(f"{name}: a checkpoint must be a .pt, .pth or .safetensors file.")
+    size = source.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{name}: {size / 2**20:.1f} MiB; checkpoints up to {max_bytes / 2**20:.0f} MiB are "
+                        "accepted here (KALDN_APP_MAX_CHECKPOINT_BYTES).")
+    arch = None if arch in (None, "", AUTO_ARCH) else str(arch)
+    if arch is not None and arch not in PUBLISHED:
+        raise UserError(f"Unknown architecture {arch!r}; choose one from the list.")
+    if arch is None and suffix != ".safetensors":
+        raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")
+    try:
+        scale_value = int(scale) if arch is not None else None
+    except (TypeError, ValueError):
+        raise UserError(f"The scale must be 2, 3 or 4, got {scale!r}.") from None
+    if scale_value is not None and scale_value not in (2, 3, 4):
+        raise UserError(f"The scale must be 2, 3 or 4, got {scale_value}.")
+    Path(root).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
+    try:
+        local = folder / f"checkpoint{suffix}"  # the converter picks the reader by suffix: ours, not the client's
+        shutil.copyfile(source, local)
+        try:
+            out = convert_isolated(local, folder / "model", arch, scale_value, memory_bytes=memory_bytes,
+                                   timeout_s=timeout_s, display_name=name)
+        except ConversionError as exc:
+            raise UserError(str(exc)) from None
+        local.unlink()
+        config = read_config(out / CONFIG_NAME)
+        weights = config.get("weights") or {}
+        return registry.add(out, config["model"], {"origin": weights.get("origin"), "file": name},
+                            delete_dir=folder, owner=owner, kind=UPLOADED)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise

@@ -1,0 +1,117 @@
+"""Issue 13: a user uploads a checkpoint (a peer's published .pt / .pth, or a kaldn .safetensors) and compares with it.
+
+The file is converted in a child process with capped memory and time, the model is its session's alone, and
+every refusal names the file, never the server's paths.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from kaldn.comparison import run_comparison
+from kaldn.errors import UserError
+from kaldn.inputs import prepare_inputs
+from kaldn.models import variant
+from kaldn.session_models import SessionModels, import_checkpoint
+
+from app_server import running_app
+from test_hosting import EXAMPLE, call, compare_data, session, upload
+
+PEERS = Path(__file__).resolve().parents[1] / ".." / "shared" / "peers"
+LIMITS = {"max_bytes": 32 << 20, "memory_bytes": 2 << 30, "timeout_s": 120}
+
+
+def kaldn_file(throwaway: Path) -> Path:
+    """A bare kaldn .safetensors (its metadata names the model), as `kaldn train` or the Fine-tune tab write."""
+    return throwaway / variant("ldsconv").model_name(4) / "model.safetensors"
+
+
+def test_a_kaldn_file_becomes_a_model_only_its_session_sees_and_goes_with_it(throwaway, tmp_path):
+    registry = SessionModels()
+    entry = import_checkpoint(kaldn_file(throwaway), "mine.safetensors", "auto", 4, registry, "alice",
+                              root=tmp_path, **LIMITS)
+    assert entry.model == variant("ldsconv").model_name(4) and entry.key.startswith("up-")
+    assert entry.label.startswith("Uploaded #") and not entry.third_party
+    assert registry.for_owner("alice").get(entry.key) is entry and registry.for_owner("bob").get(entry.key) is None
+    result = run_comparison(prepare_inputs(EXAMPLE, 4), ["bicubic", entry.key],
+                            registry=registry.for_owner("alice")).result(entry.key)
+    assert result.status == "ok", result.message
+    assert registry.drop_owner("alice") == 1 and not entry.path.exists()
+
+
+def test_refusals_name_the_file_and_never_the_server(throwaway, tmp_path):
+    registry = SessionModels()
+    source = kaldn_file(throwaway)
+    evil = tmp_path / "server-side-name.pt"
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil.write_bytes(pickle.dumps({"conv.weight": Payload()}))
+    cases = [
+        (source, "notes.txt", "auto", 4, {}, "must be a .pt, .pth or .safetensors"),
+        (source, "big.safetensors", "auto", 4, {"max_bytes": 1000}, "MiB are accepted"),
+        (source, "state.pt", "auto", 4, {}, "choose its architecture"),
+        (source, "state.pt", "resnet", 4, {}, "Unknown architecture"),
+        (source, "x.safetensors", "lesrcnn", 5, {}, "scale must be 2, 3 or 4"),
+        (evil, "evil.pt", "lesrcnn", 4, {}, "never runs code"),
+        (source, "mine.safetensors", "lesrcnn", 4, {}, "metadata says tiny-ldsconv-x4, not lesrcnn-x4"),
+        (source, "mine.safetensors", "auto", 4, {"memory_bytes": 64 << 20}, "within 64 MiB of memory"),
+    ]
+    for path, name, arch, scale, limits, expected in cases:
+        with pytest.raises(UserError, match=expected) as err:
+            import_checkpoint(path, name, arch, scale, registry, "alice", root=tmp_path / "uploads",
+                              **{**LIMITS, **limits})
+        message = str(err.value)
+        assert str(tmp_path) not in message and str(throwaway) not in message, message
+    assert not marker.exists()  # the pickle's payload never ran
+    assert registry.items() == [] and not any((tmp_path / "uploads").iterdir())  # nothing left behind
+    with pytest.raises(UserError, match="needs a session"):
+        import_checkpoint(source, "mine.safetensors", "auto", 4, registry, None, root=tmp_path, **LIMITS)
+
+
+def test_a_published_lesrcnn_file_compares_and_beats_bicubic(tmp_path):
+    release = PEERS / "lesrcnn" / "lesrcnn_x4.pth"
+    if not release.is_file():
+        pytest.skip(f"{release} not present")
+    registry = SessionModels()
+    entry = import_checkpoint(release, "lesrcnn_x4.pth", "lesrcnn", 4, registry, "alice", root=tmp_path, **LIMITS)
+    assert entry.third_party and entry.label == "Uploaded #1 (LESRCNN x4)"
+    comparison = run_comparison(prepare_inputs(EXAMPLE, 4), ["bicubic", entry.key], registry=registry.for_owner("alice"))
+    peer, bicubic = comparison.result(entry.key), comparison.result("bicubic")
+    assert peer.status == "ok" and peer.psnr > bicubic.psnr + 0.5, (peer.psnr, bicubic.psnr)
+
+
+@pytest.fixture(scope="module")
+def served(throwaway):
+    pytest.importorskip("gradio_client")
+    with running_app(throwaway) as server:
+        yield server
+
+
+def test_the_app_adds_a_checkpoint_for_its_session_only(served, throwaway, tmp_path):
+    app, url = served["app"], served["url"]
+    mine = session()
+    file = upload(url, kaldn_file(throwaway))
+    result = call(url, "add_checkpoint", [file, "auto", 4, ["bicubic"]], mine)
+    status, scale, variants = result["data"]
+    key = next(k for k in variants["value"] if k.startswith("up-"))
+    assert "Added **Uploaded #" in status and scale["value"] == 4 and "bicubic" in variants["value"]
+    assert str(app.OUT_ROOT) not in status
+    image = upload(url, EXAMPLE)
+    assert "data" in call(url, "compare", compare_data(image, variants=["bicubic", key]), mine)
+    other = call(url, "compare", compare_data(image, variants=["bicubic", key]), session())
+    assert "Unknown variant" in other["error"]
+    # A payload naming a server file is refused like any other client-chosen path.
+    forged = {"path": str(kaldn_file(throwaway)), "meta": {"_type": "gradio.FileData"}}
+    refused = call(url, "add_checkpoint", [forged, "auto", 4, ["bicubic"]], session())
+    assert "data" not in refused and app.SESSION_MODELS.items()[-1].key == key, refused  # Gradio refuses it
+    folder = app.SESSION_MODELS.get(key).path
+    app.end_session(type("Request", (), {"session_hash": mine})())  # the page closed
+    assert app.SESSION_MODELS.get(key) is None and not folder.exists()
