@@ -211,7 +211,11 @@ register_conv("ldsconv", LinearDSConv, label="Linear DSConv", order=20, depthwis
 register_conv("kdsconv-det", functools.partial(KDSConv, kernel_pool="det"), label="KDSConv (det)", order=30,
               options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="det",
               claims=(Claim("ldsconv", "KDSConv (det) beats linear DSConv"),
-                      Claim("kdsconv-fixed", "learned attention beats the fixed 1.5x scale")))
+                      Claim("kdsconv-fixed", "learned attention beats the fixed 1.5x scale"),
+                      # The seed papers' peers, trained here under the same recipe (README "Peers").
+                      Claim("scnet-t", "KDSConv (det) beats SCNet-T at equal training budget"),
+                      Claim("lesrcnn", "KDSConv (det) beats LESRCNN at equal training budget"),
+                      Claim("fdiwn", "KDSConv (det) beats FDIWN at equal training budget")))
 register_conv("kdsconv-avg", functools.partial(KDSConv, kernel_pool="avg"), label="KDSConv (avg)", order=40,
               options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="avg")
 register_conv("kdsconv-max", functools.partial(KDSConv, kernel_pool="max"), label="KDSConv (max)", order=50,

@@ -93,47 +93,69 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
     return "\n".join(lines)
 
 
+def _budget(row: dict) -> tuple:
+    """What makes two rows' training comparable: iterations, batch, LR patch and schedule (not seed or data)."""
+    t = row.get("training") or {}
+    return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
+                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at"))
+
+
 def claims(rows: list[dict], dataset_names: list[str]) -> str:
     """The papers' claims (each variant's registered :class:`~kaldn.registry.Claim`), checked on these rows:
-    margins next to the seed spread."""
-    by_conv: dict[str, dict[int, dict]] = {}  # variant key -> seed -> row
+    margins next to the seed spread. Only rows trained under the same budget are compared (a ``small``
+    model trained 5x longer is not evidence about a variant)."""
+    groups: dict[tuple, dict[str, dict[int, dict]]] = {}  # budget -> variant key -> seed -> row
     for row in rows:
         if row["model"] != "bicubic":
             key = parse_model_name(row["model"]).variant
-            by_conv.setdefault(key, {})[row.get("seed") or 0] = row
+            groups.setdefault(_budget(row), {}).setdefault(key, {})[row.get("seed") or 0] = row
+    several = len(groups) > 1
     lines = []
     for d in dataset_names:
-        spreads = [abs(runs[0][d]["psnr"] - runs[1][d]["psnr"]) for runs in by_conv.values() if 0 in runs and 1 in runs]
+        spreads = [abs(runs[0][d]["psnr"] - runs[1][d]["psnr"])
+                   for by_conv in groups.values() for runs in by_conv.values() if 0 in runs and 1 in runs]
         spread = max(spreads) if spreads else None
         spread_text = f"largest seed-to-seed spread {spread:.3f} dB" if spread is not None else (
             "no second seed, so the seed-to-seed noise is unmeasured here: read small margins as ties")
         lines.append(f"- **{d}** ({spread_text}):")
-
-        def mean_psnr(conv: str, seeds: set[int]) -> float:
-            return float(np.mean([by_conv[conv][seed][d]["psnr"] for seed in seeds]))
-
-        def common_seeds(*convs: str) -> set[int]:
-            # Compare like with like: only the seeds every side was trained with.
-            return set.intersection(*(set(by_conv.get(c, {})) for c in convs))
-
-        for better, worse, claim in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
-            seeds = common_seeds(better, worse)
-            if not seeds:
-                continue
-            margin = mean_psnr(better, seeds) - mean_psnr(worse, seeds)
-            verdict = "yes" if margin > 0 else "no"
-            if spread is not None and abs(margin) <= spread:
-                verdict += ", but within the seed spread"
-            seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
-            lines.append(f"  - {claim}: {verdict} ({margin:+.3f} dB, {seed_text})")
-        pools = {v.kernel_pool: v.key for v in variants() if v.kernel_pool and v.key in by_conv}
-        seeds = common_seeds(*pools.values()) if len(pools) > 1 else set()
-        if seeds:
-            values = {p: mean_psnr(key, seeds) for p, key in pools.items()}
-            ranked = sorted(values, key=values.get, reverse=True)
-            lines.append("  - pooling ranking: " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
-                         + (f" (seed {min(seeds)})" if len(seeds) == 1 else ""))
+        for by_conv in groups.values():
+            lines += _group_claims(by_conv, d, spread, several)
     return "\n".join(lines)
+
+
+def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | None, label_budget: bool
+                  ) -> list[str]:
+    """The claim lines of one budget group on dataset ``d``."""
+    def mean_psnr(conv: str, seeds: set[int]) -> float:
+        return float(np.mean([by_conv[conv][seed][d]["psnr"] for seed in seeds]))
+
+    def common_seeds(*convs: str) -> set[int]:
+        # Compare like with like: only the seeds every side was trained with.
+        return set.intersection(*(set(by_conv.get(c, {})) for c in convs))
+
+    budget = ""
+    if label_budget:
+        t = next(iter(next(iter(by_conv.values())).values())).get("training") or {}
+        budget = f" [{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}]"
+    lines = []
+    for better, worse, claim in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
+        seeds = common_seeds(better, worse)
+        if not seeds:
+            continue
+        margin = mean_psnr(better, seeds) - mean_psnr(worse, seeds)
+        verdict = "yes" if margin > 0 else "no"
+        if spread is not None and abs(margin) <= spread:
+            verdict += ", but within the seed spread"
+        seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
+        lines.append(f"  - {claim}{budget}: {verdict} ({margin:+.3f} dB, {seed_text})")
+    pools = {v.kernel_pool: v.key for v in variants() if v.kernel_pool and v.key in by_conv}
+    seeds = common_seeds(*pools.values()) if len(pools) > 1 else set()
+    if seeds:
+        values = {p: mean_psnr(key, seeds) for p, key in pools.items()}
+        ranked = sorted(values, key=values.get, reverse=True)
+        lines.append("  - pooling ranking" + budget + ": " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
+                     + (f" (seed {min(seeds)})" if len(seeds) == 1 else ""))
+    return lines
 
 
 # --- the model zoo, as the app shows it -------------------------------------------------------------------

@@ -61,6 +61,17 @@ def test_claims_compare_margins_with_seed_spread():
     assert "no second seed" in claims([r for r in rows if r["seed"] == 0], ["set5"])
 
 
+def test_claims_compare_only_rows_trained_under_the_same_budget():
+    def trained(model, psnr, iterations, patch):
+        return {**_row(model, 0, psnr), "training": {"iterations": iterations, "batch": 16, "patch": patch}}
+    rows = [trained("tiny-kdsconv-det-x4", 30.60, 6000, 32), trained("lesrcnn-x4", 30.70, 6000, 32),
+            trained("small-ldsconv-x4", 31.40, 30000, 48), trained("tiny-ldsconv-x4", 30.50, 6000, 32)]
+    text = claims(rows, ["set5"])
+    assert "KDSConv (det) beats LESRCNN at equal training budget [6000 it, batch 16, patch 32]: no (-0.100 dB" in text
+    assert "KDSConv (det) beats linear DSConv [6000 it, batch 16, patch 32]: yes (+0.100 dB" in text
+    assert "-0.800 dB" not in text  # the longer-trained small model is compared with nothing of another budget
+
+
 SHIPPED = [name for name in available_models() if (bundled_dir() / name / "config.json").exists()
            and "metrics" in json.loads((bundled_dir() / name / "config.json").read_text())]
 
