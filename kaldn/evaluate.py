@@ -2,6 +2,8 @@
 
     python -m kaldn.evaluate --models tiny-ldsconv-x4 runs/zoo/x4/tiny-dsconv-x4-s1/best \
         --datasets set5 set14 bsd68 --scale 4 --out results/x4
+    python -m kaldn.evaluate --models runs/zoo/x4/scnet-t-x4-s0/best --datasets set5 set14 bsd68 \
+        --scale 4 --out results/x4 --append      # add rows to results/x4.json; tables over all rows
 
 Protocol: HR cropped to a multiple of the scale, LR by MATLAB ``imresize``, the
 model's output rounded to 8 bits, PSNR/SSIM on the Y channel with ``scale``
@@ -107,7 +109,7 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", required=True, help="model names or checkpoint folders")
+    parser.add_argument("--models", nargs="*", default=[], help="model names or checkpoint folders")
     parser.add_argument("--datasets", nargs="+", default=["set5", "set14", "bsd68"],
                         help=f"{', '.join(DATASETS)} (under ../shared/data) or folders of HR images")
     parser.add_argument("--scale", type=int, default=4)
@@ -116,23 +118,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship", metavar="DIR", help="copy seed-0 checkpoints with model cards into DIR")
     parser.add_argument("--readme", metavar="FILE",
                         help="replace the block between <!-- results:xS --> and <!-- /results:xS --> in FILE")
+    parser.add_argument("--append", action="store_true",
+                        help="keep OUT.json's rows (a row of the same model and seed is replaced by the new one) "
+                             "and write the tables and claims over all of them; without --models: only rewrite")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    command = "python -m kaldn.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+    previous: dict | None = None
+    if args.append:
+        if not args.out or not Path(args.out).with_suffix(".json").is_file():
+            print("error: --append needs --out naming an existing results file (OUT.json)", file=sys.stderr)
+            return 2
+        previous = json.loads(Path(args.out).with_suffix(".json").read_text())
+        if previous.get("scale") != args.scale:
+            print(f"error: {args.out}.json holds x{previous.get('scale')} results, not x{args.scale}", file=sys.stderr)
+            return 2
+        if args.models and list(previous.get("datasets", [])) != list(args.datasets):
+            print(f"error: {args.out}.json was measured on {' '.join(previous.get('datasets', []))}: pass the same "
+                  "--datasets", file=sys.stderr)
+            return 2
+    elif not args.models:
+        print("error: give --models (or --append to rewrite the tables of an existing results file)", file=sys.stderr)
+        return 2
 
     datasets = {}
-    for name in args.datasets:
+    for name in args.datasets if args.models else []:  # a rewrite measures nothing
         folder = dataset_folder(name)
         if not folder.is_dir():
             print(f"error: dataset {name}: {folder} is not a folder", file=sys.stderr)
             return 2
         datasets[name] = load_pairs(folder, args.scale)
-    rows = [bicubic_row(datasets, args.scale)]
+    rows = [bicubic_row(datasets, args.scale)] if args.models else []
     for spec in args.models:
         rows.append(evaluate_model(spec, datasets, args.scale, timing=not args.no_timing))
         print(f"{rows[-1]['model']} (seed {rows[-1]['seed']}): "
               + ", ".join(f"{d} {format_metrics(rows[-1][d])}" for d in datasets), flush=True)
     names = list(datasets)
+    evaluated, commands = list(rows), [command]
+    if previous is not None:
+        new = {(r["model"], r.get("seed")) for r in rows if r["model"] != "bicubic"}
+        kept = [r for r in previous["rows"] if (r["model"], r.get("seed")) not in new]
+        has_bicubic = any(r["model"] == "bicubic" for r in kept)
+        rows = kept + [r for r in rows if r["model"] != "bicubic" or not has_bicubic]
+        names = list(previous["datasets"])
+        commands = list(previous.get("commands") or [previous["command"]]) + ([command] if args.models else [])
     table = markdown_table(rows, names, args.scale)
     claim_text = claims(rows, names)
     print()
@@ -143,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out.with_suffix(".json"), {"scale": args.scale, "datasets": names, "rows": rows,
-                                              "command": "python -m kaldn.evaluate " + " ".join(argv or sys.argv[1:])})
+                                              "command": commands[0], "commands": commands})
         out.with_suffix(".md").write_text(table + "\n\nClaims under equal budgets:\n\n" + claim_text + "\n")
     if args.ship:
-        print("shipped:", ", ".join(ship(rows, names, args.scale, Path(args.ship))))
+        print("shipped:", ", ".join(ship(evaluated, names, args.scale, Path(args.ship))))  # this run's rows only
     if args.readme:
-        command = "python -m kaldn.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        made_by = ", then ".join(f"`{c}`" for c in commands)
         replace_block(Path(args.readme), f"results:x{args.scale}",
-                      f"Made by `{command}`:\n\n{table}\n\nClaims under equal budgets:\n\n{claim_text}")
+                      f"Made by {made_by}:\n\n{table}\n\nClaims under equal budgets:\n\n{claim_text}")
     return 0
 
 

@@ -65,7 +65,17 @@ def format_budget(training: dict | None, with_seed: bool = False) -> str:
         return "-"
     seed = f"seed {training['seed']}, " if with_seed else ""
     return (f"{training['iterations_done']} it, batch {training['batch']}, patch {training['patch']}, "
-            f"{seed}{training['wall_time_s'] / 60:.0f} min on {training['device']}")
+            f"{seed}{training['wall_time_s'] / 60:.0f} min on {training['device']}{_validation(training)}")
+
+
+def _validation(training: dict) -> str:
+    """Which images chose the checkpoint: a test set (the first zoo's BSD68) or held-out training images."""
+    val = str(training.get("val") or "")
+    if not val:
+        return ""
+    if "held out" in val:
+        return f"; validated on {training.get('val_images', 'some')} held-out training images"
+    return f"; validated on {Path(val).name}"
 
 
 def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> str:

@@ -38,6 +38,27 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     with pytest.raises(ValueError, match="x2 model, not x4"):
         main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"])
 
+    # --append: a second model joins the rows (bicubic once), the same model again replaces its row, and a
+    # README block lists every command that made the table.
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "other", create_model("tiny-dsconv-x2"))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:x2 -->\nold\n<!-- /results:x2 -->\nend\n")
+    common = ["--datasets", str(images), "--scale", "2", "--out", str(tmp_path / "results"), "--no-timing",
+              "--append", "--readme", str(readme)]
+    assert main(["--models", str(tmp_path / "other"), str(tmp_path / "ckpt"), *common]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [row["model"] for row in data["rows"]] == ["bicubic", "tiny-dsconv-x2", "tiny-ldsconv-x2"]
+    assert len(data["commands"]) == 2 and "--append" in data["commands"][1]
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
+    assert ", then `python -m kaldn.evaluate --models" in text and "| tiny-dsconv-x2 |" in text
+    assert main(["--datasets", "set5", "--scale", "2", "--out", str(tmp_path / "results"), "--append"]) == 0
+    assert json.loads((tmp_path / "results.json").read_text())["rows"] == data["rows"]  # a rewrite keeps them
+    assert main(["--datasets", str(images), "--scale", "4", "--out", str(tmp_path / "results"), "--append"]) == 2
+    assert main(["--models", str(tmp_path / "ckpt"), "--datasets", "set5", "--scale", "2",
+                 "--out", str(tmp_path / "results"), "--append"]) == 2  # other datasets than the rows'
+
 
 def _row(model, seed, psnr):
     return {"model": model, "seed": seed, "set5": {"psnr": psnr, "ssim": 0.8}}

@@ -11,7 +11,7 @@ from kaldn.cards import model_card, repo_card, write_cards
 from kaldn.checkpoint import save_checkpoint
 from kaldn.hub import bundled_dir
 from kaldn.models import count_parameters, create_model
-from kaldn.results import PUBLISHED_X4, format_count, psnr_cost_points, training_curves, zoo_table
+from kaldn.results import PUBLISHED_X4, format_budget, format_count, psnr_cost_points, training_curves, zoo_table
 
 
 def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
@@ -29,6 +29,9 @@ def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
     assert row["set5 PSNR / SSIM"] == "33.50 / 0.9000" and row["set14 PSNR / SSIM"] == "-"
     assert row["Params"] == format_count(count_parameters(create_model("tiny-kdsconv-det-x2")))
     assert row["Training budget"] == "4000 it, batch 16, patch 32, 10 min on cpu" and row["Seed"] == "0"
+    assert format_budget({**budget, "val": "../shared/data/val/bsd68"}).endswith("; validated on bsd68")
+    held_out = {**budget, "val": "data: every 10th image held out (8 images)", "val_images": 8}
+    assert format_budget(held_out).endswith("; validated on 8 held-out training images")
     assert row["Weights"] == "bundled"
     assert [r[0] for r in zoo_table(tmp_path, scale=4, results_dir=no_results)[1]] == ["tiny-ldsconv-x4"]
     assert zoo_table(tmp_path, scale="all", results_dir=no_results) == (headers, rows)
