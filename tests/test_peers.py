@@ -274,3 +274,19 @@ def test_released_weights_reproduce_set5_x4(tmp_path, peers, shared_data, arch):
     # The released networks take RGB in [0, 1] here like every kaldn model (FDIWN's 255 scaling is inside).
     flat = upscale(np.full((24, 24, 3), 0.5, dtype=np.float32), prepare_model(load_model(tmp_path / arch), "cpu"))
     assert abs(float(flat.mean()) - 0.5) < 0.02
+
+
+def test_scnet_spatial_shift_moves_each_group_one_pixel_and_its_gradient_is_the_opposite_shift():
+    from kaldn.archs.scnet import SHIFTS, spatial_shift
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64, requires_grad=True)
+    out = spatial_shift(x)
+    for i, (dy, dx) in enumerate(SHIFTS):  # group i at (y, x) reads (y + dy, x + dx), zero outside
+        for y, xx in ((0, 0), (2, 3), (4, 6)):
+            inside = 0 <= y + dy < 5 and 0 <= xx + dx < 7
+            expected = x[1, 2 * i, y + dy, xx + dx] if inside else 0.0
+            assert out[1, 2 * i, y, xx] == expected
+    assert torch.autograd.gradcheck(spatial_shift, (x,))  # the hand-written backward is the true adjoint
+    assert spatial_shift(x.detach().contiguous(memory_format=torch.channels_last)).is_contiguous(
+        memory_format=torch.channels_last)  # training runs channels_last: no reorder per shift
+    with pytest.raises(ValueError, match="multiple of 8"):
+        spatial_shift(torch.zeros(1, 12, 4, 4))
