@@ -59,6 +59,15 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert main(["--models", str(tmp_path / "ckpt"), "--datasets", "set5", "--scale", "2",
                  "--out", str(tmp_path / "results"), "--append"]) == 2  # other datasets than the rows'
 
+    # --ship copies the weights, and the validation events of the run's log for the Results tab's curves.
+    (tmp_path / "ckpt" / "log.jsonl").write_text('{"event": "step", "iteration": 10}\n'
+                                                 '{"event": "validation", "iteration": 10, "val_psnr": 30.0}\n{"ev')
+    assert main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "2", "--no-timing",
+                 "--ship", str(tmp_path / "shipped")]) == 0
+    shipped = tmp_path / "shipped" / "tiny-ldsconv-x2"
+    assert (shipped / "model.safetensors").is_file() and "metrics" in json.loads((shipped / "config.json").read_text())
+    assert (shipped / "log.jsonl").read_text() == '{"event": "validation", "iteration": 10, "val_psnr": 30.0}\n'
+
 
 def _row(model, seed, psnr):
     return {"model": model, "seed": seed, "set5": {"psnr": psnr, "ssim": 0.8}}
