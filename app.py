@@ -78,7 +78,8 @@ EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
-SESSION_MODELS = SessionModels()
+# Fine-tuned and uploaded models, per session; unused ones go after the session TTL (raw API clients never "end").
+SESSION_MODELS = SessionModels(max_idle_s=SETTINGS.session_ttl)
 CACHE = ModelCache(source=SETTINGS.model_source)
 FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters,
                            time_budget_s=SETTINGS.finetune_time_budget_s, max_images=SETTINGS.finetune_max_images,

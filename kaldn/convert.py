@@ -54,6 +54,11 @@ PUBLISHED: dict[str, tuple[str, str, str, Callable[[str], str | None]]] = {
 # Containers some trainers wrap the state dict in (EDSR-style code saves it bare; BasicSR under "params").
 WRAPPER_KEYS = ("state_dict", "params", "params_ema", "model")
 MAX_NAMES = 6
+MAX_NAME_CHARS = 80        # a tensor or model name quoted in a message
+MAX_MESSAGE_CHARS = 500    # what convert_isolated passes on from the child
+RECORD_KEYS = ("origin", "architecture", "paper", "published_at", "source_file", "source_sha256", "converted_by",
+               "note", "repacked_from", "repacked_sha256", "repacked_by")
+MAX_RECORD_CHARS = 512
 THIRD_PARTY_NOTE = ("the authors' released weights, not the kaldn project's; the source carries no licence: "
                     "do not redistribute, bundle or upload them")
 
@@ -62,8 +67,12 @@ class ConversionError(ValueError):
     """A file that cannot be converted; the message names the file and the tensors at fault."""
 
 
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS] + "..."
+
+
 def _names(keys: Sequence[str]) -> str:
-    keys = list(keys)
+    keys = [_short(str(k)) for k in keys]
     return ", ".join(keys[:MAX_NAMES]) + (f" ... ({len(keys)} in all)" if len(keys) > MAX_NAMES else "")
 
 
@@ -78,6 +87,8 @@ def sha256(path: Path) -> str:
 def read_torch_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a PyTorch checkpoint, read with ``weights_only=True`` only; ConversionError otherwise."""
     path = Path(path)
+    if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 6):
+        raise ConversionError("refused: torch >= 2.6 is needed to read PyTorch files safely (weights_only)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -145,7 +156,8 @@ def _recorded_weights(metadata: Mapping[str, str], source: Path) -> dict:
         raise ConversionError(f"{source}: its 'weights' metadata is not JSON") from None
     if not isinstance(record, dict):
         raise ConversionError(f"{source}: its 'weights' metadata is not a JSON object")
-    return record
+    # Only the fields save_checkpoint writes, as short strings: nothing else of a stranger's file goes on.
+    return {k: v for k, v in record.items() if k in RECORD_KEYS and isinstance(v, str) and len(v) <= MAX_RECORD_CHARS}
 
 
 def _identity(key: str) -> str:
@@ -158,15 +170,16 @@ def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, 
             raise ConversionError("give --arch and --scale together")
         name = f"{arch}-x{scale}"
         if metadata_name is not None and metadata_name != name:
-            raise ConversionError(f"{source}: its metadata says {metadata_name}, not {name}")
+            raise ConversionError(f"{source}: its metadata says {_short(metadata_name)}, not {name}")
     elif metadata_name is not None:
         name = metadata_name
     else:
         raise ConversionError(f"{source}: no model name in its metadata; give --arch and --scale")
     try:
         parse_model_name(name)
-    except ValueError as exc:
-        raise ConversionError(str(exc)) from None
+    except ValueError:
+        raise ConversionError(f"{source}: unknown model {_short(name)!r} (python -m kaldn.convert --help; "
+                              "kaldn.models.model_names() lists every name)") from None
     return name
 
 
@@ -247,7 +260,8 @@ def convert_isolated(source: str | Path, out_dir: str | Path, arch: str | None =
         return out_dir
     errors = [line[len("error: "):] for line in done.stderr.splitlines() if line.startswith("error: ")]
     if done.returncode == 2 and errors:
-        raise ConversionError(errors[-1].replace(str(source), shown))
+        message = errors[-1].replace(str(source), shown)
+        raise ConversionError(message[:MAX_MESSAGE_CHARS] + ("..." if len(message) > MAX_MESSAGE_CHARS else ""))
     raise ConversionError(f"{shown}: could not be converted within {limits}")
 
 

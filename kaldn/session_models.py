@@ -12,6 +12,7 @@ import itertools
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ FINE_TUNED, UPLOADED = "Fine-tuned", "Uploaded"
 KEY_PREFIX = {FINE_TUNED: "ft", UPLOADED: "up"}
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 AUTO_ARCH = "auto"  # the file's own metadata names the model (kaldn .safetensors)
+MAX_CONFIG_BYTES = 64 << 10  # a converted folder's config.json; the converter writes ~2 KB
 
 
 @dataclass
@@ -39,11 +41,14 @@ class SessionModel:
     info: dict = field(default_factory=dict)
     owner: str | None = None        # the session that made it: only that session sees it (None: everyone)
     kind: str = FINE_TUNED
+    last_used: float = field(default_factory=time.monotonic)
 
     @property
     def third_party(self) -> bool:
-        """Weights converted from a peer's release (not to be trained further or shipped from here)."""
-        return self.info.get("origin") == "third-party"
+        """Weights from someone else's release (not to be trained further or shipped from here): marked so by the
+        converter, or an uploaded peer architecture, whose file may say anything about its origin."""
+        return self.info.get("origin") == "third-party" or (
+            self.kind == UPLOADED and parse_model_name(self.model).backbone is None)
 
 
 def _delete(entry: SessionModel) -> None:
@@ -58,18 +63,21 @@ class SessionModels:
     Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
     and :meth:`drop_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
     one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
-    ``total_cap`` models in all, a new one is refused until sessions end.
+    ``total_cap`` models in all, a new one is refused until sessions end. A model unused for ``max_idle_s``
+    is forgotten too: a client that never opens the page's heartbeat never "ends" its session.
     """
 
-    def __init__(self, cap: int = 8, total_cap: int = 64) -> None:
+    def __init__(self, cap: int = 8, total_cap: int = 64, max_idle_s: float = 3600) -> None:
         self.cap = cap
         self.total_cap = total_cap
+        self.max_idle_s = max_idle_s
         self._items: OrderedDict[str, SessionModel] = OrderedDict()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
 
     def add(self, path: str | Path, model: str, info: dict | None = None,
             delete_dir: str | Path | None = None, owner: str | None = None, kind: str = FINE_TUNED) -> SessionModel:
+        self.expire()
         with self._lock:
             mine = [k for k, e in self._items.items() if e.owner == owner]
             if len(self._items) - (len(mine) >= self.cap) >= self.total_cap:
@@ -87,6 +95,23 @@ class SessionModels:
             for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
                 _delete(self._items.pop(old_key))
             return entry
+
+    def has_room(self, owner: str | None) -> bool:
+        """Whether :meth:`add` for ``owner`` would succeed now (asked before costly work)."""
+        self.expire()
+        with self._lock:
+            mine = sum(1 for e in self._items.values() if e.owner == owner)
+            return len(self._items) - (mine >= self.cap) < self.total_cap
+
+    def expire(self) -> int:
+        """Forget (and delete) models unused for ``max_idle_s``; how many."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [k for k, e in self._items.items() if now - e.last_used > self.max_idle_s]
+            entries = [self._items.pop(k) for k in gone]
+        for entry in entries:
+            _delete(entry)
+        return len(entries)
 
     def for_owner(self, owner: str | None) -> "SessionModels":
         """A read-only view with only ``owner``'s models (none for no owner): what one session may use."""
@@ -127,7 +152,10 @@ class _OwnerView(SessionModels):
 
     def get(self, key: str) -> SessionModel | None:
         entry = self._registry.get(key)
-        return entry if entry is not None and self._owner and entry.owner == self._owner else None
+        if entry is None or not self._owner or entry.owner != self._owner:
+            return None
+        entry.last_used = time.monotonic()  # its owner uses it: not idle
+        return entry
 
     def items(self) -> list[SessionModel]:
         return [e for e in self._registry.items() if self._owner and e.owner == self._owner]
@@ -157,8 +185,9 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
     """
     if not owner:
         raise UserError("Adding a checkpoint needs a session (the page, or gradio_client).")
-    source, name = Path(source), Path(str(name)).name[:80] or "the checkpoint"
+    source, name = Path(source), Path(str(name)).name or "checkpoint"
     suffix = Path(name).suffix.lower()
+    name = name if len(name) <= 80 else name[:60] + "..." + name[-16:]  # shown in messages: short, suffix kept
     if suffix not in CHECKPOINT_SUFFIXES:
         raise UserError(f"{name}: a checkpoint must be a .pt, .pth or .safetensors file.")
     size = source.stat().st_size
@@ -176,6 +205,9 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         raise UserError(f"The scale must be 2, 3 or 4, got {scale!r}.") from None
     if scale_value is not None and scale_value not in (2, 3, 4):
         raise UserError(f"The scale must be 2, 3 or 4, got {scale_value}.")
+    if not registry.has_room(owner):
+        raise BusyError("The server holds as many session models as it can; try again when other sessions "
+                        "have ended.")
     Path(root).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
     try:
@@ -187,6 +219,8 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         except ConversionError as exc:
             raise UserError(str(exc)) from None
         local.unlink()
+        if (out / CONFIG_NAME).stat().st_size > MAX_CONFIG_BYTES:
+            raise UserError(f"{name}: its metadata is too large to keep.")
         config = read_config(out / CONFIG_NAME)
         weights = config.get("weights") or {}
         return registry.add(out, config["model"], {"origin": weights.get("origin"), "file": name},

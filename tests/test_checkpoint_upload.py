@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kaldn.comparison import run_comparison
-from kaldn.errors import UserError
+from kaldn.errors import BusyError, UserError
 from kaldn.inputs import prepare_inputs
 from kaldn.models import variant
 from kaldn.session_models import SessionModels, import_checkpoint
@@ -115,3 +115,36 @@ def test_the_app_adds_a_checkpoint_for_its_session_only(served, throwaway, tmp_p
     folder = app.SESSION_MODELS.get(key).path
     app.end_session(type("Request", (), {"session_hash": mine})())  # the page closed
     assert app.SESSION_MODELS.get(key) is None and not folder.exists()
+
+
+def test_models_nobody_uses_expire_and_a_full_server_refuses_before_converting(throwaway, tmp_path, monkeypatch):
+    import kaldn.session_models as sm
+    registry = SessionModels(cap=8, total_cap=1, max_idle_s=60)
+    entry = import_checkpoint(kaldn_file(throwaway), "a.safetensors", "auto", 4, registry, "alice", root=tmp_path,
+                              **LIMITS)
+    converted = []
+    monkeypatch.setattr(sm, "convert_isolated", lambda *a, **k: converted.append(a))
+    with pytest.raises(BusyError):  # full: refused before any conversion runs
+        import_checkpoint(kaldn_file(throwaway), "b.safetensors", "auto", 4, registry, "bob", root=tmp_path, **LIMITS)
+    assert converted == []
+    registry.for_owner("alice").get(entry.key)  # its owner used it: not idle
+    assert registry.expire() == 0
+    entry.last_used -= 61  # a client that never closes its session and never comes back
+    assert registry.has_room("bob") and registry.get(entry.key) is None and not entry.path.exists()
+
+
+def test_an_uploaded_peer_is_third_party_whatever_its_file_says(tmp_path):
+    from kaldn.checkpoint import save_checkpoint
+    from kaldn.convert import convert
+    from kaldn.models import create_model
+    from safetensors import safe_open
+    save_checkpoint(tmp_path / "peer", create_model("scnet-t-x4"), {"weights": {"origin": "kaldn", "x": "y" * 10**5}})
+    out = convert(tmp_path / "peer" / "model.safetensors", tmp_path / "out")
+    with safe_open(str(out / "model.safetensors"), framework="pt") as f:
+        recorded = f.metadata()["weights"]
+    assert "yyyy" not in recorded and len(recorded) < 2000  # only the record's known short fields go on
+    registry = SessionModels()
+    entry = registry.add(out, "scnet-t-x4", {"origin": "kaldn"}, owner="alice", kind="Uploaded")
+    assert entry.third_party  # so it is compared, never fine-tuned from here
+    from kaldn.finetune import base_choices
+    assert entry.key not in [value for _, value in base_choices([], registry.for_owner("alice"))]
