@@ -11,7 +11,7 @@ from PIL import Image
 
 from kaldn.checkpoint import save_checkpoint
 from kaldn.data import dataset_folder, load_pairs
-from kaldn.evaluate import evaluate_model, main
+from kaldn.evaluate import bicubic_row, evaluate_model, main
 from kaldn.hub import available_models, bundled_dir, load_model
 from kaldn.models import create_model
 from kaldn.results import claims
@@ -110,7 +110,7 @@ SHIPPED = [name for name in available_models() if (bundled_dir() / name / "confi
 def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
     datasets_needed = {d for name in SHIPPED
                        for d in json.loads((bundled_dir() / name / "config.json").read_text())["metrics"]}
-    pairs = {}
+    pairs, bicubic_set5 = {}, {}
     for name in SHIPPED:
         config = json.loads((bundled_dir() / name / "config.json").read_text())
         scale = config["scale"]
@@ -124,6 +124,9 @@ def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
         for dataset, expected in checked.items():
             assert abs(row[dataset]["psnr"] - expected["psnr"]) < 0.01, (name, dataset)
             assert abs(row[dataset]["ssim"] - expected["ssim"]) < 1e-4, (name, dataset)
+        if scale not in bicubic_set5:
+            bicubic_set5[scale] = bicubic_row({"set5": pairs["set5", scale]}, scale)["set5"]["psnr"]
+        assert row["set5"]["psnr"] > bicubic_set5[scale] + 0.5, name  # every shipped model beats bicubic clearly
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints")
