@@ -162,7 +162,10 @@ ZOO_INTRO = """
 with the same iterations, patch, batch, learning-rate schedule, data (80 SUN/Hays images) and seed; a second seed
 of some variants (Seed 1; weights not shipped, their numbers are kept) shows how much a rerun alone moves PSNR.
 The budget is far below the papers' DIV2K training: compare the rows with each other, not with published numbers
-(those are on the Results tab).
+(those are on the Results tab). **Peers** (SCNet-T, LESRCNN, FDIWN, when listed) are the seed papers' architectures,
+trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with two differences that the
+budget column shows: bf16 autocast, and 72 of the 80 images (8 held out to choose the checkpoint, where the tiny zoo
+chose on BSD68).
 
 **Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
 with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
