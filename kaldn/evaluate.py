@@ -33,7 +33,7 @@ from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
 from .models import count_parameters, multiply_adds
 from .resize import imresize
-from .results import LOG_NAME, claims, format_metrics, markdown_table
+from .results import LOG_NAME, claims, format_metrics, markdown_table, validation_events
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table", "replace_block", "ship"]
@@ -103,21 +103,12 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
         # The run's validation curve goes along (the Results tab draws it); the run folder holds the log.
         log = next((p for p in (source / LOG_NAME, source.parent / LOG_NAME) if p.is_file()), None)
         if log is not None:
-            (target / LOG_NAME).write_text("".join(f"{line}\n" for line in log.read_text().splitlines()
-                                                   if _is_validation(line)))
+            (target / LOG_NAME).write_text("".join(f"{json.dumps(e)}\n" for e in validation_events(log)))
         write_json(target / CONFIG_NAME, config)
         model_card(config).save(target / CARD_NAME)
         shipped.append(row["model"])
     repo_card(destination).save(destination / CARD_NAME)  # over every model now in the folder
     return shipped
-
-
-def _is_validation(line: str) -> bool:
-    try:
-        event = json.loads(line)
-    except ValueError:
-        return False  # a partial last line of an interrupted run
-    return isinstance(event, dict) and event.get("event") == "validation"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
-           "psnr_cost_points", "training_curves", "zoo_table"]
+           "psnr_cost_points", "training_curves", "validation_events", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
@@ -263,6 +263,24 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
 
 # --- the results view: curves and cost plots ----------------------------------------------------------------
 
+def validation_events(log: str | Path) -> list[dict]:
+    """The "validation" events (with ``val_psnr``) of a ``kaldn.train`` log; none for a missing file. A damaged
+    line (a partial last line of an interrupted run) is skipped."""
+    try:
+        lines = Path(log).read_text().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "validation" and "val_psnr" in event:
+            events.append(event)
+    return events
+
+
 def training_curves(folder: str | Path | None = None, scale: Any = None) -> tuple[list[dict], list[str]]:
     """Validation PSNR over training iterations of every bundled model with a ``log.jsonl`` beside it.
 
@@ -282,19 +300,9 @@ def training_curves(folder: str | Path | None = None, scale: Any = None) -> tupl
             continue
         if scale is not None and spec.scale != scale:
             continue
-        found = []
-        try:
-            lines = (model_dir / LOG_NAME).read_text().splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a partial last line of an interrupted run
-            if isinstance(event, dict) and event.get("event") == "validation" and "val_psnr" in event:
-                found.append({"model": spec.name, "variant": labels.get(spec.variant, spec.variant),
-                              "iteration": int(event["iteration"]), "val_psnr": float(event["val_psnr"])})
+        found = [{"model": spec.name, "variant": labels.get(spec.variant, spec.variant),
+                  "iteration": int(event["iteration"]), "val_psnr": float(event["val_psnr"])}
+                 for event in validation_events(model_dir / LOG_NAME)]
         if found:
             points += sorted(found, key=lambda p: p["iteration"])
         else:

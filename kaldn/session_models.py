@@ -80,7 +80,7 @@ class SessionModels:
         self.expire()
         with self._lock:
             mine = [k for k, e in self._items.items() if e.owner == owner]
-            if len(self._items) - (len(mine) >= self.cap) >= self.total_cap:
+            if self._full(len(mine)):
                 raise BusyError("The server holds as many session models as it can; try again when "
                                 "other sessions have ended.")
             n = next(self._counter)
@@ -100,8 +100,11 @@ class SessionModels:
         """Whether :meth:`add` for ``owner`` would succeed now (asked before costly work)."""
         self.expire()
         with self._lock:
-            mine = sum(1 for e in self._items.values() if e.owner == owner)
-            return len(self._items) - (mine >= self.cap) < self.total_cap
+            return not self._full(sum(1 for e in self._items.values() if e.owner == owner))
+
+    def _full(self, owned: int) -> bool:
+        # An owner at its cap replaces its oldest model, so that one does not count against the total.
+        return len(self._items) - (owned >= self.cap) >= self.total_cap
 
     def expire(self) -> int:
         """Forget (and delete) models unused for ``max_idle_s``; how many."""
