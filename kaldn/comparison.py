@@ -33,7 +33,7 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,7 @@ from .metrics import evaluate_pair
 from .models import count_parameters, parse_model_name, variants
 from .models import variants as registered_variants  # run_comparison's argument is also called variants
 from .resize import imresize
-
-if TYPE_CHECKING:  # only for annotations: fine-tuning is a layer above
-    from .session_models import SessionModels
+from .session_models import SessionModels, is_session_key
 
 log = logging.getLogger("kaldn.comparison")
 
@@ -107,6 +105,10 @@ def resolve_variant(key: str, scale: int, registry: SessionModels | None = None)
         # Messages never repeat the label: they are shown after it ("<label>: <message>").
         missing = None if model_scale == scale else f"a x{model_scale} model; the chosen scale is x{scale}"
         return ResolvedVariant(key, entry.label, str(entry.path), entry.model, missing)
+    if is_session_key(key):  # expired, evicted, or another session's: the same answer, so nothing leaks
+        raise UserError(f"{key!r} is not one of this session's models (any more): fine-tuned and uploaded models "
+                        "belong to the session that made them and are dropped after a while unused. Fine-tune "
+                        "or upload it again.")
     try:
         spec = parse_model_name(key)
     except ValueError:

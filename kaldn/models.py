@@ -22,7 +22,7 @@ from .errors import UserError
 from .registry import Architecture, Claim, architecture, architectures, conv_entries
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
-           "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
+           "model_label", "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,15 @@ def variant_of(name: str) -> Variant | None:
         return None
     v = next((v for v in variants() if v.key == spec.variant and v.arch == spec.arch), None)
     return v if v is not None and v.model_name(spec.scale) == name else None
+
+
+def model_label(name: str) -> str:
+    """What a plot calls model ``name``: its variant's label, and for a family model its backbone too, so a
+    ``small`` and a ``tiny`` KDSConv never share a colour (``small-kdsconv-det-x4`` -> "KDSConv (det), small")."""
+    spec = parse_model_name(name)
+    if spec.backbone is None:
+        return architecture(spec.arch).label
+    return f"{next(c.label for c in conv_entries() if c.name == spec.conv)}, {spec.backbone}"
 
 
 def variant(key: str) -> Variant:

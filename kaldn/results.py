@@ -18,7 +18,7 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import check_scale, count_parameters, create_model, parse_model_name, scales, variants
+from .models import check_scale, count_parameters, create_model, model_label, parse_model_name, scales, variants
 
 log = logging.getLogger("kaldn.results")
 
@@ -290,7 +290,6 @@ def training_curves(folder: str | Path | None = None, scale: Any = None) -> tupl
     """
     scale = None if scale in (None, "", "all") else check_scale(scale)
     folder = Path(folder) if folder is not None else bundled_dir()
-    labels = {v.key: v.label for v in variants()}
     points: list[dict] = []
     missing: list[str] = []
     for model_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file()):
@@ -300,7 +299,7 @@ def training_curves(folder: str | Path | None = None, scale: Any = None) -> tupl
             continue
         if scale is not None and spec.scale != scale:
             continue
-        found = [{"model": spec.name, "variant": labels.get(spec.variant, spec.variant),
+        found = [{"model": spec.name, "variant": model_label(spec.name),
                   "iteration": int(event["iteration"]), "val_psnr": float(event["val_psnr"])}
                  for event in validation_events(model_dir / LOG_NAME)]
         if found:
@@ -320,7 +319,6 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
     of the released LESRCNN and FDIWN are DESIGN.md's independent measurement).
     """
     scale = check_scale(scale)
-    labels = {v.key: v.label for v in variants()}
     points = []
     for row in (load_results(scale, results_dir) or {}).get("rows", []):
         if not row.get(dataset):
@@ -329,7 +327,7 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
         if name == "bicubic":
             label, seed = "bicubic", None
         else:
-            label, seed = labels.get(parse_model_name(name).variant, name), row.get("seed")
+            label, seed = model_label(name), row.get("seed")
         points.append({"model": name if seed is None else f"{name} (seed {seed})", "label": label,
                        "source": "this project", "psnr": float(row[dataset]["psnr"]),
                        "cpu_ms": row.get("cpu_ms_256"), "params": row.get("params")})

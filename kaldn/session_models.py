@@ -23,10 +23,17 @@ from .convert import PUBLISHED, ConversionError, convert_isolated
 from .errors import BusyError, UserError
 from .models import parse_model_name, variant_of
 
-__all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint"]
+__all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint",
+           "is_session_key"]
 
 FINE_TUNED, UPLOADED = "Fine-tuned", "Uploaded"
 KEY_PREFIX = {FINE_TUNED: "ft", UPLOADED: "up"}
+
+
+def is_session_key(key: str) -> bool:
+    """Whether ``key`` has the form of a session model's key (``ft-3``, ``up-1``), whoever holds it now."""
+    prefix, _, number = str(key).partition("-")
+    return prefix in KEY_PREFIX.values() and number.isdigit()
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 AUTO_ARCH = "auto"  # the file's own metadata names the model (kaldn .safetensors)
 MAX_CONFIG_BYTES = 64 << 10  # a converted folder's config.json; the converter writes ~2 KB

@@ -107,7 +107,7 @@ def test_the_app_adds_a_checkpoint_for_its_session_only(served, throwaway, tmp_p
     image = upload(url, EXAMPLE)
     assert "data" in call(url, "compare", compare_data(image, variants=["bicubic", key]), mine)
     other = call(url, "compare", compare_data(image, variants=["bicubic", key]), session())
-    assert "Unknown variant" in other["error"]
+    assert "not one of this session's models" in other["error"] and "Fine-tune or upload it again" in other["error"]
     # A payload naming a server file is refused like any other client-chosen path.
     forged = {"path": str(kaldn_file(throwaway)), "meta": {"_type": "gradio.FileData"}}
     refused = call(url, "add_checkpoint", [forged, "auto", 4, ["bicubic"]], session())
@@ -131,6 +131,9 @@ def test_models_nobody_uses_expire_and_a_full_server_refuses_before_converting(t
     assert registry.expire() == 0
     entry.last_used -= 61  # a client that never closes its session and never comes back
     assert registry.has_room("bob") and registry.get(entry.key) is None and not entry.path.exists()
+    from kaldn.comparison import resolve_variant
+    with pytest.raises(UserError, match="not one of this session's models.*upload it again"):
+        resolve_variant(entry.key, 4, registry.for_owner("alice"))  # a page still listing it is told why
 
 
 def test_an_uploaded_peer_is_third_party_whatever_its_file_says(tmp_path):

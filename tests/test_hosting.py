@@ -324,7 +324,7 @@ def test_11_another_sessions_fine_tuned_model_is_invisible_and_unusable(served, 
         result = call(served["url"], "compare", compare_data(None, variants=["bicubic", entry.key]), session())
         assert "Upload an image" in result["error"]
         from kaldn.comparison import resolve_variant
-        with pytest.raises(UserError, match="Unknown variant"):
+        with pytest.raises(UserError, match="not one of this session's models"):
             resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner(client.session_hash))
         assert resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner("someone-else")).ref == str(entry.path)
     finally:

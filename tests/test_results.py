@@ -74,19 +74,24 @@ def test_training_curves_read_the_log_beside_a_checkpoint(tmp_path):
     points, missing = training_curves(tmp_path, scale=4)
     assert [(p["model"], p["iteration"], p["val_psnr"]) for p in points] == [
         ("tiny-dsconv-x4", 100, 26.0), ("tiny-dsconv-x4", 200, 27.5)]
-    assert points[0]["variant"] == "DSConv" and missing == ["tiny-ldsconv-x4"]
+    assert points[0]["variant"] == "DSConv, tiny" and missing == ["tiny-ldsconv-x4"]
     assert training_curves(tmp_path)[1] == ["tiny-ldsconv-x2", "tiny-ldsconv-x4"]
 
 
 def test_psnr_cost_points_mark_the_published_rows(tmp_path):
     rows = [{"model": "bicubic", "params": 0, "set5": {"psnr": 28.43, "ssim": 0.81}},
             {"model": "tiny-dsconv-x4", "seed": 1, "params": 112272, "cpu_ms_256": 300.0,
-             "set5": {"psnr": 30.4, "ssim": 0.86}}]
+             "set5": {"psnr": 30.4, "ssim": 0.86}},
+            {"model": "small-dsconv-x4", "seed": 0, "set5": {"psnr": 30.9, "ssim": 0.87}},
+            {"model": "scnet-t-x4", "seed": 0, "set5": {"psnr": 30.5, "ssim": 0.86}}]
     (tmp_path / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
     points = psnr_cost_points(4, "set5", tmp_path)
     ours = [p for p in points if p["source"] == "this project"]
     published = [p for p in points if p["source"] == "published"]
-    assert [p["model"] for p in ours] == ["bicubic", "tiny-dsconv-x4 (seed 1)"] and ours[1]["cpu_ms"] == 300.0
+    assert [p["model"] for p in ours] == ["bicubic", "tiny-dsconv-x4 (seed 1)", "small-dsconv-x4 (seed 0)",
+                                          "scnet-t-x4 (seed 0)"] and ours[1]["cpu_ms"] == 300.0
+    # one colour per model kind: a small and a tiny DSConv are told apart, a peer is named by its architecture
+    assert [p["label"] for p in ours] == ["bicubic", "DSConv, tiny", "DSConv, small", "SCNet-T"]
     assert len(published) == len(PUBLISHED_X4) and all(p["params"] is None for p in published)
     assert {p["model"]: p["psnr"] for p in published}["KALDN (published)"] == PUBLISHED_X4["KALDN"][0][0]
     assert [p["model"] for p in published if p["cpu_ms"]] == ["LESRCNN (published)", "FDIWN (published)"]

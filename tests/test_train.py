@@ -180,7 +180,8 @@ def test_torchrun_two_processes_gloo(tmp_path):
 
 @pytest.fixture(scope="module")
 def short_runs(shared_data, tmp_path_factory):
-    """Two real 300-iteration runs of tiny-kdsconv-det-x4 on the shared data: default and raw-det descriptors.
+    """Two real runs of tiny-kdsconv-det-x4 on the shared data: the default descriptors for 300 iterations, raw
+    det descriptors for 100 (their gate spread is flat from iteration 50 on: ~0.001, logged at every validation).
 
     Trained on 24 of the images the default split trains on, validated on 3 of the held-out ones (BSD68 is a test
     set): loading and resizing every image took most of the time.
@@ -193,9 +194,9 @@ def short_runs(shared_data, tmp_path_factory):
         for path in paths:
             (folder / path.name).symlink_to(path)
     runs = {}
-    for norm in ("standardize", "none"):
+    for norm, iters in (("standardize", 300), ("none", 100)):
         config = TrainConfig(model="tiny-kdsconv-det-x4", data=str(data),
-                             val=str(val), out=str(root / norm), iters=300, batch=16, patch=32, lr=1e-3,
+                             val=str(val), out=str(root / norm), iters=iters, batch=16, patch=32, lr=1e-3,
                              seed=0, val_every=100, descriptor_norm=norm, threads=2)
         runs[norm] = train(config)
     return runs, val
@@ -230,15 +231,17 @@ def test_short_real_training_beats_bicubic(short_runs):
 def test_standardised_descriptor_spreads_the_gate(short_runs):
     from kaldn.inspection import gate_report
     from kaldn.layers import fuse
+    from kaldn.results import validation_events
     runs, _ = short_runs
-    spread = {}
-    for norm, result in runs.items():
-        rows = gate_report(load_checkpoint(result.out / "last"))
-        spread[norm] = float(np.mean([r["a_std"] for r in rows]))
-    print(f"\ngate std across channels after 300 iterations: standardize {spread['standardize']:.4f}, "
+    # Compared at the same iteration (100): the gate spread each run logged at that validation.
+    spread = {norm: next(e["gate_a_std_mean"] for e in validation_events(result.out / "log.jsonl")
+                         if e["iteration"] == 100) for norm, result in runs.items()}
+    print(f"\ngate std across channels after 100 iterations: standardize {spread['standardize']:.4f}, "
           f"raw det {spread['none']:.5f}")
     assert spread["none"] < 0.01          # the collapse DESIGN.md measured: a ~ 0.5 everywhere
     assert spread["standardize"] > 5 * spread["none"]
+    rows = gate_report(load_checkpoint(runs["none"].out / "last"))  # the shipped report reads the same weights
+    assert np.mean([r["a_std"] for r in rows]) == pytest.approx(spread["none"], rel=1e-3)
     model = load_checkpoint(runs["standardize"].out / "last")
     x = torch.rand(1, 3, 24, 24)
     with torch.inference_mode():
