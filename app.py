@@ -38,7 +38,7 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import SessionSlots, SingleFlight
+from kaldn.admission import BodyLimit, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
 from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
                               metrics_table, pair_choices, resolve_variant, run_comparison, runnable_selection)
@@ -359,55 +359,6 @@ def admit_hasty(run, mode, image, ground_truth, scale, request: gr.Request):
 def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
     admit(request)
     return [gr.validate(True, "")] * 4
-
-
-class BodyLimit:
-    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
-    file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
-    JSON would be read into memory whole, whatever its size."""
-
-    def __init__(self, app, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
-
-    async def __call__(self, scope, receive, send):
-        # Only Gradio's own upload route is exempt (exactly: "/gradio_api/call/upload" is not an upload).
-        upload = scope.get("root_path", "").rstrip("/") + "/gradio_api/upload"
-        if scope["type"] != "http" or scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload"):
-            return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._refuse(send)
-        received, started = 0, False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send) -> None:
-        body = f"Request body over {self.max_body} bytes; send files through the upload route.".encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
-
-
-class _TooLarge(Exception):
-    pass
 
 
 # --- Compare tab ------------------------------------------------------------------------------------------

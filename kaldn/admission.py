@@ -6,6 +6,8 @@ forty jobs, or fills the queue. The app asks :meth:`SessionSlots.admit` before a
 when it runs and :meth:`SessionSlots.finished` when it ends. A slot whose job never ran (the client went
 away while it waited) is recognised as stale with the ``pending`` callback, which says how many of the
 session's events the queue still holds, so a session is never locked out for good.
+
+:class:`BodyLimit` admits request bodies only up to a size, before anything reads them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["SessionSlots", "SingleFlight"]
+__all__ = ["BodyLimit", "SessionSlots", "SingleFlight"]
 
 
 @dataclass
@@ -111,3 +113,52 @@ class SingleFlight:
     def leave(self, session: str | None) -> None:
         with self._lock:
             self._active.discard(session or "")
+
+
+class BodyLimit:
+    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
+    file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
+    JSON would be read into memory whole, whatever its size."""
+
+    def __init__(self, app: Callable, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope, receive, send):
+        # Only Gradio's own upload route is exempt (exactly: "/gradio_api/call/upload" is not an upload).
+        upload = scope.get("root_path", "").rstrip("/") + "/gradio_api/upload"
+        if scope["type"] != "http" or scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        body = f"Request body over {self.max_body} bytes; send files through the upload route.".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
