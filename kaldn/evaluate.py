@@ -33,7 +33,7 @@ from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
 from .models import count_parameters, multiply_adds
 from .resize import imresize
-from .results import LOG_NAME, claims, format_metrics, markdown_table, validation_events
+from .results import LOG_NAME, claims, format_metrics, markdown_table, row_key, validation_events
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table", "replace_block", "ship"]
@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", metavar="FILE",
                         help="replace the block between <!-- results:xS --> and <!-- /results:xS --> in FILE")
     parser.add_argument("--append", action="store_true",
-                        help="keep OUT.json's rows (a row of the same model and seed is replaced by the new one) "
-                             "and write the tables and claims over all of them; without --models: only rewrite")
+                        help="keep OUT.json's rows (a row of the same model, seed and validation set is replaced "
+                             "by the new one) and write the tables and claims over all of them; without --models: "
+                             "only rewrite")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     names = list(datasets)
     evaluated, commands = list(rows), [command]
     if previous is not None:
-        new = {(r["model"], r.get("seed")) for r in rows if r["model"] != "bicubic"}
-        kept = [r for r in previous["rows"] if (r["model"], r.get("seed")) not in new]
+        new = {row_key(r) for r in rows if r["model"] != "bicubic"}
+        kept = [r for r in previous["rows"] if row_key(r) not in new]
         has_bicubic = any(r["model"] == "bicubic" for r in kept)
         rows = kept + [r for r in rows if r["model"] != "bicubic" or not has_bicubic]
         names = list(previous["datasets"])

@@ -24,7 +24,7 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
-           "psnr_cost_points", "training_curves", "validation_events", "zoo_table"]
+           "psnr_cost_points", "row_key", "training_curves", "validation_events", "validation_set", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
@@ -68,14 +68,25 @@ def format_budget(training: dict | None, with_seed: bool = False) -> str:
             f"{seed}{training['wall_time_s'] / 60:.0f} min on {training['device']}{_validation(training)}")
 
 
-def _validation(training: dict) -> str:
-    """Which images chose the checkpoint: a test set (the first zoo's BSD68) or held-out training images."""
-    val = str(training.get("val") or "")
+def validation_set(training: dict | None) -> str:
+    """Which images chose the checkpoint: a test set (the first zoo's ``bsd68``), ``"N held-out training
+    images"``, or "" where the run recorded none."""
+    val = str((training or {}).get("val") or "")
     if not val:
         return ""
     if "held out" in val:
-        return f"; validated on {training.get('val_images', 'some')} held-out training images"
-    return f"; validated on {Path(val).name}"
+        return f"{training.get('val_images', 'some')} held-out training images"
+    return Path(val).name
+
+
+def _validation(training: dict) -> str:
+    return f"; validated on {validation_set(training)}" if validation_set(training) else ""
+
+
+def row_key(row: dict) -> tuple:
+    """What one results row stands for: a model, its seed and the images that chose its checkpoint (a rerun on
+    held-out images sits beside a first run that chose on BSD68; it does not replace it)."""
+    return row["model"], row.get("seed"), validation_set(row.get("training"))
 
 
 def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> str:
@@ -104,10 +115,11 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
 
 
 def _budget(row: dict) -> tuple:
-    """What makes two rows' training comparable: iterations, batch, LR patch and schedule (not seed or data)."""
+    """What makes two rows' training comparable: iterations, batch, LR patch, schedule and the validation set
+    (which also fixes the training images: held-out images are not trained on). Not the seed."""
     t = row.get("training") or {}
     return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
-                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at"))
+                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (validation_set(t),)
 
 
 def claims(rows: list[dict], dataset_names: list[str]) -> str:
@@ -146,7 +158,7 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
     budget = ""
     if label_budget:
         t = next(iter(next(iter(by_conv.values())).values())).get("training") or {}
-        budget = f" [{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}]"
+        budget = f" [{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}{_validation(t)}]"
     lines = []
     for better, worse, claim in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
         seeds = common_seeds(better, worse)
@@ -204,7 +216,7 @@ def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[An
     trained, fused = _parameter_counts(spec.name)
     seed = row.get("seed")
     shipped = shipped_seed.get(name)
-    weights = ("bundled" if shipped is not None and shipped == (seed or 0)
+    weights = ("bundled" if shipped is not None and shipped == ((seed or 0), validation_set(row.get("training")))
                else "not shipped (results only)")
     macs = row.get("multiply_adds_256")
     return [name, spec.scale, labels.get(spec.variant, spec.variant), "-" if seed is None else str(seed),
@@ -226,7 +238,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
     scale = None if scale in (None, "", "all") else check_scale(scale)
     folder = Path(folder) if folder is not None else bundled_dir()
     labels = {v.key: v.label for v in variants()}
-    shipped_seed: dict[str, int] = {}
+    shipped_seed: dict[str, tuple[int, str]] = {}  # model -> (seed, validation set) of its bundled weights
     configs: dict[str, dict] = {}
     for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
         try:
@@ -236,7 +248,8 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
             log.warning("zoo table: skipping %s (%s)", config_path.parent.name, exc)
             continue
         configs[config["model"]] = config
-        shipped_seed[config["model"]] = (config.get("training") or {}).get("seed") or 0
+        training = config.get("training") or {}
+        shipped_seed[config["model"]] = (training.get("seed") or 0, validation_set(training))
     order = {v.key: i for i, v in enumerate(variants())}
     rows: list[list[Any]] = []
     for s in ([scale] if scale is not None else list(scales())):

@@ -53,6 +53,15 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
     assert ", then `python -m kaldn.evaluate --models" in text and "| tiny-dsconv-x2 |" in text
+    # The same model rerun with another validation set joins the rows instead of replacing its first run.
+    save_checkpoint(tmp_path / "rerun", create_model("tiny-dsconv-x2"),
+                    {"training": {"seed": 0, "iterations": 1, "iterations_done": 1, "batch": 2, "patch": 12,
+                                  "wall_time_s": 1.0, "device": "cpu",
+                                  "val": "x: every 10th image held out (2 images)", "val_images": 2}})
+    assert main(["--models", str(tmp_path / "rerun"), *common]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["bicubic", "tiny-dsconv-x2", "tiny-ldsconv-x2", "tiny-dsconv-x2"]
+    data["rows"] = rows
     assert main(["--datasets", "set5", "--scale", "2", "--out", str(tmp_path / "results"), "--append"]) == 0
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == data["rows"]  # a rewrite keeps them
     assert main(["--datasets", str(images), "--scale", "4", "--out", str(tmp_path / "results"), "--append"]) == 2
@@ -100,6 +109,24 @@ def test_claims_compare_only_rows_trained_under_the_same_budget():
     assert "KDSConv (det) beats LESRCNN at equal training budget [6000 it, batch 16, patch 32]: no (-0.100 dB" in text
     assert "KDSConv (det) beats linear DSConv [6000 it, batch 16, patch 32]: yes (+0.100 dB" in text
     assert "-0.800 dB" not in text  # the longer-trained small model is compared with nothing of another budget
+
+
+def test_a_rerun_on_held_out_images_sits_beside_the_first_run_and_is_compared_only_with_its_kind():
+    from kaldn.results import row_key
+
+    def trained(model, psnr, val, images):
+        return {**_row(model, 0, psnr), "training": {"iterations": 6000, "batch": 16, "patch": 32, "val": val,
+                                                     "val_images": images}}
+    held_out = "../shared/data/train/sun_hays80: every 10th image held out (8 images)"
+    first, rerun = trained("tiny-kdsconv-det-x4", 30.62, "../shared/data/val/bsd68", 68), \
+        trained("tiny-kdsconv-det-x4", 30.50, held_out, 8)
+    peer = trained("scnet-t-x4", 30.55, held_out, 8)
+    assert row_key(first) != row_key(rerun)  # so --append keeps both rows
+    text = claims([first, rerun, peer], ["set5"])
+    # the peer trained on 72 images and chose its checkpoint on 8 of the others: compared with the rerun only
+    assert ("KDSConv (det) beats SCNet-T at equal training budget [6000 it, batch 16, patch 32; validated on 8 "
+            "held-out training images]: no (-0.050 dB, seed 0)") in text
+    assert "+0.070 dB" not in text
 
 
 SHIPPED = [name for name in available_models() if (bundled_dir() / name / "config.json").exists()

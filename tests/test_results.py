@@ -48,13 +48,17 @@ def test_zoo_table_from_evaluate_results_has_bicubic_second_seeds_fused_counts_a
             {"model": "tiny-kdsconv-det-x4", "seed": 0, "params": 142992, "multiply_adds_256": 7220494336,
              "cpu_ms_256": 1357.4, "training": budget, "set5": cell},
             {"model": "tiny-kdsconv-det-x4", "seed": 1, "params": 142992, "multiply_adds_256": 7220494336,
-             "cpu_ms_256": 323.0, "training": {**budget, "seed": 1}, "set5": cell}]
+             "cpu_ms_256": 323.0, "training": {**budget, "seed": 1}, "set5": cell},
+            {"model": "tiny-kdsconv-det-x4", "seed": 0, "set5": cell,  # a rerun that chose on held-out images
+             "training": {**budget, "val": "data: every 10th image held out (8 images)", "val_images": 8}}]
     results.mkdir()
     (results / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
     headers, table = zoo_table(ckpts, scale=4, results_dir=results)
     got = [dict(zip(headers, r)) for r in table]
     assert [(r["Model"], r["Seed"]) for r in got] == [("bicubic", "-"), ("tiny-kdsconv-det-x4", "0"),
-                                                      ("tiny-kdsconv-det-x4", "1")]
+                                                      ("tiny-kdsconv-det-x4", "0"), ("tiny-kdsconv-det-x4", "1")]
+    assert [r["Weights"] for r in got[1:3]] == ["bundled", "not shipped (results only)"]  # the same seed, rerun
+    got = [got[0], got[1], got[3]]
     assert got[0]["set5 PSNR / SSIM"] == "28.43 / 0.8100" and got[0]["Params"] == "0"
     kds = got[1]
     fused = format_count(count_parameters(create_model("tiny-ldsconv-x4")))  # fused KDSConv = linear DSConv
