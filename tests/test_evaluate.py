@@ -13,7 +13,7 @@ from kaldn.checkpoint import save_checkpoint
 from kaldn.data import dataset_folder, load_pairs
 from kaldn.evaluate import bicubic_row, evaluate_model, main
 from kaldn.hub import available_models, bundled_dir, load_model
-from kaldn.models import create_model
+from kaldn.models import create_model, variant
 from kaldn.results import claims
 
 
@@ -133,6 +133,9 @@ SHIPPED = [name for name in available_models() if (bundled_dir() / name / "confi
            and "metrics" in json.loads((bundled_dir() / name / "config.json").read_text())]
 
 
+FULLY_CHECKED = variant("kdsconv-det").model_name(4)  # on the app's default backbone
+
+
 @pytest.mark.skipif(not SHIPPED, reason="no shipped checkpoints with measured metrics")
 def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
     datasets_needed = {d for name in SHIPPED
@@ -142,11 +145,11 @@ def test_shipped_checkpoints_reproduce_their_numbers(shared_data):
         config = json.loads((bundled_dir() / name / "config.json").read_text())
         scale = config["scale"]
         for dataset in sorted(datasets_needed):
-            if (dataset, scale) not in pairs and (dataset == "set5" or "-kdsconv-det-" in name):
+            if (dataset, scale) not in pairs and (dataset == "set5" or name == FULLY_CHECKED):
                 pairs[dataset, scale] = load_pairs(dataset_folder(dataset), scale)
         # Every model on Set5 (a wrong or stale weight file shows there already); the full set of
-        # datasets for one model per scale keeps the loaders and the big sets honest at a bearable cost.
-        checked = config["metrics"] if "-kdsconv-det-" in name else {"set5": config["metrics"]["set5"]}
+        # datasets for the app's default model keeps the loaders and the big sets honest at a bearable cost.
+        checked = config["metrics"] if name == FULLY_CHECKED else {"set5": config["metrics"]["set5"]}
         row = evaluate_model(name, {d: pairs[d, scale] for d in checked}, scale, timing=False)
         for dataset, expected in checked.items():
             assert abs(row[dataset]["psnr"] - expected["psnr"]) < 0.01, (name, dataset)
