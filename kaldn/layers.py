@@ -223,7 +223,7 @@ register_conv("kdsconv-max", functools.partial(KDSConv, kernel_pool="max"), labe
 register_conv("kdsconv-fixed", FixedScaleDSConv, label="KDSConv fixed 1.5x (control)", order=60, depthwise=True)
 # The standard-conv RDN, the upper reference of paper 001 Table I: offered, not selected by default.
 register_conv("conv", StandardConv, label="Standard conv (RDN)", order=70, default=False,
-              claims=(Claim("kdsconv-det", "standard conv (4x the parameters) beats KDSConv"),))
+              claims=(Claim("kdsconv-det", "standard conv (about 4x the fused parameters) beats KDSConv"),))
 
 
 def make_conv(conv: str, in_channels: int, out_channels: int, *, reduction: int = 32,
