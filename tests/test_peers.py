@@ -323,3 +323,22 @@ def test_scnet_released_initialisation_is_the_stuck_one():
         conv.weight.data.mul_(0.1)
         torch.nn.init.zeros_(conv.bias)
     assert _initial_gradient_rms(model) < 1e-8  # the check above would have failed on it
+
+
+def test_fdiwn_stays_in_bf16_under_autocast_and_is_unchanged_in_fp32():
+    # Its fp32 scale parameters and group norm would turn every bf16 activation back to fp32 (and each next conv
+    # would convert it again); the units keep the activation's dtype, and in fp32 nothing changes.
+    from kaldn.archs.fdiwn import ResidualWeighting
+    torch.manual_seed(0)
+    model = create_model("fdiwn-x4")
+    dtypes = []
+    for module in model.modules():
+        if isinstance(module, ResidualWeighting):
+            module.register_forward_hook(lambda m, i, out: dtypes.append(out.dtype))
+    x = torch.rand(1, 3, 12, 12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    dtypes.clear()
+    reference = model(x)
+    assert set(dtypes) == {torch.float32} and reference.dtype == torch.float32
