@@ -341,7 +341,9 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
             label, seed = "bicubic", None
         else:
             label, seed = model_label(name), row.get("seed")
-        points.append({"model": name if seed is None else f"{name} (seed {seed})", "label": label,
+        # A rerun that chose its checkpoint on held-out images is named apart from a first run of the same seed.
+        held_out = ", held-out validation" if "held-out" in validation_set(row.get("training")) else ""
+        points.append({"model": name if seed is None else f"{name} (seed {seed}{held_out})", "label": label,
                        "source": "this project", "psnr": float(row[dataset]["psnr"]),
                        "cpu_ms": row.get("cpu_ms_256"), "params": row.get("params")})
     index = {"set5": 0, "set14": 1}.get(dataset)

@@ -87,13 +87,14 @@ def test_psnr_cost_points_mark_the_published_rows(tmp_path):
             {"model": "tiny-dsconv-x4", "seed": 1, "params": 112272, "cpu_ms_256": 300.0,
              "set5": {"psnr": 30.4, "ssim": 0.86}},
             {"model": "small-dsconv-x4", "seed": 0, "set5": {"psnr": 30.9, "ssim": 0.87}},
-            {"model": "scnet-t-x4", "seed": 0, "set5": {"psnr": 30.5, "ssim": 0.86}}]
+            {"model": "scnet-t-x4", "seed": 0, "set5": {"psnr": 30.5, "ssim": 0.86},
+             "training": {"val": "data: every 10th image held out (8 images)", "val_images": 8}}]
     (tmp_path / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
     points = psnr_cost_points(4, "set5", tmp_path)
     ours = [p for p in points if p["source"] == "this project"]
     published = [p for p in points if p["source"] == "published"]
     assert [p["model"] for p in ours] == ["bicubic", "tiny-dsconv-x4 (seed 1)", "small-dsconv-x4 (seed 0)",
-                                          "scnet-t-x4 (seed 0)"] and ours[1]["cpu_ms"] == 300.0
+                                          "scnet-t-x4 (seed 0, held-out validation)"] and ours[1]["cpu_ms"] == 300.0
     # one colour per model kind: a small and a tiny DSConv are told apart, a peer is named by its architecture
     assert [p["label"] for p in ours] == ["bicubic", "DSConv, tiny", "DSConv, small", "SCNet-T"]
     assert len(published) == len(PUBLISHED_X4) and all(p["params"] is None for p in published)
