@@ -163,9 +163,10 @@ with the same iterations, patch, batch, learning-rate schedule, data (80 SUN/Hay
 of some variants (Seed 1; weights not shipped, their numbers are kept) shows how much a rerun alone moves PSNR.
 The budget is far below the papers' DIV2K training: compare the rows with each other, not with published numbers
 (those are on the Results tab). **Peers** (SCNet-T, LESRCNN, FDIWN, when listed) are the seed papers' architectures,
-trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with two differences that the
-budget column shows: bf16 autocast, and 72 of the 80 images (8 held out to choose the checkpoint, where the tiny zoo
-chose on BSD68).
+trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with bf16 autocast and 72 of
+the 80 images (8 held out to choose the checkpoint, where the first tiny zoo chose on BSD68). KDSConv (det) was
+trained again under exactly that recipe (the row validated on held-out images; its weights are not shipped), and
+the Results tab compares the peers with that row only.
 
 **Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
 with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
