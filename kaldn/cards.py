@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import CONFIG_NAME
 from .models import parse_model_name
 from .registry import architecture
-from .results import format_metrics
+from .results import format_metrics, validation_set
 
 CARD_NAME = "README.md"
 TAGS = ["super-resolution", "depthwise-convolution", "kdsconv", "kaldn", "safetensors"]
@@ -49,7 +49,8 @@ def _describe(config: dict[str, Any]) -> str:
     if spec.backbone is not None:
         return (f"{architecture(spec.arch).label} backbone `{spec.backbone}` with the `{spec.conv}`\n"
                 f"convolution inside every residual dense block, x{spec.scale}.")
-    return f"the {architecture(spec.arch).label} architecture, x{spec.scale}."
+    return (f"the {architecture(spec.arch).label} architecture of its paper, x{spec.scale}, implemented by this\n"
+            "project (the authors' weights are not used: these were trained from scratch).")
 
 
 def model_card(config: dict[str, Any]) -> ModelCard:
@@ -67,8 +68,11 @@ def model_card(config: dict[str, Any]) -> ModelCard:
                   f"Adam lr {budget['lr']} halved at {budget['lr_halve_at']} of the run, L1, seed {budget['seed']},",
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
                   f"{budget['device']}",
-                  f"({budget['threads']} thread). Far below the papers' DIV2K budget: compare with the other zoo "
-                  "models, not", "with published numbers.", ""]
+                  f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
+                  f"{', ' + budget['precision'] + ' autocast' if budget.get('precision') else ''})"
+                  + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
+                  "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
+                  "numbers.", ""]
     if metrics:
         lines += ["Evaluation (DESIGN.md protocol, `python -m kaldn.evaluate`), PSNR dB / SSIM on Y:"]
         lines += [f"- {d}: {format_metrics(m)}" for d, m in metrics.items()]

@@ -121,6 +121,12 @@ def test_model_card_metadata_carries_the_measured_numbers(tmp_path):
     assert values == {("set5", "psnr"): 36.45, ("set5", "ssim"): 0.9535, ("set14", "psnr"): 32.1,
                       ("set14", "ssim"): 0.9}
     assert "- set5: 36.45 / 0.9535" in loaded.text and "4000 iterations, batch 16" in loaded.text
+    assert "autocast" not in loaded.text and "chosen on" not in loaded.text  # not recorded, not claimed
+    peer = _config("scnet-t-x4", metrics)
+    peer["training"].update(precision="bf16", val="data: every 10th image held out (8 images)", val_images=8)
+    text = str(model_card({**peer, "scale": 4}))
+    assert "SCNet-T architecture" in text and "trained from scratch" in text
+    assert "bf16 autocast" in text and "checkpoint chosen on 8 held-out training images" in text
 
 
 def test_write_cards_rebuilds_every_card_and_the_repo_card(tmp_path):
