@@ -53,6 +53,12 @@ def _describe(config: dict[str, Any]) -> str:
             "project (the authors' weights are not used: these were trained from scratch).")
 
 
+def _precision(precision: str | None) -> str:
+    if not precision:
+        return ""  # runs from before the option: fp32, but not recorded
+    return ", fp32" if precision == "fp32" else f", {precision} autocast"
+
+
 def model_card(config: dict[str, Any]) -> ModelCard:
     """A model's card: metadata with its measured results, and its architecture, budget and numbers in words."""
     name, scale = config["model"], config["scale"]
@@ -69,7 +75,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
                   f"{budget['device']}",
                   f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
-                  f"{', ' + budget['precision'] + ' autocast' if budget.get('precision') else ''})"
+                  f"{_precision(budget.get('precision'))})"
                   + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
                   "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
                   "numbers.", ""]

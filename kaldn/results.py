@@ -115,11 +115,12 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
 
 
 def _budget(row: dict) -> tuple:
-    """What makes two rows' training comparable: iterations, batch, LR patch, schedule and the validation set
-    (which also fixes the training images: held-out images are not trained on). Not the seed."""
+    """What makes two rows' training comparable: iterations, batch, LR patch, schedule, precision and the
+    validation set (which also fixes the training images: held-out images are not trained on). Not the seed."""
     t = row.get("training") or {}
     return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
-                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (validation_set(t),)
+                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (
+        validation_set(t), t.get("precision") or "fp32")  # runs from before --precision trained in fp32
 
 
 def claims(rows: list[dict], dataset_names: list[str]) -> str:
@@ -258,11 +259,11 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
         for row in (results or {}).get("rows", []):
             try:
                 rows.append(_zoo_row(row, s, labels, shipped_seed))
-                listed.append(row["model"])
+                listed.append((row["model"], row.get("seed") or 0, validation_set(row.get("training"))))
             except (ValueError, KeyError) as exc:
                 log.warning("zoo table: skipping a row of x%s.json (%s)", s, exc)
         for name, config in configs.items():
-            if parse_model_name(name).scale == s and name not in listed:
+            if parse_model_name(name).scale == s and (name, *shipped_seed[name]) not in listed:
                 row = {"model": name, "seed": (config.get("training") or {}).get("seed"),
                        "training": config.get("training"), **(config.get("metrics") or {})}
                 rows.append(_zoo_row(row, s, labels, shipped_seed))

@@ -76,6 +76,14 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     shipped = tmp_path / "shipped" / "tiny-ldsconv-x2"
     assert (shipped / "model.safetensors").is_file() and "metrics" in json.loads((shipped / "config.json").read_text())
     assert (shipped / "log.jsonl").read_text() == '{"event": "validation", "iteration": 10, "val_psnr": 30.0}\n'
+    # A rerun validated on other images is a results row, never a replacement for the bundled run.
+    before = (shipped / "model.safetensors").read_bytes()
+    save_checkpoint(tmp_path / "rerun-ldsconv", create_model("tiny-ldsconv-x2"),
+                    {"training": {**json.loads((tmp_path / "rerun" / "config.json").read_text())["training"]}})
+    assert main(["--models", str(tmp_path / "rerun-ldsconv"), "--datasets", str(images), "--scale", "2",
+                 "--no-timing", "--ship", str(tmp_path / "shipped")]) == 0
+    assert (shipped / "model.safetensors").read_bytes() == before
+    assert "not shipped" in capsys.readouterr().err
 
 
 def _row(model, seed, psnr):

@@ -67,6 +67,22 @@ def test_zoo_table_from_evaluate_results_has_bicubic_second_seeds_fused_counts_a
     assert kds["Weights"] == "bundled" and got[2]["Weights"].startswith("not shipped")
 
 
+def test_zoo_table_keeps_the_bundled_run_beside_a_rerun_of_the_same_model(tmp_path):
+    ckpts, results = tmp_path / "ckpts", tmp_path / "results"
+    budget = {"iterations_done": 4000, "batch": 16, "patch": 32, "seed": 0, "wall_time_s": 600.0, "device": "cpu",
+              "val": "../shared/data/val/bsd68"}
+    save_checkpoint(ckpts / "tiny-kdsconv-det-x4", create_model("tiny-kdsconv-det-x4"),
+                    {"training": budget, "metrics": {"set5": {"psnr": 30.62, "ssim": 0.86}}})
+    rerun = {"model": "tiny-kdsconv-det-x4", "seed": 0, "set5": {"psnr": 30.59, "ssim": 0.86},
+             "training": {**budget, "val": "data: every 10th image held out (8 images)", "val_images": 8}}
+    results.mkdir()
+    (results / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": [rerun]}))
+    headers, table = zoo_table(ckpts, scale=4, results_dir=results)
+    got = sorted((r[headers.index("Weights")], r[headers.index("Training budget")].rsplit("; ", 1)[1]) for r in table)
+    assert got == [("bundled", "validated on bsd68"), ("not shipped (results only)",
+                                                        "validated on 8 held-out training images")]
+
+
 def test_training_curves_read_the_log_beside_a_checkpoint(tmp_path):
     for name in ("tiny-dsconv-x4", "tiny-ldsconv-x4", "tiny-ldsconv-x2"):
         save_checkpoint(tmp_path / name, create_model(name), {})
@@ -122,6 +138,9 @@ def test_model_card_metadata_carries_the_measured_numbers(tmp_path):
                       ("set14", "ssim"): 0.9}
     assert "- set5: 36.45 / 0.9535" in loaded.text and "4000 iterations, batch 16" in loaded.text
     assert "autocast" not in loaded.text and "chosen on" not in loaded.text  # not recorded, not claimed
+    fp32 = _config("tiny-kdsconv-det-x2", metrics)
+    fp32["training"]["precision"] = "fp32"
+    assert "(1 thread, fp32)" in str(model_card(fp32))
     peer = _config("scnet-t-x4", metrics)
     peer["training"].update(precision="bf16", val="data: every 10th image held out (8 images)", val_images=8)
     text = str(model_card({**peer, "scale": 4}))
