@@ -335,5 +335,5 @@ def published_key(name: str) -> str | None:
     return None
 
 
-# One entry: models fdiwn-x2 .. fdiwn-x4. Not selected by default in the app (no bundled weights yet).
+# One entry: models fdiwn-x2 .. fdiwn-x4. Not selected by default in the app (no bundled weights yet; the slowest peer).
 register_architecture("fdiwn", lambda scale: FDIWN(scale), label="FDIWN", order=110, default=False)

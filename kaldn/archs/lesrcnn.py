@@ -113,5 +113,5 @@ def published_key(name: str, pairs: int = 8) -> str | None:
     return None
 
 
-# One entry: models lesrcnn-x2 .. lesrcnn-x4. Not selected by default in the app (no bundled weights yet).
+# One entry: models lesrcnn-x2 .. lesrcnn-x4. Not selected by default in the app: several times the CPU time of a tiny model.
 register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100, default=False)

@@ -144,5 +144,5 @@ def published_key(name: str) -> str | None:
     return None
 
 
-# One entry: models scnet-t-x2 .. scnet-t-x4. Not selected by default in the app (no bundled weights yet).
+# One entry: models scnet-t-x2 .. scnet-t-x4. Not selected by default in the app: several times the CPU time of a tiny model.
 register_architecture("scnet-t", lambda scale: SCNet(scale), label="SCNet-T", order=120, default=False)
