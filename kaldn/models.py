@@ -19,7 +19,7 @@ from torch import nn
 from .archs import fdiwn, lesrcnn, scnet  # noqa: F401  (importing an architecture's module registers it)
 from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
 from .errors import UserError
-from .registry import Architecture, Claim, architecture, architectures, conv_entries
+from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
            "model_label", "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
@@ -161,7 +161,7 @@ def model_label(name: str) -> str:
     spec = parse_model_name(name)
     if spec.backbone is None:
         return architecture(spec.arch).label
-    return f"{next(c.label for c in conv_entries() if c.name == spec.conv)}, {spec.backbone}"
+    return f"{conv_entry(spec.conv).label}, {spec.backbone}"
 
 
 def variant(key: str) -> Variant:

@@ -89,6 +89,11 @@ def row_key(row: dict) -> tuple:
     return row["model"], row.get("seed"), validation_set(row.get("training"))
 
 
+def _run(seed: int | None, training: dict | None) -> tuple[int, str]:
+    # Which run of a model a row or a bundled checkpoint is: its seed (unrecorded = 0) and validation set.
+    return seed or 0, validation_set(training)
+
+
 def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> str:
     head = ["model", "seed", *[f"{d} x{scale}" for d in dataset_names], "params", "MACs (256x256)",
             "CPU ms (256x256)", "training budget"]
@@ -217,7 +222,7 @@ def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[An
     trained, fused = _parameter_counts(spec.name)
     seed = row.get("seed")
     shipped = shipped_seed.get(name)
-    weights = ("bundled" if shipped is not None and shipped == ((seed or 0), validation_set(row.get("training")))
+    weights = ("bundled" if shipped is not None and shipped == _run(seed, row.get("training"))
                else "not shipped (results only)")
     macs = row.get("multiply_adds_256")
     return [name, spec.scale, labels.get(spec.variant, spec.variant), "-" if seed is None else str(seed),
@@ -250,7 +255,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
             continue
         configs[config["model"]] = config
         training = config.get("training") or {}
-        shipped_seed[config["model"]] = (training.get("seed") or 0, validation_set(training))
+        shipped_seed[config["model"]] = _run(training.get("seed"), training)
     order = {v.key: i for i, v in enumerate(variants())}
     rows: list[list[Any]] = []
     for s in ([scale] if scale is not None else list(scales())):
@@ -259,7 +264,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
         for row in (results or {}).get("rows", []):
             try:
                 rows.append(_zoo_row(row, s, labels, shipped_seed))
-                listed.append((row["model"], row.get("seed") or 0, validation_set(row.get("training"))))
+                listed.append((row["model"], *_run(row.get("seed"), row.get("training"))))
             except (ValueError, KeyError) as exc:
                 log.warning("zoo table: skipping a row of x%s.json (%s)", s, exc)
         for name, config in configs.items():

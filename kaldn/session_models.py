@@ -29,14 +29,15 @@ __all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "Ses
 FINE_TUNED, UPLOADED = "Fine-tuned", "Uploaded"
 KEY_PREFIX = {FINE_TUNED: "ft", UPLOADED: "up"}
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
+AUTO_ARCH = "auto"  # the file's own metadata names the model (kaldn .safetensors)
+MAX_CONFIG_BYTES = 64 << 10  # a converted folder's config.json; the converter writes ~2 KB
+
 
 def is_session_key(key: str) -> bool:
     """Whether ``key`` has the form of a session model's key (``ft-3``, ``up-1``), whoever holds it now."""
     prefix, _, number = str(key).partition("-")
     return prefix in KEY_PREFIX.values() and number.isdigit()
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
-AUTO_ARCH = "auto"  # the file's own metadata names the model (kaldn .safetensors)
-MAX_CONFIG_BYTES = 64 << 10  # a converted folder's config.json; the converter writes ~2 KB
 
 
 @dataclass

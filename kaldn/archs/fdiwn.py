@@ -95,7 +95,7 @@ class ShuffleAttention(nn.Module):
         x = x.reshape(b * self.groups, c // self.groups, h, w)
         xc, xs = x.chunk(2, dim=1)
         # Under bf16 autocast the fp32 parameters (and group norm, which autocast runs in fp32) would turn every
-        # activation back to fp32, and each next conv would convert it again: ~1.3x the CPU time per iteration.
+        # activation back to fp32, and each next conv would convert it again: ~1.2x the CPU time per iteration.
         dtype = x.dtype
         gate = torch.sigmoid(self.channel_weight * xc.mean(dim=(2, 3), keepdim=True) + self.channel_bias)
         xc = xc * gate.to(dtype)
