@@ -405,3 +405,29 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, flags, ex
     monkeypatch.setattr(Path, "read_text", fake)
     assert resolve_precision("auto", torch.device("cpu")) == expected
     assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # an explicit choice is kept
+
+
+def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
+    from benchmarks.progress import describe, find_runs, main as progress_main, run_progress
+    import threading
+    stop = threading.Event()
+    options = dict(iters=8, val=str(tmp_path / "data"), val_every=2)
+    train(_quick(tmp_path, "zoo/x2/run-s0", **options),
+          progress=lambda e: e["iteration"] == 4 and stop.set(), stop=stop)
+    run = tmp_path / "zoo" / "x2" / "run-s0"
+    progress = run_progress(run)
+    assert (progress["model"], progress["scale"], progress["done"], progress["target"]) == ("tiny-ldsconv-x2", 2, 4, 8)
+    assert [it for it, _ in progress["validations"]] == [2, 4]
+    (p2, p4) = [psnr for _, psnr in progress["validations"]]
+    assert progress["slope_per_1000"] == pytest.approx(1000 * (p4 - p2) / 2)
+    assert progress["it_per_s"] > 0 and progress["hours_left"] == pytest.approx(4 / progress["it_per_s"] / 3600)
+    assert "iteration 4 of 8" in describe(progress) and "finished" not in describe(progress)
+    # A run of the same name in a later root is the older, committed copy: the first root wins.
+    (tmp_path / "committed" / "x2" / "run-s0").mkdir(parents=True)
+    (tmp_path / "committed" / "x2" / "run-s0" / "train_state.safetensors").write_bytes(b"")
+    assert find_runs((tmp_path / "zoo", tmp_path / "committed")) == [run]
+    # The best checkpoint is evaluated by the protocol on the folders named.
+    assert progress_main([str(run), "--datasets", str(tmp_path / "data")]) == 0
+    assert "best checkpoint (iteration 4)" in capsys.readouterr().out
+    train(_quick(tmp_path, "zoo/x2/run-s0", resume=True, **options))
+    assert "iteration 8 of 8 (finished)" in describe(run_progress(run))

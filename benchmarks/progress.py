@@ -1,0 +1,120 @@
+"""Where unfinished training runs stand: iteration, speed, hours left, the validation curve, and
+optionally the protocol PSNR of the best checkpoint so far.
+
+    python -m benchmarks.progress                 # every resumable run under runs/zoo and training/in-progress
+    python -m benchmarks.progress runs/zoo/x4/small-kdsconv-det-x4-s0 --datasets set5
+
+A run is a ``kaldn.train`` output folder with a resumable state. Speed is the median of the
+last 50 logged it/s values, so it is the speed under whatever load the machine had then;
+hours left = iterations left / that speed. The slope is validation PSNR gained per 1,000
+iterations between the last two validations: the learning rate still halves at 50/70/85/95 %
+of a run, which usually adds more, so read it as a trend, not a forecast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from kaldn.checkpoint import CONFIG_NAME, read_config
+from kaldn.data import DATASETS, dataset_folder, load_pairs
+from kaldn.evaluate import evaluate_model
+from kaldn.results import LOG_NAME, format_metrics, validation_events
+from kaldn.train import STATE_NAME
+
+ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
+SPEED_WINDOW = 50
+
+
+def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:
+    """Folders ``ROOT/x<scale>/<run>`` holding a resumable state; a run name found under two roots is taken
+    from the first."""
+    found: dict[str, Path] = {}
+    for root in roots:
+        for state in sorted(Path(root).glob(f"x*/*/{STATE_NAME}")):
+            found.setdefault(state.parent.name, state.parent)
+    return list(found.values())
+
+
+def run_progress(folder: str | Path) -> dict:
+    """What a run's log and checkpoint configs say: target and done iterations, speed, hours left, validations."""
+    folder = Path(folder)
+    steps = []
+    for line in (folder / LOG_NAME).read_text(errors="replace").splitlines() if (folder / LOG_NAME).exists() else []:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue  # a partial last line of a stopped run
+        if isinstance(event, dict) and event.get("event") == "step":
+            steps.append(event)
+    config = next((read_config(folder / sub / CONFIG_NAME) for sub in ("last", "best")
+                   if (folder / sub / CONFIG_NAME).is_file()), {})
+    training = config.get("training") or {}
+    validations = [(int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(folder / LOG_NAME)]
+    done = max([int(s["iteration"]) for s in steps] + [it for it, _ in validations], default=0)
+    speeds = [float(s["it_per_s"]) for s in steps[-SPEED_WINDOW:] if s.get("it_per_s")]
+    speed = statistics.median(speeds) if speeds else None
+    target = training.get("iterations")
+    slope = None
+    if len(validations) >= 2:
+        (i0, p0), (i1, p1) = validations[-2:]
+        slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
+    return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
+            "target": target, "done": done, "it_per_s": speed,
+            "hours_left": (target - done) / speed / 3600 if target and speed else None,
+            "validations": validations, "slope_per_1000": slope,
+            "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
+
+
+def describe(progress: dict) -> str:
+    target = f" of {progress['target']:,}" if progress["target"] else ""
+    finished = bool(progress["target"]) and progress["done"] >= progress["target"]
+    lines = [f"{progress['model']} ({progress['run']}): iteration {progress['done']:,}{target}"
+             + (" (finished)" if finished else "")]
+    if progress["it_per_s"] is not None and not finished:
+        left = f", {progress['hours_left']:.1f} h left at that speed" if progress["hours_left"] is not None else ""
+        lines.append(f"  speed {progress['it_per_s']:.2f} it/s (median of the last {SPEED_WINDOW} logged){left}")
+    if progress["validations"]:
+        curve = ", ".join(f"{psnr:.3f} @ {it:,}" for it, psnr in progress["validations"])
+        lines.append(f"  validation PSNR (dB): {curve}")
+    if progress["slope_per_1000"] is not None:
+        lines.append(f"  last slope: {progress['slope_per_1000']:+.3f} dB per 1,000 iterations")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.progress", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", help="run folders (default: every resumable run under "
+                                                f"{' and '.join(ROOTS)})")
+    parser.add_argument("--datasets", nargs="*", default=[], help=f"also evaluate each run's best checkpoint on "
+                                                                  f"these ({', '.join(DATASETS)})")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    runs = [Path(r) for r in args.runs] or find_runs()
+    if not runs:
+        print(f"no resumable runs under {' or '.join(ROOTS)}")
+        return 0
+    for folder in runs:
+        if not folder.is_dir():
+            print(f"error: {folder} is not a folder", file=sys.stderr)
+            return 2
+        progress = run_progress(folder)
+        print(describe(progress))
+        if args.datasets and progress["best"] and progress["scale"]:
+            scale = int(progress["scale"])
+            datasets = {name: load_pairs(dataset_folder(name), scale) for name in args.datasets}
+            row = evaluate_model(progress["best"], datasets, scale, timing=False)
+            at = (row.get("training") or {}).get("iterations_done")
+            print(f"  best checkpoint (iteration {at:,}): "
+                  + ", ".join(f"{d} {format_metrics(row[d])}" for d in datasets))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
