@@ -33,7 +33,8 @@ from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
 from .models import count_parameters, multiply_adds
 from .resize import imresize
-from .results import LOG_NAME, claims, format_metrics, markdown_table, row_key, validation_events, validation_set
+from .results import (LOG_NAME, claims, format_metrics, markdown_table, row_key, run_identity, validation_events,
+                      validation_set)
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table", "replace_block", "ship"]
@@ -97,7 +98,7 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
         target = destination / row["model"]
         if (target / CONFIG_NAME).is_file():  # a rerun (another validation set) never replaces a bundled run
             bundled = json.loads((target / CONFIG_NAME).read_text()).get("training") or {}
-            if row_key({"model": row["model"], "seed": bundled.get("seed"), "training": bundled}) != row_key(row):
+            if run_identity(bundled.get("seed"), bundled) != run_identity(row.get("seed"), row.get("training")):
                 print(f"not shipped: {target} holds another run of {row['model']} (validated on "
                       f"{validation_set(bundled) or 'nothing recorded'}); remove that folder to replace it",
                       file=sys.stderr)

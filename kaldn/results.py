@@ -74,9 +74,15 @@ def validation_set(training: dict | None) -> str:
     val = str((training or {}).get("val") or "")
     if not val:
         return ""
-    if "held out" in val:
+    if held_out(training):
         return f"{training.get('val_images', 'some')} held-out training images"
     return Path(val).name
+
+
+def held_out(training: dict | None) -> bool:
+    """Whether a run chose its checkpoint on training images it held out (``kaldn.train``'s default since the
+    held-out split) rather than on a test set."""
+    return "held out" in str((training or {}).get("val") or "")
 
 
 def _validation(training: dict) -> str:
@@ -89,8 +95,9 @@ def row_key(row: dict) -> tuple:
     return row["model"], row.get("seed"), validation_set(row.get("training"))
 
 
-def _run(seed: int | None, training: dict | None) -> tuple[int, str]:
-    # Which run of a model a row or a bundled checkpoint is: its seed (unrecorded = 0) and validation set.
+def run_identity(seed: int | None, training: dict | None) -> tuple[int, str]:
+    """Which run of a model a results row or a bundled checkpoint is: its seed (unrecorded = 0) and its
+    validation set."""
     return seed or 0, validation_set(training)
 
 
@@ -222,7 +229,7 @@ def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[An
     trained, fused = _parameter_counts(spec.name)
     seed = row.get("seed")
     shipped = shipped_seed.get(name)
-    weights = ("bundled" if shipped is not None and shipped == _run(seed, row.get("training"))
+    weights = ("bundled" if shipped is not None and shipped == run_identity(seed, row.get("training"))
                else "not shipped (results only)")
     macs = row.get("multiply_adds_256")
     return [name, spec.scale, labels.get(spec.variant, spec.variant), "-" if seed is None else str(seed),
@@ -255,7 +262,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
             continue
         configs[config["model"]] = config
         training = config.get("training") or {}
-        shipped_seed[config["model"]] = _run(training.get("seed"), training)
+        shipped_seed[config["model"]] = run_identity(training.get("seed"), training)
     order = {v.key: i for i, v in enumerate(variants())}
     rows: list[list[Any]] = []
     for s in ([scale] if scale is not None else list(scales())):
@@ -264,7 +271,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
         for row in (results or {}).get("rows", []):
             try:
                 rows.append(_zoo_row(row, s, labels, shipped_seed))
-                listed.append((row["model"], *_run(row.get("seed"), row.get("training"))))
+                listed.append((row["model"], *run_identity(row.get("seed"), row.get("training"))))
             except (ValueError, KeyError) as exc:
                 log.warning("zoo table: skipping a row of x%s.json (%s)", s, exc)
         for name, config in configs.items():
@@ -348,8 +355,8 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
         else:
             label, seed = model_label(name), row.get("seed")
         # A rerun that chose its checkpoint on held-out images is named apart from a first run of the same seed.
-        held_out = ", held-out validation" if "held-out" in validation_set(row.get("training")) else ""
-        points.append({"model": name if seed is None else f"{name} (seed {seed}{held_out})", "label": label,
+        held_out_label = ", held-out validation" if held_out(row.get("training")) else ""
+        points.append({"model": name if seed is None else f"{name} (seed {seed}{held_out_label})", "label": label,
                        "source": "this project", "psnr": float(row[dataset]["psnr"]),
                        "cpu_ms": row.get("cpu_ms_256"), "params": row.get("params")})
     index = {"set5": 0, "set14": 1}.get(dataset)
