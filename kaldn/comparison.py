@@ -48,7 +48,8 @@ from .inputs import Inputs
 from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
                    pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
-from .models import count_parameters, parse_model_name, variants
+from .hub import available_models
+from .models import count_parameters, model_label, on_other_backbone, parse_model_name, variant_of, variants
 from .models import variants as registered_variants  # run_comparison's argument is also called variants
 from .resize import imresize
 from .session_models import SessionModels, is_session_key
@@ -85,7 +86,15 @@ def variant_label(key: str, registry: SessionModels | None = None) -> str:
         return labels[key]
     if registry is not None and (entry := registry.get(key)) is not None:
         return entry.label
-    return key
+    return model_label(key) if variant_of(key) is not None else key
+
+
+def backbone_models(available: Sequence[str], scale: int | None = None) -> list[str]:
+    """The ``available`` family models on a backbone other than the variants' (``small-kdsconv-det-x4``): the
+    app offers them by name beside the variants, in variant order; ``scale`` keeps that scale's only."""
+    order = {v.key: i for i, v in enumerate(variants())}
+    found = [n for n in available if on_other_backbone(n) and (scale is None or parse_model_name(n).scale == scale)]
+    return sorted(found, key=lambda n: (parse_model_name(n).scale, order[variant_of(n).key], n))
 
 
 def resolve_variant(key: str, scale: int, registry: SessionModels | None = None) -> ResolvedVariant:
@@ -116,7 +125,7 @@ def resolve_variant(key: str, scale: int, registry: SessionModels | None = None)
         raise UserError(f"Unknown variant {key!r}; valid: {', '.join(valid)} or a model name "
                         f"such as {variants()[0].model_name(variants()[0].scales[-1])}.") from None
     missing = None if spec.scale == scale else f"a x{spec.scale} model; the chosen scale is x{scale}"
-    return ResolvedVariant(key, key, key, key, missing)
+    return ResolvedVariant(key, model_label(key), key, key, missing)
 
 
 def variant_choices(scale: int, available: Sequence[str], registry: SessionModels | None = None
@@ -126,6 +135,10 @@ def variant_choices(scale: int, available: Sequence[str], registry: SessionModel
     for v in variants():
         shipped = scale in v.scales and v.model_name(scale) in available
         choices.append((v.label if shipped else f"{v.label} (no x{scale} checkpoint)", v.key))
+    for name in backbone_models(available):
+        model_scale = parse_model_name(name).scale
+        choices.append((model_label(name) if model_scale == scale else f"{model_label(name)} (x{model_scale} only)",
+                        name))
     for entry in registry.items() if registry is not None else []:
         model_scale = parse_model_name(entry.model).scale
         choices.append((entry.label if model_scale == scale else f"{entry.label} (x{model_scale} only)", entry.key))
@@ -137,6 +150,7 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
     """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
     of another scale instead of leaving them ticked to fail); the defaults when none is left."""
     runnable = {BICUBIC} | {v.key for v in variants() if scale in v.scales and v.model_name(scale) in available}
+    runnable |= set(backbone_models(available, scale))
     runnable |= {e.key for e in (registry.items() if registry is not None else [])
                  if parse_model_name(e.model).scale == scale}
     kept = [key for key in selected or [] if key in runnable]
@@ -144,9 +158,11 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
 
 
 def default_variants(scale: int, available: Sequence[str]) -> list[str]:
-    """Bicubic and every variant selected by default that has a checkpoint at ``scale``."""
+    """Bicubic, every variant selected by default that has a checkpoint at ``scale``, and the models of those
+    variants on another backbone (the ``small`` showcase) at ``scale``."""
     return [BICUBIC] + [v.key for v in variants()
-                        if v.default and scale in v.scales and v.model_name(scale) in available]
+                        if v.default and scale in v.scales and v.model_name(scale) in available] + \
+        [name for name in backbone_models(available, scale) if variant_of(name).default]
 
 
 # --- running a comparison ---------------------------------------------------------------------------------
@@ -237,7 +253,8 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     if not variants:
         raise UserError("Choose at least one variant to run.")
     # Each variant costs a model run and a full-size output: no more than there are distinct choices.
-    limit = 1 + len(registered_variants()) + (len(registry.items()) if registry is not None else 0)
+    limit = (1 + len(registered_variants()) + len(backbone_models(available_models()))
+             + (len(registry.items()) if registry is not None else 0))
     if len(variants) > limit:
         raise UserError(f"At most {limit} variants can be compared at once; {len(variants)} were given.")
     cache = cache or ModelCache()

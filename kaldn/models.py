@@ -22,7 +22,8 @@ from .errors import UserError
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
-           "model_label", "model_names", "multiply_adds", "parse_model_name", "scales", "variant", "variant_of", "variants"]
+           "model_label", "model_names", "multiply_adds", "on_other_backbone", "parse_model_name", "scales", "variant",
+           "variant_of", "variants"]
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,20 @@ def variants() -> list[Variant]:
 
 
 def variant_of(name: str) -> Variant | None:
-    """The variant whose model ``name`` is (e.g. ``tiny-ldsconv-x2`` -> ``ldsconv``); None for a model of another
-    backbone, or a name that is not a model."""
+    """The variant model ``name`` is of, on any backbone (``tiny-ldsconv-x2`` and ``small-ldsconv-x2`` ->
+    ``ldsconv``); None for a name that is not a model."""
     try:
         spec = parse_model_name(name)
     except ValueError:
         return None
-    v = next((v for v in variants() if v.key == spec.variant and v.arch == spec.arch), None)
-    return v if v is not None and v.model_name(spec.scale) == name else None
+    return next((v for v in variants() if v.key == spec.variant and v.arch == spec.arch), None)
+
+
+def on_other_backbone(name: str) -> bool:
+    """Whether ``name`` is a family model on a backbone other than the one the app's variants use (the app
+    lists such models by name, ``small-kdsconv-det-x4``, beside the variants)."""
+    v = variant_of(name)
+    return v is not None and v.backbone is not None and parse_model_name(name).backbone != v.backbone
 
 
 def model_label(name: str) -> str:

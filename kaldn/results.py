@@ -18,7 +18,8 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import check_scale, count_parameters, create_model, model_label, parse_model_name, scales, variants
+from .models import (check_scale, count_parameters, create_model, model_label, on_other_backbone, parse_model_name,
+                     scales, variants)
 
 log = logging.getLogger("kaldn.results")
 
@@ -232,7 +233,8 @@ def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[An
     weights = ("bundled" if shipped is not None and shipped == run_identity(seed, row.get("training"))
                else "not shipped (results only)")
     macs = row.get("multiply_adds_256")
-    return [name, spec.scale, labels.get(spec.variant, spec.variant), "-" if seed is None else str(seed),
+    label = model_label(name) if on_other_backbone(name) else labels.get(spec.variant, spec.variant)
+    return [name, spec.scale, label, "-" if seed is None else str(seed),
             format_count(row.get("params") or trained), format_count(fused),
             f"{macs / 1e9:.2f} G" if macs else "-",
             format_count(row["cpu_ms_256"]) if row.get("cpu_ms_256") else "-",

@@ -150,7 +150,7 @@ def test_unavailable_variant_is_reported_not_raised(use_throwaway):
     assert status["dsconv"].status == "unavailable" and "tiny-dsconv-x3" in status["dsconv"].message
     assert status["tiny-ldsconv-x2"].status == "unavailable" and "x2 model" in status["tiny-ldsconv-x2"].message
     headers, rows = metrics_table(comparison)
-    assert [r[0] for r in rows] == ["Bicubic", "DSConv", "tiny-ldsconv-x2"]
+    assert [r[0] for r in rows] == ["Bicubic", "DSConv", "Linear DSConv, tiny"]  # a model name: its backbone too
     assert comparison.warnings == [f"{r.label}: {r.message}" for r in comparison.results[1:]]
     assert "Not run: DSConv" in comparison.status_markdown()
     assert rows[1][headers.index("PSNR (dB)")] is None
@@ -219,6 +219,30 @@ def test_choices_follow_the_registry_and_the_shipped_checkpoints():
     assert choices["dsconv"] == "DSConv" and choices["ldsconv"] == "Linear DSConv (no x2 checkpoint)"
     # The standard conv is shipped but not selected by default; unshipped variants are not selected either.
     assert default_variants(2, available) == ["bicubic", "dsconv", "kdsconv-det"]
+
+
+def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_path, monkeypatch):
+    from kaldn.comparison import runnable_selection
+    from app_server import write_throwaway_checkpoints
+    available = ["small-dsconv-x2", "small-kdsconv-det-x4", "small-conv-x4", "tiny-dsconv-x4", "tiny-kdsconv-det-x4"]
+    choices = dict((key, label) for label, key in variant_choices(4, available))
+    # After the variants (the tiny backbone), the other backbone's models by name, in variant order and scale.
+    assert list(choices)[-3:] == ["small-dsconv-x2", "small-kdsconv-det-x4", "small-conv-x4"]
+    assert choices["small-kdsconv-det-x4"] == "KDSConv (det), small"
+    assert choices["small-dsconv-x2"] == "DSConv, small (x2 only)"
+    # Ticked by default where their variant is (the standard conv is not), and only at their own scale.
+    assert default_variants(4, available) == ["bicubic", "dsconv", "kdsconv-det", "small-kdsconv-det-x4"]
+    assert runnable_selection(["small-dsconv-x2", "small-kdsconv-det-x4"], 4, available) == ["small-kdsconv-det-x4"]
+    assert "small-kdsconv-det-x4" not in default_variants(2, available)
+    # It runs under its own label, beside the tiny variant of the same conv.
+    write_throwaway_checkpoints(tmp_path, ["small-kdsconv-det-x4", "tiny-kdsconv-det-x4"])
+    monkeypatch.setenv("KALDN_CHECKPOINTS", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    comparison = run_comparison(prepare_inputs(rng_image(32, 32), 4, "hr"), ["kdsconv-det", "small-kdsconv-det-x4"],
+                                device="cpu")
+    assert [(r.label, r.status, r.model) for r in comparison.results] == [
+        ("KDSConv (det)", "ok", "tiny-kdsconv-det-x4"), ("KDSConv (det), small", "ok", "small-kdsconv-det-x4")]
+    assert comparison.results[1].params > comparison.results[0].params
 
 
 def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):

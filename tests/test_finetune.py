@@ -63,6 +63,7 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     bases = base_choices(["tiny-ldsconv-x2", "tiny-kdsconv-det-x4", "small-ldsconv-x4"], manager.registry)
     assert bases == [("Linear DSConv x2 (tiny-ldsconv-x2)", "tiny-ldsconv-x2"),
                      ("KDSConv (det) x4 (tiny-kdsconv-det-x4)", "tiny-kdsconv-det-x4"),
+                     ("Linear DSConv x4 (small-ldsconv-x4)", "small-ldsconv-x4"),  # any backbone, named
                      (last.entry.label, last.entry.key)]  # by key: no server path reaches the page
     assert default_base(bases) == "tiny-kdsconv-det-x4"
 

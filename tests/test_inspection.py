@@ -98,9 +98,9 @@ def test_kernel_view_and_the_model_lists(use_throwaway):
         kernel_view(cache, "tiny-kdsconv-det-x3")
     available = ["tiny-conv-x4", "tiny-dsconv-x2", "tiny-kdsconv-avg-x2", "tiny-kdsconv-det-x2",
                  "tiny-kdsconv-fixed-x4", "tiny-kdsconv-max-x4", "small-kdsconv-det-x4"]
-    # Kernel attention first (x4 first, then det/avg/max), then the rest; no standard conv, no other backbone.
+    # Kernel attention first (x4 first, then det/avg/max; any backbone), then the rest; no standard conv.
     assert [m for _, m in inspection_choices(available)] == [
-        "tiny-kdsconv-max-x4", "tiny-kdsconv-det-x2", "tiny-kdsconv-avg-x2", "tiny-dsconv-x2",
+        "small-kdsconv-det-x4", "tiny-kdsconv-max-x4", "tiny-kdsconv-det-x2", "tiny-kdsconv-avg-x2", "tiny-dsconv-x2",
         "tiny-kdsconv-fixed-x4"]
 
 

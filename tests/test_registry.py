@@ -12,7 +12,8 @@ from torch import nn
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.comparison import variant_choices
 from kaldn.layers import ATTENTION_OPTIONS, KDSConv
-from kaldn.models import create_model, model_names, parse_model_name, scales, variant, variant_of, variants
+from kaldn.models import (create_model, model_names, on_other_backbone, parse_model_name, scales, variant, variant_of,
+                          variants)
 from kaldn.registry import (architecture, conv_entries, register_architecture, register_conv,
                             unregister_architecture, unregister_conv)
 from kaldn.results import claims
@@ -65,7 +66,9 @@ def test_the_built_in_entries():
     assert (spec.arch, spec.backbone, spec.conv, spec.scale, spec.variant) == ("rdn", "small", "kdsconv-max", 3,
                                                                                "kdsconv-max")
     assert variant("kdsconv-det").model_name(2) == "tiny-kdsconv-det-x2"
-    assert variant_of("tiny-ldsconv-x3").key == "ldsconv" and variant_of("paper-ldsconv-x3") is None
+    assert variant_of("tiny-ldsconv-x3").key == "ldsconv" and variant_of("paper-ldsconv-x3").key == "ldsconv"
+    assert not on_other_backbone("tiny-ldsconv-x3") and on_other_backbone("small-ldsconv-x3")
+    assert not on_other_backbone("lesrcnn-x4") and not on_other_backbone("nonsense")
     assert variant_of("nonsense") is None
     with pytest.raises(ValueError, match="already registered"):
         register_conv("dsconv", nn.Identity, label="again", order=1)
