@@ -41,7 +41,8 @@ from starlette.middleware import Middleware
 from kaldn.admission import BodyLimit, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
 from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
-                              metrics_table, pair_choices, resolve_variant, run_comparison, runnable_selection)
+                              metrics_table, pair_choices, requested_keys, resolve_variant, run_comparison,
+                              runnable_selection)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
@@ -404,10 +405,9 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
     check_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0], max_pixels=SETTINGS.max_pixels,
                  max_output_pixels=SETTINGS.max_output_pixels, image_name=image and image[1],
                  gt_name=ground_truth and ground_truth[1])
-    if not variants:
-        raise UserError("Choose at least one variant to run.")
     finetuned = SESSION_MODELS.for_owner(session_of(request))
-    resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in variants]
+    keys = requested_keys(variants or [], check_scale(scale), finetuned)  # capped before anything is resolved
+    resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in keys]
     if all(r.unavailable for r in resolved):
         raise UserError("None of the chosen variants can run at this scale: "
                         + "; ".join(f"{r.label}: {r.unavailable}" for r in resolved) + ".")

@@ -14,7 +14,6 @@ of a run, which usually adds more, so read it as a trend, not a forecast.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from kaldn.checkpoint import CONFIG_NAME, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
-from kaldn.results import LOG_NAME, format_metrics, validation_events
+from kaldn.results import LOG_NAME, format_metrics, log_events, validation_events
 from kaldn.train import STATE_NAME
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
@@ -34,24 +33,17 @@ SPEED_WINDOW = 50
 def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:
     """Folders ``ROOT/x<scale>/<run>`` holding a resumable state; a run name found under two roots is taken
     from the first."""
-    found: dict[str, Path] = {}
+    found: dict[Path, Path] = {}
     for root in roots:
         for state in sorted(Path(root).glob(f"x*/*/{STATE_NAME}")):
-            found.setdefault(state.parent.name, state.parent)
+            found.setdefault(state.parent.relative_to(root), state.parent)  # x4/<run>: the same run in each root
     return list(found.values())
 
 
 def run_progress(folder: str | Path) -> dict:
     """What a run's log and checkpoint configs say: target and done iterations, speed, hours left, validations."""
     folder = Path(folder)
-    steps = []
-    for line in (folder / LOG_NAME).read_text(errors="replace").splitlines() if (folder / LOG_NAME).exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a partial last line of a stopped run
-        if isinstance(event, dict) and event.get("event") == "step":
-            steps.append(event)
+    steps = log_events(folder / LOG_NAME, "step")
     config = next((read_config(folder / sub / CONFIG_NAME) for sub in ("last", "best")
                    if (folder / sub / CONFIG_NAME).is_file()), {})
     training = config.get("training") or {}
@@ -111,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             datasets = {name: load_pairs(dataset_folder(name), scale) for name in args.datasets}
             row = evaluate_model(progress["best"], datasets, scale, timing=False)
             at = (row.get("training") or {}).get("iterations_done")
-            print(f"  best checkpoint (iteration {at:,}): "
+            at = "unrecorded" if at is None else f"{at:,}"
+            print(f"  best checkpoint (iteration {at}): "
                   + ", ".join(f"{d} {format_metrics(row[d])}" for d in datasets))
     return 0
 

@@ -89,12 +89,27 @@ def variant_label(key: str, registry: SessionModels | None = None) -> str:
     return model_label(key) if variant_of(key) is not None else key
 
 
-def backbone_models(available: Sequence[str], scale: int | None = None) -> list[str]:
-    """The ``available`` family models on a backbone other than the variants' (``small-kdsconv-det-x4``): the
-    app offers them by name beside the variants, in variant order; ``scale`` keeps that scale's only."""
-    order = {v.key: i for i, v in enumerate(variants())}
+def other_backbone_models(available: Sequence[str], scale: int | None = None) -> list[str]:
+    """The ``available`` family models on a backbone other than the variants' (``small-kdsconv-det-x4``), which
+    the app offers beside the variants; by scale, then variant order; ``scale`` keeps that scale's only."""
     found = [n for n in available if on_other_backbone(n) and (scale is None or parse_model_name(n).scale == scale)]
-    return sorted(found, key=lambda n: (parse_model_name(n).scale, order[variant_of(n).key], n))
+    return sorted(found, key=lambda n: (parse_model_name(n).scale, variant_of(n).order, n))
+
+
+def requested_keys(variants: Any, scale: int, registry: SessionModels | None = None) -> list[str]:
+    """A client's list of variant keys, checked before anything is resolved or run: strings only, stripped,
+    de-duplicated (order kept), at least one, and no more than there are distinct choices at ``scale``
+    (each costs a model run and a full-size output)."""
+    if not isinstance(variants, (list, tuple)) or not all(isinstance(v, str) for v in variants):
+        raise UserError("The variants must be a list of names.")
+    keys = list(dict.fromkeys(v.strip() for v in variants))
+    if not keys:
+        raise UserError("Choose at least one variant to run.")
+    limit = (1 + len(registered_variants()) + len(other_backbone_models(available_models(), scale))
+             + (len(registry.items()) if registry is not None else 0))
+    if len(keys) > limit:
+        raise UserError(f"At most {limit} variants can be compared at once; {len(keys)} were given.")
+    return keys
 
 
 def resolve_variant(key: str, scale: int, registry: SessionModels | None = None) -> ResolvedVariant:
@@ -135,7 +150,7 @@ def variant_choices(scale: int, available: Sequence[str], registry: SessionModel
     for v in variants():
         shipped = scale in v.scales and v.model_name(scale) in available
         choices.append((v.label if shipped else f"{v.label} (no x{scale} checkpoint)", v.key))
-    for name in backbone_models(available):
+    for name in other_backbone_models(available):
         model_scale = parse_model_name(name).scale
         choices.append((model_label(name) if model_scale == scale else f"{model_label(name)} (x{model_scale} only)",
                         name))
@@ -150,7 +165,7 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
     """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
     of another scale instead of leaving them ticked to fail); the defaults when none is left."""
     runnable = {BICUBIC} | {v.key for v in variants() if scale in v.scales and v.model_name(scale) in available}
-    runnable |= set(backbone_models(available, scale))
+    runnable |= set(other_backbone_models(available, scale))
     runnable |= {e.key for e in (registry.items() if registry is not None else [])
                  if parse_model_name(e.model).scale == scale}
     kept = [key for key in selected or [] if key in runnable]
@@ -158,11 +173,10 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
 
 
 def default_variants(scale: int, available: Sequence[str]) -> list[str]:
-    """Bicubic, every variant selected by default that has a checkpoint at ``scale``, and the models of those
-    variants on another backbone (the ``small`` showcase) at ``scale``."""
+    """Bicubic and every variant selected by default that has a checkpoint at ``scale``. Models of another
+    backbone are offered but not ticked: the default comparison keeps one backbone and one training budget."""
     return [BICUBIC] + [v.key for v in variants()
-                        if v.default and scale in v.scales and v.model_name(scale) in available] + \
-        [name for name in backbone_models(available, scale) if variant_of(name).default]
+                        if v.default and scale in v.scales and v.model_name(scale) in available]
 
 
 # --- running a comparison ---------------------------------------------------------------------------------
@@ -249,14 +263,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     than an exception. Times cover the upscaling only (the model is loaded, fused
     and moved to the device before the clock starts).
     """
-    variants = list(dict.fromkeys(str(v).strip() for v in variants or []))  # de-duplicated, order kept
-    if not variants:
-        raise UserError("Choose at least one variant to run.")
-    # Each variant costs a model run and a full-size output: no more than there are distinct choices.
-    limit = (1 + len(registered_variants()) + len(backbone_models(available_models()))
-             + (len(registry.items()) if registry is not None else 0))
-    if len(variants) > limit:
-        raise UserError(f"At most {limit} variants can be compared at once; {len(variants)} were given.")
+    variants = requested_keys(list(variants or []), inputs.scale, registry)
     cache = cache or ModelCache()
     device_warnings: list[str] = []
     dev = _resolve_device(device, device_warnings)

@@ -163,12 +163,14 @@ def on_other_backbone(name: str) -> bool:
 
 
 def model_label(name: str) -> str:
-    """What a plot calls model ``name``: its variant's label, and for a family model its backbone too, so a
-    ``small`` and a ``tiny`` KDSConv never share a colour (``small-kdsconv-det-x4`` -> "KDSConv (det), small")."""
+    """What the app and the plots call model ``name``: its variant's label, plus its backbone when that is not
+    the one the variants use, so a ``small`` and a ``tiny`` KDSConv never share a label or a colour
+    (``tiny-kdsconv-det-x4`` -> "KDSConv (det)", ``small-kdsconv-det-x4`` -> "KDSConv (det), small")."""
     spec = parse_model_name(name)
     if spec.backbone is None:
         return architecture(spec.arch).label
-    return f"{conv_entry(spec.conv).label}, {spec.backbone}"
+    label = conv_entry(spec.conv).label
+    return f"{label}, {spec.backbone}" if on_other_backbone(name) else label
 
 
 def variant(key: str) -> Variant:

@@ -25,7 +25,8 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
-           "psnr_cost_points", "row_key", "training_curves", "validation_events", "validation_set", "zoo_table"]
+           "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "training_curves",
+           "validation_events", "validation_set", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
@@ -93,7 +94,7 @@ def _validation(training: dict) -> str:
 def row_key(row: dict) -> tuple:
     """What one results row stands for: a model, its seed and the images that chose its checkpoint (a rerun on
     held-out images sits beside a first run that chose on BSD68; it does not replace it)."""
-    return row["model"], row.get("seed"), validation_set(row.get("training"))
+    return row["model"], *run_identity(row.get("seed"), row.get("training"))
 
 
 def run_identity(seed: int | None, training: dict | None) -> tuple[int, str]:
@@ -221,7 +222,7 @@ ZOO_HEADERS = ["Model", "Scale", "Variant", "Seed", "Params", "Params (fused)", 
                "CPU ms (256x256)", *[f"{d} PSNR / SSIM" for d in ZOO_DATASETS], "Training budget", "Weights"]
 
 
-def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[Any]:
+def _zoo_row(row: dict, scale: int, shipped_seed: dict) -> list[Any]:
     name = row["model"]
     if name == "bicubic":
         return [name, scale, "bicubic (MATLAB imresize)", "-", "0", "0", "-", "-",
@@ -233,8 +234,7 @@ def _zoo_row(row: dict, scale: int, labels: dict, shipped_seed: dict) -> list[An
     weights = ("bundled" if shipped is not None and shipped == run_identity(seed, row.get("training"))
                else "not shipped (results only)")
     macs = row.get("multiply_adds_256")
-    label = model_label(name) if on_other_backbone(name) else labels.get(spec.variant, spec.variant)
-    return [name, spec.scale, label, "-" if seed is None else str(seed),
+    return [name, spec.scale, model_label(name), "-" if seed is None else str(seed),
             format_count(row.get("params") or trained), format_count(fused),
             f"{macs / 1e9:.2f} G" if macs else "-",
             format_count(row["cpu_ms_256"]) if row.get("cpu_ms_256") else "-",
@@ -252,7 +252,6 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
     """
     scale = None if scale in (None, "", "all") else check_scale(scale)
     folder = Path(folder) if folder is not None else bundled_dir()
-    labels = {v.key: v.label for v in variants()}
     shipped_seed: dict[str, tuple[int, str]] = {}  # model -> (seed, validation set) of its bundled weights
     configs: dict[str, dict] = {}
     for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
@@ -272,7 +271,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
         listed = []
         for row in (results or {}).get("rows", []):
             try:
-                rows.append(_zoo_row(row, s, labels, shipped_seed))
+                rows.append(_zoo_row(row, s, shipped_seed))
                 listed.append((row["model"], *run_identity(row.get("seed"), row.get("training"))))
             except (ValueError, KeyError) as exc:
                 log.warning("zoo table: skipping a row of x%s.json (%s)", s, exc)
@@ -280,7 +279,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
             if parse_model_name(name).scale == s and (name, *shipped_seed[name]) not in listed:
                 row = {"model": name, "seed": (config.get("training") or {}).get("seed"),
                        "training": config.get("training"), **(config.get("metrics") or {})}
-                rows.append(_zoo_row(row, s, labels, shipped_seed))
+                rows.append(_zoo_row(row, s, shipped_seed))
 
     def key(r: list[Any]) -> tuple:
         variant_order = -1 if r[0] == "bicubic" else order.get(parse_model_name(r[0]).variant, len(order))
@@ -291,11 +290,11 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
 
 # --- the results view: curves and cost plots ----------------------------------------------------------------
 
-def validation_events(log: str | Path) -> list[dict]:
-    """The "validation" events (with ``val_psnr``) of a ``kaldn.train`` log; none for a missing file. A damaged
-    line (a partial last line of an interrupted run) is skipped."""
+def log_events(log: str | Path, kind: str) -> list[dict]:
+    """The events of one kind ("step", "validation") of a ``kaldn.train`` log; none for a missing file. A
+    damaged line (a partial last line of an interrupted run) is skipped."""
     try:
-        lines = Path(log).read_text().splitlines()
+        lines = Path(log).read_text(errors="replace").splitlines()
     except OSError:
         return []
     events = []
@@ -304,9 +303,14 @@ def validation_events(log: str | Path) -> list[dict]:
             event = json.loads(line)
         except ValueError:
             continue
-        if isinstance(event, dict) and event.get("event") == "validation" and "val_psnr" in event:
+        if isinstance(event, dict) and event.get("event") == kind:
             events.append(event)
     return events
+
+
+def validation_events(log: str | Path) -> list[dict]:
+    """The "validation" events (with ``val_psnr``) of a ``kaldn.train`` log."""
+    return [e for e in log_events(log, "validation") if "val_psnr" in e]
 
 
 def training_curves(folder: str | Path | None = None, scale: Any = None) -> tuple[list[dict], list[str]]:

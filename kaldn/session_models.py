@@ -21,7 +21,7 @@ from typing import Any
 from .checkpoint import CONFIG_NAME, read_config
 from .convert import PUBLISHED, ConversionError, convert_isolated
 from .errors import BusyError, UserError
-from .models import model_label, on_other_backbone, parse_model_name, variant_of
+from .models import model_label, parse_model_name
 
 __all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint",
            "is_session_key"]
@@ -94,10 +94,8 @@ class SessionModels:
             n = next(self._counter)
             key = f"{KEY_PREFIX[kind]}-{n}"
             spec = parse_model_name(model)
-            v = variant_of(model)
-            what = model_label(model) if on_other_backbone(model) else v.label if v else spec.name.rsplit('-x', 1)[0]
             iters = (info or {}).get("iterations")
-            label = f"{kind} #{n} ({what} x{spec.scale}" + \
+            label = f"{kind} #{n} ({model_label(spec.name)} x{spec.scale}" + \
                 (f", {iters} it)" if iters else ")")
             entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner, kind)
             self._items[key] = entry

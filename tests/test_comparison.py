@@ -150,7 +150,7 @@ def test_unavailable_variant_is_reported_not_raised(use_throwaway):
     assert status["dsconv"].status == "unavailable" and "tiny-dsconv-x3" in status["dsconv"].message
     assert status["tiny-ldsconv-x2"].status == "unavailable" and "x2 model" in status["tiny-ldsconv-x2"].message
     headers, rows = metrics_table(comparison)
-    assert [r[0] for r in rows] == ["Bicubic", "DSConv", "Linear DSConv, tiny"]  # a model name: its backbone too
+    assert [r[0] for r in rows] == ["Bicubic", "DSConv", "Linear DSConv"]  # by model name: the same label
     assert comparison.warnings == [f"{r.label}: {r.message}" for r in comparison.results[1:]]
     assert "Not run: DSConv" in comparison.status_markdown()
     assert rows[1][headers.index("PSNR (dB)")] is None
@@ -230,10 +230,9 @@ def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_
     assert list(choices)[-3:] == ["small-dsconv-x2", "small-kdsconv-det-x4", "small-conv-x4"]
     assert choices["small-kdsconv-det-x4"] == "KDSConv (det), small"
     assert choices["small-dsconv-x2"] == "DSConv, small (x2 only)"
-    # Ticked by default where their variant is (the standard conv is not), and only at their own scale.
-    assert default_variants(4, available) == ["bicubic", "dsconv", "kdsconv-det", "small-kdsconv-det-x4"]
+    # Not ticked by default (the default comparison keeps one backbone and budget); runnable at their own scale.
+    assert default_variants(4, available) == ["bicubic", "dsconv", "kdsconv-det"]
     assert runnable_selection(["small-dsconv-x2", "small-kdsconv-det-x4"], 4, available) == ["small-kdsconv-det-x4"]
-    assert "small-kdsconv-det-x4" not in default_variants(2, available)
     # It runs under its own label, beside the tiny variant of the same conv.
     write_throwaway_checkpoints(tmp_path, ["small-kdsconv-det-x4", "tiny-kdsconv-det-x4"])
     monkeypatch.setenv("KALDN_CHECKPOINTS", str(tmp_path))
@@ -243,6 +242,28 @@ def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_
     assert [(r.label, r.status, r.model) for r in comparison.results] == [
         ("KDSConv (det)", "ok", "tiny-kdsconv-det-x4"), ("KDSConv (det), small", "ok", "small-kdsconv-det-x4")]
     assert comparison.results[1].params > comparison.results[0].params
+
+
+def test_a_request_is_checked_and_capped_before_anything_is_resolved(tmp_path, monkeypatch):
+    from kaldn.comparison import requested_keys
+    for bad in ("dsconv", [1, 2], [["dsconv"]], {"dsconv": 1}):
+        with pytest.raises(UserError, match="list of names"):
+            requested_keys(bad, 4)
+    with pytest.raises(UserError, match="at least one"):
+        requested_keys([], 4)
+    assert requested_keys([" dsconv", "dsconv ", "bicubic"], 4) == ["dsconv", "bicubic"]
+    # The cap counts what can run at the scale asked: bicubic, the variants, other backbones' models there.
+    monkeypatch.setenv("KALDN_CHECKPOINTS", str(tmp_path))
+    (tmp_path / "small-dsconv-x2").mkdir()
+    cap_x4 = 1 + len(variants())
+    assert len(requested_keys([f"k{i}" for i in range(cap_x4)], 4)) == cap_x4
+    with pytest.raises(UserError, match=f"At most {cap_x4} variants"):
+        requested_keys([f"k{i}" for i in range(cap_x4 + 1)], 4)
+    from app_server import write_throwaway_checkpoints
+    write_throwaway_checkpoints(tmp_path, ["small-dsconv-x2"])
+    assert len(requested_keys([f"k{i}" for i in range(cap_x4 + 1)], 2)) == cap_x4 + 1
+    with pytest.raises(UserError, match=f"At most {cap_x4} variants"):
+        requested_keys([f"k{i}" for i in range(cap_x4 + 1)], 4)
 
 
 def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):

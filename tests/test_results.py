@@ -94,7 +94,7 @@ def test_training_curves_read_the_log_beside_a_checkpoint(tmp_path):
     points, missing = training_curves(tmp_path, scale=4)
     assert [(p["model"], p["iteration"], p["val_psnr"]) for p in points] == [
         ("tiny-dsconv-x4", 100, 26.0), ("tiny-dsconv-x4", 200, 27.5)]
-    assert points[0]["variant"] == "DSConv, tiny" and missing == ["tiny-ldsconv-x4"]
+    assert points[0]["variant"] == "DSConv" and missing == ["tiny-ldsconv-x4"]
     assert training_curves(tmp_path)[1] == ["tiny-ldsconv-x2", "tiny-ldsconv-x4"]
 
 
@@ -112,7 +112,7 @@ def test_psnr_cost_points_mark_the_published_rows(tmp_path):
     assert [p["model"] for p in ours] == ["bicubic", "tiny-dsconv-x4 (seed 1)", "small-dsconv-x4 (seed 0)",
                                           "scnet-t-x4 (seed 0, held-out validation)"] and ours[1]["cpu_ms"] == 300.0
     # one colour per model kind: a small and a tiny DSConv are told apart, a peer is named by its architecture
-    assert [p["label"] for p in ours] == ["bicubic", "DSConv, tiny", "DSConv, small", "SCNet-T"]
+    assert [p["label"] for p in ours] == ["bicubic", "DSConv", "DSConv, small", "SCNet-T"]
     assert len(published) == len(PUBLISHED_X4) and all(p["params"] is None for p in published)
     assert {p["model"]: p["psnr"] for p in published}["KALDN (published)"] == PUBLISHED_X4["KALDN"][0][0]
     assert [p["model"] for p in published if p["cpu_ms"]] == ["LESRCNN (published)", "FDIWN (published)"]
