@@ -14,11 +14,13 @@ of a run, which usually adds more, so read it as a trend, not a forecast.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from kaldn.checkpoint import CONFIG_NAME, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
@@ -57,17 +59,28 @@ def run_progress(folder: str | Path) -> dict:
         (i0, p0), (i1, p1) = validations[-2:]
         slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
-            "target": target, "done": done, "it_per_s": speed,
+            "target": target, "done": done, "resumes_at": _state_iteration(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope,
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
+def _state_iteration(path: Path) -> int | None:
+    """The iteration a resume starts from (the log may run past it: a run saves every few hundred)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads(f.metadata()["state"])["iteration"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
+        return None
+
+
 def describe(progress: dict) -> str:
     target = f" of {progress['target']:,}" if progress["target"] else ""
     finished = bool(progress["target"]) and progress["done"] >= progress["target"]
+    resumes = progress["resumes_at"]
+    state = f" (its state resumes at {resumes:,})" if resumes is not None and resumes != progress["done"] else ""
     lines = [f"{progress['model']} ({progress['run']}): iteration {progress['done']:,}{target}"
-             + (" (finished)" if finished else "")]
+             + (" (finished)" if finished else state)]
     if progress["it_per_s"] is not None and not finished:
         left = f", {progress['hours_left']:.1f} h left at that speed" if progress["hours_left"] is not None else ""
         lines.append(f"  speed {progress['it_per_s']:.2f} it/s (median of the last {SPEED_WINDOW} logged){left}")

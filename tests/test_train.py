@@ -422,6 +422,8 @@ def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
     assert progress["slope_per_1000"] == pytest.approx(1000 * (p4 - p2) / 2)
     assert progress["it_per_s"] > 0 and progress["hours_left"] == pytest.approx(4 / progress["it_per_s"] / 3600)
     assert "iteration 4 of 8" in describe(progress) and "finished" not in describe(progress)
+    assert progress["resumes_at"] == 4 and "resumes at" not in describe(progress)
+    assert "(its state resumes at 2)" in describe(dict(progress, resumes_at=2))  # a log past the saved state
     # A run of the same name in a later root is the older, committed copy: the first root wins.
     (tmp_path / "committed" / "x2" / "run-s0").mkdir(parents=True)
     (tmp_path / "committed" / "x2" / "run-s0" / "train_state.safetensors").write_bytes(b"")
