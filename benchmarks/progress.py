@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no resumable runs under {' or '.join(ROOTS)}")
         return 0
+    pairs: dict[int, dict[str, list]] = {}  # scale -> the datasets' image pairs, loaded once
     for folder in runs:
         if not folder.is_dir():
             print(f"error: {folder} is not a folder", file=sys.stderr)
@@ -113,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         print(describe(progress))
         if args.datasets and progress["best"] and progress["scale"]:
             scale = int(progress["scale"])
-            datasets = {name: load_pairs(dataset_folder(name), scale) for name in args.datasets}
+            if scale not in pairs:
+                pairs[scale] = {name: load_pairs(dataset_folder(name), scale) for name in args.datasets}
+            datasets = pairs[scale]
             row = evaluate_model(progress["best"], datasets, scale, timing=False)
             at = (row.get("training") or {}).get("iterations_done")
             at = "unrecorded" if at is None else f"{at:,}"

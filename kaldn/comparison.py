@@ -86,7 +86,10 @@ def variant_label(key: str, registry: SessionModels | None = None) -> str:
         return labels[key]
     if registry is not None and (entry := registry.get(key)) is not None:
         return entry.label
-    return model_label(key) if variant_of(key) is not None else key
+    try:
+        return model_label(key)
+    except ValueError:  # not a model name
+        return key
 
 
 def other_backbone_models(available: Sequence[str], scale: int | None = None) -> list[str]:

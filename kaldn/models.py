@@ -158,8 +158,11 @@ def variant_of(name: str) -> Variant | None:
 def on_other_backbone(name: str) -> bool:
     """Whether ``name`` is a family model on a backbone other than the one the app's variants use (the app
     lists such models by name, ``small-kdsconv-det-x4``, beside the variants)."""
-    v = variant_of(name)
-    return v is not None and v.backbone is not None and parse_model_name(name).backbone != v.backbone
+    try:
+        spec = parse_model_name(name)
+    except ValueError:
+        return False
+    return spec.backbone is not None and spec.backbone != architecture(spec.arch).default_backbone
 
 
 def model_label(name: str) -> str:
@@ -170,7 +173,7 @@ def model_label(name: str) -> str:
     if spec.backbone is None:
         return architecture(spec.arch).label
     label = conv_entry(spec.conv).label
-    return f"{label}, {spec.backbone}" if on_other_backbone(name) else label
+    return label if spec.backbone == architecture(spec.arch).default_backbone else f"{label}, {spec.backbone}"
 
 
 def variant(key: str) -> Variant:
