@@ -266,7 +266,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     than an exception. Times cover the upscaling only (the model is loaded, fused
     and moved to the device before the clock starts).
     """
-    variants = requested_keys(list(variants or []), inputs.scale, registry)
+    variants = requested_keys(variants or [], inputs.scale, registry)
     cache = cache or ModelCache()
     device_warnings: list[str] = []
     dev = _resolve_device(device, device_warnings)
