@@ -38,7 +38,7 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import BodyLimit, SessionSlots, SingleFlight
+from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
 from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
                               metrics_table, pair_choices, requested_keys, resolve_variant, run_comparison,
@@ -79,9 +79,9 @@ EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
-# Fine-tuned and uploaded models, per session; unused ones go after the session TTL (raw API clients never "end").
-SESSION_MODELS = SessionModels(max_idle_s=SETTINGS.session_ttl)
 CACHE = ModelCache(source=SETTINGS.model_source)
+# Fine-tuned and uploaded models, per session; unused ones go after the session TTL (raw API clients never "end").
+SESSION_MODELS = SessionModels(max_idle_s=SETTINGS.session_ttl, on_forget=CACHE.forget)
 FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters,
                            time_budget_s=SETTINGS.finetune_time_budget_s, max_images=SETTINGS.finetune_max_images,
                            max_total_pixels=SETTINGS.finetune_max_total_pixels,
@@ -946,7 +946,8 @@ def launch_kwargs() -> dict[str, Any]:
     return {
         "max_file_size": SETTINGS.max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
-        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body)]},
+        # Outermost first: the body is capped before LocalFilesOnly reads it whole.
+        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body), Middleware(LocalFilesOnly)]},
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not

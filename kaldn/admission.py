@@ -7,17 +7,19 @@ when it runs and :meth:`SessionSlots.finished` when it ends. A slot whose job ne
 away while it waited) is recognised as stale with the ``pending`` callback, which says how many of the
 session's events the queue still holds, so a session is never locked out for good.
 
-:class:`BodyLimit` admits request bodies only up to a size, before anything reads them.
+:class:`BodyLimit` admits request bodies only up to a size, before anything reads them;
+:class:`LocalFilesOnly` refuses a body that names a file by URL, which Gradio would otherwise download.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["BodyLimit", "SessionSlots", "SingleFlight"]
+__all__ = ["BodyLimit", "LocalFilesOnly", "SessionSlots", "SingleFlight", "names_remote_file"]
 
 
 @dataclass
@@ -115,6 +117,12 @@ class SingleFlight:
             self._active.discard(session or "")
 
 
+def _upload_route(scope) -> bool:
+    # Only Gradio's own upload route (exactly: "/gradio_api/call/upload" is not an upload).
+    upload = scope.get("root_path", "").rstrip("/") + "/gradio_api/upload"
+    return scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload")
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
     file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
@@ -124,9 +132,7 @@ class BodyLimit:
         self.app, self.max_body = app, max_body
 
     async def __call__(self, scope, receive, send):
-        # Only Gradio's own upload route is exempt (exactly: "/gradio_api/call/upload" is not an upload).
-        upload = scope.get("root_path", "").rstrip("/") + "/gradio_api/upload"
-        if scope["type"] != "http" or scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload"):
+        if scope["type"] != "http" or _upload_route(scope):
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body:
@@ -162,3 +168,63 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+def names_remote_file(payload) -> bool:
+    """Whether a decoded request body holds a file reference (a dict with a ``path``) whose path is an
+    http(s) URL: Gradio fetches such a file into its cache before any handler or validator runs."""
+    stack = [payload]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            path = value.get("path")
+            if isinstance(path, str) and path.lstrip().lower().startswith(("http://", "https://")):
+                return True
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return False
+
+
+class LocalFilesOnly:
+    """ASGI middleware: a request body (other than an upload) that names a file by URL is refused (400).
+
+    Gradio downloads such a file, whatever its size, while it prepares an event's inputs, before the app's
+    validators or handlers can refuse it; a public Space would fetch what any caller names. Mounted inside
+    :class:`BodyLimit`, so the body it reads whole is already capped.
+    """
+
+    def __init__(self, app: Callable) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") or _upload_route(scope):
+            return await self.app(scope, receive, send)
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            remote = names_remote_file(json.loads(body))
+        except (ValueError, RecursionError):
+            remote = False  # not JSON: Gradio refuses it on its own
+        if remote:
+            text = b"Files must be uploaded through the upload route; a file named by URL is not fetched."
+            await send({"type": "http.response.start", "status": 400,
+                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode())]})
+            await send({"type": "http.response.body", "body": text})
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)

@@ -67,8 +67,9 @@ DEFAULT_REVISION = "main"
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_RETRY_AFTER_S = 60.0
 SOURCES = ("auto", "local", "hub", "bundled")
-# What a model repository holds; anything else (pickles, logs, optimizer states) never leaves or enters.
-HUB_FILE_PATTERNS = ["*.safetensors", "*.json", "*.md"]
+# What a model repository holds (log.jsonl: the training curve shown beside a model); anything else (pickles,
+# optimizer states, stdout logs) never leaves or enters.
+HUB_FILE_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.jsonl"]
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .checkpoint import CONFIG_NAME, read_config
 from .convert import PUBLISHED, ConversionError, convert_isolated
@@ -59,12 +59,6 @@ class SessionModel:
             self.kind == UPLOADED and parse_model_name(self.model).backbone is None)
 
 
-def _delete(entry: SessionModel) -> None:
-    victim = entry.info.get("delete_dir")
-    if victim:
-        shutil.rmtree(victim, ignore_errors=True)
-
-
 class SessionModels:
     """Fine-tuned and uploaded models of this process, newest last.
 
@@ -75,10 +69,12 @@ class SessionModels:
     is forgotten too: a client that never opens the page's heartbeat never "ends" its session.
     """
 
-    def __init__(self, cap: int = 8, total_cap: int = 64, max_idle_s: float = 3600) -> None:
+    def __init__(self, cap: int = 8, total_cap: int = 64, max_idle_s: float = 3600,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         self.cap = cap
         self.total_cap = total_cap
         self.max_idle_s = max_idle_s
+        self.on_forget = on_forget  # told each forgotten model's path, so a model cache drops it too
         self._items: OrderedDict[str, SessionModel] = OrderedDict()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
@@ -100,8 +96,15 @@ class SessionModels:
             entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner, kind)
             self._items[key] = entry
             for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
-                _delete(self._items.pop(old_key))
+                self._delete(self._items.pop(old_key))
             return entry
+
+    def _delete(self, entry: SessionModel) -> None:
+        if self.on_forget is not None:
+            self.on_forget(str(entry.path))
+        victim = entry.info.get("delete_dir")
+        if victim:
+            shutil.rmtree(victim, ignore_errors=True)
 
     def has_room(self, owner: str | None) -> bool:
         """Whether :meth:`add` for ``owner`` would succeed now (asked before costly work)."""
@@ -120,7 +123,7 @@ class SessionModels:
             gone = [k for k, e in self._items.items() if now - e.last_used > self.max_idle_s]
             entries = [self._items.pop(k) for k in gone]
         for entry in entries:
-            _delete(entry)
+            self._delete(entry)
         return len(entries)
 
     def for_owner(self, owner: str | None) -> "SessionModels":
@@ -135,7 +138,7 @@ class SessionModels:
             gone = [k for k, e in self._items.items() if e.owner == owner]
             entries = [self._items.pop(k) for k in gone]
         for entry in entries:
-            _delete(entry)
+            self._delete(entry)
         return len(entries)
 
     def get(self, key: str) -> SessionModel | None:

@@ -78,7 +78,8 @@ def running_app(fallback_checkpoints: Path) -> Iterator[dict]:
     from kaldn.session_models import SessionModels
 
     # A clean slate when another test module already used the app in this process: no fine-tuned models.
-    app.SESSION_MODELS = app.FINETUNE.registry = SessionModels(max_idle_s=app.SETTINGS.session_ttl)
+    app.SESSION_MODELS = app.FINETUNE.registry = SessionModels(max_idle_s=app.SETTINGS.session_ttl,
+                                                               on_forget=app.CACHE.forget)
     demo = app.build_demo()
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,

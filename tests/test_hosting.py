@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from kaldn.admission import SessionSlots, SingleFlight
 from kaldn.comparison import RunStore, run_comparison
@@ -170,6 +171,32 @@ def test_5_inline_files_and_oversized_bodies_are_refused(served):
     r = httpx.post(f"{served['url']}gradio_api/queue/join", content=b"{" * (2 << 20),
                    headers={"content-type": "application/json", "transfer-encoding": "chunked"}, timeout=30)
     assert r.status_code == 413
+
+
+def test_5_a_file_named_by_url_is_refused_before_gradio_fetches_it(served, monkeypatch, tmp_path):
+    """Gradio downloads a FileData whose path is a URL (an allow-listed public host, any size) while it
+    prepares inputs, before any validator or handler runs; the app refuses such a body at the door."""
+    import httpx
+    import gradio.processing_utils
+    fetched = []
+
+    async def record(url, cache_dir):
+        fetched.append(url)
+        raise RuntimeError("not fetched in tests")
+
+    monkeypatch.setattr(gradio.processing_utils, "async_ssrf_protected_download", record)
+    remote = {"path": "https://huggingface.co/org/repo/resolve/main/huge.png", "meta": {"_type": "gradio.FileData"}}
+    for route, body in [("call/compare", {"data": compare_data(remote), "session_hash": session()}),
+                        ("call/hasty_relu", {"data": ["hr", {**remote, "path": " HTTPS://hf.co/x.png"}, None, 4]}),
+                        ("queue/join", {"data": compare_data(remote), "fn_index": 0, "session_hash": session()})]:
+        r = httpx.post(f"{served['url']}gradio_api/{route}", json=body, timeout=30)
+        assert r.status_code == 400 and "upload" in r.text, (route, r.status_code, r.text)
+    assert fetched == []
+    # A page upload's payload carries an http `url` beside its local path: still admitted and run.
+    save_png(rng_image(32, 32), tmp_path / "small.png")
+    page = upload(served["url"], tmp_path / "small.png")
+    page["url"] = f"{served['url']}gradio_api/file={page['path']}"
+    assert "data" in call(served["url"], "compare", compare_data(page), session())
 
 
 # --- 6: one client cannot fill the queue ------------------------------------------------------------------
@@ -406,3 +433,33 @@ def test_one_owner_cannot_evict_another_owners_fine_tuned_models(tmp_path):
     with pytest.raises(BusyError):  # full: refused, nobody's model deleted
         registry.add(tmp_path / "c0", "tiny-ldsconv-x2", owner="c")
     assert registry.for_owner("victim").get(victim.key) is not None
+
+
+def test_forgotten_session_models_leave_the_model_cache(tmp_path):
+    """A model its session no longer has is dropped from the loaded-model cache too, not kept until LRU
+    pushes it out: evicted beyond the owner's cap, dropped with the session, or expired unused."""
+    from kaldn.cache import ModelCache
+
+    cache = ModelCache()
+    registry = SessionModels(cap=1, max_idle_s=3600, on_forget=cache.forget)
+    first = registry.add(tmp_path / "a", "tiny-ldsconv-x2", owner="s")
+    cache._raw[str(first.path)] = torch.nn.Identity()
+    cache._prepared[(str(first.path), "cpu")] = torch.nn.Identity()
+    second = registry.add(tmp_path / "b", "tiny-ldsconv-x2", owner="s")  # evicts the first (cap 1)
+    cache._raw[str(second.path)] = torch.nn.Identity()
+    assert str(first.path) not in cache._raw and (str(first.path), "cpu") not in cache._prepared
+    assert str(second.path) in cache._raw
+    registry.drop_owner("s")
+    assert str(second.path) not in cache._raw
+    third = registry.add(tmp_path / "c", "tiny-ldsconv-x2", owner="t")
+    cache._raw[str(third.path)] = torch.nn.Identity()
+    registry.max_idle_s = -1  # everything is now idle too long
+    assert registry.expire() == 1 and str(third.path) not in cache._raw
+
+
+def test_names_remote_file_finds_a_url_path_at_any_depth_and_nothing_else():
+    from kaldn.admission import names_remote_file
+    assert names_remote_file({"data": [1, {"x": [{"path": "http://a/b.png"}]}]})
+    assert names_remote_file([{"path": "  HTTPS://a/b.png"}])
+    assert not names_remote_file({"data": [{"path": "/tmp/gradio/x.png", "url": "http://host/gradio_api/file=x"}]})
+    assert not names_remote_file({"data": ["http://a/b.png", {"url": "https://a/b.png"}], "path": 3})

@@ -542,7 +542,7 @@ def test_push_builds_the_right_calls(env, monkeypatch, capsys):
     assert calls[0][2]["private"] is True and calls[0][2]["exist_ok"] is True
     upload = calls[1][2]
     assert upload["folder_path"] == str(folder)
-    assert upload["allow_patterns"] == ["*.safetensors", "*.json", "*.md"]
+    assert upload["allow_patterns"] == ["*.safetensors", "*.json", "*.md", "*.jsonl"]
     assert upload["revision"] is None
     assert "pushed" in capsys.readouterr().out
 

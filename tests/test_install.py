@@ -77,3 +77,7 @@ def test_the_installed_command_upscales_offline_from_another_directory(installed
     assert name == "tiny-kdsconv-det-x4"
     shipped = sorted(p.name for p in (ROOT / "checkpoints").iterdir() if (p / "model.safetensors").is_file())
     assert sorted(p.name for p in Path(bundled).iterdir() if p.is_dir()) == shipped
+    # Every file a checkpoint folder ships is installed with it (the training curves too), and nothing else.
+    for name in shipped:
+        assert sorted(p.name for p in (Path(bundled) / name).iterdir()) == \
+            sorted(p.name for p in (ROOT / "checkpoints" / name).iterdir())
