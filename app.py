@@ -40,9 +40,9 @@ from starlette.middleware import Middleware
 
 from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
-from kaldn.comparison import (METRIC_HEADERS, ComparisonRun, RunStore, default_pair, default_variants,
-                              metrics_table, pair_choices, requested_keys, resolve_variant, run_comparison,
-                              runnable_selection)
+from kaldn.comparison import (DEFAULT_REGION_SIZE, METRIC_HEADERS, REGION_SIZES, ComparisonRun, RunStore,
+                              default_pair, default_variants, metrics_table, pair_choices, region_size,
+                              requested_keys, resolve_variant, run_comparison, runnable_selection)
 from kaldn.comparison import variant_choices as compare_choices
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
@@ -371,6 +371,7 @@ def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
 def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
                 crop_size: Any, request: gr.Request = None, progress=gr.Progress()):
     """Upscale with every chosen variant; returns outputs, crops, metrics and downloads."""
+    region_size(crop_size)  # refused before the run replaces the session's last one
     mode = mode if mode in ("hr", "lr") else "hr"
     session = session_of(request)
     image = uploaded(image, "The image")
@@ -399,6 +400,7 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
 def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
                   crop_size: Any, request: gr.Request = None) -> None:
     """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
+    region_size(crop_size)
     mode = mode if mode in ("hr", "lr") else "hr"
     image = uploaded(image, "The image")
     ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
@@ -441,18 +443,23 @@ def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = N
     return run.slider(left, right), pair, note
 
 
+@shows_user_errors
 @quick_view
 def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, request: gr.Request = None):
     """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
-    view = need_run(run_id, request).zoom((evt.index[0], evt.index[1]), crop_size)
+    index = getattr(evt, "index", None)
+    if not isinstance(index, (list, tuple)) or len(index) != 2:
+        raise UserError("Click a point on the picture to zoom there.")
+    view = need_run(run_id, request).zoom((index[0], index[1]), crop_size)
     return view.picker, view.labelled(), *view.center
 
 
+@shows_user_errors
 @quick_view
 def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
     """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
     slider's pair differs most)."""
-    center = None if x is None or y is None else (float(x), float(y))
+    center = None if x is None or y is None else (x, y)
     view = need_run(run_id, request).zoom(center, crop_size)
     return view.picker, view.labelled(), *view.center
 
@@ -558,7 +565,7 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
         with gr.Column(scale=2, min_width=280):
             picker = gr.Image(label="Click to choose the zoom region", format="png", interactive=False,
                               height=340, elem_id="kaldn-picker", buttons=["fullscreen"])
-            crop_size = gr.Slider(16, 256, value=64, step=4, label="Region size (output pixels)")
+            crop_size = gr.Slider(*REGION_SIZES, value=DEFAULT_REGION_SIZE, step=4, label="Region size (output pixels)")
             with gr.Row():
                 cx = gr.Number(label="Region centre x", precision=0, min_width=80, elem_id="kaldn-cx")
                 cy = gr.Number(label="Region centre y", precision=0, min_width=80, elem_id="kaldn-cy")
@@ -790,26 +797,23 @@ def how_choices(session: str | None = None) -> list[tuple[str, str]]:
     return inspection_choices(available_models()) + own
 
 
-def model_path(model_ref: str, request: gr.Request | None) -> str:
-    """What the loader takes: a bundled model's name, or the folder of one of the session's own models."""
-    entry = SESSION_MODELS.for_owner(session_of(request)).get(model_ref)
-    return str(entry.path) if entry is not None else model_ref
-
-
-def check_model_ref(model_ref: str, request: gr.Request | None) -> None:
-    """A model the session may inspect: a bundled one, or one of its own fine-tuned models."""
+def kernel_view_of(model_ref: str | None, layer: str | None, request: gr.Request | None):
+    """The kernel view of a model the session may inspect: a bundled one (by name), or one of its own (by key,
+    loaded from its folder)."""
+    if not model_ref:
+        raise UserError("Choose a model with depthwise layers first.")
     if model_ref not in {value for _, value in how_choices(session_of(request))}:
         raise UserError("Unknown model: choose one from the list.")
+    entry = SESSION_MODELS.for_owner(session_of(request)).get(model_ref)
+    ref, label = (str(entry.path), entry.label) if entry is not None else (model_ref, model_ref)
+    return kernel_view(CACHE, ref, layer, label=label)
 
 
 @shows_user_errors
 @quick_view
 def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """Choose a model: its layers, and the kernels of the current (or a default) layer, plus its gate report."""
-    if not model_ref:
-        raise gr.Error("No model with depthwise layers is available.", print_exception=False)
-    check_model_ref(model_ref, request)
-    view = kernel_view(CACHE, model_path(model_ref, request), layer)
+    view = kernel_view_of(model_ref, layer, request)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
             table(view.gate_headers, view.gate_rows), view.gate_note)
 
@@ -818,10 +822,7 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
 @quick_view
 def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """The depthwise kernels of one layer as heat maps, with det/avg/max pooled values and 1 + a."""
-    if not model_ref:
-        raise gr.Error("Choose a model first.", print_exception=False)
-    check_model_ref(model_ref, request)
-    view = kernel_view(CACHE, model_path(model_ref, request), layer)
+    view = kernel_view_of(model_ref, layer, request)
     return view.grid, table(KERNEL_HEADERS, view.kernel_rows)
 
 

@@ -56,7 +56,7 @@ from .session_models import SessionModels, is_session_key
 
 log = logging.getLogger("kaldn.comparison")
 
-__all__ = ["BICUBIC", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
+__all__ = ["BICUBIC", "DEFAULT_REGION_SIZE", "REGION_SIZES", "region_size", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
            "MapsView", "ResolvedVariant", "RunStore", "VariantResult", "ZoomView", "default_pair", "default_variants",
            "metrics_table", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison",
            "runnable_selection", "save_outputs", "variant_choices", "variant_label", "zoom_crops"]
@@ -401,6 +401,31 @@ def save_outputs(comparison: Comparison, folder: str | Path) -> dict[str, Path]:
 
 # --- display: zoomed crops and the slider's pairs ---------------------------------------------------------
 
+REGION_SIZES = (16, 256)  # the zoom region's side, output pixels: smallest, largest
+DEFAULT_REGION_SIZE = 64
+
+
+def _finite(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise UserError(f"{what} must be a number, got {str(value)[:40]!r}.")
+    return number
+
+
+def region_size(value: Any) -> int:
+    """The zoom region's side from a client (None: the default), checked: a whole number within REGION_SIZES."""
+    if value is None:
+        return DEFAULT_REGION_SIZE
+    size = _finite(value, "The region size")
+    low, high = REGION_SIZES
+    if not low <= size <= high:
+        raise UserError(f"The region size must be from {low} to {high} output pixels, got {size:g}.")
+    return int(round(size))
+
+
 def zoom_crops(comparison: Comparison, center: tuple[float, float] | None = None, size: int = 64,
                display: int = 256) -> tuple[list[tuple[np.ndarray, str]], tuple[int, int, int, int]]:
     """The same region from the LR input, every result and the ground truth, enlarged (nearest neighbour).
@@ -632,10 +657,12 @@ class ComparisonRun:
         pair, pair_note = self.pair_view(left, right)
         return MapsView(errors, errors_note, pair, pair_note)
 
-    def zoom(self, center: tuple[float, float] | None, size: Any) -> ZoomView:
+    def zoom(self, center: tuple[Any, Any] | None, size: Any) -> ZoomView:
         """Crops of the same region (about ``size`` output pixels, centred on ``center``; None: where the slider's
         pair differs most, see :meth:`default_center`)."""
-        size = int(size or 64)
+        size = region_size(size)
+        if center is not None:
+            center = (_finite(center[0], "The region's x"), _finite(center[1], "The region's y"))
         if center is None:
             center = self.default_center(size)
         crops, region = zoom_crops(self.comparison, center, size)

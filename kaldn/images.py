@@ -7,6 +7,9 @@ to show a user (never a raw PIL/OSError traceback):
 * modes: RGB, RGBA, grayscale ``L`` and ``1`` (replicated to RGB), ``LA``
   (to RGBA), palette ``P`` (RGBA if it has transparency, else RGB), CMYK /
   YCbCr (to RGB), 16-bit grayscale ``I;16`` / ``I`` (to uint16 RGB);
+* formats: PNG, JPEG, WebP, BMP, TIFF, GIF and PPM only; Pillow opens many
+  more, some through external programs (EPS runs Ghostscript), none of them
+  a photo format a user needs;
 * EXIF orientation is applied, so phone photos come out upright;
 * the pixel count is checked *before* decoding, so a small file that claims to
   be huge (a decompression bomb) is refused without allocating memory;
@@ -40,6 +43,7 @@ from PIL import Image, ImageOps
 
 __all__ = [
     "ImageError",
+    "TooLargeError",
     "DEFAULT_MAX_PIXELS",
     "MAX_PIXELS_ENV",
     "max_pixels_limit",
@@ -50,6 +54,8 @@ __all__ = [
     "tensor_to_image",
 ]
 
+# What Image.open may decode (Pillow names); anything else is "not an image in a format that can be read".
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 DEFAULT_MAX_PIXELS = 4096 * 4096
 """Largest image (width * height) accepted unless ``KALDN_MAX_PIXELS`` says otherwise."""
 
@@ -60,6 +66,14 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image,
 
 class ImageError(ValueError):
     """An input image that cannot be used; ``str(err)`` is a message for the user."""
+
+
+class TooLargeError(ImageError):
+    """Over the pixel limit, found from the header before decoding; ``size`` = (width, height) if known."""
+
+    def __init__(self, message: str, size: tuple[int, int] | None = None) -> None:
+        super().__init__(message)
+        self.size = size
 
 
 def max_pixels_limit() -> int:
@@ -87,10 +101,9 @@ def _check_size(width: int, height: int, max_pixels: int, label: str = "the imag
     if width <= 0 or height <= 0:
         raise ImageError(f"{_cap(label)} is empty ({width}x{height} pixels).")
     if width * height > max_pixels:
-        raise ImageError(
+        raise TooLargeError(
             f"{_cap(label)} is too large: {width}x{height} is over the {_megapixels(max_pixels)}-megapixel limit "
-            f"({width * height:,} pixels, the limit is {max_pixels:,})."
-        )
+            f"({width * height:,} pixels, the limit is {max_pixels:,}).", (width, height))
 
 
 def _cap(text: str) -> str:
@@ -188,12 +201,12 @@ def load_image_with_notes(
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(opener)  # lazy: reads the header only
+            im = Image.open(opener, formats=IMAGE_FORMATS)  # lazy: reads the header only
     except Image.DecompressionBombError as exc:
         # PIL refuses before we see the size; its message has the pixel count (over 2 x 89 megapixels).
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)):,} pixels" if found else "its size"
-        raise ImageError(f"{_cap(label)} is too large: {size} is over the {_megapixels(limit)}-megapixel limit.") from exc
+        raise TooLargeError(f"{_cap(label)} is too large: {size} is over the {_megapixels(limit)}-megapixel limit.") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageError(f"{_cap(label)} is not an image in a format that can be read.") from exc
     except OSError as exc:

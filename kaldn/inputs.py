@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from .errors import UserError
-from .images import ImageError, load_image_with_notes
+from .images import ImageError, TooLargeError, load_image_with_notes
 from .models import check_scale, scales
-from .resize import crop_to_scale, make_lr
+from .resize import make_lr
 
 __all__ = ["MIN_LR_SIDE", "Inputs", "check_inputs", "image_source", "measurement_input", "prepare_inputs"]
 
@@ -153,21 +153,36 @@ def _load_checked(image: Any, scale: Any, mode: str, ground_truth: Any, max_pixe
     notes += _describe_image(img, "The LR image", load_notes)
     gt = None
     if ground_truth is not None:
-        gt_limit = None if max_pixels is None else max_pixels * scale * scale
-        gt, gt_notes = load_image_with_notes(ground_truth, max_pixels=gt_limit, name=gt_name)
+        # Refused from its header when larger than it could be at any scale (or than any output may be),
+        # before a pixel is decoded.
+        gt_limit = h * w * max(scales()) ** 2
+        if max_output_pixels is not None:
+            gt_limit = min(gt_limit, max_output_pixels)
+        try:
+            gt, gt_notes = load_image_with_notes(ground_truth, max_pixels=gt_limit, name=gt_name)
+        except TooLargeError as exc:
+            if exc.size is None:
+                raise
+            raise UserError(_gt_mismatch(exc.size, (w, h), scale)) from None
         gh, gw = gt.shape[:2]
         if (gh, gw) != (h * scale, w * scale):
-            message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
-                       f"must be exactly {w * scale}x{h * scale}.")
-            other = [s for s in scales() if (gh, gw) == (h * s, w * s)]
-            if other:
-                message += f" It matches x{other[0]}: choose scale {other[0]}."
-            elif crop_to_scale(gt, scale).shape[:2] == (h * scale, w * scale):
-                message += (f" Crop it to {w * scale}x{h * scale} (bottom/right), or upload it alone in HR mode, "
-                            "which crops it and makes the LR input for you.")
-            raise UserError(message)
+            raise UserError(_gt_mismatch((gw, gh), (w, h), scale))
         notes += _describe_image(gt, "The ground truth", gt_notes)
     return img, gt, scale, notes
+
+
+def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> str:
+    """Why a ground truth of ``gt_size`` (width, height) does not fit an LR image at ``scale``, and what would."""
+    (gw, gh), (w, h) = gt_size, lr_size
+    message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
+               f"must be exactly {w * scale}x{h * scale}.")
+    other = [s for s in scales() if (gh, gw) == (h * s, w * s)]
+    if other:
+        message += f" It matches x{other[0]}: choose scale {other[0]}."
+    elif (gh - gh % scale, gw - gw % scale) == (h * scale, w * scale):  # what crop_to_scale would leave
+        message += (f" Crop it to {w * scale}x{h * scale} (bottom/right), or upload it alone in HR mode, "
+                    "which crops it and makes the LR input for you.")
+    return message
 
 
 def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None, mode: str = "hr",

@@ -180,8 +180,9 @@ def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = Non
         try:
             model = cache.raw(name)
         except MODEL_ERRORS as exc:
+            # The exception's own text may hold a server path: not shown.
             missing.append(f"{name} (no checkpoint)" if isinstance(exc, FileNotFoundError)
-                           else f"{name} ({exc})")
+                           else f"{name} (its checkpoint cannot be read)")
             continue
         stats[conv] = depthwise_stats(model, lr)
     if not stats:
@@ -374,15 +375,18 @@ class KernelView:
     gate_note: str = ""                          # Markdown: why the report is empty, or its dead gates
 
 
-def kernel_view(cache: ModelCache, ref: str, layer: str | None = None) -> KernelView:
-    """The kernels of ``layer`` (default: the third depthwise layer) of model ``ref`` and its gate report."""
+def kernel_view(cache: ModelCache, ref: str, layer: str | None = None, label: str | None = None) -> KernelView:
+    """The kernels of ``layer`` (default: the third depthwise layer) of model ``ref`` and its gate report.
+    Messages name the model by ``label`` (default ``ref``; a session model's ``ref`` is a server folder)."""
+    label = label or ref
     try:
         model = cache.raw(ref)
     except MODEL_ERRORS as exc:
-        raise UserError(f"Cannot load {ref}: {exc}") from None
+        why = "it is no longer available" if isinstance(exc, FileNotFoundError) else "its checkpoint cannot be read"
+        raise UserError(f"Cannot load {label}: {why}.") from None
     layers = kernel_layers(model)
     if not layers:
-        raise UserError(f"{ref} has no depthwise layers to show.")
+        raise UserError(f"{label} has no depthwise layers to show.")
     layer = layer if layer in layers else layers[min(2, len(layers) - 1)]
     table = kernel_table(model, layer)
     gate_headers, gate = gate_rows(model)

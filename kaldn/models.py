@@ -83,7 +83,7 @@ def check_scale(scale: Any) -> int:
     message = f"The scale must be one of {', '.join(map(str, valid))}, got {scale!r}."
     try:
         value = int(scale)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         raise UserError(message) from None
     if value not in valid or float(scale) != value:
         raise UserError(message)

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from .checkpoint import CONFIG_NAME, read_config
 from .convert import PUBLISHED, ConversionError, convert_isolated
 from .errors import BusyError, UserError
-from .models import model_label, parse_model_name
+from .models import check_scale, model_label, parse_model_name
 
 __all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint",
            "is_session_key"]
@@ -212,12 +212,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         raise UserError(f"Unknown architecture {arch!r}; choose one from the list.")
     if arch is None and suffix != ".safetensors":
         raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")
-    try:
-        scale_value = int(scale) if arch is not None else None
-    except (TypeError, ValueError):
-        raise UserError(f"The scale must be 2, 3 or 4, got {scale!r}.") from None
-    if scale_value is not None and scale_value not in (2, 3, 4):
-        raise UserError(f"The scale must be 2, 3 or 4, got {scale_value}.")
+    scale_value = check_scale(scale) if arch is not None else None
     if not registry.has_room(owner):
         raise BusyError("The server holds as many session models as it can; try again when other sessions "
                         "have ended.")

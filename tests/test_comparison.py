@@ -413,3 +413,31 @@ def test_large_error_maps_shrink_for_the_overview_without_losing_a_hotspot():
     tile = _tile(image)
     assert max(tile.shape[:2]) <= 512 and tile.max() == 255
     assert _tile(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)  # small ones enlarged
+
+
+def test_a_ground_truth_larger_than_any_scale_allows_is_refused_from_its_header():
+    """In LR mode the ground truth must be the LR size x scale; one that claims more pixels than the largest
+    scale could need is refused before a pixel is decoded (a small file may claim a huge size)."""
+    from test_images import _png_header_only
+    lr = rng_image(16, 16)
+    with pytest.raises(UserError, match="ground truth is 2000x2000.*must be exactly 64x64"):  # not "damaged"
+        prepare_inputs(lr, 4, "lr", _png_header_only(2000, 2000), max_pixels=4096 * 4096)
+    # A real ground truth at another scale still gets the helpful message.
+    with pytest.raises(UserError, match="choose scale 4"):
+        prepare_inputs(lr, 2, "lr", rng_image(64, 64), max_pixels=4096 * 4096)
+
+
+def test_zoom_refuses_sizes_and_centres_that_are_not_finite_numbers_in_range(tmp_path):
+    run, _ = _synthetic_run(tmp_path)
+    assert run.zoom((10, 10), None).picker is not None  # None: the default size
+    for size, message in [(float("nan"), "must be a number"), ("big", "must be a number"),
+                          (float("inf"), "must be a number"), (8, "from 16 to 256"), (1e9, "from 16 to 256")]:
+        with pytest.raises(UserError, match=message):
+            run.zoom((10, 10), size)
+    for centre in [(float("nan"), 3), (3, float("-inf")), ("x", 3), (None, 3)]:
+        with pytest.raises(UserError, match="must be a number"):
+            run.zoom(centre, 64)
+    from kaldn.models import check_scale
+    for scale in [float("inf"), float("nan"), "4.5", 10**30]:
+        with pytest.raises(UserError, match="scale must be one of"):
+            check_scale(scale)

@@ -471,3 +471,15 @@ def test_cmyk_and_exif_rotation_are_noted(tmp_path: Path) -> None:
     assert out.shape == (40, 20, 3) and notes == ["'o.jpg' was turned upright as its EXIF orientation tag says."]
     out, notes = load_image_with_notes(Image.new("YCbCr", (4, 4), (128, 128, 128)))
     assert out.shape == (4, 4, 3) and notes == ["The image is in the YCbCr colour space: converted to RGB."]
+
+
+@pytest.mark.parametrize("fmt", ["SGI", "TGA", "PCX", "EPS"])
+def test_formats_outside_the_photo_formats_are_refused_unopened(tmp_path: Path, fmt: str) -> None:
+    """Pillow can read these (EPS through Ghostscript); the loader opens only PNG, JPEG, WebP, BMP, TIFF, GIF
+    and PPM, whatever the suffix says."""
+    path = tmp_path / "disguised.png"
+    Image.fromarray(_rgb()).save(path, format=fmt)  # Pillow writes EPS without Ghostscript
+    with Image.open(path) as im:
+        assert im.format == fmt  # Pillow alone would open it (EPS: its header; decoding runs Ghostscript)
+    with pytest.raises(ImageError, match="not an image in a format that can be read"):
+        load_image(path)
