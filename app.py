@@ -26,6 +26,8 @@ import inspect
 import logging
 import os
 import tempfile
+import threading
+import time
 import weakref
 from contextlib import closing
 from pathlib import Path
@@ -89,6 +91,26 @@ FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters
 # Every session's last comparison; a run lives as long as the session's state (+ a minute), never longer.
 RUNS = RunStore(instance_root(OUT_ROOT), memory_bytes=SETTINGS.run_memory, max_age_s=SETTINGS.session_ttl + 60)
 _DEMOS: "weakref.WeakSet[gr.Blocks]" = weakref.WeakSet()  # the built apps, whose queues SLOTS looks into
+SWEEP_INTERVAL_S = 60.0
+
+
+def sweep_expired() -> None:
+    """Delete expired runs and unused session models now. Saving a run or adding a model sweeps too, but a quiet
+    server does neither, and a session whose state Gradio evicts never calls its delete callback."""
+    RUNS.prune()
+    SESSION_MODELS.expire()
+
+
+def _sweep_forever() -> None:
+    while True:
+        time.sleep(SWEEP_INTERVAL_S)
+        try:
+            sweep_expired()
+        except Exception:  # a sweep must never stop the sweeping
+            log.exception("sweeping expired runs and models failed")
+
+
+_SWEEPER = threading.Thread(target=_sweep_forever, name="kaldn-sweeper", daemon=True)
 
 
 def queued_events(session: str) -> int:
@@ -106,6 +128,9 @@ def queued_events(session: str) -> int:
 
 SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events)
 VIEWS = SingleFlight(limit=8)  # views outside the queue: one per session, eight at once
+# Lists and tables (a mode's labels, model lists, the zoo, the results plots): cheap, also outside the queue so
+# a flood of them cannot fill it; a few per session at once (a page load asks for several).
+LISTS = SingleFlight(limit=16, per_session=3)
 
 PAPERS = """
 **Papers.** [001] *ALDNet*: "Attention-aware Linear Depthwise Convolution for Single Image Super-Resolution"
@@ -283,20 +308,27 @@ def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
 
-def quick_view(fn):
-    """A view (slider, zoom, kernels) runs outside the queue, so a flood of views cannot fill it: one per
-    session at a time and at most ``VIEWS.limit`` in all, extra calls refused at once."""
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        session = session_of(_request_in(args, kwargs))
-        if not VIEWS.enter(session):
-            raise gr.Error(**titled("One at a time", "a view of yours is still being drawn, or the server is "
-                                    "busy: try again in a moment."), print_exception=False)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            VIEWS.leave(session)
-    return call
+def outside_queue(limiter: SingleFlight, refusal: str):
+    """For a handler that runs outside the queue (``queue=False``): bounded by ``limiter`` per session and in
+    all, extra calls refused at once with ``refusal``."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            session = session_of(_request_in(args, kwargs))
+            if not limiter.enter(session):
+                raise gr.Error(**titled("One at a time", refusal), print_exception=False)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                limiter.leave(session)
+        return call
+    return wrap
+
+
+# A view (slider, zoom, kernels): one per session at a time and at most VIEWS.limit in all.
+quick_view = outside_queue(VIEWS, "a view of yours is still being drawn, or the server is busy: try again in a "
+                                  "moment.")
+light_call = outside_queue(LISTS, "the server is busy: try again in a moment.")
 
 
 def admitted(fn):
@@ -464,7 +496,8 @@ def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request
     return view.picker, view.labelled(), *view.center
 
 
-def set_mode(mode: str):
+@light_call
+def set_mode(mode: str, request: gr.Request = None):
     """Relabel the upload for HR / LR mode and show the ground-truth upload in LR mode only."""
     if mode == "lr":
         return (gr.update(label="LR image (network input)"),
@@ -473,6 +506,7 @@ def set_mode(mode: str):
 
 
 @shows_user_errors
+@light_call
 def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request = None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
     scale, available = check_scale(scale), available_models()
@@ -576,8 +610,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     files = gr.File(label="Downloads: lossless PNG outputs and metrics.csv", file_count="multiple",
                     interactive=False, height=560, elem_id="kaldn-files")  # 10+ files without scrolling
 
-    mode.change(set_mode, [mode], [image, gt], api_name="set_mode")
-    scale.change(variant_choices, [scale, variants], [variants], api_name="variant_choices")
+    mode.change(set_mode, [mode], [image, gt], api_name="set_mode", queue=False)
+    scale.change(variant_choices, [scale, variants], [variants], api_name="variant_choices", queue=False)
     compare_inputs = [mode, image, gt, scale, variants, device, crop_size]
     compare_outputs = [state, status, slider, left, right, picker, gallery, metrics, files, cx, cy,
                        pair_map, pair_note, errors, errors_note]
@@ -613,7 +647,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
 # --- Model zoo tab ----------------------------------------------------------------------------------------
 
 @shows_user_errors
-def zoo(scale_filter: Any) -> pd.DataFrame:
+@light_call
+def zoo(scale_filter: Any, request: gr.Request = None) -> pd.DataFrame:
     """The zoo table, all scales or one."""
     return table(*zoo_table(scale=scale_filter))
 
@@ -622,11 +657,11 @@ def zoo_tab() -> None:
     """Every evaluated model's measured numbers, cost and training budget, with the protocol explained."""
     gr.Markdown(ZOO_INTRO)
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
-    zoo_df = gr.Dataframe(zoo("all"), interactive=False, wrap=True, elem_id="kaldn-zoo",
+    zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
                           column_widths=["12%", "4%", "9%", "4%", "7%", "7%", "6%", "5%", "8%", "8%", "8%", "13%",
                                          "7%"],
                           max_height=4000)  # every row rendered: no scrolling inside the table
-    zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo")
+    zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo", queue=False)
 
 
 # --- Results tab ------------------------------------------------------------------------------------------
@@ -669,7 +704,8 @@ def _x_range(values: list[float]) -> list[float] | None:
 
 
 @shows_user_errors
-def results_view(scale: Any):
+@light_call
+def results_view(scale: Any, request: gr.Request = None):
     """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
     claims_md, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
     return (claims_md, gr.LinePlot(curves, y_lim=_y_range(curves["validation PSNR (dB)"].tolist())), curves_md,
@@ -698,7 +734,7 @@ def results_tab() -> SimpleNamespace:
                               y_lim=_y_range(curves0["validation PSNR (dB)"].tolist()))
     curves_md = gr.Markdown(curves_md0, elem_id="kaldn-curves-note")
     outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
-    scale.change(results_view, [scale], outputs, api_name="results")
+    scale.change(results_view, [scale], outputs, api_name="results", queue=False)
     return SimpleNamespace(scale=scale, outputs=outputs)
 
 
@@ -875,6 +911,7 @@ def how_tab() -> SimpleNamespace:
 
 # --- layout -----------------------------------------------------------------------------------------------
 
+@light_call
 def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
                    request: gr.Request = None):
     """Refresh every model list (after fine-tuning, or on page load): the session sees its own models only."""
@@ -915,21 +952,23 @@ def build_demo() -> gr.Blocks:
 
         # Across tabs: a fine-tuned model joins every model list; the hasty ReLU measures the Compare image.
         lists = [compare.scale, compare.variants, tune.base, how.model]
-        tune.trained.then(refresh_models, lists, lists[1:], api_name="refresh_after_finetune")
-        compare.added.success(refresh_models, lists, lists[1:], api_name="refresh_after_checkpoint")
-        demo.load(refresh_models, lists, lists[1:], api_name="refresh_models")
+        tune.trained.then(refresh_models, lists, lists[1:], api_name="refresh_after_finetune", queue=False)
+        compare.added.success(refresh_models, lists, lists[1:], api_name="refresh_after_checkpoint", queue=False)
+        demo.load(refresh_models, lists, lists[1:], api_name="refresh_models", queue=False)
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
-                               validator=admit_hasty)
+                               concurrency_id="compute", validator=admit_hasty)
         how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works",
                         queue=False).then(
             hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False,
-            validator=admit_hasty)
+            concurrency_id="compute", validator=admit_hasty)
         demo.unload(end_session)
 
     # api_open=False: /gradio_api/run/... cannot skip the queue (and its concurrency limit).
     demo.queue(default_concurrency_limit=SETTINGS.concurrency, max_size=SETTINGS.queue_size, api_open=False)
     _DEMOS.add(demo)
+    if not _SWEEPER.is_alive():
+        _SWEEPER.start()
     return demo
 
 

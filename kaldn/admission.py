@@ -93,28 +93,33 @@ class SessionSlots:
 
 
 class SingleFlight:
-    """At most one call per session at a time and ``limit`` in all; ``enter`` never waits (False: refused).
+    """At most ``per_session`` calls per session at a time and ``limit`` in all; ``enter`` never waits (False:
+    refused).
 
-    For quick views that run outside the queue: without the queue's order, this is what bounds them.
+    For quick calls that run outside the queue: without the queue's order, this is what bounds them.
     """
 
-    def __init__(self, limit: int = 8) -> None:
-        self.limit = limit
-        self._active: set[str] = set()
+    def __init__(self, limit: int = 8, per_session: int = 1) -> None:
+        self.limit, self.per_session = limit, per_session
+        self._active: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def enter(self, session: str | None) -> bool:
         if not session:
             return False
         with self._lock:
-            if session in self._active or len(self._active) >= self.limit:
+            if self._active.get(session, 0) >= self.per_session or sum(self._active.values()) >= self.limit:
                 return False
-            self._active.add(session)
+            self._active[session] = self._active.get(session, 0) + 1
             return True
 
     def leave(self, session: str | None) -> None:
         with self._lock:
-            self._active.discard(session or "")
+            left = self._active.get(session or "", 0) - 1
+            if left > 0:
+                self._active[session or ""] = left
+            else:
+                self._active.pop(session or "", None)
 
 
 def _upload_route(scope) -> bool:

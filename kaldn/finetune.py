@@ -261,6 +261,9 @@ class FineTuneManager:
                 raise UserError(f"Unknown base model {settings.base!r}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
+        if not self.registry.has_room(owner):  # asked before training, not after
+            raise BusyError("The server holds as many session models as it can; try again when other sessions "
+                            "have ended.")
         if not self._lock.acquire(blocking=False):
             raise BusyError("Another fine-tuning job is running on this server (one at a time, to keep the "
                             "demo responsive). Try again when it has finished.")
@@ -352,12 +355,13 @@ class FineTuneManager:
                 job.thread.join(timeout=60)
             if not followed:  # nobody will see or use this model: leave nothing behind
                 shutil.rmtree(job.folder, ignore_errors=True)
+        entry = None
         try:
             if job.error:
                 raise FineTuneError(f"Fine-tuning failed: {job.error}")
-            entry = self.register(job)
+            entry = self.register(job)  # BusyError when the server filled up while it trained
         finally:
-            if job.error or job.checkpoint_dir() is None:
+            if entry is None:  # failed, nothing trained, or not registered: the registry will never delete it
                 shutil.rmtree(job.folder, ignore_errors=True)
         vals = [h for h in history if h["event"] == "validation"]
         status = job.result.status if job.result is not None else ""

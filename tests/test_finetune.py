@@ -77,3 +77,26 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     next(updates)
     updates.close()
     assert not manager.busy
+
+
+def test_a_full_server_refuses_before_training_and_a_job_it_cannot_keep_leaves_nothing(use_throwaway, tmp_path):
+    images = []
+    for i in range(2):
+        save_png(rng_image(64, 64, seed=i), tmp_path / f"{i}.png")
+        images.append(tmp_path / f"{i}.png")
+    registry = SessionModels(cap=8, total_cap=1)
+    registry.add(tmp_path / "other", "tiny-ldsconv-x2", owner="someone")  # the server is now full
+    manager = FineTuneManager(registry, root=tmp_path / "jobs", max_iters=50)
+    settings = FineTuneSettings("tiny-ldsconv-x2", iters=5, lr=2e-4, batch=2, patch=16, device="cpu")
+    with pytest.raises(BusyError, match="as many session models"):
+        manager.start(images, settings, owner="a")
+    assert not manager.busy and list((tmp_path / "jobs").glob("*")) == []
+    # It filled up while the job trained: refused at the end, and the job's folder (the user's images, the
+    # checkpoints) is removed, not left behind.
+    registry.total_cap = 2
+    updates = manager.run(images, settings, owner="a", min_interval=0.0)
+    next(updates)
+    registry.add(tmp_path / "another", "tiny-ldsconv-x2", owner="someone else")
+    with pytest.raises(BusyError):
+        list(updates)
+    assert not manager.busy and list((tmp_path / "jobs").glob("*")) == []

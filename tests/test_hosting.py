@@ -395,7 +395,10 @@ def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
     import httpx
     dependencies = httpx.get(f"{served['url']}config", timeout=30).json()["dependencies"]
     queued = {d.get("api_name"): d.get("queue") for d in dependencies}
-    for view in ("slider_pair", "zoom", "select_region", "kernels", "kernel_model", "open_how_it_works"):
+    for view in ("slider_pair", "zoom", "select_region", "kernels", "kernel_model", "open_how_it_works",
+                 # and the cheap lists and tables, which had no validator to stop one session filling the queue
+                 "set_mode", "variant_choices", "zoo", "results", "refresh_models", "refresh_after_finetune",
+                 "refresh_after_checkpoint"):
         assert queued[view] is False, view  # a flood of views cannot fill the queue the jobs wait in
     guard = SingleFlight(limit=2)
     assert guard.enter("a") and not guard.enter("a")  # one view per session at a time
@@ -403,6 +406,23 @@ def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
     assert not guard.enter(None)  # no session, no view
     guard.leave("a")
     assert guard.enter("c")
+    lists = SingleFlight(limit=3, per_session=2)
+    assert lists.enter("a") and lists.enter("a") and not lists.enter("a")  # two per session
+    assert lists.enter("b") and not lists.enter("c")  # three in all
+    lists.leave("a")
+    assert lists.enter("c") and not lists.enter("a")
+    lists.leave("a"), lists.leave("a")
+    assert lists.enter("a")
+    # Every queued event but the cheap ones has a validator: nothing else one session can pile into the queue.
+    demo = next(iter(served["app"]._DEMOS))
+    unguarded = [f.api_name or f.name for f in demo.fns.values() if f.queue and f.validator is None
+                 and not f.is_validator_function]
+    assert unguarded == ["end_session"], unguarded  # the unload listener: Gradio runs it on a disconnect
+    # Every job that loads images or models waits in one line: one heavy job at a time (per the limit).
+    heavy = {f.api_name: f.concurrency_id for f in demo.fns.values()
+             if f.api_name in ("compare", "check_compare", "check_upload", "add_checkpoint", "hasty_relu",
+                               "hasty_relu_on_open", "compare_example", "check_compare_example")}
+    assert len(heavy) == 8 and set(heavy.values()) == {"compute"}, heavy
 
 
 def test_a_path_ending_in_upload_is_not_exempt_from_the_body_cap(served):
@@ -463,3 +483,20 @@ def test_names_remote_file_finds_a_url_path_at_any_depth_and_nothing_else():
     assert names_remote_file([{"path": "  HTTPS://a/b.png"}])
     assert not names_remote_file({"data": [{"path": "/tmp/gradio/x.png", "url": "http://host/gradio_api/file=x"}]})
     assert not names_remote_file({"data": ["http://a/b.png", {"url": "https://a/b.png"}], "path": 3})
+
+
+def test_a_quiet_server_still_deletes_expired_runs_and_session_models(served, tmp_path):
+    """Saving a run or adding a model sweeps; the app's sweeper thread also does when nothing happens."""
+    app = served["app"]
+    assert app._SWEEPER.is_alive()
+    folder = tmp_path / "model"
+    folder.mkdir()
+    entry = app.SESSION_MODELS.add(folder, "tiny-ldsconv-x2", delete_dir=folder, owner="quiet")
+    run_id, run = app.RUNS.save(run_comparison(prepare_inputs(rng_image(24, 24), 2, "lr"), ["bicubic"]), "quiet")
+    app.sweep_expired()  # nothing has expired yet
+    assert folder.is_dir() and run.folder.is_dir()
+    entry.last_used -= app.SESSION_MODELS.max_idle_s + 1
+    app.RUNS._runs[run_id].created -= app.RUNS.max_age_s + 1
+    app.sweep_expired()
+    assert not folder.exists() and app.SESSION_MODELS.get(entry.key) is None
+    assert not run.folder.exists() and app.RUNS.get(run_id, "quiet") is None
