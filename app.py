@@ -987,7 +987,10 @@ def launch_kwargs() -> dict[str, Any]:
         "max_file_size": SETTINGS.max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
         # Outermost first: the body is capped before LocalFilesOnly reads it whole.
-        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body), Middleware(LocalFilesOnly)]},
+        "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body,
+                                                 max_upload=SETTINGS.max_upload_body,
+                                                 min_free=SETTINGS.min_free_disk, disk=get_upload_folder()),
+                                      Middleware(LocalFilesOnly)]},
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not

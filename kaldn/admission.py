@@ -14,6 +14,8 @@ session's events the queue still holds, so a session is never locked out for goo
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -129,19 +131,29 @@ def _upload_route(scope) -> bool:
 
 
 class BodyLimit:
-    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413) on every route but Gradio's
-    file upload, which ``max_file_size`` caps. Without it, a file sent inline (a ``data:`` URL) or junk
-    JSON would be read into memory whole, whatever its size."""
+    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413), and uploads (Gradio's upload
+    route, several files per request) over ``max_upload``; an upload is also refused (507) while the disk
+    holding ``disk`` has less than ``min_free`` bytes free. Without it, a file sent inline (a ``data:`` URL) or
+    junk JSON would be read into memory whole, and uploads could fill the disk, whatever their size."""
 
-    def __init__(self, app: Callable, max_body: int) -> None:
-        self.app, self.max_body = app, max_body
+    def __init__(self, app: Callable, max_body: int, max_upload: int | None = None, min_free: int = 0,
+                 disk: str | None = None) -> None:
+        self.app, self.max_body, self.max_upload = app, max_body, max_upload
+        self.min_free, self.disk = min_free, disk
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or _upload_route(scope):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit, upload = self.max_body, _upload_route(scope)
+        if upload:
+            if self.disk is not None and self.min_free > 0 and _free_bytes(self.disk) < self.min_free:
+                return await _answer(send, 507, "The server is short of disk space for uploads; try again later.")
+            if self.max_upload is None:
+                return await self.app(scope, receive, send)
+            limit = self.max_upload
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            return await self._refuse(send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            return await self._refuse(send, limit, upload)
         received, started = 0, False
 
         async def limited_receive():
@@ -149,7 +161,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
                     raise _TooLarge
             return message
 
@@ -162,13 +174,26 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, limit, upload)
 
-    async def _refuse(self, send) -> None:
-        body = f"Request body over {self.max_body} bytes; send files through the upload route.".encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+    @staticmethod
+    async def _refuse(send, limit: int, upload: bool) -> None:
+        await _answer(send, 413, f"Upload over {limit} bytes in one request." if upload
+                      else f"Request body over {limit} bytes; send files through the upload route.")
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:  # not there yet: the disk it will be on
+        return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or "/").free
+
+
+async def _answer(send, status: int, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 class _TooLarge(Exception):
@@ -218,11 +243,8 @@ class LocalFilesOnly:
         except (ValueError, RecursionError):
             remote = False  # not JSON: Gradio refuses it on its own
         if remote:
-            text = b"Files must be uploaded through the upload route; a file named by URL is not fetched."
-            await send({"type": "http.response.start", "status": 400,
-                        "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(text)).encode())]})
-            await send({"type": "http.response.body", "body": text})
-            return
+            return await _answer(send, 400, "Files must be uploaded through the upload route; a file named by URL "
+                                            "is not fetched.")
         sent = False
 
         async def replay():

@@ -22,6 +22,8 @@ variable                           what                                        d
 ``KALDN_APP_MAX_CHECKPOINT_BYTES``  largest uploaded checkpoint              24 MiB
 ``KALDN_APP_CONVERT_MEMORY``       address space of one conversion process    2 GiB
 ``KALDN_APP_CONVERT_SECONDS``      wall-clock seconds of one conversion       120
+``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         201 MiB
+``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB
 =================================  ==========================================  ===============
 
 ``kaldn.hub``'s own settings (``KALDN_CHECKPOINTS``, ``KALDN_HUB_REPO``, ...) are read by the loader.
@@ -67,6 +69,8 @@ class AppSettings:
     max_checkpoint_bytes: int = 24 << 20  # under Gradio's upload cap (25mb); the peers' files are 2.5-3.3 MB
     convert_memory: int = 2 << 30         # a conversion needs ~0.7 GiB of address space (torch imported)
     convert_seconds: int = 120
+    max_upload_body: int = 201 << 20      # the fine-tune tab's 8 images at 25 MB, and the multipart framing
+    min_free_disk: int = 1 << 30
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -89,4 +93,6 @@ class AppSettings:
                    finetune_max_batch_pixels=env_int("KALDN_FINETUNE_MAX_BATCH_PIXELS", d.finetune_max_batch_pixels),
                    max_checkpoint_bytes=env_int("KALDN_APP_MAX_CHECKPOINT_BYTES", d.max_checkpoint_bytes),
                    convert_memory=env_int("KALDN_APP_CONVERT_MEMORY", d.convert_memory),
-                   convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds))
+                   convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds),
+                   max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", d.max_upload_body),
+                   min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk))

@@ -500,3 +500,38 @@ def test_a_quiet_server_still_deletes_expired_runs_and_session_models(served, tm
     app.sweep_expired()
     assert not folder.exists() and app.SESSION_MODELS.get(entry.key) is None
     assert not run.folder.exists() and app.RUNS.get(run_id, "quiet") is None
+
+
+def test_uploads_are_capped_per_request_and_refused_when_the_disk_is_short(tmp_path):
+    import asyncio
+    from kaldn.admission import BodyLimit
+
+    async def echo(scope, receive, send):  # the app behind: reads the whole body, answers 200
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def status(app, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)]
+        sent = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send))
+        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+    guard = BodyLimit(echo, max_body=10, max_upload=100, min_free=1, disk=str(tmp_path))
+    assert status(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 30])[0] == 200  # over max_body, under max_upload
+    code, text = status(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60])  # chunked: counted as it arrives
+    assert code == 413 and b"Upload over 100 bytes" in text
+    assert status(guard, "/gradio_api/queue/join", [b"x" * 11])[0] == 413
+    short = BodyLimit(echo, max_body=10, max_upload=100, min_free=1 << 62, disk=str(tmp_path / "not-yet"))
+    code, text = status(short, "/gradio_api/upload", [b"x"])
+    assert code == 507 and b"disk space" in text
+    assert status(short, "/gradio_api/queue/join", [b"x"])[0] == 200  # only uploads wait for disk
