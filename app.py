@@ -201,7 +201,7 @@ with `scale` pixels cropped from every border; each cell is the mean over Set5, 
 **Columns.** *Params*: trained parameters; *Params (fused)*: after KDSConv's weight-only attention is baked into
 the kernels, what inference costs (KDSConv = linear DSConv). *MACs*: multiply-adds of one forward pass on a
 256x256 input. *CPU ms*: median of 5 warm runs on a 256x256 input on this project's shared CPU; models with the
-same MACs differ by up to half here (285 to 420 ms at x4), which is the machine's noise, so compare MACs for cost.
+same MACs differ by up to 2x here (see the table), which is the machine's noise, so compare MACs for cost.
 Bicubic is the floor.
 Written by `python -m kaldn.evaluate` (`results/x{scale}.json`).
 """
