@@ -7,7 +7,7 @@ unreachable, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space
 under ``@spaces.GPU`` when the ``spaces`` package is importable, as a plain call otherwise.
 
 This file is the layout and the event wiring, one function per tab; every handler calls the library
-(``kaldn.inputs``, ``kaldn.comparison``, ``kaldn.results``, ``kaldn.finetune``, ``kaldn.inspection``) and
+(``kaldn.inputs``, ``kaldn.choices``, ``kaldn.comparison``, ``kaldn.runs``, ``kaldn.results``, ``kaldn.finetune``, ``kaldn.inspection``) and
 shows what it returns. Every event has an ``api_name``, so e.g.::
 
     from gradio_client import Client, handle_file
@@ -42,10 +42,9 @@ from starlette.middleware import Middleware
 
 from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
-from kaldn.comparison import (DEFAULT_REGION_SIZE, METRIC_HEADERS, REGION_SIZES, ComparisonRun, RunStore,
-                              default_pair, default_variants, metrics_table, pair_choices, region_size,
-                              requested_keys, resolve_variant, run_comparison, runnable_selection)
-from kaldn.comparison import variant_choices as compare_choices
+from kaldn.choices import default_variants, requested_keys, resolve_variant, runnable_selection
+from kaldn.choices import variant_choices as compare_choices
+from kaldn.comparison import METRIC_HEADERS, default_pair, metrics_table, pair_choices, run_comparison
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
@@ -56,6 +55,7 @@ from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, 
 from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)
+from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStore, region_size
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig

@@ -91,7 +91,7 @@ def main() -> None:
           f"seed 0, {args.threads} thread(s), torch {torch.__version__}; validation: every 10th training "
           "image held out (8 images)")
     quarter = [args.iters * k // 4 for k in (1, 2, 3, 4)]
-    print(f"\n| setting | CPU-hours | " + " | ".join(f"val PSNR @ {i}" for i in quarter) + " |")
+    print("\n| setting | CPU-hours | " + " | ".join(f"val PSNR @ {i}" for i in quarter) + " |")
     print("|---|---|" + "---|" * len(quarter))
     finals = {}
     for label in args.settings:

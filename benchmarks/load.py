@@ -280,7 +280,7 @@ def main() -> None:
         parser.error(f"--users must be 1..{MAX_USERS}, --flood 0..{MAX_FLOOD}, --solo >= 2")
 
     sys.path.insert(0, str(ROOT))
-    from kaldn.comparison import default_variants
+    from kaldn.choices import default_variants
     from kaldn.hub import available_models
     variants = args.variants or default_variants(args.scale, available_models())
 

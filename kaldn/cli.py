@@ -7,8 +7,8 @@
     kaldn cards checkpoints                                                  # python -m kaldn.cards
 
 A first argument that names a sub-command is that sub-command (an image file called ``train`` is
-upscaled with ``kaldn upscale train``). Sub-commands whose module is not part of this installation
-(``convert`` until it exists) are not offered.
+upscaled with ``kaldn upscale train``). A sub-command whose module an installation lacks is refused with a
+message, not a traceback.
 """
 
 from __future__ import annotations

@@ -12,12 +12,8 @@ No UI here: the app shows what these functions return, and every number it shows
 * The bicubic baseline is the project's MATLAB-compatible :func:`kaldn.resize.imresize`.
 * PSNR/SSIM are measured on the server's arrays (never on re-encoded browser images), on the Y
   channel, with ``scale`` border pixels cropped.
-* A variant key is a registered variant (``dsconv``, ``kdsconv-det``, ... resolved at the chosen scale
-  to its model on the app's backbone, see :func:`kaldn.models.variants`), ``bicubic``, a full model
-  name, or the key of a fine-tuned model (:mod:`kaldn.finetune`).
-
-:class:`ComparisonRun` is one run as the app keeps it: the outputs saved as lossless PNGs with a
-``metrics.csv``, the slider's two images, the zoomed crops and the status text.
+* What the variant keys are, and how a request is checked: :mod:`kaldn.choices`. How the app keeps a
+  run (files, views, memory budget): :mod:`kaldn.runs`.
 """
 
 from __future__ import annotations
@@ -25,13 +21,8 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import secrets
-import shutil
-import threading
 import time
-import uuid
-from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,147 +31,25 @@ import torch
 from torch import nn
 
 from .cache import MODEL_ERRORS, ModelCache
-from .display import clamp_region, crop_region, draw_region, enlarge_nearest, label_above, to_display
+from .choices import BICUBIC, requested_keys, resolve_variant, variant_label
+from .display import clamp_region, crop_region, enlarge_nearest, to_display
 from .errors import UserError
-from .images import load_image, save_png
+from .images import save_png
 from .inference import resolve_device, upscale
 from .inputs import Inputs
-from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
-                   pair_difference, render_pair_difference)
 from .metrics import evaluate_pair
-from .hub import available_models
-from .models import count_parameters, model_label, on_other_backbone, parse_model_name, variant_of, variants
-from .models import variants as registered_variants  # run_comparison's argument is also called variants
+from .models import count_parameters
 from .resize import imresize
-from .session_models import SessionModels, is_session_key
+from .session_models import SessionModels
 
 log = logging.getLogger("kaldn.comparison")
 
-__all__ = ["BICUBIC", "DEFAULT_REGION_SIZE", "REGION_SIZES", "region_size", "BICUBIC_LABEL", "GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "ComparisonRun",
-           "MapsView", "ResolvedVariant", "RunStore", "VariantResult", "ZoomView", "default_pair", "default_variants",
-           "metrics_table", "pair_choices", "pair_image", "pair_images", "resolve_variant", "run_comparison",
-           "runnable_selection", "save_outputs", "variant_choices", "variant_label", "zoom_crops"]
+__all__ = ["GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "VariantResult", "default_pair",
+           "metrics_table", "pair_choices", "pair_image", "pair_images", "run_comparison", "save_outputs",
+           "zoom_crops"]
 
-BICUBIC = "bicubic"
-BICUBIC_LABEL = "Bicubic"
 GROUND_TRUTH = "Ground truth"
 LR_INPUT = "LR input"
-
-
-# --- variants: what the user can choose, resolved at a scale ----------------------------------------------
-
-@dataclass
-class ResolvedVariant:
-    key: str
-    label: str
-    ref: str | None                 # what load_model takes: a model name or a checkpoint directory
-    model: str | None               # model name
-    unavailable: str | None = None  # why it cannot run at this scale
-
-
-def variant_label(key: str, registry: SessionModels | None = None) -> str:
-    if key == BICUBIC:
-        return BICUBIC_LABEL
-    labels = {v.key: v.label for v in variants()}
-    if key in labels:
-        return labels[key]
-    if registry is not None and (entry := registry.get(key)) is not None:
-        return entry.label
-    try:
-        return model_label(key)
-    except ValueError:  # not a model name
-        return key
-
-
-def other_backbone_models(available: Sequence[str], scale: int | None = None) -> list[str]:
-    """The ``available`` family models on a backbone other than the variants' (``small-kdsconv-det-x4``), which
-    the app offers beside the variants; by scale, then variant order; ``scale`` keeps that scale's only."""
-    found = [n for n in available if on_other_backbone(n) and (scale is None or parse_model_name(n).scale == scale)]
-    return sorted(found, key=lambda n: (parse_model_name(n).scale, variant_of(n).order, n))
-
-
-def requested_keys(variants: Any, scale: int, registry: SessionModels | None = None) -> list[str]:
-    """A client's list of variant keys, checked before anything is resolved or run: strings only, stripped,
-    de-duplicated (order kept), at least one, and no more than there are distinct choices at ``scale``
-    (each costs a model run and a full-size output)."""
-    if not isinstance(variants, (list, tuple)) or not all(isinstance(v, str) for v in variants):
-        raise UserError("The variants must be a list of names.")
-    keys = list(dict.fromkeys(v.strip() for v in variants))
-    if not keys:
-        raise UserError("Choose at least one variant to run.")
-    limit = (1 + len(registered_variants()) + len(other_backbone_models(available_models(), scale))
-             + (len(registry.items()) if registry is not None else 0))
-    if len(keys) > limit:
-        raise UserError(f"At most {limit} variants can be compared at once; {len(keys)} were given.")
-    return keys
-
-
-def resolve_variant(key: str, scale: int, registry: SessionModels | None = None) -> ResolvedVariant:
-    """A variant key -> what to run at ``scale`` (``unavailable`` set when it cannot run at that scale)."""
-    key = str(key).strip()
-    if key == BICUBIC:
-        return ResolvedVariant(key, BICUBIC_LABEL, None, None)
-    known = {v.key: v for v in variants()}
-    if key in known:
-        v = known[key]
-        if scale not in v.scales:
-            return ResolvedVariant(key, v.label, None, None, f"no x{scale} model")
-        name = v.model_name(scale)
-        return ResolvedVariant(key, v.label, name, name)
-    if registry is not None and (entry := registry.get(key)) is not None:
-        model_scale = parse_model_name(entry.model).scale
-        # Messages never repeat the label: they are shown after it ("<label>: <message>").
-        missing = None if model_scale == scale else f"a x{model_scale} model; the chosen scale is x{scale}"
-        return ResolvedVariant(key, entry.label, str(entry.path), entry.model, missing)
-    if is_session_key(key):  # expired, evicted, or another session's: the same answer, so nothing leaks
-        raise UserError(f"{key!r} is not one of this session's models (any more): fine-tuned and uploaded models "
-                        "belong to the session that made them and are dropped after a while unused. Fine-tune "
-                        "or upload it again.")
-    try:
-        spec = parse_model_name(key)
-    except ValueError:
-        valid = [BICUBIC, *known] + ([e.key for e in registry.items()] if registry is not None else [])
-        raise UserError(f"Unknown variant {key!r}; valid: {', '.join(valid)} or a model name "
-                        f"such as {variants()[0].model_name(variants()[0].scales[-1])}.") from None
-    missing = None if spec.scale == scale else f"a x{spec.scale} model; the chosen scale is x{scale}"
-    return ResolvedVariant(key, model_label(key), key, key, missing)
-
-
-def variant_choices(scale: int, available: Sequence[str], registry: SessionModels | None = None
-                    ) -> list[tuple[str, str]]:
-    """(label, key) pairs for a checkbox group; labels say which variants have no checkpoint at ``scale``."""
-    choices = [(BICUBIC_LABEL, BICUBIC)]
-    for v in variants():
-        shipped = scale in v.scales and v.model_name(scale) in available
-        choices.append((v.label if shipped else f"{v.label} (no x{scale} checkpoint)", v.key))
-    for name in other_backbone_models(available):
-        model_scale = parse_model_name(name).scale
-        choices.append((model_label(name) if model_scale == scale else f"{model_label(name)} (x{model_scale} only)",
-                        name))
-    for entry in registry.items() if registry is not None else []:
-        model_scale = parse_model_name(entry.model).scale
-        choices.append((entry.label if model_scale == scale else f"{entry.label} (x{model_scale} only)", entry.key))
-    return choices
-
-
-def runnable_selection(selected: Sequence[str] | None, scale: int, available: Sequence[str],
-                       registry: SessionModels | None = None) -> list[str]:
-    """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
-    of another scale instead of leaving them ticked to fail); the defaults when none is left."""
-    runnable = {BICUBIC} | {v.key for v in variants() if scale in v.scales and v.model_name(scale) in available}
-    runnable |= set(other_backbone_models(available, scale))
-    runnable |= {e.key for e in (registry.items() if registry is not None else [])
-                 if parse_model_name(e.model).scale == scale}
-    kept = [key for key in selected or [] if key in runnable]
-    return kept or default_variants(scale, available)
-
-
-def default_variants(scale: int, available: Sequence[str]) -> list[str]:
-    """Bicubic and every variant selected by default that has a checkpoint at ``scale``. Models of another
-    backbone are offered but not ticked: the default comparison keeps one backbone and one training budget."""
-    return [BICUBIC] + [v.key for v in variants()
-                        if v.default and scale in v.scales and v.model_name(scale) in available]
-
 
 # --- running a comparison ---------------------------------------------------------------------------------
 
@@ -401,31 +270,6 @@ def save_outputs(comparison: Comparison, folder: str | Path) -> dict[str, Path]:
 
 # --- display: zoomed crops and the slider's pairs ---------------------------------------------------------
 
-REGION_SIZES = (16, 256)  # the zoom region's side, output pixels: smallest, largest
-DEFAULT_REGION_SIZE = 64
-
-
-def _finite(value: Any, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise UserError(f"{what} must be a number, got {str(value)[:40]!r}.")
-    return number
-
-
-def region_size(value: Any) -> int:
-    """The zoom region's side from a client (None: the default), checked: a whole number within REGION_SIZES."""
-    if value is None:
-        return DEFAULT_REGION_SIZE
-    size = _finite(value, "The region size")
-    low, high = REGION_SIZES
-    if not low <= size <= high:
-        raise UserError(f"The region size must be from {low} to {high} output pixels, got {size:g}.")
-    return int(round(size))
-
-
 def zoom_crops(comparison: Comparison, center: tuple[float, float] | None = None, size: int = 64,
                display: int = 256) -> tuple[list[tuple[np.ndarray, str]], tuple[int, int, int, int]]:
     """The same region from the LR input, every result and the ground truth, enlarged (nearest neighbour).
@@ -487,325 +331,3 @@ def default_pair(comparison: Comparison) -> tuple[str, str]:
     else:
         right = ok[0].key if ok and left != ok[0].key else "lr"
     return left, right
-
-
-def _tile(image: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
-    """A map for the overview grid: small ones enlarged (nearest) to about ``side``; large ones reduced by
-    an integer factor keeping each block's brightest pixel (the largest error), so no hotspot disappears."""
-    h, w = image.shape[:2]
-    if max(h, w) <= most:
-        return enlarge_nearest(image, max(1, side // max(h, w)))
-    f = -(-max(h, w) // most)  # ceil
-    padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
-    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, -1)
-    return blocks.max(axis=(1, 3))  # colours rise with the error, so the brightest is the largest error
-
-
-def _grid(tiles: list[np.ndarray], columns: int, bar: np.ndarray, pad: int = 6) -> np.ndarray:
-    """Tiles in rows of ``columns`` on white, the colour bar under them; uint8 RGB."""
-    columns = max(1, min(columns, len(tiles)))
-    tw = max(t.shape[1] for t in tiles)
-    th = max(t.shape[0] for t in tiles)
-    rows = -(-len(tiles) // columns)
-    width = max(columns * (tw + pad) + pad, bar.shape[1] + 2 * pad)
-    canvas = np.full((rows * (th + pad) + pad + bar.shape[0], width, 3), 255, np.uint8)
-    for i, t in enumerate(tiles):
-        r, c = divmod(i, columns)
-        y, x = pad + r * (th + pad), pad + c * (tw + pad)
-        canvas[y:y + t.shape[0], x:x + t.shape[1]] = t[..., :3]
-    y = rows * (th + pad) + pad
-    canvas[y:y + bar.shape[0], pad:pad + bar.shape[1]] = bar
-    return canvas
-
-
-# --- one run as the app keeps it: files, slider, crops ----------------------------------------------------
-
-def new_run_dir(root: str | Path, keep: int = 32) -> Path:
-    """A fresh folder under ``root`` for one run's files; of the earlier runs, the ``keep`` newest are kept."""
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    runs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in runs[:-keep] if keep > 0 else runs:
-        shutil.rmtree(old, ignore_errors=True)
-    path = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
-    path.mkdir()
-    return path
-
-
-@dataclass
-class ZoomView:
-    picker: np.ndarray                       # the reference image with the region outlined
-    crops: list[tuple[np.ndarray, str]]      # (crop, caption): LR input, every output, ground truth
-    center: tuple[int, int]                  # of the region, in output pixels
-
-    def labelled(self) -> list[np.ndarray]:
-        """The crops with their captions drawn above them (a gallery's captions would cover the crop)."""
-        return [label_above(crop, caption, square=True) for crop, caption in self.crops]
-
-
-@dataclass
-class MapsView:
-    """Where the outputs are wrong (error maps) and where the slider's two images differ (pair map)."""
-
-    errors: np.ndarray | None                # every output's error map on one scale, one colour bar
-    errors_note: str                         # Markdown: the shared scale, or why there are no maps
-    pair: np.ndarray | None                  # the rendered pair map (title, map, colour bar)
-    pair_note: str                           # Markdown: win shares and PSNR difference, or |A - B|
-
-
-@dataclass
-class ComparisonRun:
-    """A comparison with its outputs written to ``folder`` (lossless PNGs and ``metrics.csv``)."""
-
-    comparison: Comparison
-    folder: Path
-    paths: dict[str, Path]
-    region: tuple[int, int, int, int] | None = None
-    pair: tuple[str, str] | None = None      # the slider's two keys, set by :meth:`slider`
-
-    @classmethod
-    def save(cls, comparison: Comparison, root: str | Path, keep: int = 32) -> "ComparisonRun":
-        """Write the outputs into a new folder under ``root``; a :class:`UserError` when nothing could run."""
-        if not comparison.ok:
-            raise UserError("None of the chosen variants could run: "
-                            + "; ".join(f"{r.label}: {r.message}" for r in comparison.results if r.message) + ".")
-        folder = new_run_dir(root, keep)
-        return cls(comparison, folder, save_outputs(comparison, folder))
-
-    @property
-    def scale(self) -> int:
-        return self.comparison.inputs.scale
-
-    def downloads(self) -> list[str]:
-        """The files to offer: every output, the LR input, the ground truth and ``metrics.csv``."""
-        return [str(path) for key, path in self.paths.items() if key != "lr-nearest"]
-
-    def slider(self, left: str, right: str) -> tuple[str, str]:
-        """Paths of the two images for the slider (``lr``: the LR input enlarged to the output size, written
-        on first use)."""
-        missing = [k for k in (left, right) if k != "lr" and k not in self.paths]
-        if missing:
-            raise UserError(f"Not part of this comparison: {', '.join(missing)}.")
-        self.pair = (left, right)
-        return self._path(left), self._path(right)
-
-    def _path(self, key: str) -> str:
-        if key != "lr":
-            return str(self.paths[key])
-        path = self.folder / f"lr-nearest-x{self.scale}.png"
-        if not path.exists():
-            save_png(pair_image(self.comparison, "lr"), path)
-        self.paths["lr-nearest"] = path
-        return str(path)
-
-    def label(self, key: str) -> str:
-        if key == "gt":
-            return GROUND_TRUTH
-        if key == "lr":
-            return f"{LR_INPUT} (nearest x{self.scale})"
-        r = self.comparison.result(key)
-        return r.label if r is not None else variant_label(key)
-
-    def pair_difference(self, left: str, right: str) -> PairDifference:
-        """:func:`kaldn.maps.pair_difference` of two slider keys (A = ``left``), against the ground truth
-        when there is one; border = scale, as the metrics."""
-        a, b = pair_images(self.comparison, left, right)
-        labels = (self.label(left), self.label(right))
-        if labels[0] == labels[1]:
-            labels = (f"{labels[0]} (left)", f"{labels[1]} (right)")
-        return pair_difference(a, b, self.comparison.inputs.gt, border=self.scale, labels=labels)
-
-    def default_center(self, size: int) -> tuple[float, float] | None:
-        """Where to zoom first: where the slider's pair differs most (two different outputs), else where the
-        best model gains most over bicubic; None (the centre) when neither can be told."""
-        if self.pair is not None and self.pair[0] != self.pair[1] and "lr" not in self.pair:
-            return default_zoom_center(size, pair=self.pair_difference(*self.pair))
-        models = [r for r in self.comparison.ok if r.key != BICUBIC]
-        if not models or self.comparison.result(BICUBIC) not in self.comparison.ok:
-            return None
-        scored = [r for r in models if r.psnr is not None]
-        best = max(scored, key=lambda r: r.psnr) if scored else models[0]
-        gain = pair_difference(best.image, self.comparison.result(BICUBIC).image, self.comparison.inputs.gt,
-                               border=self.scale, labels=(best.label, BICUBIC_LABEL))
-        return default_zoom_center(size, best_vs_bicubic=gain)
-
-    def error_view(self, columns: int = 4) -> tuple[np.ndarray | None, str]:
-        """Every output's |SR - ground truth| on Y, side by side on one shared colour scale with one labelled
-        colour bar (one image), and a Markdown note; without a ground truth no image and a note that says why."""
-        if self.comparison.inputs.gt is None:
-            return None, NO_GROUND_TRUTH
-        ok = self.comparison.ok
-        maps = error_maps({r.label: r.image for r in ok}, self.comparison.inputs.gt, border=self.scale)
-        tiles = [label_above(_tile(maps.colourized(r.label)), f"{r.label}: mean {maps.mean_abs[r.label]:.2f}")
-                 for r in ok]
-        note = (f"|output − ground truth| on the Y channel, in grey levels, every map on **one scale**: "
-                f"black = 0, light yellow = {maps.limit:g} or more (the 99th percentile of all maps); the title "
-                f"gives each output's mean error. The {self.scale}-pixel border the metrics skip is drawn but not "
-                "counted. Same places bright in every map: hard for all; a place darker in one map: that variant "
-                "does better there.")
-        return _grid(tiles, columns, error_colour_bar(maps.limit, length=256)), note
-
-    def pair_view(self, left: str, right: str) -> tuple[np.ndarray | None, str]:
-        """The slider pair's difference map (rendered with its labelled colour bar) and a one-line summary."""
-        if left == right:
-            return None, "The slider shows the same image on both sides: choose two different ones."
-        pair = self.pair_difference(left, right)
-        return render_pair_difference(pair), pair.summary()
-
-    def maps(self, left: str, right: str) -> MapsView:
-        errors, errors_note = self.error_view()
-        pair, pair_note = self.pair_view(left, right)
-        return MapsView(errors, errors_note, pair, pair_note)
-
-    def zoom(self, center: tuple[Any, Any] | None, size: Any) -> ZoomView:
-        """Crops of the same region (about ``size`` output pixels, centred on ``center``; None: where the slider's
-        pair differs most, see :meth:`default_center`)."""
-        size = region_size(size)
-        if center is not None:
-            center = (_finite(center[0], "The region's x"), _finite(center[1], "The region's y"))
-        if center is None:
-            center = self.default_center(size)
-        crops, region = zoom_crops(self.comparison, center, size)
-        self.region = region
-        inputs = self.comparison.inputs
-        reference = inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image
-        x0, y0, w, h = region
-        return ZoomView(draw_region(reference, region), crops, (x0 + w // 2, y0 + h // 2))
-
-
-# --- the runs of this process: one live run per session, in memory within a byte budget, on disk until dropped --
-
-def _nbytes(comparison: Comparison) -> int:
-    arrays = [comparison.inputs.lr, comparison.inputs.gt] + [r.image for r in comparison.results]
-    return sum(a.nbytes for a in arrays if a is not None)
-
-
-def _stripped(run: ComparisonRun) -> ComparisonRun:
-    """The same run without its arrays (metrics, labels and file paths kept): what stays in memory."""
-    c = run.comparison
-    inputs = replace(c.inputs, lr=None, gt=None)
-    results = [replace(r, image=None) for r in c.results]
-    return ComparisonRun(replace(c, inputs=inputs, results=results), run.folder, dict(run.paths), run.region)
-
-
-def _reloaded(run: ComparisonRun) -> ComparisonRun:
-    """The arrays read back from the run's lossless PNGs (16-bit colour comes back at 8 bits: display only)."""
-    c = run.comparison
-    paths = run.paths
-    inputs = replace(c.inputs, lr=load_image(paths["lr"], max_pixels=1 << 40),
-                     gt=load_image(paths["gt"], max_pixels=1 << 40) if "gt" in paths else None)
-    results = [replace(r, image=load_image(paths[r.key], max_pixels=1 << 40) if r.status == "ok" else None)
-               for r in c.results]
-    return ComparisonRun(replace(c, inputs=inputs, results=results), run.folder, dict(paths), run.region)
-
-
-@dataclass
-class _StoredRun:
-    run: ComparisonRun
-    owner: str | None
-    created: float
-    in_memory: bool
-    nbytes: int
-
-
-class RunStore:
-    """Comparison runs of this process, each in its own folder under ``root`` (give it a folder of this
-    process, see :func:`kaldn.workdirs.instance_root`, so another instance never prunes them).
-
-    * One live run per owner (a session): saving a new run drops the owner's previous one.
-    * A run stays until its owner drops it (:meth:`drop`, :meth:`drop_owner`: the session ended) or it is
-      older than ``max_age_s``; nothing else removes it, so a session's files never disappear under it.
-    * The arrays of at most ``memory_bytes`` (newest used first) stay in memory; older runs keep only
-      their numbers and are read back from their PNGs when used again.
-    """
-
-    def __init__(self, root: str | Path, memory_bytes: int = 512 << 20, max_age_s: float = 3600.0) -> None:
-        self.root = Path(root)
-        self.memory_bytes = memory_bytes
-        self.max_age_s = max_age_s
-        self._runs: OrderedDict[str, _StoredRun] = OrderedDict()  # least recently used first
-        self._lock = threading.RLock()
-
-    def save(self, comparison: Comparison, owner: str | None) -> tuple[str, ComparisonRun]:
-        """Write a run's files and keep it; (run id, run). Drops ``owner``'s previous run and expired ones."""
-        if not comparison.ok:
-            raise UserError("None of the chosen variants could run: "
-                            + " ".join(r.message for r in comparison.results if r.message))
-        self.prune()
-        if owner:
-            self.drop_owner(owner)
-        self.root.mkdir(parents=True, exist_ok=True)
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
-        folder = self.root / run_id
-        folder.mkdir()
-        run = ComparisonRun(comparison, folder, save_outputs(comparison, folder))
-        with self._lock:
-            self._runs[run_id] = _StoredRun(run, owner, time.time(), True, _nbytes(comparison))
-            self._trim()
-        return run_id, run
-
-    def get(self, run_id: str | None, owner: str | None = None) -> ComparisonRun | None:
-        """The run (arrays in memory), or None when it is gone or belongs to another owner."""
-        if not run_id:
-            return None
-        with self._lock:
-            stored = self._runs.get(run_id)
-            if stored is None or (stored.owner is not None and stored.owner != owner):
-                return None
-            self._runs.move_to_end(run_id)
-            run = stored.run
-            if stored.in_memory:
-                return run
-        try:
-            full = _reloaded(run)  # outside the lock: decoding PNGs takes a while
-        except (OSError, ValueError):
-            log.warning("run %s could not be read back", run_id, exc_info=True)
-            return None
-        with self._lock:
-            stored = self._runs.get(run_id)
-            if stored is not None and not stored.in_memory:
-                stored.run, stored.in_memory = full, True
-                self._trim(keep=run_id)
-        return full
-
-    def drop(self, run_id: str | None) -> None:
-        """Forget a run and delete its folder (its session ended or moved on)."""
-        with self._lock:
-            stored = self._runs.pop(run_id, None) if run_id else None
-        if stored is not None:
-            shutil.rmtree(stored.run.folder, ignore_errors=True)
-
-    def drop_owner(self, owner: str | None) -> None:
-        with self._lock:
-            ids = [k for k, v in self._runs.items() if owner and v.owner == owner]
-        for run_id in ids:
-            self.drop(run_id)
-
-    def prune(self) -> None:
-        """Drop runs older than ``max_age_s`` (their session's state has expired by then)."""
-        now = time.time()
-        with self._lock:
-            ids = [k for k, v in self._runs.items() if now - v.created > self.max_age_s]
-        for run_id in ids:
-            self.drop(run_id)
-
-    def memory(self) -> int:
-        """Bytes of arrays held in memory."""
-        with self._lock:
-            return sum(v.nbytes for v in self._runs.values() if v.in_memory)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._runs)
-
-    def _trim(self, keep: str | None = None) -> None:
-        """Strip the arrays of the least recently used runs beyond the memory budget (never ``keep``,
-        nor the newest run)."""
-        total = self.memory()
-        newest = next(reversed(self._runs), None)
-        for run_id, stored in self._runs.items():
-            if total <= self.memory_bytes:
-                break
-            if stored.in_memory and run_id not in (keep, newest):
-                stored.run, stored.in_memory = _stripped(stored.run), False
-                total -= stored.nbytes

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "label_above",
-           "render_heatmap", "render_image", "sequential", "to_display"]
+           "map_tile", "render_heatmap", "render_image", "sequential", "tile_grid", "to_display"]
 
 
 # --- 8-bit views, enlargement, regions --------------------------------------------------------------------
@@ -147,3 +147,34 @@ def label_above(image: np.ndarray, text: str, height: int = 20, square: bool = F
     canvas.paste(Image.fromarray(np.ascontiguousarray(view)), ((width - view.shape[1]) // 2, height))
     ImageDraw.Draw(canvas).text((3, max(1, (height - 13) // 2)), text, fill="black", font=font(12))
     return np.asarray(canvas)
+
+
+# --- grids of maps ------------------------------------------------------------------------------------------
+
+def map_tile(image: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
+    """A map for the overview grid: small ones enlarged (nearest) to about ``side``; large ones reduced by
+    an integer factor keeping each block's brightest pixel (the largest error), so no hotspot disappears."""
+    h, w = image.shape[:2]
+    if max(h, w) <= most:
+        return enlarge_nearest(image, max(1, side // max(h, w)))
+    f = -(-max(h, w) // most)  # ceil
+    padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, -1)
+    return blocks.max(axis=(1, 3))  # colours rise with the error, so the brightest is the largest error
+
+
+def tile_grid(tiles: list[np.ndarray], columns: int, bar: np.ndarray, pad: int = 6) -> np.ndarray:
+    """Tiles in rows of ``columns`` on white, the colour bar under them; uint8 RGB."""
+    columns = max(1, min(columns, len(tiles)))
+    tw = max(t.shape[1] for t in tiles)
+    th = max(t.shape[0] for t in tiles)
+    rows = -(-len(tiles) // columns)
+    width = max(columns * (tw + pad) + pad, bar.shape[1] + 2 * pad)
+    canvas = np.full((rows * (th + pad) + pad + bar.shape[0], width, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        y, x = pad + r * (th + pad), pad + c * (tw + pad)
+        canvas[y:y + t.shape[0], x:x + t.shape[1]] = t[..., :3]
+    y = rows * (th + pad) + pad
+    canvas[y:y + bar.shape[0], pad:pad + bar.shape[1]] = bar
+    return canvas

@@ -32,7 +32,7 @@ from .images import ImageError, load_image, save_png
 from .inference import resolve_device
 from .models import parse_model_name, variant, variant_of
 from .session_models import SessionModel, SessionModels
-from .settings import AppSettings, env_int
+from .settings import AppSettings
 from .train import TrainConfig, train, validate
 from .workdirs import instance_root
 

@@ -51,7 +51,7 @@ SCALE_PERCENTILE = 99.0  # colour scales end at this percentile, so a few outlie
 # --- Y channel and small helpers --------------------------------------------------------------------------
 
 def _colour(image: np.ndarray) -> np.ndarray:
-    """The colour channels: alpha is not part of any metric (as in compare.run_comparison)."""
+    """The colour channels: alpha is not part of any metric (as in comparison.run_comparison)."""
     img = np.asarray(image)
     return img[..., :3] if img.ndim == 3 and img.shape[2] == 4 else img
 

@@ -14,12 +14,13 @@ options it takes and, for conv variants, the paper's claims it is compared on. M
 (:func:`kaldn.models.model_names`), the app's choices, the evaluation claims, the benchmarks and
 the tests read this registry; nothing else lists variants or scales. Adding one is one entry::
 
-    register_conv("kdsconv-median", functools.partial(KDSConv, kernel_pool="median"),
-                  label="KDSConv (median)", order=45, options=ATTENTION_OPTIONS, depthwise=True,
-                  kernel_pool="median")
+    register_conv("kdsconv-det", functools.partial(KDSConv, kernel_pool="det"), label="KDSConv (det)",
+                  order=30, options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="det")
 
-    register_architecture("lesrcnn", build=lambda scale, **kw: LESRCNN(scale), label="LESRCNN",
-                          order=200)
+    register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100,
+                          default=False)
+
+(A new kernel pooling is a new entry in ``KERNEL_POOLS`` too.)
 
 This module holds the tables only (no model code, no imports of its own); ``kaldn.models``
 imports every built-in architecture, so query through it.

@@ -18,7 +18,7 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import (check_scale, count_parameters, create_model, model_label, on_other_backbone, parse_model_name,
+from .models import (check_scale, count_parameters, create_model, model_label, parse_model_name,
                      scales, variants)
 
 log = logging.getLogger("kaldn.results")

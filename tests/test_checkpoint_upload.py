@@ -132,7 +132,7 @@ def test_models_nobody_uses_expire_and_a_full_server_refuses_before_converting(t
     assert registry.expire() == 0
     entry.last_used -= 61  # a client that never closes its session and never comes back
     assert registry.has_room("bob") and registry.get(entry.key) is None and not entry.path.exists()
-    from kaldn.comparison import resolve_variant
+    from kaldn.choices import resolve_variant
     with pytest.raises(UserError, match="not one of this session's models.*upload it again"):
         resolve_variant(entry.key, 4, registry.for_owner("alice"))  # a page still listing it is told why
 

@@ -16,8 +16,10 @@ import torch
 from PIL import Image
 
 from kaldn.cache import ModelCache
-from kaldn.comparison import (ComparisonRun, default_pair, default_variants, metrics_table, pair_choices,
-                              pair_images, run_comparison, save_outputs, variant_choices, zoom_crops)
+from kaldn.choices import default_variants, variant_choices
+from kaldn.comparison import (default_pair, metrics_table, pair_choices, pair_images, run_comparison, save_outputs,
+                              zoom_crops)
+from kaldn.runs import ComparisonRun, RunStore
 from kaldn.display import clamp_region, draw_region
 from kaldn.errors import UserError
 from kaldn.images import ImageError, load_image
@@ -222,7 +224,7 @@ def test_choices_follow_the_registry_and_the_shipped_checkpoints():
 
 
 def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_path, monkeypatch):
-    from kaldn.comparison import runnable_selection
+    from kaldn.choices import runnable_selection
     from app_server import write_throwaway_checkpoints
     available = ["small-dsconv-x2", "small-kdsconv-det-x4", "small-conv-x4", "tiny-dsconv-x4", "tiny-kdsconv-det-x4"]
     choices = dict((key, label) for label, key in variant_choices(4, available))
@@ -245,7 +247,7 @@ def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_
 
 
 def test_a_request_is_checked_and_capped_before_anything_is_resolved(tmp_path, monkeypatch):
-    from kaldn.comparison import requested_keys
+    from kaldn.choices import requested_keys
     for bad in ("dsconv", [1, 2], [["dsconv"]], {"dsconv": 1}):
         with pytest.raises(UserError, match="list of names"):
             requested_keys(bad, 4)
@@ -268,7 +270,8 @@ def test_a_request_is_checked_and_capped_before_anything_is_resolved(tmp_path, m
 
 def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
     comparison = run_comparison(prepare_inputs(rng_image(40, 40), 2, "hr"), ["bicubic"])
-    run = ComparisonRun.save(comparison, tmp_path / "runs", keep=2)
+    store = RunStore(tmp_path / "runs")
+    _, run = store.save(comparison, owner="a")
     assert {Path(p).name for p in run.downloads()} == {"bicubic-x2.png", "lr-input.png", "ground-truth.png",
                                                       "metrics.csv"}
     left, right = run.slider("bicubic", "lr")
@@ -278,12 +281,13 @@ def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
         run.slider("dsconv", "gt")
     view = run.zoom((30, 10), 16)
     assert run.region == (22, 2, 16, 16) and view.center == (30, 10) and len(view.crops) == 3
-    for _ in range(3):  # the new run and the 2 newest before it are kept
-        ComparisonRun.save(comparison, tmp_path / "runs", keep=2)
-    assert len(list((tmp_path / "runs").iterdir())) == 3
+    for _ in range(3):  # a session's new run replaces its last one; other sessions' runs stay
+        store.save(comparison, owner="a")
+    store.save(comparison, owner="b")
+    assert len(list((tmp_path / "runs").iterdir())) == 2 and not run.folder.exists()
     nothing = run_comparison(prepare_inputs(rng_image(40, 40), 3, "hr"), ["tiny-dsconv-x2"])
     with pytest.raises(UserError, match="None of the chosen variants could run"):
-        ComparisonRun.save(nothing, tmp_path / "runs")
+        store.save(nothing, owner="a")
 
 
 # --- where the outputs differ: maps, default zoom, captions, scale switches ---------------------------------
@@ -307,7 +311,7 @@ def _synthetic_run(tmp_path, with_gt: bool = True) -> tuple[ComparisonRun, np.nd
         for r in results:
             m = evaluate_pair(r.image, gt, 4)
             r.psnr, r.ssim = m["psnr"], m["ssim"]
-    return ComparisonRun.save(Comparison(inputs, results, "cpu"), tmp_path / "runs"), gt
+    return RunStore(tmp_path / "runs").save(Comparison(inputs, results, "cpu"), owner=None)[1], gt
 
 
 def test_the_default_zoom_is_where_the_chosen_pair_differs_most(tmp_path):
@@ -359,7 +363,7 @@ def test_zoomed_crops_carry_their_caption_above_the_pixels(tmp_path):
 
 def test_the_slider_lr_image_is_the_nearest_neighbour_enlargement(tmp_path):
     comparison = run_comparison(prepare_inputs(rng_image(40, 40), 4, "hr"), ["bicubic"])
-    run = ComparisonRun.save(comparison, tmp_path / "runs")
+    _, run = RunStore(tmp_path / "runs").save(comparison, owner=None)
     _, lr_path = run.slider("bicubic", "lr")
     shown = load_image(lr_path)
     assert shown.shape == (40, 40, 3)  # the output size, not the 10x10 LR file the browser would smooth
@@ -367,7 +371,7 @@ def test_the_slider_lr_image_is_the_nearest_neighbour_enlargement(tmp_path):
 
 
 def test_a_scale_switch_keeps_only_what_can_run_and_messages_name_each_variant_once():
-    from kaldn.comparison import runnable_selection
+    from kaldn.choices import runnable_selection
     from kaldn.session_models import SessionModels
     available = ["tiny-dsconv-x2", "tiny-dsconv-x4", "tiny-ldsconv-x4"]
     registry = SessionModels()
@@ -407,7 +411,7 @@ def test_what_the_loader_changes_reaches_the_notes_once():
 
 
 def test_large_error_maps_shrink_for_the_overview_without_losing_a_hotspot():
-    from kaldn.comparison import _tile
+    from kaldn.display import map_tile as _tile
     image = np.zeros((1100, 1030, 3), np.uint8)
     image[777, 333] = 255  # one bright (large-error) pixel
     tile = _tile(image)

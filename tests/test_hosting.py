@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from kaldn.admission import SessionSlots, SingleFlight
-from kaldn.comparison import RunStore, run_comparison
+from kaldn.comparison import run_comparison
+from kaldn.runs import RunStore
 from kaldn.errors import UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings
 from kaldn.session_models import SessionModels
@@ -350,7 +351,7 @@ def test_11_another_sessions_fine_tuned_model_is_invisible_and_unusable(served, 
         assert entry.key not in [c[1] for c in bases["choices"]] + [c[1] for c in hows["choices"]]
         result = call(served["url"], "compare", compare_data(None, variants=["bicubic", entry.key]), session())
         assert "Upload an image" in result["error"]
-        from kaldn.comparison import resolve_variant
+        from kaldn.choices import resolve_variant
         with pytest.raises(UserError, match="not one of this session's models"):
             resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner(client.session_hash))
         assert resolve_variant(entry.key, 4, app.SESSION_MODELS.for_owner("someone-else")).ref == str(entry.path)

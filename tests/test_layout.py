@@ -13,7 +13,7 @@ LAYERS = [
      "workdirs", "admission"},                                                              # foundations
     {"layers", "archs", "models", "checkpoint", "hub", "inference", "data"},               # models and weights
     {"cache", "inspection", "train", "results", "cards", "evaluate", "convert"},                      # tools over models
-    {"inputs", "comparison", "session_models", "finetune"},                                # the app's logic
+    {"inputs", "choices", "comparison", "runs", "session_models", "finetune"},             # the app's logic
     {"cli", "__main__", "__init__"},                                                       # entry points
 ]
 

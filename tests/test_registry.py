@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
-from kaldn.comparison import variant_choices
+from kaldn.choices import variant_choices
 from kaldn.layers import ATTENTION_OPTIONS, KDSConv
 from kaldn.models import (create_model, model_names, on_other_backbone, parse_model_name, scales, variant, variant_of,
                           variants)
