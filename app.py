@@ -304,6 +304,16 @@ def uploaded(payload: Any, what: str, kind: str = "image file") -> tuple[str, st
     return str(path), name or path.name
 
 
+def compare_uploads(mode: str, image: Any, ground_truth: Any) -> dict[str, Any]:
+    """The Compare tab's uploads as the input checks take them (mode, files, original names, this server's
+    caps); the ground truth is read in LR mode only."""
+    mode = mode if mode in ("hr", "lr") else "hr"
+    image = uploaded(image, "The image")
+    gt = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
+    return {"image": image and image[0], "mode": mode, "ground_truth": gt and gt[0], "image_name": image and image[1],
+            "gt_name": gt and gt[1], "max_pixels": SETTINGS.max_pixels, "max_output_pixels": SETTINGS.max_output_pixels}
+
+
 def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
@@ -404,13 +414,8 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
                 crop_size: Any, request: gr.Request = None, progress=gr.Progress()):
     """Upscale with every chosen variant; returns outputs, crops, metrics and downloads."""
     region_size(crop_size)  # refused before the run replaces the session's last one
-    mode = mode if mode in ("hr", "lr") else "hr"
     session = session_of(request)
-    image = uploaded(image, "The image")
-    ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
-    inputs = prepare_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0],
-                            max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels,
-                            image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
+    inputs = prepare_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
     progress(0.0, desc="Loading models")
     comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE,
                                 registry=SESSION_MODELS.for_owner(session), progress=lambda f, d: progress(f, desc=d))
@@ -433,12 +438,7 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
                   crop_size: Any, request: gr.Request = None) -> None:
     """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
     region_size(crop_size)
-    mode = mode if mode in ("hr", "lr") else "hr"
-    image = uploaded(image, "The image")
-    ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
-    check_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0], max_pixels=SETTINGS.max_pixels,
-                 max_output_pixels=SETTINGS.max_output_pixels, image_name=image and image[1],
-                 gt_name=ground_truth and ground_truth[1])
+    check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
     finetuned = SESSION_MODELS.for_owner(session_of(request))
     keys = requested_keys(variants or [], check_scale(scale), finetuned)  # capped before anything is resolved
     resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in keys]
@@ -452,13 +452,8 @@ def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any, request: 
     """On upload: say at once what is wrong with the file (or what will be done with it), in the status."""
     if image is None:
         return "Upload an image (or click an example) and press **Run comparison**."
-    mode = mode if mode in ("hr", "lr") else "hr"
     try:
-        image = uploaded(image, "The image")
-        ground_truth = uploaded(ground_truth, "The ground truth") if mode == "lr" else None
-        notes = check_inputs(image and image[0], scale, mode, ground_truth and ground_truth[0],
-                             max_pixels=SETTINGS.max_pixels, max_output_pixels=SETTINGS.max_output_pixels,
-                             image_name=image and image[1], gt_name=ground_truth and ground_truth[1])
+        notes = check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
     except (UserError, ImageError) as exc:
         log.info("check_upload refused: %s", exc)
         gr.Warning(**titled("This upload cannot be used", str(exc)))

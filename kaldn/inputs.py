@@ -8,7 +8,6 @@ exactly ``scale`` times its size.
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,22 +41,14 @@ class Inputs:
 
 
 def image_source(upload: Any) -> Any:
-    """What :func:`kaldn.images.load_image` takes, from an upload: a path, a file payload dict (``path``, or a
-    ``data:`` URL in ``url``), bytes or an array; None for no upload."""
+    """What :func:`kaldn.images.load_image` takes (a path, bytes, an array or a PIL image); None for no
+    upload. A dict or URL is refused: the app hands over the path of a file Gradio received, never a payload."""
     if upload is None or (isinstance(upload, str) and upload == ""):
         return None
     if isinstance(upload, os.PathLike):
         return str(upload)
     if isinstance(upload, dict):
-        if upload.get("path"):
-            return upload["path"]
-        url = upload.get("url") or ""
-        if url.startswith("data:") and "," in url:
-            try:
-                return base64.b64decode(url.split(",", 1)[1])
-            except ValueError:
-                raise UserError("The uploaded image data could not be decoded.") from None
-        raise UserError("The upload could not be read as a file.")
+        raise UserError("An image is a file path, bytes or an array, not a payload.")
     return upload
 
 

@@ -110,20 +110,18 @@ def test_alpha_grayscale_and_16_bit_inputs_are_handled():
     assert res.image.dtype == np.uint16 and 0 < res.psnr < 100
 
 
-def test_uploads_are_read_from_paths_payloads_and_data_urls(tmp_path):
+def test_uploads_are_read_from_paths_and_payloads_are_refused(tmp_path):
     image = rng_image(40, 40)
     path = tmp_path / "up.png"
     path.write_bytes(png_bytes(image))
     assert image_source(None) is None and image_source("") is None
     assert image_source(path) == str(path)
-    assert image_source({"path": str(path), "url": "ignored"}) == str(path)
-    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-    for upload in (path, {"path": str(path)}, {"url": url}):
+    for upload in (path, str(path), path.read_bytes()):
         np.testing.assert_array_equal(prepare_inputs(upload, 2, "hr").gt, image)
-    with pytest.raises(UserError, match="could not be decoded"):
-        image_source({"url": "data:image/png;base64,abc"})  # bad padding
-    with pytest.raises(UserError, match="could not be read as a file"):
-        image_source({"url": "https://example.com/x.png"})
+    url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+    for payload in ({"path": str(path)}, {"url": url}):  # one way in: the app's checked upload path
+        with pytest.raises(UserError, match="not a payload"):
+            prepare_inputs(payload, 2, "hr")
 
 
 def test_measurement_input_prefers_the_last_comparison_then_the_upload_then_the_example(tmp_path):
