@@ -37,20 +37,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .archs import fdiwn, lesrcnn, scnet
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
-from .models import create_model, parse_model_name
+from .models import architectures, create_model, parse_model_name
+from .registry import Architecture
 
-# arch -> (label, paper, where the authors publish weights, published name -> kaldn name)
-PUBLISHED: dict[str, tuple[str, str, str, Callable[[str], str | None]]] = {
-    "lesrcnn": ("LESRCNN", "Tian et al., Lightweight image super-resolution with enhanced CNN (KBS 2020)",
-                "github.com/hellloxiaotian/LESRCNN", lesrcnn.published_key),
-    "fdiwn": ("FDIWN", "Gao et al., Feature Distillation Interaction Weighting Network for lightweight image "
-              "super-resolution (AAAI 2022)", "github.com/IVIPLab/FDIWN", fdiwn.published_key),
-    "scnet-t": ("SCNet-T", "Wu et al., Fully 1x1 convolutional network for lightweight image super-resolution "
-                "(MIR 2024)", "github.com/Aitical/SCNet", scnet.published_key),
-}
 # Containers some trainers wrap the state dict in (EDSR-style code saves it bare; BasicSR under "params").
 WRAPPER_KEYS = ("state_dict", "params", "params_ema", "model")
 MAX_NAMES = 6
@@ -61,6 +52,11 @@ RECORD_KEYS = ("origin", "architecture", "paper", "published_at", "source_file",
 MAX_RECORD_CHARS = 512
 THIRD_PARTY_NOTE = ("the authors' released weights, not the kaldn project's; the source carries no licence: "
                     "do not redistribute, bundle or upload them")
+
+
+def published_architectures() -> dict[str, Architecture]:
+    """The architectures whose authors release weights this converter reads, by name (from the registry)."""
+    return {a.name: a for a in architectures() if a.published is not None}
 
 
 class ConversionError(ValueError):
@@ -202,9 +198,10 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     name = _model_name(arch, scale, metadata.get("model"), source)
     spec = parse_model_name(name)
     third_party = spec.backbone is None and source.suffix != ".safetensors"  # a peer, from a published file
-    if third_party and spec.arch not in PUBLISHED:
+    peer = published_architectures().get(spec.arch)
+    if third_party and peer is None:
         raise ConversionError(f"no published layout is known for {spec.arch}")
-    rename = PUBLISHED[spec.arch][3] if third_party else _identity
+    rename = peer.published.key if third_party else _identity
     mapped = map_state(state, name, str(source), rename)
 
     norm = descriptor_norm or metadata.get("descriptor_norm") or DEFAULT_DESCRIPTOR_NORM
@@ -216,8 +213,8 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"
     recorded = _recorded_weights(metadata, source)
     if third_party:
-        label, paper, where, _ = PUBLISHED[spec.arch]
-        weights = {"origin": "third-party", "architecture": label, "paper": paper, "published_at": where,
+        weights = {"origin": "third-party", "architecture": peer.label, "paper": peer.published.paper,
+                   "published_at": peer.published.url,
                    "source_file": source.name, "source_sha256": digest, "converted_by": command,
                    "note": THIRD_PARTY_NOTE}
     elif recorded.get("origin") == "third-party":
@@ -296,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a published .pt/.pth state dict, or a kaldn .safetensors file")
     parser.add_argument("out_dir", help="checkpoint folder to write")
-    parser.add_argument("--arch", help=f"peer ({', '.join(PUBLISHED)}) or kaldn architecture "
+    parser.add_argument("--arch", help=f"peer ({', '.join(published_architectures())}) or kaldn architecture "
                                        "(e.g. tiny-kdsconv-det); with --scale")
     parser.add_argument("--scale", type=int, choices=(2, 3, 4))
     parser.add_argument("--key", help="entry of the file holding the state dict, when it holds several")

@@ -59,6 +59,15 @@ class ConvEntry:
 
 
 @dataclass(frozen=True)
+class Published:
+    """Where a network's authors release weights, and how their tensor names map onto this project's."""
+
+    paper: str                                  # citation
+    url: str                                    # where the authors publish weights
+    key: Callable[[str], str | None]            # published tensor name -> this module's (None: not in the layout)
+
+
+@dataclass(frozen=True)
 class Architecture:
     """A network. ``build(scale=..., **options)`` for a single network; a family (``backbones`` given) is
     built as ``build(scale=..., conv=..., **backbone_preset, **options)``."""
@@ -72,6 +81,7 @@ class Architecture:
     backbones: Mapping[str, Mapping[str, Any]] | None = None    # family: named presets
     default_backbone: str | None = None                         # family: the app's backbone
     default: bool = True                                        # single network: selected by default in the app
+    published: Published | None = None                          # a peer with released weights (kaldn.convert)
 
     @property
     def family(self) -> bool:
@@ -96,7 +106,8 @@ def register_conv(name: str, build: Callable[..., Any], *, label: str, order: in
 def register_architecture(name: str, build: Callable[..., Any], *, label: str, order: int,
                           scales: tuple[int, ...] = SCALES, options: Mapping[str, Any] | None = None,
                           backbones: Mapping[str, Mapping[str, Any]] | None = None,
-                          default_backbone: str | None = None, default: bool = True) -> Architecture:
+                          default_backbone: str | None = None, default: bool = True,
+                          published: Published | None = None) -> Architecture:
     """Add an architecture: a single network (models ``{name}-x{scale}``) or, with ``backbones``, a family."""
     if name in _ARCHITECTURES:
         raise ValueError(f"architecture {name!r} is already registered")
@@ -104,7 +115,7 @@ def register_architecture(name: str, build: Callable[..., Any], *, label: str, o
         raise ValueError(f"{name}: default_backbone must be one of {', '.join(backbones)}")
     entry = Architecture(name, build, label, order, tuple(scales), MappingProxyType(dict(options or {})),
                          None if backbones is None else MappingProxyType(dict(backbones)), default_backbone,
-                         default)
+                         default, published)
     _ARCHITECTURES[name] = entry
     return entry
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checkpoint import CONFIG_NAME, read_config
-from .convert import PUBLISHED, ConversionError, convert_isolated
+from .convert import ConversionError, convert_isolated, published_architectures
 from .errors import BusyError, UserError
 from .models import check_scale, model_label, parse_model_name
 
@@ -183,7 +183,7 @@ class _OwnerView(SessionModels):
 def upload_archs() -> list[tuple[str, str]]:
     """(label, value) of what an uploaded checkpoint can be: a kaldn file that names itself, or a peer."""
     return [("kaldn .safetensors (named in the file)", AUTO_ARCH)] + \
-        [(f"{label} (published .pt / .pth)", arch) for arch, (label, *_) in PUBLISHED.items()]
+        [(f"{a.label} (published .pt / .pth)", name) for name, a in published_architectures().items()]
 
 
 def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: Any, registry: SessionModels,
@@ -208,7 +208,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         raise UserError(f"{name}: {size / 2**20:.1f} MiB; checkpoints up to {max_bytes / 2**20:.0f} MiB are "
                         "accepted here (KALDN_APP_MAX_CHECKPOINT_BYTES).")
     arch = None if arch in (None, "", AUTO_ARCH) else str(arch)
-    if arch is not None and arch not in PUBLISHED:
+    if arch is not None and arch not in published_architectures():
         raise UserError(f"Unknown architecture {arch!r}; choose one from the list.")
     if arch is None and suffix != ".safetensors":
         raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")

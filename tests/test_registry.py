@@ -128,3 +128,21 @@ def test_claims_come_from_the_entries():
     text = claims(rows, ["set5"])
     expected = [c.text for v in variants() for c in v.claims]
     assert [line.split(":")[0].strip(" -") for line in text.splitlines()[1:]] == expected
+
+
+def test_the_peers_with_released_weights_come_from_the_registry_alone():
+    """The converter and the app's checkpoint upload list what the registry marks as published: one entry
+    added there is offered everywhere, and gone again when withdrawn."""
+    from kaldn.convert import published_architectures
+    from kaldn.registry import Published, register_architecture, unregister_architecture
+    from kaldn.session_models import upload_archs
+    assert set(published_architectures()) == {"lesrcnn", "fdiwn", "scnet-t"}
+    register_architecture("toy-peer", lambda scale: nn.Identity(), label="Toy peer", order=999, default=False,
+                          published=Published("A. Author, Toy (2026)", "example.org/toy", lambda name: name))
+    try:
+        assert "toy-peer" in published_architectures()
+        assert ("Toy peer (published .pt / .pth)", "toy-peer") in upload_archs()
+    finally:
+        unregister_architecture("toy-peer")
+    assert "toy-peer" not in published_architectures()
+    assert all(value != "toy-peer" for _, value in upload_archs())

@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_architecture
+from ..registry import Published, register_architecture
 from torch.nn.utils.parametrizations import weight_norm
 
 DIV2K_MEAN_255 = tuple(255 * m for m in (0.4488, 0.4371, 0.4040))
@@ -336,4 +336,7 @@ def published_key(name: str) -> str | None:
 
 
 # One entry: models fdiwn-x2 .. fdiwn-x4. Not selected by default in the app (no bundled weights yet; the slowest peer).
-register_architecture("fdiwn", lambda scale: FDIWN(scale), label="FDIWN", order=110, default=False)
+register_architecture("fdiwn", lambda scale: FDIWN(scale), label="FDIWN", order=110, default=False,
+                      published=Published("Gao et al., Feature Distillation Interaction Weighting Network for "
+                                          "lightweight image super-resolution (AAAI 2022)",
+                                          "github.com/IVIPLab/FDIWN", published_key))

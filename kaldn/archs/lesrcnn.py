@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_architecture
+from ..registry import Published, register_architecture
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -114,4 +114,6 @@ def published_key(name: str, pairs: int = 8) -> str | None:
 
 
 # One entry: models lesrcnn-x2 .. lesrcnn-x4. Not selected by default in the app: several times the CPU time of a tiny model.
-register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100, default=False)
+register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100, default=False,
+                      published=Published("Tian et al., Lightweight image super-resolution with enhanced CNN (KBS 2020)",
+                                          "github.com/hellloxiaotian/LESRCNN", published_key))

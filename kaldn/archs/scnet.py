@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import register_architecture
+from ..registry import Published, register_architecture
 
 # (dy, dx) read offsets of the eight channel groups: group g at (y, x) takes its input from (y + dy, x + dx).
 SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1), (1, -1), (-1, 1), (-1, -1))
@@ -145,4 +145,6 @@ def published_key(name: str) -> str | None:
 
 
 # One entry: models scnet-t-x2 .. scnet-t-x4. Not selected by default in the app: several times the CPU time of a tiny model.
-register_architecture("scnet-t", lambda scale: SCNet(scale), label="SCNet-T", order=120, default=False)
+register_architecture("scnet-t", lambda scale: SCNet(scale), label="SCNet-T", order=120, default=False,
+                      published=Published("Wu et al., Fully 1x1 convolutional network for lightweight image "
+                                          "super-resolution (MIR 2024)", "github.com/Aitical/SCNet", published_key))
