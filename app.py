@@ -373,7 +373,8 @@ def admit(request: gr.Request) -> None:
         raise gr.Error(**titled("No session", "jobs are counted per session: call with a session (the page "
                                 "or gradio_client have one)."), print_exception=False)
     if not SLOTS.admit(session_of(request)):
-        log.info("refused a job of session %s: it has %d waiting or running", session_of(request),
+        # A session hash is the key to its session (heartbeat, results): logs carry its first characters only.
+        log.info("refused a job of session %s...: it has %d waiting or running", session_of(request)[:4],
                  SLOTS.limit)
         jobs = "a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs"
         raise gr.Error(**titled("One at a time", f"you already have {jobs} waiting or running: wait for it to "
@@ -661,9 +662,14 @@ def zoo_tab() -> None:
 
 # --- Results tab ------------------------------------------------------------------------------------------
 
-def _y_range(values: list[float], pad: float = 0.15) -> list[float]:
-    # PSNR differences are tenths of a dB: a zero-based axis would flatten them.
-    return [round(min(values) - pad, 2), round(max(values) + pad, 2)] if values else None
+def _padded(values: list[float], pad: float = 0.15) -> list[float] | None:
+    # PSNR differences are tenths of a dB: a zero-based axis would flatten them. Vega draws a one-point (or
+    # flat) series with ticks such as "30.479298 / 0.000000": give it a range.
+    if not values:
+        return None
+    lo, hi = min(values), max(values)
+    margin = max(pad, 0.1 * (hi - lo))
+    return [round(lo - margin, 3), round(hi + margin, 3)]
 
 
 def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.DataFrame, str]:
@@ -703,10 +709,10 @@ def _x_range(values: list[float]) -> list[float] | None:
 def results_view(scale: Any, request: gr.Request = None):
     """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
     claims_md, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
-    return (claims_md, gr.LinePlot(curves, y_lim=_y_range(curves["validation PSNR (dB)"].tolist())), curves_md,
-            gr.ScatterPlot(by_cpu, y_lim=_y_range(by_cpu["Set5 PSNR (dB)"].tolist()),
+    return (claims_md, gr.LinePlot(curves, y_lim=_padded(curves["validation PSNR (dB)"].tolist())), curves_md,
+            gr.ScatterPlot(by_cpu, y_lim=_padded(by_cpu["Set5 PSNR (dB)"].tolist()),
                            x_lim=_x_range(by_cpu["CPU ms (256x256)"].tolist())),
-            gr.ScatterPlot(by_params, y_lim=_y_range(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
+            gr.ScatterPlot(by_params, y_lim=_padded(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
 
 
 def results_tab() -> SimpleNamespace:
@@ -717,16 +723,16 @@ def results_tab() -> SimpleNamespace:
     with gr.Row():
         psnr = "Set5 PSNR (dB)"
         cpu_plot = gr.ScatterPlot(cpu0, x="CPU ms (256x256)", y=psnr, color="model / published",
-                                  title="PSNR against CPU time", y_lim=_y_range(cpu0[psnr].tolist()),
+                                  title="PSNR against CPU time", y_lim=_padded(cpu0[psnr].tolist()),
                                   x_lim=_x_range(cpu0["CPU ms (256x256)"].tolist()),
                                   tooltip=["model", "CPU ms (256x256)", psnr], height=380, elem_id="kaldn-cost-cpu")
         params_plot = gr.ScatterPlot(params0, x="parameters", y=psnr, color="model / published",
-                                     title="PSNR against parameters (trained)", y_lim=_y_range(params0[psnr].tolist()),
+                                     title="PSNR against parameters (trained)", y_lim=_padded(params0[psnr].tolist()),
                                      tooltip=["model", "parameters", psnr], height=380, elem_id="kaldn-cost-params")
     cost_md = gr.Markdown(cost_md0)
     curves_plot = gr.LinePlot(curves0, x="iteration", y="validation PSNR (dB)", color="model",
                               title="Validation PSNR during training", height=340, elem_id="kaldn-curves",
-                              y_lim=_y_range(curves0["validation PSNR (dB)"].tolist()))
+                              y_lim=_padded(curves0["validation PSNR (dB)"].tolist()))
     curves_md = gr.Markdown(curves_md0, elem_id="kaldn-curves-note")
     outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
     scale.change(results_view, [scale], outputs, api_name="results", queue=False)
@@ -734,15 +740,6 @@ def results_tab() -> SimpleNamespace:
 
 
 # --- Fine-tune tab ----------------------------------------------------------------------------------------
-
-def _padded(values: list[float], pad: float) -> list[float] | None:
-    # Vega draws a one-point (or flat) series with ticks such as "30.479298 / 0.000000": give it a range.
-    if not values:
-        return None
-    lo, hi = min(values), max(values)
-    margin = max(pad, 0.1 * (hi - lo))
-    return [round(lo - margin, 3), round(hi + margin, 3)]
-
 
 def curves(update) -> tuple[gr.LinePlot, gr.LinePlot]:
     """The loss and validation-PSNR plots, with axes that read well from the first point on."""
