@@ -101,9 +101,13 @@ def sweep_expired() -> None:
     SESSION_MODELS.expire()
 
 
+SWEEP_NOW = threading.Event()  # set: sweep at once (tests), else every SWEEP_INTERVAL_S
+
+
 def _sweep_forever() -> None:
     while True:
-        time.sleep(SWEEP_INTERVAL_S)
+        SWEEP_NOW.wait(SWEEP_INTERVAL_S)
+        SWEEP_NOW.clear()
         try:
             sweep_expired()
         except Exception:  # a sweep must never stop the sweeping
@@ -318,14 +322,16 @@ def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
 
-def outside_queue(limiter: SingleFlight, refusal: str):
+def outside_queue(limiter: SingleFlight, refusal: str, skip: int | None = None):
     """For a handler that runs outside the queue (``queue=False``): bounded by ``limiter`` per session and in
-    all, extra calls refused at once with ``refusal``."""
+    all, extra calls refused at once with ``refusal`` (or, given ``skip``, silently: its outputs unchanged)."""
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
             session = session_of(_request_in(args, kwargs))
             if not limiter.enter(session):
+                if skip is not None:
+                    return tuple(gr.skip() for _ in range(skip))
                 raise gr.Error(**titled("One at a time", refusal), print_exception=False)
             try:
                 return fn(*args, **kwargs)
@@ -501,14 +507,18 @@ def set_mode(mode: str, request: gr.Request = None):
     return gr.update(label="HR image (ground truth)"), gr.update(visible=False, value=None)
 
 
+def _variant_update(scale: Any, selected: list[str] | None, session: str | None):
+    scale, available = check_scale(scale), available_models()
+    finetuned = SESSION_MODELS.for_owner(session)
+    choices = compare_choices(scale, available, finetuned)
+    return gr.update(choices=choices, value=runnable_selection(selected, scale, available, finetuned))
+
+
 @shows_user_errors
 @light_call
 def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request = None):
     """Variant checkboxes for a scale: variants without a checkpoint at that scale are marked."""
-    scale, available = check_scale(scale), available_models()
-    finetuned = SESSION_MODELS.for_owner(session_of(request))
-    choices = compare_choices(scale, available, finetuned)
-    return gr.update(choices=choices, value=runnable_selection(selected, scale, available, finetuned))
+    return _variant_update(scale, selected, session_of(request))
 
 
 @admitted
@@ -886,7 +896,8 @@ def how_tab() -> SimpleNamespace:
                            "every channel a = 0.5)", interactive=False, max_height=300, elem_id="kaldn-gates")
     gr.Markdown(HOW_RELU)
     hasty_btn = gr.Button("Measure on the current image")
-    hasty_md = gr.Markdown(elem_id="kaldn-hasty")
+    hasty_md = gr.Markdown("Press **Measure on the current image**: the Compare tab's image (or the first "
+                           "example when there is none).", elem_id="kaldn-hasty")
     hasty_gallery = gr.Gallery(label="Where the depthwise output is negative", columns=3, format="png",
                                height="auto", object_fit="contain")
     hasty_df = gr.Dataframe(table(HASTY_HEADERS, []), label="Whole model", interactive=False)
@@ -903,7 +914,8 @@ def how_tab() -> SimpleNamespace:
 
 # --- layout -----------------------------------------------------------------------------------------------
 
-@light_call
+# On page load too: when the server is busy the lists keep what the page was built with, without an error.
+@outside_queue(LISTS, "", skip=3)
 def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
                    request: gr.Request = None):
     """Refresh every model list (after fine-tuning, or on page load): the session sees its own models only."""
@@ -911,7 +923,7 @@ def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how
     bases, hows = base_choices(available_models(), SESSION_MODELS.for_owner(session)), how_choices(session)
     base_value = base if base in {v for _, v in bases} else default_base(bases)
     how_value = how if how in {v for _, v in hows} else (hows[0][1] if hows else None)
-    return (variant_choices(scale, selected, request=request), gr.update(choices=bases, value=base_value),
+    return (_variant_update(scale, selected, session), gr.update(choices=bases, value=base_value),
             gr.update(choices=hows, value=how_value))
 
 
@@ -950,10 +962,10 @@ def build_demo() -> gr.Blocks:
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
                                concurrency_id="compute", validator=admit_hasty)
+        # The measurement is a job (it waits in the compute line and takes the session's slot): run on request
+        # only, so opening the tab never blocks the session's next comparison.
         how_tab_.select(kernel_model, [how.model, how.layer], how.kernel_outputs, api_name="open_how_it_works",
-                        queue=False).then(
-            hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu_on_open", preprocess=False,
-            concurrency_id="compute", validator=admit_hasty)
+                        queue=False)
         demo.unload(end_session)
 
     # api_open=False: /gradio_api/run/... cannot skip the queue (and its concurrency limit).
@@ -980,7 +992,7 @@ def launch_kwargs() -> dict[str, Any]:
         "allowed_paths": [str(EXAMPLES_DIR)],
         # Outermost first: the body is capped before LocalFilesOnly reads it whole.
         "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body,
-                                                 max_upload=SETTINGS.max_upload_body,
+                                                 max_upload=SETTINGS.upload_cap,
                                                  min_free=SETTINGS.min_free_disk, disk=get_upload_folder()),
                                       Middleware(LocalFilesOnly)]},
         "theme": gr.themes.Soft(),

@@ -131,29 +131,27 @@ def _upload_route(scope) -> bool:
 
 
 class BodyLimit:
-    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413), and uploads (Gradio's upload
-    route, several files per request) over ``max_upload``; an upload is also refused (507) while the disk
-    holding ``disk`` has less than ``min_free`` bytes free. Without it, a file sent inline (a ``data:`` URL) or
-    junk JSON would be read into memory whole, and uploads could fill the disk, whatever their size."""
+    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413). Uploads (Gradio's upload
+    route, several files per request) must declare their length, at most ``max_upload``, and are refused
+    (507) when they would leave the disk holding ``disk`` under ``min_free`` bytes free, counting the uploads
+    still arriving. Without it, a file sent inline (a ``data:`` URL) or junk JSON would be read into memory
+    whole, and uploads could fill the disk, whatever their size."""
 
     def __init__(self, app: Callable, max_body: int, max_upload: int | None = None, min_free: int = 0,
                  disk: str | None = None) -> None:
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
         self.min_free, self.disk = min_free, disk
+        self._arriving = 0  # bytes of uploads in progress (one event loop: no lock needed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit, upload = self.max_body, _upload_route(scope)
-        if upload:
-            if self.disk is not None and self.min_free > 0 and _free_bytes(self.disk) < self.min_free:
-                return await _answer(send, 507, "The server is short of disk space for uploads; try again later.")
-            if self.max_upload is None:
-                return await self.app(scope, receive, send)
-            limit = self.max_upload
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return await self._refuse(send, limit, upload)
+        declared = int(length) if length is not None and length.isdigit() else None
+        if _upload_route(scope):
+            return await self._upload(scope, receive, send, declared)
+        if declared is not None and declared > self.max_body:
+            return await self._refuse(send)
         received, started = 0, False
 
         async def limited_receive():
@@ -161,7 +159,7 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
+                if received > self.max_body:
                     raise _TooLarge
             return message
 
@@ -174,19 +172,36 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._refuse(send, limit, upload)
+                await self._refuse(send)
 
-    @staticmethod
-    async def _refuse(send, limit: int, upload: bool) -> None:
-        await _answer(send, 413, f"Upload over {limit} bytes in one request." if upload
-                      else f"Request body over {limit} bytes; send files through the upload route.")
+    async def _upload(self, scope, receive, send, declared: int | None) -> None:
+        # Judged on the declared length before a byte is read (the server holds the body to it), so a refused
+        # upload leaves no partial files behind; browsers and gradio_client always declare it.
+        if self.max_upload is not None:
+            if declared is None:
+                return await _answer(send, 411, "An upload must declare its length (Content-Length).")
+            if declared > self.max_upload:
+                return await _answer(send, 413, f"Upload over {self.max_upload} bytes in one request.")
+        size = declared or 0
+        if self.disk is not None and self.min_free > 0 and \
+                _free_bytes(self.disk) - self._arriving - size < self.min_free:
+            return await _answer(send, 507, "The server is short of disk space for uploads; try again later.")
+        self._arriving += size
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._arriving -= size
+
+    async def _refuse(self, send) -> None:
+        await _answer(send, 413, f"Request body over {self.max_body} bytes; send files through the upload route.")
 
 
 def _free_bytes(path: str) -> int:
-    try:
-        return shutil.disk_usage(path).free
-    except OSError:  # not there yet: the disk it will be on
-        return shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or "/").free
+    """Free bytes on the disk ``path`` is (or will be) on: its nearest existing ancestor's."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    return shutil.disk_usage(path).free
 
 
 async def _answer(send, status: int, text: str) -> None:

@@ -42,7 +42,8 @@ class Inputs:
 
 def image_source(upload: Any) -> Any:
     """What :func:`kaldn.images.load_image` takes (a path, bytes, an array or a PIL image); None for no
-    upload. A dict or URL is refused: the app hands over the path of a file Gradio received, never a payload."""
+    upload. A payload dict is refused (the app hands over the path of a file Gradio received); a string is a
+    local path, never fetched."""
     if upload is None or (isinstance(upload, str) and upload == ""):
         return None
     if isinstance(upload, os.PathLike):

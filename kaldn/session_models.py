@@ -95,9 +95,11 @@ class SessionModels:
                 (f", {iters} it)" if iters else ")")
             entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner, kind)
             self._items[key] = entry
-            for old_key in mine[:max(0, len(mine) + 1 - self.cap)]:  # this owner's oldest, beyond its cap
-                self._delete(self._items.pop(old_key))
-            return entry
+            # This owner's oldest, beyond its cap; deleted after the lock (forgetting may wait for a model load).
+            evicted = [self._items.pop(k) for k in mine[:max(0, len(mine) + 1 - self.cap)]]
+        for old in evicted:
+            self._delete(old)
+        return entry
 
     def _delete(self, entry: SessionModel) -> None:
         if self.on_forget is not None:

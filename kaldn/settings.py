@@ -22,7 +22,7 @@ variable                           what                                        d
 ``KALDN_APP_MAX_CHECKPOINT_BYTES``  largest uploaded checkpoint              24 MiB
 ``KALDN_APP_CONVERT_MEMORY``       address space of one conversion process    2 GiB
 ``KALDN_APP_CONVERT_SECONDS``      wall-clock seconds of one conversion       120
-``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         201 MiB
+``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
 ``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB
 =================================  ==========================================  ===============
 
@@ -48,6 +48,20 @@ def env_int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
+_SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def file_size_bytes(size: str | int) -> int:
+    """Bytes of a size in Gradio's ``max_file_size`` syntax: an int, or a number and a unit, "25mb" (1024-based)."""
+    if isinstance(size, int):
+        return size
+    text = str(size).replace(" ", "").lower()
+    digits = len(text) - len(text.lstrip("0123456789"))
+    if digits == 0 or text[digits:] not in _SIZE_UNITS:
+        raise ValueError(f"not a file size: {size!r} (e.g. 25mb)")
+    return int(text[:digits]) * _SIZE_UNITS[text[digits:]]
+
+
 @dataclass(frozen=True)
 class AppSettings:
     max_pixels: int = 2048 * 2048
@@ -69,8 +83,15 @@ class AppSettings:
     max_checkpoint_bytes: int = 24 << 20  # under Gradio's upload cap (25mb); the peers' files are 2.5-3.3 MB
     convert_memory: int = 2 << 30         # a conversion needs ~0.7 GiB of address space (torch imported)
     convert_seconds: int = 120
-    max_upload_body: int = 201 << 20      # the fine-tune tab's 8 images at 25 MB, and the multipart framing
+    max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30
+
+    @property
+    def upload_cap(self) -> int:
+        """The largest upload request: ``max_upload_body``, or what the fine-tune tab may send at once."""
+        if self.max_upload_body is not None:
+            return self.max_upload_body
+        return self.finetune_max_images * file_size_bytes(self.max_file_size) + (1 << 20)
 
     @classmethod
     def from_env(cls) -> "AppSettings":
@@ -94,5 +115,5 @@ class AppSettings:
                    max_checkpoint_bytes=env_int("KALDN_APP_MAX_CHECKPOINT_BYTES", d.max_checkpoint_bytes),
                    convert_memory=env_int("KALDN_APP_CONVERT_MEMORY", d.convert_memory),
                    convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds),
-                   max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", d.max_upload_body),
+                   max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", 0) or None,
                    min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk))

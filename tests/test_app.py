@@ -65,7 +65,7 @@ API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_c
              "check_upload", "load_example", "slider_pair",
              "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune",
              "refresh_models", "add_checkpoint", "refresh_after_checkpoint",
-             "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "hasty_relu_on_open", "end_session"}
+             "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "end_session"}
 
 
 def test_every_event_has_its_api_name(served):

@@ -183,6 +183,7 @@ def test_results_tab(served, page):
 def test_how_it_works_tab(served, page):
     page.get_by_role("tab", name="How it works").click()
     page.wait_for_selector("#kaldn-kernels img")
+    page.get_by_role("button", name="Measure on the current image").click()
     page.wait_for_function("document.querySelector('#kaldn-hasty').innerText.includes('DSConv')",
                            timeout=120_000)
     summary = _text(page, "#kaldn-hasty")

@@ -422,8 +422,8 @@ def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
     # Every job that loads images or models waits in one line: one heavy job at a time (per the limit).
     heavy = {f.api_name: f.concurrency_id for f in demo.fns.values()
              if f.api_name in ("compare", "check_compare", "check_upload", "add_checkpoint", "hasty_relu",
-                               "hasty_relu_on_open", "compare_example", "check_compare_example")}
-    assert len(heavy) == 8 and set(heavy.values()) == {"compute"}, heavy
+                               "compare_example", "check_compare_example")}
+    assert len(heavy) == 7 and set(heavy.values()) == {"compute"}, heavy
 
 
 def test_a_path_ending_in_upload_is_not_exempt_from_the_body_cap(served):
@@ -498,41 +498,87 @@ def test_a_quiet_server_still_deletes_expired_runs_and_session_models(served, tm
     assert folder.is_dir() and run.folder.is_dir()
     entry.last_used -= app.SESSION_MODELS.max_idle_s + 1
     app.RUNS._runs[run_id].created -= app.RUNS.max_age_s + 1
-    app.sweep_expired()
+    app.SWEEP_NOW.set()  # the sweeper thread's next round, now instead of within a minute
+    deadline = time.time() + 10
+    while (folder.exists() or run.folder.exists()) and time.time() < deadline:
+        time.sleep(0.05)
     assert not folder.exists() and app.SESSION_MODELS.get(entry.key) is None
     assert not run.folder.exists() and app.RUNS.get(run_id, "quiet") is None
 
 
-def test_uploads_are_capped_per_request_and_refused_when_the_disk_is_short(tmp_path):
+def _asgi_call(app, path: str, chunks: list[bytes], headers: list | None = None) -> tuple[int, bytes]:
+    """One POST through an ASGI app, the body in ``chunks``: (status, body)."""
     import asyncio
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": headers or []}, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def _echo(scope, receive, send):
+    """The app behind the middleware: answers 200 with the body it read."""
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_uploads_declare_their_length_are_capped_and_wait_for_disk(tmp_path):
     from kaldn.admission import BodyLimit
-
-    async def echo(scope, receive, send):  # the app behind: reads the whole body, answers 200
-        while (await receive()).get("more_body"):
-            pass
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-    def status(app, path: str, chunks: list[bytes]) -> tuple[int, bytes]:
-        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                    for i, c in enumerate(chunks)]
-        sent = []
-
-        async def receive():
-            return messages.pop(0)
-
-        async def send(message):
-            sent.append(message)
-
-        asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": []}, receive, send))
-        return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
-
-    guard = BodyLimit(echo, max_body=10, max_upload=100, min_free=1, disk=str(tmp_path))
-    assert status(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 30])[0] == 200  # over max_body, under max_upload
-    code, text = status(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60])  # chunked: counted as it arrives
+    length = lambda n: [(b"content-length", str(n).encode())]  # noqa: E731
+    guard = BodyLimit(_echo, max_body=10, max_upload=100, min_free=1, disk=str(tmp_path))
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 30], length(90))[0] == 200  # over max_body
+    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 120], length(120))
     assert code == 413 and b"Upload over 100 bytes" in text
-    assert status(guard, "/gradio_api/queue/join", [b"x" * 11])[0] == 413
-    short = BodyLimit(echo, max_body=10, max_upload=100, min_free=1 << 62, disk=str(tmp_path / "not-yet"))
-    code, text = status(short, "/gradio_api/upload", [b"x"])
+    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60])  # no declared length
+    assert code == 411 and b"declare its length" in text
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * 6, b"x" * 5])[0] == 413  # chunked, counted
+    short = BodyLimit(_echo, max_body=10, max_upload=100, min_free=1 << 62, disk=str(tmp_path / "not" / "yet"))
+    code, text = _asgi_call(short, "/gradio_api/upload", [b"x"], length(1))
     assert code == 507 and b"disk space" in text
-    assert status(short, "/gradio_api/queue/join", [b"x"])[0] == 200  # only uploads wait for disk
+    assert _asgi_call(short, "/gradio_api/queue/join", [b"x"])[0] == 200  # only uploads wait for disk
+    # Uploads still arriving count against the free space.
+    import shutil
+    free = shutil.disk_usage(tmp_path).free
+    busy = BodyLimit(_echo, max_body=10, max_upload=1 << 62, min_free=free // 2, disk=str(tmp_path))
+    busy._arriving = free // 2
+    assert _asgi_call(busy, "/gradio_api/upload", [b"x"], length(1))[0] == 507
+    busy._arriving = 0
+    assert _asgi_call(busy, "/gradio_api/upload", [b"x"], length(1))[0] == 200 and busy._arriving == 0
+
+
+def test_local_files_only_passes_the_body_on_intact_and_refuses_urls():
+    import json as _json
+    from kaldn.admission import BodyLimit, LocalFilesOnly
+    guard = BodyLimit(LocalFilesOnly(_echo), max_body=1 << 20)
+    body = _json.dumps({"data": [{"path": "/tmp/gradio/a.png", "url": "http://host/gradio_api/file=a"}]}).encode()
+    assert _asgi_call(guard, "/gradio_api/queue/join", [body[:10], body[10:]]) == (200, body)  # chunked, replayed
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"not json"]) == (200, b"not json")  # Gradio's to refuse
+    remote = _json.dumps({"data": [[{"path": "https://hf.co/big.bin"}]]}).encode()
+    code, text = _asgi_call(guard, "/gradio_api/queue/join", [remote])
+    assert code == 400 and b"named by URL" in text
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"[" * 100_000])[0] == 200  # too deep to parse: passed on
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * (2 << 20)])[0] == 413  # the cap still holds inside
+
+
+def test_the_upload_cap_follows_the_file_size_cap_and_the_image_count(monkeypatch):
+    from kaldn.settings import AppSettings, file_size_bytes
+    assert file_size_bytes("25mb") == 25 << 20 and file_size_bytes("1 GB") == 1 << 30 and file_size_bytes(7) == 7
+    for bad in ("mb", "25xb", ""):
+        with pytest.raises(ValueError):
+            file_size_bytes(bad)
+    monkeypatch.setenv("KALDN_APP_MAX_FILE_SIZE", "10mb")
+    monkeypatch.setenv("KALDN_FINETUNE_MAX_IMAGES", "3")
+    assert AppSettings.from_env().upload_cap == 3 * (10 << 20) + (1 << 20)  # every image at the cap, one request
+    monkeypatch.setenv("KALDN_APP_MAX_UPLOAD_BODY", "5000")
+    assert AppSettings.from_env().upload_cap == 5000
