@@ -155,20 +155,22 @@ def _load_checked(image: Any, scale: Any, mode: str, ground_truth: Any, max_pixe
         except TooLargeError as exc:
             if exc.size is None:
                 raise
-            raise UserError(_gt_mismatch(exc.size, (w, h), scale)) from None
+            raise UserError(_gt_mismatch(exc.size, (w, h), scale, max_output_pixels)) from None
         gh, gw = gt.shape[:2]
         if (gh, gw) != (h * scale, w * scale):
-            raise UserError(_gt_mismatch((gw, gh), (w, h), scale))
+            raise UserError(_gt_mismatch((gw, gh), (w, h), scale, max_output_pixels))
         notes += _describe_image(gt, "The ground truth", gt_notes)
     return img, gt, scale, notes
 
 
-def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int) -> str:
+def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int,
+                 max_output_pixels: int | None = None) -> str:
     """Why a ground truth of ``gt_size`` (width, height) does not fit an LR image at ``scale``, and what would."""
     (gw, gh), (w, h) = gt_size, lr_size
     message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
                f"must be exactly {w * scale}x{h * scale}.")
-    other = [s for s in scales() if (gh, gw) == (h * s, w * s)]
+    other = [s for s in scales() if (gh, gw) == (h * s, w * s)
+             and (max_output_pixels is None or gh * gw <= max_output_pixels)]  # a scale that could run
     if other:
         message += f" It matches x{other[0]}: choose scale {other[0]}."
     elif (gh - gh % scale, gw - gw % scale) == (h * scale, w * scale):  # what crop_to_scale would leave

@@ -443,3 +443,12 @@ def test_zoom_refuses_sizes_and_centres_that_are_not_finite_numbers_in_range(tmp
     for scale in [float("inf"), float("nan"), "4.5", 10**30]:
         with pytest.raises(UserError, match="scale must be one of"):
             check_scale(scale)
+
+
+def test_the_mismatch_message_suggests_only_a_scale_that_could_run():
+    lr = rng_image(16, 16)
+    with pytest.raises(UserError, match="choose scale 4"):
+        prepare_inputs(lr, 2, "lr", rng_image(64, 64))
+    with pytest.raises(UserError) as refused:  # x4 would make a 64x64 output, over this server's 40x40
+        prepare_inputs(lr, 2, "lr", rng_image(64, 64), max_output_pixels=40 * 40)
+    assert "choose scale" not in str(refused.value) and "must be exactly 32x32" in str(refused.value)
