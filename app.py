@@ -27,7 +27,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 import weakref
 from contextlib import closing
 from pathlib import Path
@@ -45,6 +44,7 @@ from kaldn.cache import ModelCache
 from kaldn.choices import default_variants, requested_keys, resolve_variant, runnable_selection
 from kaldn.choices import variant_choices as compare_choices
 from kaldn.comparison import METRIC_HEADERS, default_pair, metrics_table, pair_choices, run_comparison
+from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
 from kaldn.hub import available_models
@@ -192,7 +192,7 @@ ZOO_INTRO = """
 with the same iterations, patch, batch, learning-rate schedule, data (80 SUN/Hays images) and seed; a second seed
 of some variants (Seed 1; weights not shipped, their numbers are kept) shows how much a rerun alone moves PSNR.
 The budget is far below the papers' DIV2K training: compare the rows with each other, not with published numbers
-(those are on the Results tab). **Peers** (SCNet-T, LESRCNN, FDIWN, when listed) are the seed papers' architectures,
+(those are on the Results tab). **Peers** (when listed) are the seed papers' architectures,
 trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with bf16 autocast and 72 of
 the 80 images (8 held out to choose the checkpoint, where the first tiny zoo chose on BSD68). KDSConv (det) was
 trained again under exactly that recipe (the row validated on held-out images; its weights are not shipped), and
@@ -563,7 +563,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
             device = gr.Radio([("Auto", "auto"), ("CUDA", "cuda"), ("CPU", "cpu")], value="auto", label="Device")
             run = gr.Button("Run comparison", variant="primary", elem_id="kaldn-run")
             with gr.Accordion("Compare with your own checkpoint", open=False):
-                gr.Markdown("A published LESRCNN / FDIWN / SCNet-T `.pt` / `.pth` state dict, or a kaldn "
+                peers = " / ".join(a.label for a in published_architectures().values())
+                gr.Markdown(f"A published {peers} `.pt` / `.pth` state dict, or a kaldn "
                             f"`.safetensors`, up to {SETTINGS.max_checkpoint_bytes >> 20} MiB. Read without running "
                             "code from the file (`torch.load(weights_only=True)`), in a separate process; every "
                             "tensor must fit the architecture. Only this session sees it.")
