@@ -131,7 +131,7 @@ def queued_events(session: str) -> int:
 
 
 SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events)
-VIEWS = SingleFlight(limit=8)  # views outside the queue: one per session, eight at once
+VIEWS = SingleFlight(limit=SETTINGS.views)  # views outside the queue: one per session, KALDN_APP_VIEWS at once
 # Lists and tables (a mode's labels, model lists, the zoo, the results plots): cheap, also outside the queue so
 # a flood of them cannot fill it; a few per session at once (a page load asks for several).
 LISTS = SingleFlight(limit=16, per_session=3)

@@ -86,10 +86,11 @@ def diverging(values: np.ndarray, limit: float) -> np.ndarray:
     """Blue (negative) - white (0) - red (positive), ``limit`` mapped to full colour; uint8 RGB."""
     v = np.clip(np.asarray(values, dtype=np.float64) / max(float(limit), 1e-12), -1.0, 1.0)
     pos, neg = np.clip(v, 0, 1), np.clip(-v, 0, 1)
-    r = 1.0 - 0.75 * neg
-    g = 1.0 - 0.8 * pos - 0.6 * neg
-    b = 1.0 - 0.8 * pos
-    return np.round(np.stack([r, g, b], axis=-1) * 255).astype(np.uint8)
+    out = np.empty(v.shape + (3,), np.uint8)  # one channel at a time: a 2048^2 map stays ~130 MB at its peak
+    out[..., 0] = np.round((1.0 - 0.75 * neg) * 255)
+    out[..., 1] = np.round((1.0 - 0.8 * pos - 0.6 * neg) * 255)
+    out[..., 2] = np.round((1.0 - 0.8 * pos) * 255)
+    return out
 
 
 def sequential(values: np.ndarray) -> np.ndarray:
@@ -97,8 +98,11 @@ def sequential(values: np.ndarray) -> np.ndarray:
     stops = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float64)
     v = np.clip(np.asarray(values, dtype=np.float64), 0, 1) * (len(stops) - 1)
     i = np.minimum(np.floor(v).astype(int), len(stops) - 2)
-    t = (v - i)[..., None]
-    return np.round(stops[i] * (1 - t) + stops[i + 1] * t).astype(np.uint8)
+    t = v - i
+    out = np.empty(v.shape + (3,), np.uint8)  # one channel at a time, as in diverging
+    for c in range(3):
+        out[..., c] = np.round(stops[i, c] * (1 - t) + stops[i + 1, c] * t)
+    return out
 
 
 def render_heatmap(values: np.ndarray, title: str, lo: float = 0.0, hi: float = 1.0,

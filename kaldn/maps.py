@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .display import diverging, enlarge_nearest, font, sequential
-from .metrics import _as_8bit, crop_border, psnr_y, rgb_to_y
+from .metrics import _as_8bit, crop_border, psnr_of_y, rgb_to_y
 
 __all__ = [
     "NO_GROUND_TRUTH", "WIN_THRESHOLD", "SCALE_PERCENTILE", "ErrorMaps", "PairDifference",
@@ -196,8 +196,7 @@ def pair_difference(a: np.ndarray, b: np.ndarray, ground_truth: np.ndarray | Non
     signed = np.abs(y_b - y_gt) - np.abs(y_a - y_gt)
     inner = crop_border(signed, border)
     eps = 1e-9  # Y differences are sums of float products; a difference of exactly 1 must count
-    psnr_a = psnr_y(_colour(a), _colour(ground_truth), border)
-    psnr_b = psnr_y(_colour(b), _colour(ground_truth), border)
+    psnr_a, psnr_b = psnr_of_y(y_a, y_gt, border), psnr_of_y(y_b, y_gt, border)  # psnr_y's, from these planes
     return PairDifference(signed=signed, limit=_scale_limit(np.abs(inner)),
                           a_wins=float(np.mean(inner >= WIN_THRESHOLD - eps)),
                           b_wins=float(np.mean(inner <= -WIN_THRESHOLD + eps)),

@@ -18,7 +18,7 @@ import math
 import numpy as np
 from skimage.metrics import structural_similarity
 
-__all__ = ["rgb_to_y", "psnr_y", "ssim_y", "evaluate_pair"]
+__all__ = ["rgb_to_y", "psnr_y", "psnr_of_y", "ssim_y", "evaluate_pair"]
 
 
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -38,14 +38,16 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
     Accepts HxWx3 RGB or HxW / HxWx1 grayscale (treated as R = G = B), as uint8
     (divided by 255), uint16 (by 65535) or float in [0, 1].
     """
-    img = _to_unit_float(image)
+    img = np.asarray(image)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 2:
-        return 16.0 + (65.481 + 128.553 + 24.966) * img
+        return 16.0 + (65.481 + 128.553 + 24.966) * _to_unit_float(img)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"rgb_to_y expects HxWx3 RGB or HxW grayscale, got shape {img.shape}")
-    return 16.0 + 65.481 * img[:, :, 0] + 128.553 * img[:, :, 1] + 24.966 * img[:, :, 2]
+    # One channel at a time (the same arithmetic, in the same order): a float copy of one plane, not three.
+    return 16.0 + 65.481 * _to_unit_float(img[:, :, 0]) + 128.553 * _to_unit_float(img[:, :, 1]) \
+        + 24.966 * _to_unit_float(img[:, :, 2])
 
 
 def _as_8bit(image: np.ndarray) -> np.ndarray:
@@ -81,8 +83,13 @@ def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
 
     Returns ``math.inf`` for identical images (zero error).
     """
-    y_out, y_ref = _prepare(output, reference, border)
-    mse = float(np.mean((y_out - y_ref) ** 2))
+    return psnr_of_y(*_prepare(output, reference, border))
+
+
+def psnr_of_y(y_out: np.ndarray, y_ref: np.ndarray, border: int = 0) -> float:
+    """:func:`psnr_y` of two Y planes already made (``rgb_to_y``), after cropping ``border`` pixels per side."""
+    diff = crop_border(y_out, border) - crop_border(y_ref, border)
+    mse = float(np.mean(diff ** 2))
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(255.0**2 / mse)
