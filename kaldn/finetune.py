@@ -212,7 +212,7 @@ class FineTuneManager:
     def __init__(self, registry: SessionModels, root: str | Path | None = None,
                  max_iters: int | None = None, time_budget_s: float | None = None,
                  max_images: int | None = None, max_total_pixels: int | None = None,
-                 max_batch_pixels: int | None = None) -> None:
+                 max_batch_pixels: int | None = None, turn_s: float | None = None) -> None:
         d = AppSettings.from_env()
         self.registry = registry
         self._base = Path(root) if root else None
@@ -222,6 +222,10 @@ class FineTuneManager:
         self.max_images = max_images or d.finetune_max_images
         self.max_total_pixels = max_total_pixels or d.finetune_max_total_pixels
         self.max_batch_pixels = max_batch_pixels or d.finetune_max_batch_pixels
+        # Fair turns: an owner whose job made someone else wait may not start the next one for turn_s seconds.
+        self.turn_s = d.finetune_turn_s if turn_s is None else turn_s
+        self._turn_after: dict[str, float] = {}   # owner -> when its next job may start
+        self._waited = False                      # someone else was refused while the current job ran
         self._lock = threading.Lock()
         self.job: FineTuneJob | None = None
         self._count = itertools.count(1)
@@ -264,9 +268,18 @@ class FineTuneManager:
         if not self.registry.has_room(owner):  # asked before training, not after
             raise BusyError("The server holds as many session models as it can; try again when other sessions "
                             "have ended.")
+        wait = self._turn_after.get(owner or "", 0.0) - time.monotonic()
+        if wait > 0:
+            raise BusyError(f"Others were waiting while your last job ran: your next one can start in {wait:.0f} s "
+                            "(one job at a time for the whole server, taken in turns).")
         if not self._lock.acquire(blocking=False):
+            running = self.job
+            if owner and running is not None and running.owner != owner:  # a session, not the job's own
+                self._waited = True
+            left = "" if running is None or not running.time_budget_s else \
+                f" It stops within about {max(0.0, running.started + running.time_budget_s - time.time()):.0f} s."
             raise BusyError("Another fine-tuning job is running on this server (one at a time, to keep the "
-                            "demo responsive). Try again when it has finished.")
+                            f"demo responsive). Try again when it has finished.{left}")
         try:
             n = next(self._count)
             folder = Path(tempfile.mkdtemp(prefix=f"job{n}-", dir=self._root()))
@@ -283,14 +296,22 @@ class FineTuneManager:
             notes.insert(0, f"Training on {count} image(s); validation on the same images "
                             "(it measures how well the model fits them).")
             job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s)
-            self.job = job
-            job.thread = threading.Thread(target=job._run, args=(self._lock.release,), daemon=True,
+            self.job, self._waited = job, False
+            job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")
             job.thread.start()
             return job, notes
         except BaseException:
             self._lock.release()
             raise
+
+    def _ended(self, job: FineTuneJob) -> None:
+        """The job's thread is done: give others their turn if they waited, then free the server."""
+        now = time.monotonic()
+        self._turn_after = {o: t for o, t in self._turn_after.items() if t > now}
+        if self._waited and job.owner:
+            self._turn_after[job.owner] = now + self.turn_s
+        self._lock.release()
 
     def _root(self) -> Path:
         if self._base is None:

@@ -25,6 +25,8 @@ variable                           what                                        d
 ``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
 ``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB
 ``KALDN_APP_VIEWS``                views (slider pair, zoom, kernels) at once  4
+``KALDN_FINETUNE_TURN_S``          after a job others waited for, its owner    60
+                                   waits this long before the next one
 =================================  ==========================================  ===============
 
 ``kaldn.hub``'s own settings (``KALDN_CHECKPOINTS``, ``KALDN_HUB_REPO``, ...) are read by the loader.
@@ -86,6 +88,7 @@ class AppSettings:
     convert_seconds: int = 120
     max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30
+    finetune_turn_s: int = 60
     views: int = 4                        # a pair view of a 2048^2 run peaks at ~200 MiB (benchmarks.view_memory)
 
     @property
@@ -119,4 +122,5 @@ class AppSettings:
                    convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds),
                    max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", 0) or None,
                    min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk),
-                   views=env_int("KALDN_APP_VIEWS", d.views))
+                   views=env_int("KALDN_APP_VIEWS", d.views),
+                   finetune_turn_s=env_int("KALDN_FINETUNE_TURN_S", d.finetune_turn_s))

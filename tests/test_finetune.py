@@ -100,3 +100,27 @@ def test_a_full_server_refuses_before_training_and_a_job_it_cannot_keep_leaves_n
     with pytest.raises(BusyError):
         list(updates)
     assert not manager.busy and list((tmp_path / "jobs").glob("*")) == []
+
+
+def test_jobs_are_taken_in_turns_when_others_waited(use_throwaway, tmp_path):
+    images = []
+    for i in range(2):
+        save_png(rng_image(64, 64, seed=i), tmp_path / f"{i}.png")
+        images.append(tmp_path / f"{i}.png")
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs", max_iters=50, time_budget_s=300, turn_s=60)
+    settings = FineTuneSettings("tiny-ldsconv-x2", iters=5, lr=2e-4, batch=2, patch=16, device="cpu")
+    # Alone, an owner may run one job after another.
+    list(manager.run(images, settings, owner="a", min_interval=0.0))
+    list(manager.run(images, settings, owner="a", min_interval=0.0))
+    # Someone else is refused while a's job runs (told when it stops at the latest) ...
+    updates = manager.run(images, settings, owner="a", min_interval=0.0)
+    next(updates)
+    with pytest.raises(BusyError, match=r"stops within about \d+ s"):
+        manager.start(images, settings, owner="b")
+    list(updates)
+    # ... so a waits its turn, and b goes first.
+    with pytest.raises(BusyError, match=r"your next one can start in \d+ s"):
+        manager.start(images, settings, owner="a")
+    *_, last = manager.run(images, settings, owner="b", min_interval=0.0)
+    assert last.entry is not None
+    list(manager.run(images, settings, owner="b", min_interval=0.0))  # nobody waited for b: no turn to wait
