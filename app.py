@@ -915,17 +915,28 @@ def how_tab() -> SimpleNamespace:
 
 # --- layout -----------------------------------------------------------------------------------------------
 
-# On page load too: when the server is busy the lists keep what the page was built with, without an error.
-@outside_queue(LISTS, "", skip=3)
-def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
-                   request: gr.Request = None):
-    """Refresh every model list (after fine-tuning, or on page load): the session sees its own models only."""
-    session = session_of(request)
+def _model_lists(scale: Any, selected: list[str] | None, base: str | None, how: str | None, session: str | None):
     bases, hows = base_choices(available_models(), SESSION_MODELS.for_owner(session)), how_choices(session)
     base_value = base if base in {v for _, v in bases} else default_base(bases)
     how_value = how if how in {v for _, v in hows} else (hows[0][1] if hows else None)
     return (_variant_update(scale, selected, session), gr.update(choices=bases, value=base_value),
             gr.update(choices=hows, value=how_value))
+
+
+@shows_user_errors
+@light_call
+def refresh_models(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
+                   request: gr.Request = None):
+    """Refresh every model list after a fine-tune or an upload: the session sees its own models only."""
+    return _model_lists(scale, selected, base, how, session_of(request))
+
+
+# On page load the lists already hold every bundled model; when the server is busy they keep that, silently.
+@outside_queue(LISTS, "", skip=3)
+def refresh_on_load(scale: Any, selected: list[str] | None, base: str | None, how: str | None,
+                    request: gr.Request = None):
+    """Every model list on page load (a reloaded page's session may still have its own models)."""
+    return _model_lists(scale, selected, base, how, session_of(request))
 
 
 CSS = """
@@ -959,7 +970,7 @@ def build_demo() -> gr.Blocks:
         lists = [compare.scale, compare.variants, tune.base, how.model]
         tune.trained.then(refresh_models, lists, lists[1:], api_name="refresh_after_finetune", queue=False)
         compare.added.success(refresh_models, lists, lists[1:], api_name="refresh_after_checkpoint", queue=False)
-        demo.load(refresh_models, lists, lists[1:], api_name="refresh_models", queue=False)
+        demo.load(refresh_on_load, lists, lists[1:], api_name="refresh_models", queue=False)
         hasty_inputs = [state, compare.mode, compare.image, compare.gt, compare.scale]
         how.hasty_button.click(hasty_relu, hasty_inputs, how.hasty_outputs, api_name="hasty_relu", preprocess=False,
                                concurrency_id="compute", validator=admit_hasty)

@@ -131,36 +131,50 @@ def _upload_route(scope) -> bool:
 
 
 class BodyLimit:
-    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413). Uploads (Gradio's upload
-    route, several files per request) must declare their length, at most ``max_upload``, and are refused
-    (507) when they would leave the disk holding ``disk`` under ``min_free`` bytes free, counting the uploads
-    still arriving. Without it, a file sent inline (a ``data:`` URL) or junk JSON would be read into memory
-    whole, and uploads could fill the disk, whatever their size."""
+    """ASGI middleware: request bodies over ``max_body`` bytes are refused (413); uploads (Gradio's upload
+    route, several files per request) over ``max_upload``, and uploads while the disk holding ``disk`` has
+    under ``min_free`` bytes free (507). Without it, a file sent inline (a ``data:`` URL) or junk JSON would
+    be read into memory whole, and uploads could fill the disk, whatever their size.
+
+    An upload that declares its length (browsers and gradio_client do) is judged on it before a byte is
+    read, so a refused one leaves nothing behind; every body is also counted as it arrives (a chunked
+    body declares nothing, and with ``Transfer-Encoding`` the server ignores ``Content-Length``), and an
+    upload is stopped once over the cap or once the disk runs short while it arrives.
+    """
+
+    DISK_CHECK_BYTES = 8 << 20  # an arriving upload re-checks the free disk every this many bytes
 
     def __init__(self, app: Callable, max_body: int, max_upload: int | None = None, min_free: int = 0,
                  disk: str | None = None) -> None:
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
         self.min_free, self.disk = min_free, disk
-        self._arriving = 0  # bytes of uploads in progress (one event loop: no lock needed)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
-        if _upload_route(scope):
-            return await self._upload(scope, receive, send, declared)
-        if declared is not None and declared > self.max_body:
-            return await self._refuse(send)
-        received, started = 0, False
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        declared = int(length) if length is not None and length.isdigit() and \
+            b"transfer-encoding" not in headers else None
+        upload = _upload_route(scope)
+        limit = (self.max_upload if upload else self.max_body) or 0  # 0: no cap (an upload, max_upload None)
+        if limit and declared is not None and declared > limit:
+            return await self._refuse(send, 413, upload)
+        if upload and self._short_of_disk(declared or 0):
+            return await self._refuse(send, 507, upload)
+        received, checked, started = 0, 0, False
 
-        async def limited_receive():
-            nonlocal received
+        async def counted_receive():
+            nonlocal received, checked
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise _TooLarge
+                if limit and received > limit:
+                    raise _Refused(413)
+                if upload and received - checked >= self.DISK_CHECK_BYTES:
+                    checked = received
+                    if self._short_of_disk(0):
+                        raise _Refused(507)
             return message
 
         async def tracking_send(message):
@@ -169,31 +183,22 @@ class BodyLimit:
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
+            await self.app(scope, counted_receive, tracking_send)
+        except _Refused as refused:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, refused.status, upload)
 
-    async def _upload(self, scope, receive, send, declared: int | None) -> None:
-        # Judged on the declared length before a byte is read (the server holds the body to it), so a refused
-        # upload leaves no partial files behind; browsers and gradio_client always declare it.
-        if self.max_upload is not None:
-            if declared is None:
-                return await _answer(send, 411, "An upload must declare its length (Content-Length).")
-            if declared > self.max_upload:
-                return await _answer(send, 413, f"Upload over {self.max_upload} bytes in one request.")
-        size = declared or 0
-        if self.disk is not None and self.min_free > 0 and \
-                _free_bytes(self.disk) - self._arriving - size < self.min_free:
-            return await _answer(send, 507, "The server is short of disk space for uploads; try again later.")
-        self._arriving += size
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self._arriving -= size
+    def _short_of_disk(self, incoming: int) -> bool:
+        return self.disk is not None and self.min_free > 0 and _free_bytes(self.disk) - incoming < self.min_free
 
-    async def _refuse(self, send) -> None:
-        await _answer(send, 413, f"Request body over {self.max_body} bytes; send files through the upload route.")
+    async def _refuse(self, send, status: int, upload: bool) -> None:
+        if status == 507:
+            text = "The server is short of disk space for uploads; try again later."
+        elif upload:
+            text = f"Upload over {self.max_upload} bytes in one request."
+        else:
+            text = f"Request body over {self.max_body} bytes; send files through the upload route."
+        await _answer(send, status, text)
 
 
 def _free_bytes(path: str) -> int:
@@ -211,8 +216,10 @@ async def _answer(send, status: int, text: str) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _Refused(Exception):
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
 
 
 def names_remote_file(payload) -> bool:

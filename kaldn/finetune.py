@@ -269,17 +269,21 @@ class FineTuneManager:
             raise BusyError("The server holds as many session models as it can; try again when other sessions "
                             "have ended.")
         wait = self._turn_after.get(owner or "", 0.0) - time.monotonic()
-        if wait > 0:
+        if wait > 0 and not self.busy:
             raise BusyError(f"Others were waiting while your last job ran: your next one can start in {wait:.0f} s "
                             "(one job at a time for the whole server, taken in turns).")
         if not self._lock.acquire(blocking=False):
-            running = self.job
-            if owner and running is not None and running.owner != owner:  # a session, not the job's own
+            running = self.job  # None while the next job prepares its data
+            if owner and (running is None or running.owner != owner):  # a session, not the job's own
                 self._waited = True
-            left = "" if running is None or not running.time_budget_s else \
-                f" It stops within about {max(0.0, running.started + running.time_budget_s - time.time()):.0f} s."
+            if running is None:
+                left = f" One is starting; it trains for at most about {self.time_budget_s:.0f} s."
+            else:
+                left = (f" It stops in about {max(0.0, running.started + running.time_budget_s - time.time()):.0f}"
+                        " s (its time budget).")
             raise BusyError("Another fine-tuning job is running on this server (one at a time, to keep the "
                             f"demo responsive). Try again when it has finished.{left}")
+        self._waited = False  # who waits for this job counts from now
         try:
             n = next(self._count)
             folder = Path(tempfile.mkdtemp(prefix=f"job{n}-", dir=self._root()))
@@ -296,12 +300,13 @@ class FineTuneManager:
             notes.insert(0, f"Training on {count} image(s); validation on the same images "
                             "(it measures how well the model fits them).")
             job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s)
-            self.job, self._waited = job, False
+            self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")
             job.thread.start()
             return job, notes
         except BaseException:
+            self.job = None
             self._lock.release()
             raise
 
@@ -311,6 +316,7 @@ class FineTuneManager:
         self._turn_after = {o: t for o, t in self._turn_after.items() if t > now}
         if self._waited and job.owner:
             self._turn_after[job.owner] = now + self.turn_s
+        self.job = None  # nothing runs now: no stop time to quote, nothing to cancel
         self._lock.release()
 
     def _root(self) -> Path:

@@ -115,7 +115,7 @@ def test_jobs_are_taken_in_turns_when_others_waited(use_throwaway, tmp_path):
     # Someone else is refused while a's job runs (told when it stops at the latest) ...
     updates = manager.run(images, settings, owner="a", min_interval=0.0)
     next(updates)
-    with pytest.raises(BusyError, match=r"stops within about \d+ s"):
+    with pytest.raises(BusyError, match=r"stops in about \d+ s"):
         manager.start(images, settings, owner="b")
     list(updates)
     # ... so a waits its turn, and b goes first.

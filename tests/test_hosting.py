@@ -533,28 +533,30 @@ async def _echo(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 
 
-def test_uploads_declare_their_length_are_capped_and_wait_for_disk(tmp_path):
+def test_uploads_are_capped_and_wait_for_disk_declared_or_not(tmp_path, monkeypatch):
+    from kaldn import admission
     from kaldn.admission import BodyLimit
     length = lambda n: [(b"content-length", str(n).encode())]  # noqa: E731
     guard = BodyLimit(_echo, max_body=10, max_upload=100, min_free=1, disk=str(tmp_path))
     assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 30], length(90))[0] == 200  # over max_body
-    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 120], length(120))
+    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 120], length(120))  # judged before reading
     assert code == 413 and b"Upload over 100 bytes" in text
-    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60])  # no declared length
-    assert code == 411 and b"declare its length" in text
-    assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * 6, b"x" * 5])[0] == 413  # chunked, counted
+    # Declaring nothing, or a small length beside Transfer-Encoding (which the server then ignores): counted.
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60])[0] == 413
+    chunked = length(1) + [(b"transfer-encoding", b"chunked")]
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 60, b"x" * 60], chunked)[0] == 413
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * 6, b"x" * 5])[0] == 413
     short = BodyLimit(_echo, max_body=10, max_upload=100, min_free=1 << 62, disk=str(tmp_path / "not" / "yet"))
     code, text = _asgi_call(short, "/gradio_api/upload", [b"x"], length(1))
     assert code == 507 and b"disk space" in text
     assert _asgi_call(short, "/gradio_api/queue/join", [b"x"])[0] == 200  # only uploads wait for disk
-    # Uploads still arriving count against the free space.
-    import shutil
-    free = shutil.disk_usage(tmp_path).free
-    busy = BodyLimit(_echo, max_body=10, max_upload=1 << 62, min_free=free // 2, disk=str(tmp_path))
-    busy._arriving = free // 2
-    assert _asgi_call(busy, "/gradio_api/upload", [b"x"], length(1))[0] == 507
-    busy._arriving = 0
-    assert _asgi_call(busy, "/gradio_api/upload", [b"x"], length(1))[0] == 200 and busy._arriving == 0
+    # The disk runs short while an upload arrives (other uploads fill it): stopped on the next check.
+    free = iter([10_000, 10_000, 0])
+    monkeypatch.setattr(admission, "_free_bytes", lambda path: next(free))
+    filling = BodyLimit(_echo, max_body=10, max_upload=1000, min_free=100, disk=str(tmp_path))
+    filling.DISK_CHECK_BYTES = 50
+    code, text = _asgi_call(filling, "/gradio_api/upload", [b"x" * 60, b"x" * 60, b"x" * 60], length(180))
+    assert code == 507 and b"disk space" in text
 
 
 def test_local_files_only_passes_the_body_on_intact_and_refuses_urls():
