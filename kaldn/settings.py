@@ -23,9 +23,9 @@ variable                           what                                        d
 ``KALDN_APP_CONVERT_MEMORY``       address space of one conversion process    2 GiB
 ``KALDN_APP_CONVERT_SECONDS``      wall-clock seconds of one conversion       120
 ``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
-``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB
+``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB (0: off)
 ``KALDN_APP_VIEWS``                views (slider pair, zoom, kernels) at once  4
-``KALDN_FINETUNE_TURN_S``          after a job others waited for, its owner    60
+``KALDN_FINETUNE_TURN_S``          after a job others waited for, its owner    60 (0: off)
                                    waits this long before the next one
 =================================  ==========================================  ===============
 
@@ -41,14 +41,14 @@ from dataclasses import dataclass
 log = logging.getLogger("kaldn.settings")
 
 
-def env_int(name: str, default: int) -> int:
-    """A positive integer from the environment, ``default`` when unset or invalid."""
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """An integer of at least ``minimum`` from the environment, ``default`` when unset or invalid."""
     try:
         value = int(os.environ.get(name, "").strip() or default)
     except ValueError:
         log.warning("%s=%r is not an integer; using %d", name, os.environ.get(name), default)
         return default
-    return value if value > 0 else default
+    return value if value >= minimum else default
 
 
 _SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
@@ -121,6 +121,6 @@ class AppSettings:
                    convert_memory=env_int("KALDN_APP_CONVERT_MEMORY", d.convert_memory),
                    convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds),
                    max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", 0) or None,
-                   min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk),
+                   min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk, minimum=0),  # 0: off
                    views=env_int("KALDN_APP_VIEWS", d.views),
-                   finetune_turn_s=env_int("KALDN_FINETUNE_TURN_S", d.finetune_turn_s))
+                   finetune_turn_s=env_int("KALDN_FINETUNE_TURN_S", d.finetune_turn_s, minimum=0))  # 0: off

@@ -584,3 +584,8 @@ def test_the_upload_cap_follows_the_file_size_cap_and_the_image_count(monkeypatc
     assert AppSettings.from_env().upload_cap == 3 * (10 << 20) + (1 << 20)  # every image at the cap, one request
     monkeypatch.setenv("KALDN_APP_MAX_UPLOAD_BODY", "5000")
     assert AppSettings.from_env().upload_cap == 5000
+    # 0 turns the disk check and the fine-tune turns off; it is no cap for the others (the default stays).
+    for name in ("KALDN_APP_MIN_FREE_DISK", "KALDN_FINETUNE_TURN_S", "KALDN_APP_VIEWS"):
+        monkeypatch.setenv(name, "0")
+    settings = AppSettings.from_env()
+    assert settings.min_free_disk == 0 and settings.finetune_turn_s == 0 and settings.views == AppSettings().views
