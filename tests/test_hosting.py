@@ -589,3 +589,25 @@ def test_the_upload_cap_follows_the_file_size_cap_and_the_image_count(monkeypatc
         monkeypatch.setenv(name, "0")
     settings = AppSettings.from_env()
     assert settings.min_free_disk == 0 and settings.finetune_turn_s == 0 and settings.views == AppSettings().views
+
+
+def test_a_busy_server_keeps_the_page_load_quiet_and_says_so_elsewhere(served):
+    """With the lists' limiter full for a session, the page-load refresh leaves the lists as built (no error
+    toast on every visit); a list asked for explicitly says the server is busy."""
+    import httpx
+    app, sid = served["app"], session()
+    payload = {"data": [4, ["bicubic"], None, None], "session_hash": sid}
+    r = httpx.post(f"{served['url']}gradio_api/run/refresh_models", json=payload, timeout=30)
+    assert r.status_code == 200 and len(r.json()["data"]) == 3
+    for _ in range(app.LISTS.per_session):
+        assert app.LISTS.enter(sid)
+    try:
+        r = httpx.post(f"{served['url']}gradio_api/run/refresh_models", json=payload, timeout=30)
+        assert r.status_code == 200, r.text
+        assert all(value == {"__type__": "update"} for value in r.json()["data"])  # gr.skip(): unchanged
+        r = httpx.post(f"{served['url']}gradio_api/run/zoo", json={"data": ["all"], "session_hash": sid},
+                       timeout=30)
+        assert r.status_code != 200 and "One at a time" in r.text
+    finally:
+        for _ in range(app.LISTS.per_session):
+            app.LISTS.leave(sid)
