@@ -174,8 +174,10 @@ def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int,
     if other:
         message += f" It matches x{other[0]}: choose scale {other[0]}."
     elif (gh - gh % scale, gw - gw % scale) == (h * scale, w * scale):  # what crop_to_scale would leave
-        message += (f" Crop it to {w * scale}x{h * scale} (bottom/right), or upload it alone in HR mode, "
-                    "which crops it and makes the LR input for you.")
+        message += f" Crop it to {w * scale}x{h * scale} (bottom/right)"
+        fits = max_output_pixels is None or gh * gw <= max_output_pixels  # HR mode takes it as it is
+        message += (", or upload it alone in HR mode, which crops it and makes the LR input for you."
+                    if fits else ".")
     return message
 
 

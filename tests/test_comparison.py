@@ -452,3 +452,12 @@ def test_the_mismatch_message_suggests_only_a_scale_that_could_run():
     with pytest.raises(UserError) as refused:  # x4 would make a 64x64 output, over this server's 40x40
         prepare_inputs(lr, 2, "lr", rng_image(64, 64), max_output_pixels=40 * 40)
     assert "choose scale" not in str(refused.value) and "must be exactly 32x32" in str(refused.value)
+
+
+def test_the_crop_hint_offers_hr_mode_only_when_hr_mode_would_take_the_image():
+    lr, gt = rng_image(16, 16), rng_image(33, 33)  # x2 wants 32x32: a crop away
+    with pytest.raises(UserError, match=r"Crop it to 32x32 \(bottom/right\), or upload it alone in HR mode"):
+        prepare_inputs(lr, 2, "lr", gt)
+    with pytest.raises(UserError) as refused:  # 33x33 is over this server's output cap: HR mode would refuse it
+        prepare_inputs(lr, 2, "lr", gt, max_output_pixels=32 * 32)
+    assert "Crop it to 32x32 (bottom/right)." in str(refused.value) and "HR mode" not in str(refused.value)
