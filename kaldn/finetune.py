@@ -265,9 +265,7 @@ class FineTuneManager:
                 raise UserError(f"Unknown base model {settings.base!r}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
-        if not self.registry.has_room(owner):  # asked before training, not after
-            raise BusyError("The server holds as many session models as it can; try again when other sessions "
-                            "have ended.")
+        self.registry.require_room(owner)  # asked before training, not after
         wait = self._turn_after.get(owner or "", 0.0) - time.monotonic()
         if wait > 0 and not self.busy:
             raise BusyError(f"Others were waiting while your last job ran: your next one can start in {wait:.0f} s "

@@ -169,13 +169,12 @@ def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int,
     (gw, gh), (w, h) = gt_size, lr_size
     message = (f"The ground truth is {gw}x{gh}, but the LR image is {w}x{h}: at x{scale} the ground truth "
                f"must be exactly {w * scale}x{h * scale}.")
-    other = [s for s in scales() if (gh, gw) == (h * s, w * s)
-             and (max_output_pixels is None or gh * gw <= max_output_pixels)]  # a scale that could run
+    fits = max_output_pixels is None or gh * gw <= max_output_pixels  # an output (or HR upload) this size runs
+    other = [s for s in scales() if (gh, gw) == (h * s, w * s) and fits]
     if other:
         message += f" It matches x{other[0]}: choose scale {other[0]}."
     elif (gh - gh % scale, gw - gw % scale) == (h * scale, w * scale):  # what crop_to_scale would leave
         message += f" Crop it to {w * scale}x{h * scale} (bottom/right)"
-        fits = max_output_pixels is None or gh * gw <= max_output_pixels  # HR mode takes it as it is
         message += (", or upload it alone in HR mode, which crops it and makes the LR input for you."
                     if fits else ".")
     return message

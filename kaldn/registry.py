@@ -12,15 +12,16 @@ Two kinds of entry, in the manner of timm's ``register_model`` and BasicSR's ``A
 Each entry carries its name, the label the app and the tables show, its display order, the
 options it takes and, for conv variants, the paper's claims it is compared on. Model names
 (:func:`kaldn.models.model_names`), the app's choices, the evaluation claims, the benchmarks and
-the tests read this registry; nothing else lists variants or scales. Adding one is one entry::
+the tests read this registry; nothing else lists variants or scales. Adding one is one entry, e.g.
+a KDSConv with a wider gate (README's example, run by ``tests/test_registry.py``)::
 
-    register_conv("kdsconv-det", functools.partial(KDSConv, kernel_pool="det"), label="KDSConv (det)",
-                  order=30, options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="det")
+    register_conv("kdsconv-det-r4", functools.partial(KDSConv, kernel_pool="det", reduction=4),
+                  label="KDSConv (det, r = 4)", order=35, options=("descriptor_norm",), depthwise=True)
+
+and a single network is registered as LESRCNN is (a new kernel pooling is a new entry in ``KERNEL_POOLS``)::
 
     register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100,
-                          default=False)
-
-(A new kernel pooling is a new entry in ``KERNEL_POOLS`` too.)
+                          default=False, published=Published(...))
 
 This module holds the tables only (no model code, no imports of its own); ``kaldn.models``
 imports every built-in architecture, so query through it.

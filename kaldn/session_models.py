@@ -59,6 +59,9 @@ class SessionModel:
             self.kind == UPLOADED and parse_model_name(self.model).backbone is None)
 
 
+_FULL = "The server holds as many session models as it can; try again when other sessions have ended."
+
+
 class SessionModels:
     """Fine-tuned and uploaded models of this process, newest last.
 
@@ -85,8 +88,7 @@ class SessionModels:
         with self._lock:
             mine = [k for k, e in self._items.items() if e.owner == owner]
             if self._full(len(mine)):
-                raise BusyError("The server holds as many session models as it can; try again when "
-                                "other sessions have ended.")
+                raise BusyError(_FULL)
             n = next(self._counter)
             key = f"{KEY_PREFIX[kind]}-{n}"
             spec = parse_model_name(model)
@@ -113,6 +115,11 @@ class SessionModels:
         self.expire()
         with self._lock:
             return not self._full(sum(1 for e in self._items.values() if e.owner == owner))
+
+    def require_room(self, owner: str | None) -> None:
+        """:meth:`has_room`, or the :class:`BusyError` :meth:`add` would raise."""
+        if not self.has_room(owner):
+            raise BusyError(_FULL)
 
     def _full(self, owned: int) -> bool:
         # An owner at its cap replaces its oldest model, so that one does not count against the total.
@@ -215,9 +222,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
     if arch is None and suffix != ".safetensors":
         raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")
     scale_value = check_scale(scale) if arch is not None else None
-    if not registry.has_room(owner):
-        raise BusyError("The server holds as many session models as it can; try again when other sessions "
-                        "have ended.")
+    registry.require_room(owner)
     Path(root).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
     try:
