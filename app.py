@@ -50,8 +50,8 @@ from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, defa
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
-from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, hasty_relu_report,
-                              inspection_choices, kernel_view)
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, depthwise_savings,
+                              hasty_relu_report, inspection_choices, kernel_view)
 from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)
@@ -156,33 +156,78 @@ PSNR/SSIM as in the literature: Y channel, `scale` border pixels cropped, comput
 HOW_BLOCKS = """
 ### Three blocks, one backbone
 * **DSConv** factorises a 3x3 convolution into a per-channel (depthwise) 3x3 and a 1x1 (pointwise) that mixes
-  channels, each followed by a ReLU: about 9x fewer weights than a standard convolution.
-* **Linear DSConv** (paper 001) drops the ReLU between the two: the depthwise output has not been mixed across
-  channels yet, so zeroing its negative half throws information away ("hasty ReLU"). Same parameters, same cost.
-* **KDSConv** (paper 000) keeps the linear block and scales each depthwise kernel by `1 + a_c`, where
-  `a = sigmoid(W_I ReLU(W_D z))` and `z_c` pools kernel `W_c` to one number (**det**: its determinant, the rule of
-  Sarrus for 3x3 as in paper 001 eq. 2; **avg**; **max**). `a` depends only on the weights, never on the image, so
-  after training `(1 + a) W` is baked into the kernels: at inference a KDSConv costs exactly a linear DSConv (see
-  "Params (fused)" in the Compare table). Raw determinants of trained 3x3 kernels are tiny (~0.01), which
-  makes the gate output a constant 0.5; this implementation standardises `z` across channels first (shown as
-  *descriptor* below) and offers the **fixed 1.5x** control to show what a learned attention adds over a constant
-  scale.
+  channels, each followed by a ReLU. A layer with C channels in and G out keeps C (9 + G) of the convolution's
+  9 C G weights: 9G / (9 + G) times fewer, **{per_layer:.1f}x** at this tiny model's G = {growth}. The whole tiny
+  model has **{model_ratio:.1f}x** fewer ({conv_params:,} against {dsconv_params:,}: the convolutions outside the
+  dense blocks stay standard).
+* **Linear DSConv** (paper 001, section II.A) drops the ReLU between the two: the depthwise output has not been
+  mixed across channels yet, so zeroing its negative half may throw away what the pointwise conv would have
+  combined ("hasty ReLU"). Same parameters, same cost.
+* **KDSConv** (paper 000) keeps the linear block and scales each depthwise kernel `W_c` by `1 + a_c`, where
+  `a = sigmoid(W_I ReLU(W_D z))` and `z_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
+  of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight). Paper 001 writes the gate
+  with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
+  same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = 8 (tiny) or 32
+  (paper). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
+* **After training a KDSConv *is* a linear DSConv.** `a` depends only on the weights, never on the image, so
+  `(1 + a) W` is baked into the kernels (see "Params (fused)" in the Compare table): it cannot compute anything a
+  linear DSConv cannot. Whatever it gains comes from *how it trains*: the kernel it applies starts about 1.5x
+  larger and its weights move at another effective rate. The **fixed 1.5x** control (`W' = 1.5 W`, no gate)
+  isolates that part: the gap between KDSConv and the control is what the learned attention adds.
+* Raw determinants of trained 3x3 kernels are tiny (about 0.01), so a gate fed raw determinants sees almost 0 and
+  gives about sigmoid(0) = 0.5 to every channel: the fixed 1.5x control again. This implementation standardises
+  `z` across a layer's channels first (the *descriptor* below).
+"""
+
+HOW_DET = """
+### What a determinant says about a 3x3 kernel
+The determinant sums products of three weights, one from each row and each column (the three "diagonals" minus
+the three anti-diagonals). So:
+* **Every separable kernel has det 0**: an outer product of two 1-D kernels (box blur, Gaussian, Sobel) has rank 1.
+  So does a kernel with a zero row or column, and a kernel whose four corners are 0 (a plus shape, such as a
+  Laplacian or a sharpening kernel) whatever its centre. Many classic filters look alike to det.
+* **Mirroring flips its sign**: swapping the left and right columns (or the top and bottom rows) negates det, so
+  a kernel and its mirror image get opposite descriptors although they do the same job mirrored.
+* **It scales with the cube of the weights**: weights around 0.2 give det around 0.01, which is why raw
+  determinants feed the gate almost nothing.
+* Worked example: `[[1, 0, 0], [0, 2, 0], [0, 0, 3]]` has det 1·2·3 = 6; its mirror `[[0, 0, 1], [0, 2, 0],
+  [3, 0, 0]]` has det -6; `[[0, 1, 0], [1, -4, 1], [0, 1, 0]]` (a Laplacian) has det 0.
+The per-kernel table below gives det, avg and max for every kernel of a trained layer: look for near-zero dets.
 """
 
 HOW_KERNELS = """
 ### The depthwise kernels of one layer, and the attention each gets
-Each tile is one 3x3 depthwise kernel (blue negative, white zero, red positive; one colour scale per layer). Under it:
-the channel and its scale `1 + a` (darker frame = more attention). The table lists each kernel's det / avg / max
-pooled value, the normalised descriptor `z` the gate sees (for the layer's own pooling) and `a`. The gate report
-summarises every KDSConv layer: a spread (`a std`) near zero would mean the attention learned nothing.
+Each tile is one stored 3x3 depthwise kernel `W_c` (blue negative, white zero, red positive; one colour scale per
+layer); the model applies `(1 + a_c) W_c`. Under it: the channel and its scale `1 + a_c`; the frame is darker the
+larger `a_c` (white frame: 1 + a = 1, black: 2). The table lists each kernel's det / avg / max pooled value, the
+normalised descriptor `z` the gate sees (for the layer's own pooling) and `a`. The gate report summarises every
+KDSConv layer: how widely `a` spreads across channels (`a std`: about 0.05 for an untrained gate, about 0.3 for
+the shipped trained ones; under 0.02 the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
+**dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
+more attention (+1), less (-1) or neither (near 0).
 """
 
 HOW_RELU = """
 ### The hasty ReLU, on your image
 DSConv applies a ReLU right after the depthwise convolution. Everything negative there is set to zero *before* the
-pointwise convolution could combine it with other channels (paper 001, section III). Below: on the current LR input
+pointwise convolution could combine it with other channels (paper 001, section II.A). Below: on the current LR input
 (from the Compare tab, or the first example), the share of depthwise outputs that DSConv's ReLU zeroes, and, for the
 linear DSConv model, the negative share it keeps. Energy is the share of the sum of squares.
+Read it with care: DSConv was *trained* with that ReLU, so its weights have adapted to it (what it zeroes is not
+necessarily information it needed), and the two models are trained separately, so their maps differ for more reasons
+than the ReLU. Whether removing it helps is a question for PSNR: see below and the Results tab.
+"""
+
+HOW_EVIDENCE = """
+### What the papers found, and what this project measured
+**Paper 001** (full DIV2K training, x4; its Tables I-III): removing the hasty ReLU gained **+0.07 dB** on Set5
+and **+0.01 dB** on Set14 (DW-RDN 32.10 / 28.59 against LDW-RDN 32.17 / 28.60); the attention then added **+0.01**
+and **+0.02 dB** (ALD-RDN 32.18 / 28.62); among poolings, det was the *lowest* on Set5 PSNR (32.18, avg 32.20,
+max 32.23) and best or tied on SSIM on every other set. The effects the papers claim are hundredths of a dB, one run each.
+**Paper 000** reports that KDSConv "significantly outperforms" DSConv (its abstract).
+
+**This project** (tiny RDN, equal budgets, x4, Set5; margins beside the measured seed-to-seed noise, from
+`results/x4.json`):
 """
 
 
@@ -880,10 +925,19 @@ def hasty_relu(run_id: str | None, mode: str, image: Any, ground_truth: Any, sca
             table(HASTY_LAYER_HEADERS, report.per_layer))
 
 
+def how_evidence(scale: int = 4, dataset: str = "set5") -> str:
+    """The papers' margins beside this project's equal-budget claims on one dataset (read from the results file)."""
+    data = load_results(scale)
+    if data is None or dataset not in data["datasets"]:
+        return HOW_EVIDENCE + f"\nNo {dataset} results at x{scale} here: `python -m kaldn.evaluate --scale {scale}` makes them."
+    return HOW_EVIDENCE + "\n" + claims(data["rows"], [dataset])
+
+
 def how_tab() -> SimpleNamespace:
     """The depthwise kernels and their attention, the gate report, and the hasty ReLU on the current image."""
     hows = how_choices()
-    gr.Markdown(HOW_BLOCKS)
+    gr.Markdown(HOW_BLOCKS.format(**depthwise_savings()))
+    gr.Markdown(HOW_DET)
     gr.Markdown(HOW_KERNELS)
     with gr.Row():
         model = gr.Dropdown(hows, value=hows[0][1] if hows else None, label="Model")
@@ -893,8 +947,8 @@ def how_tab() -> SimpleNamespace:
     with gr.Accordion("Per-kernel values", open=False):
         kernel_df = gr.Dataframe(table(KERNEL_HEADERS, []), interactive=False, max_height=360)
     gate_md = gr.Markdown(elem_id="kaldn-gate-note")
-    gate_df = gr.Dataframe(table(GATE_HEADERS, []), label="Gate report (every KDSConv layer; a dead gate gives "
-                           "every channel a = 0.5)", interactive=False, max_height=300, elem_id="kaldn-gates")
+    gate_df = gr.Dataframe(table(GATE_HEADERS, []), label="Gate report (every KDSConv layer: how widely a spreads, "
+                           "whether it follows z, and whether the gate is dead or near-constant)", interactive=False, max_height=300, elem_id="kaldn-gates")
     gr.Markdown(HOW_RELU)
     hasty_btn = gr.Button("Measure on the current image")
     hasty_md = gr.Markdown("Press **Measure on the current image**: the Compare tab's image (or the first "
@@ -904,6 +958,7 @@ def how_tab() -> SimpleNamespace:
     hasty_df = gr.Dataframe(table(HASTY_HEADERS, []), label="Whole model", interactive=False)
     with gr.Accordion("Per layer", open=False):
         hasty_layers = gr.Dataframe(table(HASTY_LAYER_HEADERS, []), interactive=False, max_height=360)
+    gr.Markdown(how_evidence(), elem_id="kaldn-evidence")
     gr.Markdown(PAPERS)
 
     kernel_outputs = [layer, kernel_img, kernel_df, gate_df, gate_md]

@@ -8,8 +8,11 @@ freshly initialised models, to tell gates born dead from gates that died in trai
 
 Per model: how many KDSConv layers, how widely the attention a spreads across a
 layer's channels (mean over layers of the standard deviation and of max - min),
-and the dead layers, whose gate gives every channel the same a (all gate ReLUs
-dead, so a = sigmoid(0) = 0.5: a constant 1.5x kernel scale, like kdsconv-fixed).
+the near-constant layers (a std under ``NEAR_CONSTANT_STD``: about one scale for
+every kernel), and the dead layers, whose gate gives every channel the same a (all
+gate ReLUs dead, so a = sigmoid(0) = 0.5: a constant 1.5x kernel scale, like
+kdsconv-fixed). Last, the median per-layer spread, to compare trained gates with
+untrained ones.
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kaldn.checkpoint import load_checkpoint
-from kaldn.inspection import DEAD_STD, gate_report
+from kaldn.inspection import DEAD_STD, NEAR_CONSTANT_STD, gate_report
 from kaldn.models import create_model
 
 
@@ -37,27 +41,34 @@ def main() -> None:
                 if (checkpoint / "model.safetensors").is_file():
                     found.append(checkpoint)
 
-    print(f"{'model':<26} {'layers':>6} {'a std':>7} {'a range':>7} {'dead':>5}  dead layers (a)")
+    print(f"{'model':<26} {'layers':>6} {'a std':>7} {'a range':>7} {'flat':>5} {'dead':>5}  dead layers (a)")
+    trained: list[float] = []
     for folder in found:
         rows = gate_report(load_checkpoint(folder))
         if not rows:
             continue  # no KDSConv in it (conv, dsconv, ldsconv, kdsconv-fixed)
+        trained += [r["a_std"] for r in rows]
         dead = [r for r in rows if r["a_std"] < DEAD_STD]
+        flat = sum(DEAD_STD <= r["a_std"] < NEAR_CONSTANT_STD for r in rows)
         std = sum(r["a_std"] for r in rows) / len(rows)
         spread = sum(r["a_max"] - r["a_min"] for r in rows) / len(rows)
         names = ", ".join(f"{r['layer']} ({r['a_mean']:.3f})" for r in dead) or "-"
         label = folder.parent.name if folder.name == "best" else folder.name
-        print(f"{label:<26} {len(rows):>6} {std:>7.3f} {spread:>7.3f} {len(dead):>5}  {names}")
+        print(f"{label:<26} {len(rows):>6} {std:>7.3f} {spread:>7.3f} {flat:>5} {len(dead):>5}  {names}")
+    if trained:
+        print(f"\nper-layer a std over these {len(trained)} layers: median {np.median(trained):.3f}, "
+              f"10th percentile {np.percentile(trained, 10):.3f}; 'flat' = near-constant, a std under {NEAR_CONSTANT_STD:g}")
 
     if args.init_seeds:
-        dead = total = 0
+        stds: list[float] = []
         for seed in range(args.init_seeds):
             torch.manual_seed(seed)
-            rows = gate_report(create_model(args.init_model))
-            dead += sum(r["a_std"] < DEAD_STD for r in rows)
-            total += len(rows)
+            stds += [r["a_std"] for r in gate_report(create_model(args.init_model))]
+        dead = sum(s < DEAD_STD for s in stds)
+        flat = sum(DEAD_STD <= s < NEAR_CONSTANT_STD for s in stds)
         print(f"\nat initialisation ({args.init_model}, seeds 0-{args.init_seeds - 1}): "
-              f"{dead} of {total} KDSConv layers dead ({100 * dead / total:.1f} %)")
+              f"{dead} of {len(stds)} KDSConv layers dead ({100 * dead / len(stds):.1f} %), {flat} near-constant; "
+              f"per-layer a std median {np.median(stds):.3f}, 10th percentile {np.percentile(stds, 10):.3f}")
 
 
 if __name__ == "__main__":

@@ -215,7 +215,7 @@ def load_image_with_notes(
         raise ImageError(f"{_cap(label)} could not be read: it is damaged or not a supported image.") from exc
 
     with im:
-        _check_size(im.width, im.height, limit, label)  # before any pixel is decoded
+        _check_size(*_upright_size(im), limit, label)  # before any pixel is decoded
         notes = _frame_notes(im, label)
         raw_mode = _raw_mode(im)  # the file's own sample layout, gone once decoded
         try:
@@ -261,6 +261,27 @@ def _raw_mode(im: Image.Image) -> str:
     if isinstance(args, tuple) and args and isinstance(args[0], str):
         return args[0]
     return ""
+
+
+def _header_orientation(im: Image.Image) -> int:
+    """The EXIF orientation tag as far as the header tells without decoding (JPEG, WebP, TIFF; a PNG's
+    ``getexif`` would decode the whole image first); 1 when absent or malformed."""
+    try:
+        if raw := im.info.get("exif"):
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1) or 1)
+        if (tags := getattr(im, "tag_v2", None)) is not None:
+            return int(tags.get(0x0112, 1) or 1)
+    except Exception:
+        pass
+    return 1
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) once turned upright (orientations 5-8 turn it a quarter), from the header: the size
+    the user sees, which messages name."""
+    return (im.height, im.width) if _header_orientation(im) in (5, 6, 7, 8) else (im.width, im.height)
 
 
 def _from_pil(im: Image.Image, label: str = "the image", raw_mode: str = "") -> tuple[np.ndarray, list[str]]:

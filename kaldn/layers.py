@@ -14,12 +14,14 @@ comparison changes nothing but the convolution:
 ``FixedScaleDSConv`` LinearDSConv with W'_c = 1.5 W_c: the control for KDSConv
 =================  ==========================================================
 
-Kernel attention (paper 001 eq. 3-6, paper 000):
+Kernel attention (paper 000's injection into the kernel; paper 001 eqs. 3-6 give the gate):
 
-1. kernel pooling    z_c = pool(W_c)            pool in {det, avg, max}
+1. kernel pooling    z_c = pool(W_c)            pool in {det, avg, max (signed: the largest weight)}
 2. normalisation     z   = norm(z)              see ``DESCRIPTOR_NORMS``
-3. gate              a   = sigmoid(W_I ReLU(W_D z)),  W_D: C -> C/r, W_I: C/r -> C
-4. injection         W'_c = (1 + a_c) W_c
+3. gate              a   = sigmoid(W_I ReLU(W_D z)),  W_D: C -> C/r, W_I: C/r -> C (bias-free here;
+                     paper 001's eq. 3 has biases)
+4. injection         W'_c = (1 + a_c) W_c       (paper 001 scales the depthwise output instead,
+                     (1 + r_c) f_c: the same but for the depthwise bias, which is not scaled here)
 
 Because ``a`` depends only on weights, ``fuse()`` bakes W' into a plain
 ``LinearDSConv`` after training: same output, LinearDSConv's cost.
@@ -43,14 +45,15 @@ KERNEL_POOLS = ("det", "avg", "max")
 DESCRIPTOR_NORMS = ("none", "standardize", "unit-kernel")
 DEFAULT_DESCRIPTOR_NORM = "standardize"
 
-# The untrained gate outputs sigmoid(0) = 0.5, so the control scales by 1.5.
+# A gate that sees almost nothing (raw determinants, or every gate ReLU off) outputs sigmoid(0) = 0.5, so the
+# control scales by 1.5.
 FIXED_KERNEL_SCALE = 1.5
 
 
 def kernel_determinant(kernels: torch.Tensor) -> torch.Tensor:
     """Determinant of each k x k kernel; ``kernels`` has shape (C, k, k).
 
-    3x3 uses the rule of Sarrus (paper 001 eq. 2), other sizes ``torch.linalg.det``.
+    3x3 uses the rule of Sarrus (as written after paper 001's eq. 2), other sizes ``torch.linalg.det``.
     """
     if kernels.shape[-2:] == (3, 3):
         a, b, c = kernels[:, 0, 0], kernels[:, 0, 1], kernels[:, 0, 2]
@@ -210,7 +213,8 @@ register_conv("ldsconv", LinearDSConv, label="Linear DSConv", order=20, depthwis
               claims=(Claim("dsconv", "linear DSConv beats DSConv"),))
 register_conv("kdsconv-det", functools.partial(KDSConv, kernel_pool="det"), label="KDSConv (det)", order=30,
               options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="det",
-              claims=(Claim("ldsconv", "KDSConv (det) beats linear DSConv"),
+              claims=(Claim("dsconv", "KDSConv (det) beats DSConv"),  # paper 000's headline
+                      Claim("ldsconv", "KDSConv (det) beats linear DSConv"),
                       Claim("kdsconv-fixed", "learned attention beats the fixed 1.5x scale"),
                       # The seed papers' peers, trained here under the same recipe (README "Peers").
                       Claim("scnet-t", "KDSConv (det) beats SCNet-T at equal training budget"),

@@ -1,13 +1,13 @@
 """Where the variants differ, and by how much: error maps, pairwise difference maps, colour bars and
 the default zoom region. Pure functions over image arrays, no UI.
 
-On the bundled examples the variants' outputs differ by about half a grey level on average, which no
-side-by-side view shows. These maps do::
+On the bundled examples the variants' outputs differ by about one grey level on average (README, "Where the
+variants differ"), which no side-by-side view shows. These maps do::
 
     from kaldn.maps import error_maps, pair_difference, default_zoom_center, render_error_map
     errors = error_maps({"LDSConv": sr_a, "KDSConv (det)": sr_b}, gt, border=4)
     diff = pair_difference(sr_a, sr_b, gt, border=4, labels=("LDSConv", "KDSConv (det)"))
-    center = default_zoom_center(64, pair=diff)          # feed to kaldn.compare.clamp_region
+    center = default_zoom_center(64, pair=diff)          # feed to kaldn.display.clamp_region
 
 Conventions (the same as :mod:`kaldn.metrics`, DESIGN.md "Evaluation protocol"):
 
@@ -239,7 +239,7 @@ def default_zoom_center(size: int, pair: PairDifference | None = None,
     ``pair``: the two variants chosen in the app (their ``magnitude`` map is used).
     ``best_vs_bicubic``: ``pair_difference(best, bicubic, gt)``: with a ground truth the window with
     the largest net gain (``signed``, positive where the model is closer); without, where the model
-    changes bicubic's output most (``absolute``). The result goes to ``compare.clamp_region``.
+    changes bicubic's output most (``absolute``). The result goes to ``kaldn.display.clamp_region``.
     """
     if pair is not None:
         return hotspot(pair.magnitude, size, pair.border)

@@ -18,7 +18,7 @@ a KDSConv with a wider gate (README's example, run by ``tests/test_registry.py``
     register_conv("kdsconv-det-r4", functools.partial(KDSConv, kernel_pool="det", reduction=4),
                   label="KDSConv (det, r = 4)", order=35, options=("descriptor_norm",), depthwise=True)
 
-and a single network is registered as LESRCNN is (a new kernel pooling is a new entry in ``KERNEL_POOLS``)::
+and a single network is registered as LESRCNN is (a new kernel pooling is a new entry in ``kaldn.layers.KERNEL_POOLS`` with its branch in ``kaldn.layers.pool_kernels``)::
 
     register_architecture("lesrcnn", lambda scale: LESRCNN(scale), label="LESRCNN", order=100,
                           default=False, published=Published(...))

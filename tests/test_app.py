@@ -324,3 +324,16 @@ def test_a_one_point_validation_curve_gets_a_readable_range():
     loss, psnr = app.curves(update)
     assert psnr.y_lim == [30.229, 30.729] and psnr.x_lim == [0, 200]
     assert loss.y_lim[0] < 0.03 < loss.y_lim[1]
+
+
+def test_how_it_works_states_the_papers_margins_beside_this_projects_numbers(tmp_path, monkeypatch):
+    """The teaching text derives its numbers: the weight saving from the registry's models, and the project's
+    claims from the results file (none: it says how to make them)."""
+    import app
+    from kaldn.inspection import depthwise_savings
+    blocks = app.HOW_BLOCKS.format(**depthwise_savings())
+    assert "**7.0x** at this tiny model's G = 32" in blocks and "**3.8x** fewer (427,152 against 112,272" in blocks
+    evidence = app.how_evidence()
+    assert "+0.07 dB" in evidence and "KDSConv (det) beats DSConv" in evidence and "seed-to-seed spread" in evidence
+    monkeypatch.setattr(app, "load_results", lambda scale: None)
+    assert "python -m kaldn.evaluate --scale 4" in app.how_evidence()

@@ -429,6 +429,17 @@ def test_a_ground_truth_larger_than_any_scale_allows_is_refused_from_its_header(
         prepare_inputs(lr, 2, "lr", rng_image(64, 64), max_pixels=4096 * 4096)
 
 
+def test_a_rotated_ground_truth_refused_from_its_header_is_named_upright(tmp_path):
+    """A phone photo is stored sideways with an EXIF orientation tag; the header check names the size the
+    user sees (upright), as the decoded image would be."""
+    from PIL import Image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 200x50, shown 50x200
+    Image.new("RGB", (200, 50)).save(tmp_path / "phone.jpg", exif=exif)
+    with pytest.raises(UserError, match="ground truth is 50x200"):
+        prepare_inputs(rng_image(8, 8), 4, "lr", tmp_path / "phone.jpg", max_pixels=4096 * 4096)
+
+
 def test_zoom_refuses_sizes_and_centres_that_are_not_finite_numbers_in_range(tmp_path):
     run, _ = _synthetic_run(tmp_path)
     assert run.zoom((10, 10), None).picker is not None  # None: the default size

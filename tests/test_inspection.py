@@ -117,9 +117,30 @@ def test_gate_report_sees_a_dead_gate():
     summary = gate_summary(rows)
     assert summary["gate_layers"] == 16 and 0 < summary["gate_a_std_mean"] < max(r["a_std"] for r in rows)
     headers, table = gate_rows(model)
-    assert table[0][-1].startswith("DEAD: a = 0.500") and all(r[-1] == "learned" for r in table[1:])
+    assert table[0][-1].startswith("DEAD: a = 0.500") and table[0][headers.index("corr(z, a)")] is None
     assert "1 of 16 gates are dead" in gate_note(model, "m") and "blocks.0.layers.0" in gate_note(model, "m")
     assert gate_summary([]) == {}
+
+
+def test_gate_report_tells_a_near_constant_gate_from_one_that_varies():
+    """The raw-determinant collapse is not dead (a still moves by a few thousandths) but is about one scale:
+    the report must not call it a varying gate. A monotone gate shows in corr(z, a) with its sign."""
+    torch.manual_seed(0)
+    model = create_model("tiny-kdsconv-det-x2")
+    collapsed, rising, falling = model.blocks[0].layers[0], model.blocks[0].layers[1], model.blocks[0].layers[2]
+    with torch.no_grad():
+        collapsed.gate_down.weight.mul_(1e-3)  # what z ~ 0.01 does: the gate sees almost nothing
+    z = torch.linspace(-1, 1, rising.gate_up.weight.shape[0])
+    for layer, sign in ((rising, 1.0), (falling, -1.0)):  # a gate whose a_c follows z_c, up or down
+        layer.descriptor = lambda: z
+        layer.attention = (lambda s: lambda: torch.sigmoid(s * 3 * z))(sign)
+    headers, table = gate_rows(model)
+    verdict, corr = headers.index("Gate"), headers.index("corr(z, a)")
+    assert table[0][verdict].startswith("near-constant: a = 0.50") and "about a fixed 1.50x" in table[0][verdict]
+    assert table[1][verdict] == "varies across channels" and table[1][corr] > 0.9
+    assert table[2][corr] < -0.9
+    note = gate_note(model, "m")
+    assert "gates are near-constant" in note and "blocks.0.layers.0" in note and "dead" not in note
 
 
 def test_depthwise_stats_never_runs_or_hooks_the_callers_model():

@@ -15,6 +15,24 @@ def test_det_pooling_matches_linalg_det(k):
     torch.testing.assert_close(kernel_determinant(kernels), torch.linalg.det(kernels), rtol=1e-10, atol=1e-12)
 
 
+def test_what_the_how_it_works_tab_says_about_the_determinant():
+    """The facts app.py's HOW_DET teaches, on kaldn's own determinant pooling."""
+    gaussian = torch.tensor([1.0, 2.0, 1.0])
+    sobel = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([-1.0, 0.0, 1.0]))
+    plus = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])    # Laplacian: corners 0
+    sharpen = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 9.0, -1.0], [0.0, -1.0, 0.0]])
+    zero_column = torch.randn(3, 3)
+    zero_column[:, 1] = 0
+    rank_one = torch.stack([torch.outer(gaussian, gaussian), torch.ones(3, 3), sobel, plus, sharpen, zero_column])
+    assert torch.allclose(kernel_determinant(rank_one), torch.zeros(6), atol=1e-6)
+    diagonal = torch.diag(torch.tensor([1.0, 2.0, 3.0]))[None]
+    assert kernel_determinant(diagonal).item() == pytest.approx(6.0)
+    assert kernel_determinant(diagonal.flip(-1)).item() == pytest.approx(-6.0)   # mirrored left-right
+    w = torch.randn(32, 3, 3, dtype=torch.float64)
+    torch.testing.assert_close(kernel_determinant(w.flip(-2)), -kernel_determinant(w))  # mirrored top-bottom
+    torch.testing.assert_close(kernel_determinant(0.2 * w), 0.008 * kernel_determinant(w))  # the cube of the scale
+
+
 def test_avg_and_max_pooling():
     kernels = torch.arange(18, dtype=torch.float32).reshape(2, 3, 3)
     assert pool_kernels(kernels, "avg").tolist() == [4.0, 13.0]
