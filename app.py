@@ -205,6 +205,12 @@ KDSConv layer: how widely `a` spreads across channels (`a std`: about 0.05 for a
 the shipped trained ones; under 0.02 the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
 **dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
 more attention (+1), less (-1) or neither (near 0).
+
+**See the raw-determinant collapse yourself** (the papers feed raw determinants to the gate; the shipped models
+standardise them): train a few hundred iterations with `python -m kaldn train --model tiny-kdsconv-det-x4
+--descriptor-norm none --data ../shared/data/train/sun_hays80 --out raw-det --iters 300`, upload
+`raw-det/best/model.safetensors` under "Compare with your own checkpoint" on the Compare tab, and choose it here:
+nearly every gate is near-constant or dead.
 """
 
 HOW_RELU = """
