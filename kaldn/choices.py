@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .errors import UserError
 from .hub import available_models
-from .models import model_label, on_other_backbone, parse_model_name, variant_of, variants
+from .models import is_featured, model_label, on_other_backbone, parse_model_name, variant_of, variants
 from .session_models import SessionModels, is_session_key
 
 __all__ = ["BICUBIC", "BICUBIC_LABEL", "ResolvedVariant", "default_variants", "other_backbone_models",
@@ -132,7 +132,10 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
 
 
 def default_variants(scale: int, available: Sequence[str]) -> list[str]:
-    """Bicubic and every variant selected by default that has a checkpoint at ``scale``. Models of another
-    backbone are offered but not ticked: the default comparison keeps one backbone and one training budget."""
-    return [BICUBIC] + [v.key for v in variants()
-                        if v.default and scale in v.scales and v.model_name(scale) in available]
+    """Bicubic, every variant selected by default that has a checkpoint at ``scale``, and the family's featured
+    models of another backbone shipped at ``scale`` (the long-trained ``small-kdsconv-det``: the best a user can
+    get here, shown on the slider's right as the best PSNR). Other models of another backbone are offered but not
+    ticked: beside the variants' one budget, one showcase is enough."""
+    return ([BICUBIC] + [v.key for v in variants()
+                         if v.default and scale in v.scales and v.model_name(scale) in available]
+            + [name for name in other_backbone_models(available, scale) if is_featured(name)])

@@ -22,8 +22,8 @@ from .errors import UserError
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
-           "model_label", "model_names", "multiply_adds", "on_other_backbone", "parse_model_name", "scales", "variant",
-           "variant_of", "variants"]
+           "is_featured", "model_label", "model_names", "multiply_adds", "on_other_backbone", "parse_model_name", "scales",
+           "variant", "variant_of", "variants"]
 
 
 @dataclass(frozen=True)
@@ -163,6 +163,14 @@ def on_other_backbone(name: str) -> bool:
     except ValueError:
         return False
     return spec.backbone is not None and spec.backbone != architecture(spec.arch).default_backbone
+
+
+def is_featured(name: str) -> bool:
+    """Whether ``name`` is a model on another backbone that its family features (selected by default when shipped)."""
+    if not on_other_backbone(name):
+        return False
+    spec = parse_model_name(name)
+    return f"{spec.backbone}-{spec.conv}" in architecture(spec.arch).featured
 
 
 def model_label(name: str) -> str:

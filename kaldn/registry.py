@@ -83,6 +83,8 @@ class Architecture:
     default_backbone: str | None = None                         # family: the app's backbone
     default: bool = True                                        # single network: selected by default in the app
     published: Published | None = None                          # a peer with released weights (kaldn.convert)
+    featured: tuple[str, ...] = ()                              # family: "{backbone}-{conv}" models on another
+                                                                # backbone selected by default once shipped
 
     @property
     def family(self) -> bool:
@@ -108,7 +110,7 @@ def register_architecture(name: str, build: Callable[..., Any], *, label: str, o
                           scales: tuple[int, ...] = SCALES, options: Mapping[str, Any] | None = None,
                           backbones: Mapping[str, Mapping[str, Any]] | None = None,
                           default_backbone: str | None = None, default: bool = True,
-                          published: Published | None = None) -> Architecture:
+                          published: Published | None = None, featured: tuple[str, ...] = ()) -> Architecture:
     """Add an architecture: a single network (models ``{name}-x{scale}``) or, with ``backbones``, a family."""
     if name in _ARCHITECTURES:
         raise ValueError(f"architecture {name!r} is already registered")
@@ -116,7 +118,7 @@ def register_architecture(name: str, build: Callable[..., Any], *, label: str, o
         raise ValueError(f"{name}: default_backbone must be one of {', '.join(backbones)}")
     entry = Architecture(name, build, label, order, tuple(scales), MappingProxyType(dict(options or {})),
                          None if backbones is None else MappingProxyType(dict(backbones)), default_backbone,
-                         default, published)
+                         default, published, tuple(featured))
     _ARCHITECTURES[name] = entry
     return entry
 

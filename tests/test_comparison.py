@@ -230,8 +230,12 @@ def test_a_model_on_another_backbone_is_offered_by_name_beside_the_variants(tmp_
     assert list(choices)[-3:] == ["small-dsconv-x2", "small-kdsconv-det-x4", "small-conv-x4"]
     assert choices["small-kdsconv-det-x4"] == "KDSConv (det), small"
     assert choices["small-dsconv-x2"] == "DSConv, small (x2 only)"
-    # Not ticked by default (the default comparison keeps one backbone and budget); runnable at their own scale.
-    assert default_variants(4, available) == ["bicubic", "dsconv", "kdsconv-det"]
+    # The family's featured model (the long-trained small KDSConv) is ticked where shipped, after the variants;
+    # the other backbone's other models are offered, not ticked; each is runnable at its own scale only.
+    assert default_variants(4, available) == ["bicubic", "dsconv", "kdsconv-det", "small-kdsconv-det-x4"]
+    assert default_variants(2, available) == ["bicubic"]  # small-dsconv-x2 is not featured; no tiny x2 shipped
+    assert default_variants(4, [n for n in available if n != "small-kdsconv-det-x4"]) == ["bicubic", "dsconv",
+                                                                                          "kdsconv-det"]
     assert runnable_selection(["small-dsconv-x2", "small-kdsconv-det-x4"], 4, available) == ["small-kdsconv-det-x4"]
     # It runs under its own label, beside the tiny variant of the same conv.
     write_throwaway_checkpoints(tmp_path, ["small-kdsconv-det-x4", "tiny-kdsconv-det-x4"])

@@ -112,5 +112,6 @@ def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_N
     return RDN(conv=conv, scale=scale, descriptor_norm=descriptor_norm, **preset)
 
 
+# The long-trained small KDSConv is the app's showcase: ticked beside the tiny variants wherever it is shipped.
 register_architecture("rdn", build_rdn, label="RDN", order=0, options={"descriptor_norm": DEFAULT_DESCRIPTOR_NORM},
-                      backbones=BACKBONES, default_backbone=DEFAULT_BACKBONE)
+                      backbones=BACKBONES, default_backbone=DEFAULT_BACKBONE, featured=("small-kdsconv-det",))
