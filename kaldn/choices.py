@@ -134,7 +134,7 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
 def default_variants(scale: int, available: Sequence[str]) -> list[str]:
     """Bicubic, every variant selected by default that has a checkpoint at ``scale``, and the family's featured
     models of another backbone shipped at ``scale`` (the long-trained ``small-kdsconv-det``: the best a user can
-    get here, shown on the slider's right as the best PSNR). Other models of another backbone are offered but not
+    get here, on the slider's right as the best PSNR when there is a ground truth). Other models of another backbone are offered but not
     ticked: beside the variants' one budget, one showcase is enough."""
     return ([BICUBIC] + [v.key for v in variants()
                          if v.default and scale in v.scales and v.model_name(scale) in available]

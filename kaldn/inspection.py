@@ -2,7 +2,7 @@
 
 * the **gate report** (:func:`gate_report`): per KDSConv layer, how widely the attention ``a`` spreads
   across channels, and whether it follows the kernels' descriptor ``z``; a dead gate (every gate ReLU off)
-  gives every channel a = 0.5 exactly, and the raw-determinant collapse of DESIGN.md gives a = 0.50 +- 0.03,
+  gives every channel a = 0.5 exactly, and the raw-determinant collapse of DESIGN.md spreads a by about 0.001,
   both about a fixed 1.5x scale (:func:`gate_verdict`). Training logs its summary (:func:`gate_summary`);
 * **kernel tables** (:func:`kernel_table`, :func:`render_kernel_grid`): a layer's depthwise kernels with
   each one's det / avg / max pooled value and its scale ``1 + a``;
@@ -53,8 +53,9 @@ def depthwise_savings(backbone: str = "tiny", scale: int = 4) -> dict:
 # --- the gate report --------------------------------------------------------------------------------------
 
 DEAD_STD = 1e-6  # a spread of a this small is a constant gate (a = 0.5 everywhere: all gate ReLUs off), not a learned one
-# Below this spread a layer's gate is about a constant scale: the raw-determinant collapse (DESIGN.md: a = 0.50 +- 0.03)
-# falls under it; an untrained gate spreads a by about 0.05 and a trained one by about 0.3 (benchmarks.gate_census).
+# Below this spread a layer's gate is about a constant scale: a raw-determinant run (the steps in app.py's HOW_KERNELS,
+# 300 iterations) spreads a by 0.0004-0.002 per layer; an untrained gate by about 0.05 (median) and a shipped trained
+# one by about 0.3 (benchmarks.gate_census --init-seeds 50).
 NEAR_CONSTANT_STD = 0.02
 
 @torch.no_grad()

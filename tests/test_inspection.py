@@ -13,9 +13,9 @@ from kaldn.cache import ModelCache
 from kaldn.errors import UserError
 from kaldn.images import load_image
 from kaldn.inputs import prepare_inputs
-from kaldn.inspection import (depthwise_stats, gate_note, gate_report, gate_rows, gate_summary, hasty_relu_report,
-                              inspection_choices, kernel_layers, kernel_rows, kernel_table, kernel_view,
-                              render_kernel_grid)
+from kaldn.inspection import (depthwise_stats, gate_note, gate_report, gate_rows, gate_summary, gate_verdict,
+                              hasty_relu_report, inspection_choices, kernel_layers, kernel_rows, kernel_table,
+                              kernel_view, render_kernel_grid)
 from kaldn.models import create_model
 
 from app_server import rng_image
@@ -130,15 +130,20 @@ def test_gate_report_tells_a_near_constant_gate_from_one_that_varies():
     collapsed, rising, falling = model.blocks[0].layers[0], model.blocks[0].layers[1], model.blocks[0].layers[2]
     with torch.no_grad():
         collapsed.gate_down.weight.mul_(1e-3)  # what z ~ 0.01 does: the gate sees almost nothing
-    z = torch.linspace(-1, 1, rising.gate_up.weight.shape[0])
     for layer, sign in ((rising, 1.0), (falling, -1.0)):  # a gate whose a_c follows z_c, up or down
-        layer.descriptor = lambda: z
-        layer.attention = (lambda s: lambda: torch.sigmoid(s * 3 * z))(sign)
+        z = torch.linspace(-1, 1, layer.gate_up.weight.shape[0])
+        layer.descriptor = (lambda z: lambda: z)(z)
+        layer.attention = (lambda s, z: lambda: torch.sigmoid(s * 3 * z))(sign, z)
     headers, table = gate_rows(model)
     verdict, corr = headers.index("Gate"), headers.index("corr(z, a)")
     assert table[0][verdict].startswith("near-constant: a = 0.50") and "about a fixed 1.50x" in table[0][verdict]
     assert table[1][verdict] == "varies across channels" and table[1][corr] > 0.9
     assert table[2][corr] < -0.9
+    # The thresholds themselves: a raw-determinant gate (a std ~0.001) and an untrained one (median ~0.05).
+    assert gate_verdict({"a_std": 0.0, "a_mean": 0.5}).startswith("DEAD")
+    assert gate_verdict({"a_std": 0.001, "a_mean": 0.5}).startswith("near-constant")
+    assert gate_verdict({"a_std": 0.019, "a_mean": 0.5}).startswith("near-constant")
+    assert gate_verdict({"a_std": 0.021, "a_mean": 0.5}) == "varies across channels"
     note = gate_note(model, "m")
     assert "gates are near-constant" in note and "blocks.0.layers.0" in note and "dead" not in note
 
