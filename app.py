@@ -901,13 +901,22 @@ def kernel_view_of(model_ref: str | None, layer: str | None, request: gr.Request
     return kernel_view(CACHE, ref, layer, label=label)
 
 
+Z_A = ["z (gate input)", "a"]  # the per-kernel table's columns the scatter plots
+
+
+def z_against_a(rows: list[list[Any]]) -> pd.DataFrame:
+    """One point per kernel of a KDSConv layer: its descriptor z and its attention a (none for other layers)."""
+    frame = table(KERNEL_HEADERS, rows)[Z_A]
+    return frame.dropna().astype(float)
+
+
 @shows_user_errors
 @quick_view
 def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """Choose a model: its layers, and the kernels of the current (or a default) layer, plus its gate report."""
     view = kernel_view_of(model_ref, layer, request)
     return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
-            table(view.gate_headers, view.gate_rows), view.gate_note)
+            z_against_a(view.kernel_rows), table(view.gate_headers, view.gate_rows), view.gate_note)
 
 
 @shows_user_errors
@@ -915,7 +924,7 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
 def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """The depthwise kernels of one layer as heat maps, with det/avg/max pooled values and 1 + a."""
     view = kernel_view_of(model_ref, layer, request)
-    return view.grid, table(KERNEL_HEADERS, view.kernel_rows)
+    return view.grid, table(KERNEL_HEADERS, view.kernel_rows), z_against_a(view.kernel_rows)
 
 
 @admitted
@@ -952,6 +961,14 @@ def how_tab() -> SimpleNamespace:
         layer = gr.Dropdown([], label="Layer (RDB block . layer)")
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
+    with gr.Row():
+        za_plot = gr.ScatterPlot(z_against_a([]), x=Z_A[0], y=Z_A[1], y_lim=[0, 1], height=260,
+                                 label="This layer's attention a against each kernel's descriptor z (KDSConv only)",
+                                 elem_id="kaldn-za")
+        with gr.Column():
+            gr.Markdown("Each point is one kernel. A rising cloud: kernels with a larger (normalised) determinant "
+                        "got more attention; a flat band at a = 0.5: a near-constant or dead gate; points spread "
+                        "with no slope: `a` depends on the other kernels' `z` as much as on the kernel's own.")
     with gr.Accordion("Per-kernel values", open=False):
         kernel_df = gr.Dataframe(table(KERNEL_HEADERS, []), interactive=False, max_height=360)
     gate_md = gr.Markdown(elem_id="kaldn-gate-note")
@@ -969,9 +986,9 @@ def how_tab() -> SimpleNamespace:
     gr.Markdown(how_evidence(), elem_id="kaldn-evidence")
     gr.Markdown(PAPERS)
 
-    kernel_outputs = [layer, kernel_img, kernel_df, gate_df, gate_md]
+    kernel_outputs = [layer, kernel_img, kernel_df, za_plot, gate_df, gate_md]
     model.change(kernel_model, [model, layer], kernel_outputs, api_name="kernel_model", queue=False)
-    layer.input(kernels, [model, layer], [kernel_img, kernel_df], api_name="kernels", queue=False)
+    layer.input(kernels, [model, layer], [kernel_img, kernel_df, za_plot], api_name="kernels", queue=False)
     return SimpleNamespace(model=model, layer=layer, kernel_outputs=kernel_outputs,
                            hasty_button=hasty_btn, hasty_outputs=[hasty_md, hasty_gallery, hasty_df, hasty_layers])
 

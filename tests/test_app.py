@@ -238,15 +238,21 @@ def test_how_it_works_endpoints(served, client):
     models = served_models(served)
     kds = next((m for m in models if m.startswith("tiny-kdsconv-") and "fixed" not in m), None)
     if kds is not None:
-        layer, grid, kernel_rows, gate, gate_note = client.predict(kds, None, api_name="/kernel_model")
+        layer, grid, kernel_rows, za, gate, gate_note = client.predict(kds, None, api_name="/kernel_model")
+        # The scatter: one (z, a) point per kernel of the layer, as in the per-kernel table.
+        assert za["columns"] == ["z (gate input)", "a"] and len(za["data"]) == 96
+        assert [[r[4], r[5]] for r in kernel_rows["data"]] == za["data"]
         assert gate["headers"][-1] == "Gate" and "gate" in gate_note
         assert layer["value"] == "blocks.0.layers.2" and len(layer["choices"]) == 16
         assert Image.open(grid).size[0] > 500
         assert len(kernel_rows["data"]) == 96 and kernel_rows["headers"][-1] == "1 + a"
         assert all(1 < row[-1] < 2 for row in kernel_rows["data"])
         assert len(gate["data"]) == 16
-        grid, rows = client.predict(kds, "blocks.3.layers.3", api_name="/kernels")
-        assert len(rows["data"]) == 128
+        grid, rows, za = client.predict(kds, "blocks.3.layers.3", api_name="/kernels")
+        assert len(rows["data"]) == 128 and len(za["data"]) == 128
+        if "tiny-ldsconv-x4" in models:
+            _, _, no_gate = client.predict("tiny-ldsconv-x4", "blocks.0.layers.0", api_name="/kernels")
+            assert no_gate["data"] == []  # no attention, no points
     with pytest.raises(AppError, match="not in the list of choices"):
         client.predict("paper-kdsconv-det-x4", None, api_name="/kernel_model")  # a name never shipped
 
