@@ -8,7 +8,9 @@ A run is a ``kaldn.train`` output folder with a resumable state. Speed is the me
 last 50 logged it/s values, so it is the speed under whatever load the machine had then;
 hours left = iterations left / that speed. The slope is validation PSNR gained per 1,000
 iterations between the last two validations: the learning rate still halves at 50/70/85/95 %
-of a run, which usually adds more, so read it as a trend, not a forecast.
+of a run, which usually adds more, so read it as a trend, not a forecast. Loss spikes (a logged
+training loss over 3x the median of the 100 before it) are listed: a spike can set the weights
+back for a thousand iterations or more, which the validation curve then shows as a dip.
 """
 
 from __future__ import annotations
@@ -30,6 +32,20 @@ from kaldn.train import STATE_NAME
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
 SPEED_WINDOW = 50
+SPIKE_FACTOR, SPIKE_WINDOW = 3.0, 100
+
+
+def loss_spikes(steps: list[dict], factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW) -> list[tuple[int, float, float]]:
+    """(iteration, loss, loss / running median) for each logged loss over ``factor`` x the median of the
+    ``window`` logged before it; a resumed run's re-logged iterations count once (the later entry)."""
+    by_iteration = {int(s["iteration"]): float(s["loss"]) for s in steps if s.get("loss") is not None}
+    losses = sorted(by_iteration.items())
+    spikes = []
+    for i, (iteration, loss) in enumerate(losses):
+        before = [value for _, value in losses[max(0, i - window):i]]
+        if len(before) >= 10 and loss > factor * (median := statistics.median(before)):
+            spikes.append((iteration, loss, loss / median))
+    return spikes
 
 
 def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:
@@ -61,7 +77,7 @@ def run_progress(folder: str | Path) -> dict:
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
             "target": target, "done": done, "resumes_at": _state_iteration(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
-            "validations": validations, "slope_per_1000": slope,
+            "validations": validations, "slope_per_1000": slope, "spikes": loss_spikes(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
@@ -89,6 +105,9 @@ def describe(progress: dict) -> str:
         lines.append(f"  validation PSNR (dB): {curve}")
     if progress["slope_per_1000"] is not None:
         lines.append(f"  last slope: {progress['slope_per_1000']:+.3f} dB per 1,000 iterations")
+    if progress.get("spikes"):
+        listed = ", ".join(f"{it:,} ({loss:.3f}, {ratio:.0f}x)" for it, loss, ratio in progress["spikes"])
+        lines.append(f"  loss spikes (over {SPIKE_FACTOR:g}x the running median): {listed}")
     return "\n".join(lines)
 
 

@@ -433,3 +433,15 @@ def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
     assert "best checkpoint (iteration 4)" in capsys.readouterr().out
     train(_quick(tmp_path, "zoo/x2/run-s0", resume=True, **options))
     assert "iteration 8 of 8 (finished)" in describe(run_progress(run))
+
+
+def test_progress_lists_loss_spikes_once_per_iteration():
+    from benchmarks.progress import describe, loss_spikes
+    steps = [{"iteration": i, "loss": 0.02 + 0.001 * (i % 3)} for i in range(0, 300, 10)]
+    steps[20] = {"iteration": 200, "loss": 0.3}                                 # 14x the running median
+    steps += [{"iteration": 200, "loss": 0.3}, {"iteration": 210, "loss": 0.05}]  # re-logged after a resume
+    assert [(it, round(ratio)) for it, _, ratio in loss_spikes(steps)] == [(200, 14)]
+    assert loss_spikes(steps[:5] + [{"iteration": 50, "loss": 1.0}]) == []     # too little history to judge
+    text = describe({"model": "m", "run": "r", "target": 300, "done": 290, "resumes_at": 290, "it_per_s": None,
+                     "hours_left": None, "validations": [], "slope_per_1000": None, "spikes": loss_spikes(steps)})
+    assert "loss spikes (over 3x the running median): 200 (0.300, 14x)" in text
