@@ -938,8 +938,19 @@ def hasty_relu(run_id: str | None, mode: str, image: Any, ground_truth: Any, sca
                                   EXAMPLES[0] if EXAMPLES else None, max_pixels=SETTINGS.max_pixels,
                                   max_output_pixels=SETTINGS.max_output_pixels, upload_name=upload and upload[1])
     report = hasty_relu_report(lr, check_scale(scale), CACHE, where=where)
-    return (report.summary, report.maps, table(HASTY_HEADERS, report.rows),
+    outcome = hasty_outcome(run.comparison) if run is not None and run.comparison.inputs.lr is lr else ""
+    return (report.summary + outcome, report.maps, table(HASTY_HEADERS, report.rows),
             table(HASTY_LAYER_HEADERS, report.per_layer))
+
+
+def hasty_outcome(comparison) -> str:
+    """What the ReLU's absence did on this image, when the comparison it came from scored both models."""
+    scored = [r for r in map(comparison.result, ("dsconv", "ldsconv")) if r is not None and r.psnr is not None]
+    if len(scored) < 2:
+        return ""
+    (ds, lin) = scored
+    return (f"\n\n**On this image** (your last comparison, against its ground truth): {ds.label} "
+            f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU).")
 
 
 def how_evidence(scale: int = 4, dataset: str = "set5") -> str:
