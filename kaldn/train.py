@@ -263,6 +263,13 @@ def _truncate_log(out: Path, iteration: int) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
 
 
+def _grad_norm(model: nn.Module) -> float:
+    """The L2 norm of the last step's gradients (already unscaled: ``GradScaler.step`` unscales in place), logged
+    beside the loss so that a loss spike can be told from a gradient blow-up before it."""
+    norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
 def _append_log(out: Path, record: dict) -> None:
     with open(out / "log.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -423,7 +430,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
             window_start, window_iter = time.perf_counter(), done
             record = {"event": "step", "iteration": done, "loss": loss.item(), "lr": learning_rate(config, iteration),
-                      "it_per_s": speed, "wall_time_s": wall}
+                      "grad_norm": _grad_norm(model), "it_per_s": speed, "wall_time_s": wall}
             _append_log(out, record)
             if progress:
                 progress(record)

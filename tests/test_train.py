@@ -67,6 +67,7 @@ def test_checkpoint_records_the_budget(tmp_path):
     assert [e["iteration"] for e in events if e["event"] == "validation"] == [2, 3]
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert {line["event"] for line in lines} == {"step", "validation"}
+    assert all(line["grad_norm"] > 0 for line in lines if line["event"] == "step")  # beside the loss, for spikes
     load_checkpoint(tmp_path / "run" / "best")  # a normal checkpoint
 
 
