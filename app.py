@@ -158,7 +158,7 @@ HOW_BLOCKS = """
 * **DSConv** factorises a 3x3 convolution into a per-channel (depthwise) 3x3 and a 1x1 (pointwise) that mixes
   channels, each followed by a ReLU. A layer with C channels in and G out keeps C (9 + G) of the convolution's
   9 C G weights: 9G / (9 + G) times fewer, **{per_layer:.1f}x** at this tiny model's G = {growth}. The whole tiny
-  model has **{model_ratio:.1f}x** fewer ({conv_params:,} against {dsconv_params:,}: the convolutions outside the
+  model has **{model_ratio:.1f}x** fewer ({dsconv_params:,} against {conv_params:,}: the convolutions outside the
   dense blocks stay standard).
 * **Linear DSConv** (paper 001, section II.A) drops the ReLU between the two: the depthwise output has not been
   mixed across channels yet, so zeroing its negative half may throw away what the pointwise conv would have
@@ -234,8 +234,8 @@ SSIM on every set but Set5. On the standard sets the effects are hundredths of a
 paper reports no seed spread.
 **Paper 000** reports that KDSConv "significantly outperforms" DSConv (its abstract).
 
-**This project** (tiny RDN, equal budgets, x4, Set5; margins beside the measured seed-to-seed noise, from
-`results/x4.json`):
+**This project** (its models at x4, Set5, compared only within one training budget; margins beside the measured
+seed-to-seed noise, from `results/x4.json`):
 """
 
 
@@ -977,9 +977,10 @@ def how_tab() -> SimpleNamespace:
                                  label="This layer's attention a against each kernel's descriptor z (KDSConv only)",
                                  elem_id="kaldn-za")
         with gr.Column():
-            gr.Markdown("Each point is one kernel. A rising cloud: kernels with a larger (normalised) determinant "
-                        "got more attention; a flat band at a = 0.5: a near-constant or dead gate; points spread "
-                        "with no slope: `a` depends on the other kernels' `z` as much as on the kernel's own.")
+            gr.Markdown("Each point is one kernel. A rising cloud: kernels with a larger descriptor `z` (the "
+                        "layer's normalised det, avg or max) got more attention; a flat horizontal band: a "
+                        "near-constant gate (at a = 0.5 exactly: a dead one); points spread with no slope: `a` "
+                        "depends on the other kernels' `z` as much as on the kernel's own.")
     with gr.Accordion("Per-kernel values", open=False):
         kernel_df = gr.Dataframe(table(KERNEL_HEADERS, []), interactive=False, max_height=360)
     gate_md = gr.Markdown(elem_id="kaldn-gate-note")

@@ -168,7 +168,7 @@ def load_image_with_notes(
     if isinstance(source, np.ndarray):
         return _from_array(source, limit, label), []
     if isinstance(source, Image.Image):
-        _check_size(source.width, source.height, limit, label)
+        _check_size(*_upright_size(source), limit, label)
         try:
             return _from_pil(source, label, _raw_mode(source))
         except ImageError:

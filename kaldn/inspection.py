@@ -419,7 +419,7 @@ class KernelView:
     kernel_rows: list[list[Any]]                 # KERNEL_HEADERS
     gate_headers: list[str]
     gate_rows: list[list[Any]]
-    gate_note: str = ""                          # Markdown: why the report is empty, or its dead gates
+    gate_note: str = ""                          # Markdown: why the report is empty, or its dead / near-constant gates
 
 
 def kernel_view(cache: ModelCache, ref: str, layer: str | None = None, label: str | None = None) -> KernelView:

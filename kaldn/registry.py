@@ -116,6 +116,13 @@ def register_architecture(name: str, build: Callable[..., Any], *, label: str, o
         raise ValueError(f"architecture {name!r} is already registered")
     if backbones is not None and default_backbone not in backbones:
         raise ValueError(f"{name}: default_backbone must be one of {', '.join(backbones)}")
+    if isinstance(featured, str):
+        raise ValueError(f"{name}: featured must be a tuple of '{{backbone}}-{{conv}}' names, not a string")
+    for stem in featured:
+        backbone, _, conv = str(stem).partition("-")
+        if backbones is None or backbone not in backbones or backbone == default_backbone or conv not in _CONVS:
+            raise ValueError(f"{name}: featured model {stem!r} must be '{{backbone}}-{{conv}}' with a backbone other "
+                             f"than {default_backbone!r} and a registered conv")
     entry = Architecture(name, build, label, order, tuple(scales), MappingProxyType(dict(options or {})),
                          None if backbones is None else MappingProxyType(dict(backbones)), default_backbone,
                          default, published, tuple(featured))

@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -263,11 +264,12 @@ def _truncate_log(out: Path, iteration: int) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{line}\n" for line in kept)))
 
 
-def _grad_norm(model: nn.Module) -> float:
+def _grad_norm(model: nn.Module) -> float | None:
     """The L2 norm of the last step's gradients (already unscaled: ``GradScaler.step`` unscales in place), logged
     beside the loss so that a loss spike can be told from a gradient blow-up before it."""
     norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+    norm = float(torch.stack(norms).norm()) if norms else 0.0
+    return norm if math.isfinite(norm) else None  # an fp16 step the scaler skipped; JSON has no inf
 
 
 def _append_log(out: Path, record: dict) -> None:

@@ -483,3 +483,13 @@ def test_formats_outside_the_photo_formats_are_refused_unopened(tmp_path: Path, 
         assert im.format == fmt  # Pillow alone would open it (EPS: its header; decoding runs Ghostscript)
     with pytest.raises(ImageError, match="not an image in a format that can be read"):
         load_image(path)
+
+
+def test_a_rotated_image_over_the_limit_is_named_upright_from_a_file_or_an_open_image(tmp_path: Path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 60x20, shown 20x60
+    Image.new("RGB", (60, 20)).save(tmp_path / "side.jpg", exif=exif)
+    with pytest.raises(ImageError, match="20x60 is over"):
+        load_image_with_notes(tmp_path / "side.jpg", max_pixels=1000)
+    with Image.open(tmp_path / "side.jpg") as im, pytest.raises(ImageError, match="20x60 is over"):
+        load_image_with_notes(im, max_pixels=1000)

@@ -146,3 +146,15 @@ def test_the_peers_with_released_weights_come_from_the_registry_alone():
         unregister_architecture("toy-peer")
     assert "toy-peer" not in published_architectures()
     assert all(value != "toy-peer" for _, value in upload_archs())
+
+
+def test_a_featured_model_must_name_another_backbone_and_a_registered_conv():
+    from kaldn.registry import register_architecture
+    backbones = {"tiny": {}, "small": {}}
+    for featured in ("small-kdsconv-det", ("tiny-kdsconv-det",), ("small-no-such-conv",), ("huge-kdsconv-det",)):
+        with pytest.raises(ValueError, match="featured"):
+            register_architecture("toy-family", lambda scale, **kw: None, label="Toy", order=998, backbones=backbones,
+                                  default_backbone="tiny", featured=featured)
+    from kaldn.models import is_featured
+    assert is_featured("small-kdsconv-det-x4") and not is_featured("small-ldsconv-x4")
+    assert not is_featured("tiny-kdsconv-det-x4") and not is_featured("lesrcnn-x4")
