@@ -904,10 +904,10 @@ def kernel_view_of(model_ref: str | None, layer: str | None, request: gr.Request
 Z_A = ["z (gate input)", "a"]  # the per-kernel table's columns the scatter plots
 
 
-def z_against_a(rows: list[list[Any]]) -> pd.DataFrame:
-    """One point per kernel of a KDSConv layer: its descriptor z and its attention a (none for other layers)."""
-    frame = table(KERNEL_HEADERS, rows)[Z_A]
-    return frame.dropna().astype(float)
+def z_against_a(kernel_table: pd.DataFrame) -> pd.DataFrame:
+    """One point per kernel of a KDSConv layer (from its per-kernel table): its descriptor z and its attention a
+    (none for other layers)."""
+    return kernel_table[Z_A].dropna().astype(float)
 
 
 @shows_user_errors
@@ -915,8 +915,9 @@ def z_against_a(rows: list[list[Any]]) -> pd.DataFrame:
 def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """Choose a model: its layers, and the kernels of the current (or a default) layer, plus its gate report."""
     view = kernel_view_of(model_ref, layer, request)
-    return (gr.update(choices=view.layers, value=view.layer), view.grid, table(KERNEL_HEADERS, view.kernel_rows),
-            z_against_a(view.kernel_rows), table(view.gate_headers, view.gate_rows), view.gate_note)
+    per_kernel = table(KERNEL_HEADERS, view.kernel_rows)
+    return (gr.update(choices=view.layers, value=view.layer), view.grid, per_kernel, z_against_a(per_kernel),
+            table(view.gate_headers, view.gate_rows), view.gate_note)
 
 
 @shows_user_errors
@@ -924,7 +925,8 @@ def kernel_model(model_ref: str | None, layer: str | None, request: gr.Request =
 def kernels(model_ref: str | None, layer: str | None, request: gr.Request = None):
     """The depthwise kernels of one layer as heat maps, with det/avg/max pooled values and 1 + a."""
     view = kernel_view_of(model_ref, layer, request)
-    return view.grid, table(KERNEL_HEADERS, view.kernel_rows), z_against_a(view.kernel_rows)
+    per_kernel = table(KERNEL_HEADERS, view.kernel_rows)
+    return view.grid, per_kernel, z_against_a(per_kernel)
 
 
 @admitted
@@ -955,7 +957,7 @@ def hasty_outcome(comparison) -> str:
 
 def how_evidence(scale: int = 4, dataset: str = "set5") -> str:
     """The papers' margins beside this project's equal-budget claims on one dataset (read from the results file)."""
-    data = load_results(scale)
+    data = load_results(scale, ROOT / "results")
     if data is None or dataset not in data["datasets"]:
         return HOW_EVIDENCE + f"\nNo {dataset} results at x{scale} here: `python -m kaldn.evaluate --scale {scale}` makes them."
     return HOW_EVIDENCE + "\n" + claims(data["rows"], [dataset])
@@ -973,7 +975,7 @@ def how_tab() -> SimpleNamespace:
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
     with gr.Row():
-        za_plot = gr.ScatterPlot(z_against_a([]), x=Z_A[0], y=Z_A[1], y_lim=[0, 1], height=260,
+        za_plot = gr.ScatterPlot(z_against_a(table(KERNEL_HEADERS, [])), x=Z_A[0], y=Z_A[1], y_lim=[0, 1], height=260,
                                  label="This layer's attention a against each kernel's descriptor z (KDSConv only)",
                                  elem_id="kaldn-za")
         with gr.Column():

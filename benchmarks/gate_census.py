@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kaldn.checkpoint import load_checkpoint
-from kaldn.inspection import DEAD_STD, NEAR_CONSTANT_STD, gate_report
+from kaldn.inspection import NEAR_CONSTANT_STD, gate_report, gate_state
 from kaldn.models import create_model
 
 
@@ -48,8 +48,8 @@ def main() -> None:
         if not rows:
             continue  # no KDSConv in it (conv, dsconv, ldsconv, kdsconv-fixed)
         trained += [r["a_std"] for r in rows]
-        dead = [r for r in rows if r["a_std"] < DEAD_STD]
-        flat = sum(DEAD_STD <= r["a_std"] < NEAR_CONSTANT_STD for r in rows)
+        dead = [r for r in rows if gate_state(r["a_std"]) == "dead"]
+        flat = sum(gate_state(r["a_std"]) == "near-constant" for r in rows)
         std = sum(r["a_std"] for r in rows) / len(rows)
         spread = sum(r["a_max"] - r["a_min"] for r in rows) / len(rows)
         names = ", ".join(f"{r['layer']} ({r['a_mean']:.3f})" for r in dead) or "-"
@@ -64,8 +64,8 @@ def main() -> None:
         for seed in range(args.init_seeds):
             torch.manual_seed(seed)
             stds += [r["a_std"] for r in gate_report(create_model(args.init_model))]
-        dead = sum(s < DEAD_STD for s in stds)
-        flat = sum(DEAD_STD <= s < NEAR_CONSTANT_STD for s in stds)
+        dead = sum(gate_state(s) == "dead" for s in stds)
+        flat = sum(gate_state(s) == "near-constant" for s in stds)
         print(f"\nat initialisation ({args.init_model}, seeds 0-{args.init_seeds - 1}): "
               f"{dead} of {len(stds)} KDSConv layers dead ({100 * dead / len(stds):.1f} %), {flat} near-constant; "
               f"per-layer a std median {np.median(stds):.3f}, 10th percentile {np.percentile(stds, 10):.3f}")

@@ -32,7 +32,7 @@ from .layers import DSConv, FixedScaleDSConv, KDSConv, pool_kernels
 from .models import BACKBONES, count_parameters, create_model, parse_model_name, variant, variant_of
 
 __all__ = ["DEAD_STD", "NEAR_CONSTANT_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport",
-           "KernelView", "depthwise_stats", "depthwise_savings", "gate_note", "gate_report", "gate_rows", "gate_summary", "gate_verdict",
+           "KernelView", "depthwise_stats", "depthwise_savings", "gate_note", "gate_report", "gate_rows", "gate_state", "gate_summary", "gate_verdict",
            "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
            "render_kernel_grid"]
 
@@ -90,11 +90,17 @@ def _correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
     return float((x * y).sum()) / norm if norm > 1e-12 else None
 
 
+def gate_state(a_std: float) -> str:
+    """A layer's gate from its spread of ``a``: "dead", "near-constant" (about one scale) or "varies"."""
+    return "dead" if a_std < DEAD_STD else "near-constant" if a_std < NEAR_CONSTANT_STD else "varies"
+
+
 def gate_verdict(row: dict) -> str:
-    """What one layer's gate does, from its spread of ``a``: dead, about a constant scale, or varying."""
-    if row["a_std"] < DEAD_STD:
+    """What one layer's gate does (:func:`gate_state`), in words for the gate report's last column."""
+    state = gate_state(row["a_std"])
+    if state == "dead":
         return f"DEAD: a = {row['a_mean']:.3f} in every channel"
-    if row["a_std"] < NEAR_CONSTANT_STD:
+    if state == "near-constant":
         return f"near-constant: a = {row['a_mean']:.2f} +- {row['a_std']:.3f}, about a fixed {1 + row['a_mean']:.2f}x"
     return "varies across channels"
 
@@ -391,8 +397,8 @@ def gate_note(model: nn.Module, name: str) -> str:
             else "no kernel attention"
         return (f"**{name} has no gate to report:** it has {kind} (only KDSConv layers compute an attention `a` "
                 "from their kernels). Choose a KDSConv model to see its gates.")
-    dead = [r for r in rows if r["a_std"] < DEAD_STD]
-    flat = [r for r in rows if DEAD_STD <= r["a_std"] < NEAR_CONSTANT_STD]
+    dead = [r for r in rows if gate_state(r["a_std"]) == "dead"]
+    flat = [r for r in rows if gate_state(r["a_std"]) == "near-constant"]
     if not dead and not flat:
         return (f"**{name}:** every one of its {len(rows)} gates spreads `a` across channels (smallest `a std` "
                 f"{min(r['a_std'] for r in rows):.4f}; an untrained gate's is about 0.05): no dead or "

@@ -341,7 +341,7 @@ def test_how_it_works_states_the_papers_margins_beside_this_projects_numbers(tmp
     assert "**7.0x** at this tiny model's G = 32" in blocks and "**3.8x** fewer (112,272 against 427,152" in blocks
     evidence = app.how_evidence()
     assert "+0.07 dB" in evidence and "KDSConv (det) beats DSConv" in evidence and "seed-to-seed spread" in evidence
-    monkeypatch.setattr(app, "load_results", lambda scale: None)
+    monkeypatch.setattr(app, "load_results", lambda scale, results_dir=None: None)
     assert "python -m kaldn.evaluate --scale 4" in app.how_evidence()
 
 
