@@ -24,9 +24,11 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import os
 import tempfile
 import threading
+import time
 import weakref
 from contextlib import closing
 from pathlib import Path
@@ -39,11 +41,12 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight
+from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, short_of_disk
 from kaldn.cache import ModelCache
-from kaldn.choices import default_variants, requested_keys, resolve_variant, runnable_selection
+from kaldn.choices import default_variants, runnable_selection
 from kaldn.choices import variant_choices as compare_choices
-from kaldn.comparison import METRIC_HEADERS, default_pair, metrics_table, pair_choices, run_comparison
+from kaldn.comparison import (METRIC_HEADERS, check_work, default_pair, metrics_table, pair_choices, resolve_variants,
+                              run_comparison)
 from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
@@ -275,13 +278,28 @@ Validation PSNR during training (held-out images), per bundled model, read from 
 checkpoint in `checkpoints/<model>/`.
 """
 
-COST_NOTE = f"""
-Set5 x4 PSNR against cost, every evaluated model (both seeds). **Published** points are the papers' numbers
-(source: {PUBLISHED_SOURCE}); on the CPU-time plot only LESRCNN and FDIWN have a time: their released models measured
-on this CPU by an independent harness (DESIGN.md, 2 threads), this project's models by `kaldn.evaluate`. The papers
-give no whole-model parameter counts, so the parameter plot has this project's models only. Hover a point for its
-name.
-"""
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.1f} MP"
+
+
+UPLOAD_PROMPT = (f"Upload an image (or click an example) and press **Run comparison**. On this server: images up "
+                 f"to {_mp(SETTINGS.max_pixels)} ({math.isqrt(SETTINGS.max_pixels)}x{math.isqrt(SETTINGS.max_pixels)}), "
+                 f"outputs up to {_mp(SETTINGS.max_output_pixels)}: crop a larger photo first.")
+
+
+def cost_note(scale: int) -> str:
+    """What the PSNR-against-cost plots show at ``scale``."""
+    text = (f"Set5 x{scale} PSNR against cost, every evaluated model (both seeds). CPU time is one 256x256 input "
+            "timed by `kaldn.evaluate`; a model evaluated more than once shows its least time (a run timed while "
+            "the machine was busy reads high); README's speed table times the models side by side in one run "
+            "(`python -m benchmarks.speed`).")
+    if scale != 4:
+        return text + f" The papers publish x4 only, so there are no published points at x{scale}."
+    return text + (f" **Published** points are the papers' numbers (source: {PUBLISHED_SOURCE}); on the CPU-time "
+                   "plot only LESRCNN and FDIWN have a time: their released models measured on this CPU by an "
+                   "independent harness (DESIGN.md, 2 threads), so compare them with each other: the same LESRCNN "
+                   "network reads slower in this project's own timing. The papers give no whole-model parameter "
+                   "counts, so the parameter plot has this project's models only. Hover a point for its name.")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -375,12 +393,15 @@ def _request_in(args: tuple, kwargs: dict) -> gr.Request | None:
     return next((a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request)), None)
 
 
-def outside_queue(limiter: SingleFlight, refusal: str, skip: int | None = None):
+def outside_queue(limiter: SingleFlight, refusal: str, skip: int | None = None, writes: bool = False):
     """For a handler that runs outside the queue (``queue=False``): bounded by ``limiter`` per session and in
-    all, extra calls refused at once with ``refusal`` (or, given ``skip``, silently: its outputs unchanged)."""
+    all, extra calls refused at once with ``refusal`` (or, given ``skip``, silently: its outputs unchanged).
+    ``writes``: its images are saved to disk (Gradio's cache), so it is refused while the disk is short."""
     def wrap(fn):
         @functools.wraps(fn)
         def call(*args, **kwargs):
+            if writes:
+                need_disk()
             session = session_of(_request_in(args, kwargs))
             if not limiter.enter(session):
                 if skip is not None:
@@ -396,7 +417,7 @@ def outside_queue(limiter: SingleFlight, refusal: str, skip: int | None = None):
 
 # A view (slider, zoom, kernels): one per session at a time and at most VIEWS.limit in all.
 quick_view = outside_queue(VIEWS, "a view of yours is still being drawn, or the server is busy: try again in a "
-                                  "moment.")
+                                  "moment.", writes=True)
 light_call = outside_queue(LISTS, "the server is busy: try again in a moment.")
 
 
@@ -425,43 +446,56 @@ def admitted(fn):
     return call
 
 
-def admit(request: gr.Request) -> None:
-    """Before a heavy job is queued: one job per session (``KALDN_APP_SESSION_JOBS``) waiting or running, so
-    one client cannot fill the queue or make everyone wait behind its jobs."""
-    if not session_of(request):
+def need_disk() -> None:
+    """Refuse work that writes files (runs, uploads' conversions, the images Gradio caches for every result
+    and view) while the disk is short: no caller can fill it."""
+    if short_of_disk([get_upload_folder(), instance_root(OUT_ROOT)], SETTINGS.min_free_disk):
+        raise gr.Error(**titled("Server busy", "the server is short of disk space; try again later."),
+                       print_exception=False)
+
+
+def admit(request: gr.Request, what: str) -> None:
+    """Before a heavy job (``what``: "a comparison") is queued: one job per session (``KALDN_APP_SESSION_JOBS``)
+    waiting or running, so one client cannot fill the queue or make everyone wait behind its jobs; none while
+    the disk is short."""
+    need_disk()
+    session = session_of(request)
+    if not session:
         raise gr.Error(**titled("No session", "jobs are counted per session: call with a session (the page "
                                 "or gradio_client have one)."), print_exception=False)
-    if not SLOTS.admit(session_of(request)):
+    if not SLOTS.admit(session, what):
         # A session hash is the key to its session (heartbeat, results): logs carry its first characters only.
-        log.info("refused a job of session %s...: it has %d waiting or running", session_of(request)[:4],
-                 SLOTS.limit)
-        jobs = "a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs"
-        raise gr.Error(**titled("One at a time", f"you already have {jobs} waiting or running: wait for it to "
-                                "finish, then submit the next one."), print_exception=False)
+        log.info("refused a job of session %s...: it has %d waiting or running", session[:4], SLOTS.limit)
+        held = SLOTS.holding(session)
+        jobs = " and ".join(held) if held else ("a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs")
+        finetuning = " (a fine-tune runs until it finishes or you cancel it on its tab)" \
+            if "a fine-tuning job" in held else ""
+        raise gr.Error(**titled("One at a time", f"you already have {jobs} waiting or running{finetuning}: wait "
+                                "for it to finish, then try again."), print_exception=False)
 
 
 def admit_compare(mode, image, ground_truth, scale, variants, device, crop_size, request: gr.Request):
-    admit(request)
+    admit(request, "a comparison")
     return [gr.validate(True, "")] * 7
 
 
 def admit_finetune(files, use_examples, base, iters, lr, batch, patch, request: gr.Request):
-    admit(request)
+    admit(request, "a fine-tuning job")
     return [gr.validate(True, "")] * 7
 
 
-def admit_upload(mode, image, ground_truth, scale, request: gr.Request):
-    admit(request)
-    return [gr.validate(True, "")] * 4
+def admit_upload(run, mode, image, ground_truth, scale, request: gr.Request):
+    admit(request, "an upload check")
+    return [gr.validate(True, "")] * 5
 
 
 def admit_hasty(run, mode, image, ground_truth, scale, request: gr.Request):
-    admit(request)
+    admit(request, "a hasty-ReLU measurement")
     return [gr.validate(True, "")] * 5
 
 
 def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
-    admit(request)
+    admit(request, "a checkpoint conversion")
     return [gr.validate(True, "")] * 4
 
 
@@ -474,12 +508,13 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
                 crop_size: Any, request: gr.Request = None, progress=gr.Progress()):
     """Upscale with every chosen variant; returns outputs, crops, metrics and downloads."""
     region_size(crop_size)  # refused before the run replaces the session's last one
-    session = session_of(request)
+    session, started = session_of(request), time.monotonic()
     inputs = prepare_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
     progress(0.0, desc="Loading models")
     comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE,
-                                registry=SESSION_MODELS.for_owner(session), progress=lambda f, d: progress(f, desc=d))
-    run_id, run = RUNS.save(comparison, owner=session)
+                                registry=SESSION_MODELS.for_owner(session), progress=lambda f, d: progress(f, desc=d),
+                                max_multiply_adds=SETTINGS.max_compare_gmacs * 10**9)
+    run_id, run = RUNS.save(comparison, owner=session, since=started)
     for warning in comparison.warnings:
         gr.Warning(warning)
     left, right = default_pair(comparison)
@@ -498,27 +533,43 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
                   crop_size: Any, request: gr.Request = None) -> None:
     """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
     region_size(crop_size)
-    check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
-    finetuned = SESSION_MODELS.for_owner(session_of(request))
-    keys = requested_keys(variants or [], check_scale(scale), finetuned)  # capped before anything is resolved
-    resolved = [resolve_variant(v, check_scale(scale), finetuned) for v in keys]
+    checked = check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
+    resolved = resolve_variants(variants or [], check_scale(scale), SESSION_MODELS.for_owner(session_of(request)))
+    check_work(resolved, checked.lr_size, SETTINGS.max_compare_gmacs * 10**9)
     if all(r.unavailable for r in resolved):
         raise UserError("None of the chosen variants can run at this scale: "
                         + "; ".join(f"{r.label}: {r.unavailable}" for r in resolved) + ".")
 
 
 @admitted
-def check_upload(mode: str, image: Any, ground_truth: Any, scale: Any, request: gr.Request = None) -> str:
-    """On upload: say at once what is wrong with the file (or what will be done with it), in the status."""
+def check_upload(run_id: str | None, mode: str, image: Any, ground_truth: Any, scale: Any,
+                 request: gr.Request = None) -> str:
+    """On upload: say at once what is wrong with the file (or what will be done with it), in the status, and
+    whether the results below are still those of an earlier image."""
     if image is None:
-        return "Upload an image (or click an example) and press **Run comparison**."
+        return UPLOAD_PROMPT
     try:
-        notes = check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
+        uploads = compare_uploads(mode, image, ground_truth)
+        notes = check_inputs(scale=scale, **uploads).notes
     except (UserError, ImageError) as exc:
         log.info("check_upload refused: %s", exc)
         gr.Warning(**titled("This upload cannot be used", str(exc)))
         return f"**This upload cannot be used:** {exc}"
+    shown = RUNS.source(run_id, session_of(request))  # the compared file (every run's image is one)
+    if shown is not None and shown != uploads["image"]:
+        notes.append("The results below are still those of your last comparison, of another image.")
     return "\n\n".join(f"- {line}" for line in ["Ready: press **Run comparison**.", *notes])
+
+
+@light_call
+def status_after_change(image: Any, scale: Any, mode: str, request: gr.Request = None) -> str:
+    """After a change of scale or mode the last verdict on the upload no longer holds: say what happens next
+    instead (the checks run again when the comparison starts)."""
+    if image is None:
+        return UPLOAD_PROMPT
+    what = f"x{scale}" if scale in scales() else "this scale"
+    return (f"Press **Run comparison**: the upload is checked again for {what} "
+            f"({'LR' if mode == 'lr' else 'HR'} mode) when it starts.")
 
 
 @shows_user_errors
@@ -546,6 +597,8 @@ def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, reques
 def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
     """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
     slider's pair differs most)."""
+    if RUNS.get(run_id, session_of(request)) is None:
+        return tuple(gr.skip() for _ in range(4))  # nothing to zoom into yet: moving the controls is harmless
     center = None if x is None or y is None else (x, y)
     view = need_run(run_id, request).zoom(center, crop_size)
     return view.picker, view.labelled(), *view.center
@@ -632,7 +685,7 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                                    label="Examples (HR; one click runs the comparison)",
                                    example_labels=[p.stem for p in EXAMPLES], cache_examples=False)
         with gr.Column(scale=5):
-            status = gr.Markdown("Upload an image (or click an example) and press **Run comparison**.",
+            status = gr.Markdown(UPLOAD_PROMPT,
                                  elem_id="kaldn-status")
             with gr.Row():
                 left = gr.Dropdown(label="Slider: left", choices=[], interactive=True)
@@ -649,8 +702,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                                  "run on a shared machine is noise; speed is in Model zoo (benchmark, warm runs)",
                            interactive=False, wrap=True, elem_id="kaldn-metrics",
                            column_widths=["15%", "15%", "7%", "7%", "9%", "8%", "8%", "14%", "17%"])
-    gr.Markdown("### Where each output is wrong\nThe outputs differ from each other by fractions of a grey level "
-                "on average, too little to see side by side. These maps show the error itself, all on one colour "
+    gr.Markdown("### Where each output is wrong\nThe variants' outputs differ from each other by about one grey "
+                "level on average, too little to see side by side. These maps show the error itself, all on one colour "
                 "scale; the map beside the slider shows which of its two images is closer where.")
     errors_note = gr.Markdown(elem_id="kaldn-errors-note")
     errors = gr.Image(label="Error maps: |output - ground truth| on Y, one shared scale", show_label=False,
@@ -687,8 +740,10 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
                                    preprocess=False, concurrency_id="compute", validator=admit_compare).success(
         run_compare, compare_inputs, compare_outputs, api_name="compare_example", preprocess=False,
         concurrency_id="compute", validator=admit_compare)
-    gr.on([image.upload, gt.upload], check_upload, [mode, image, gt, scale], [status], api_name="check_upload",
+    gr.on([image.upload, gt.upload], check_upload, [state, mode, image, gt, scale], [status], api_name="check_upload",
           preprocess=False, concurrency_id="compute", validator=admit_upload)
+    gr.on([scale.input, mode.input], status_after_change, [image, scale, mode], [status],
+          api_name="status_after_change", queue=False, preprocess=False, show_progress="hidden")
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
           api_name="slider_pair", queue=False)
     picker.select(select_region, [state, crop_size], [picker, gallery, cx, cy], api_name="select_region", queue=False,
@@ -758,8 +813,7 @@ def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.D
         {"psnr": float, "cpu_ms": float, "params": float})
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
-    cost_md = COST_NOTE if scale == 4 else \
-        COST_NOTE + f"\n(x{scale}: the papers publish x4 only, so no published points.)"
+    cost_md = cost_note(scale)
     return (claims_md, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]), cost.dropna(subset=["parameters"]),
             cost_md)
 
@@ -844,8 +898,11 @@ def finetune_tab() -> SimpleNamespace:
     bases = base_choices(available_models())
     gr.Markdown("Fine-tune a bundled model on a few of your own HR images (LR patches are made with the "
                 "same MATLAB-compatible bicubic). One job at a time on this server; at most "
-                f"{FINETUNE.max_iters} iterations. The result appears in the Compare choices and can be "
-                "downloaded as safetensors.")
+                f"{FINETUNE.max_iters} iterations and {FINETUNE.time_budget_s:.0f} s per job; at most "
+                f"{FINETUNE.max_images} images of up to {_mp(SETTINGS.max_pixels)} each and "
+                f"{_mp(FINETUNE.max_total_pixels)} in all (the {len(EXAMPLES)} examples count when ticked). The "
+                "result appears in the Compare choices and can be downloaded as safetensors. It belongs to this "
+                "page's session: reloading or closing the page stops a running job and deletes your models.")
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
             files = gr.File(label="HR training images", file_count="multiple", file_types=["image"],
@@ -857,7 +914,10 @@ def finetune_tab() -> SimpleNamespace:
             halve = "/".join(f"{100 * f:.0f}" for f in TrainConfig().lr_halve_at)
             lr = gr.Number(2e-4, label=f"Learning rate (Adam; halved at {halve}% of the run)")
             with gr.Accordion("Advanced", open=False):
-                batch = gr.Slider(1, 32, value=8, step=1, label="Batch size (patches)")
+                batch = gr.Slider(1, 32, value=8, step=1, label="Batch size (patches)",
+                                  info=f"batch x patch² at most {FINETUNE.max_batch_pixels:,} LR pixels per step "
+                                       f"on this server: up to {FINETUNE.max_batch_pixels // 48 ** 2} patches of 48, "
+                                       f"{FINETUNE.max_batch_pixels // 96 ** 2} of 96")
                 patch = gr.Slider(16, 96, value=32, step=8, label="LR patch size (pixels)")
             with gr.Row():
                 start = gr.Button("Start fine-tuning", variant="primary", elem_id="kaldn-ft-start")
@@ -1087,8 +1147,8 @@ def end_session(request: gr.Request):
     session = session_of(request)
     if session:
         FINETUNE.cancel(owner=session)
-        RUNS.drop_owner(session)
-        SESSION_MODELS.drop_owner(session)
+        RUNS.end_owner(session)
+        SESSION_MODELS.end_owner(session)
 
 
 def launch_kwargs() -> dict[str, Any]:
@@ -1104,6 +1164,7 @@ def launch_kwargs() -> dict[str, Any]:
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not
+        "state_session_capacity": SETTINGS.sessions,  # each session's input values are kept: bounded
     }
 
 

@@ -21,13 +21,51 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["BodyLimit", "LocalFilesOnly", "SessionSlots", "SingleFlight", "names_remote_file"]
+__all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "SingleFlight", "names_remote_file", "short_of_disk"]
 
 
 @dataclass
 class _Slot:
     admitted: float = field(default_factory=time.monotonic)
     running: bool = False
+    what: str = "a job"         # for the message when another is refused: "a fine-tuning job"
+
+
+class EndedSessions:
+    """Sessions that ended (their page closed), remembered for ``keep_s``: work of theirs that finishes later (a
+    cancelled fine-tune registering its model, a comparison saving its run) is dropped instead of kept for
+    nobody. Bounded: at most ``cap`` are remembered, the oldest forgotten first."""
+
+    def __init__(self, keep_s: float = 3600.0, cap: int = 100_000) -> None:
+        self.keep_s, self.cap = keep_s, cap
+        self._ended: dict[str, float] = {}  # insertion order = end order
+        self._lock = threading.Lock()
+
+    def end(self, session: str | None) -> None:
+        if not session:
+            return
+        with self._lock:
+            self._ended.pop(session, None)
+            self._ended[session] = time.monotonic()
+            self._prune()
+
+    def ended(self, session: str | None, since: float | None = None) -> bool:
+        """Did ``session`` end (at or after ``since``, a ``time.monotonic()``)? A page whose connection dropped
+        (a laptop asleep) ends its session yet may go on under it: work it starts after that is its own."""
+        if not session:
+            return False
+        with self._lock:
+            self._prune()
+            at = self._ended.get(session)
+            return at is not None and (since is None or at >= since)
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        while self._ended:
+            oldest, at = next(iter(self._ended.items()))
+            if now - at <= self.keep_s and len(self._ended) <= self.cap:
+                break
+            del self._ended[oldest]
 
 
 class SessionSlots:
@@ -56,17 +94,22 @@ class SessionSlots:
             self._slots.pop(session, None)
         return slots
 
-    def admit(self, session: str | None) -> bool:
-        """Take a slot for ``session``; False when it already has ``limit`` jobs waiting or running.
-        No session (a call outside a browser/client session) is never admitted."""
+    def admit(self, session: str | None, what: str = "a job") -> bool:
+        """Take a slot for ``session``'s job ``what``; False when it already has ``limit`` jobs waiting or
+        running. No session (a call outside a browser/client session) is never admitted."""
         if not session:
             return False
         with self._lock:
             slots = self._prune(session)
             if len(slots) >= self.limit:
                 return False
-            self._slots.setdefault(session, []).append(_Slot())
+            self._slots.setdefault(session, []).append(_Slot(what=what))
             return True
+
+    def holding(self, session: str | None) -> list[str]:
+        """What ``session``'s jobs waiting or running are, oldest first."""
+        with self._lock:
+            return [slot.what for slot in self._prune(session)] if session else []
 
     def started(self, session: str | None) -> None:
         """The session's oldest waiting job is running now (it no longer needs the queue to vouch for it)."""
@@ -189,7 +232,7 @@ class BodyLimit:
                 await self._refuse(send, refused.status, upload)
 
     def _short_of_disk(self, incoming: int) -> bool:
-        return self.disk is not None and self.min_free > 0 and _free_bytes(self.disk) - incoming < self.min_free
+        return self.disk is not None and short_of_disk([self.disk], self.min_free, incoming)
 
     async def _refuse(self, send, status: int, upload: bool) -> None:
         if status == 507:
@@ -199,6 +242,13 @@ class BodyLimit:
         else:
             text = f"Request body over {self.max_body} bytes; send files through the upload route."
         await _answer(send, status, text)
+
+
+def short_of_disk(paths: list[str | os.PathLike], min_free: int, incoming: int = 0) -> bool:
+    """Would any of ``paths``' disks have under ``min_free`` bytes free after ``incoming`` more (0: no check)?
+    Uploads, run folders and the images Gradio caches for every view all take disk: each is refused before
+    it is written, so no caller can fill the disk."""
+    return min_free > 0 and any(_free_bytes(str(p)) - incoming < min_free for p in paths)
 
 
 def _free_bytes(path: str) -> int:

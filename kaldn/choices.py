@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .errors import UserError
+from .errors import UserError, quoted
 from .hub import available_models
 from .models import is_featured, model_label, on_other_backbone, parse_model_name, variant_of, variants
 from .session_models import SessionModels, is_session_key
@@ -89,14 +89,14 @@ def resolve_variant(key: str, scale: int, registry: SessionModels | None = None)
         missing = None if model_scale == scale else f"a x{model_scale} model; the chosen scale is x{scale}"
         return ResolvedVariant(key, entry.label, str(entry.path), entry.model, missing)
     if is_session_key(key):  # expired, evicted, or another session's: the same answer, so nothing leaks
-        raise UserError(f"{key!r} is not one of this session's models (any more): fine-tuned and uploaded models "
+        raise UserError(f"{quoted(key)} is not one of this session's models (any more): fine-tuned and uploaded models "
                         "belong to the session that made them and are dropped after a while unused. Fine-tune "
                         "or upload it again.")
     try:
         spec = parse_model_name(key)
     except ValueError:
         valid = [BICUBIC, *known] + ([e.key for e in registry.items()] if registry is not None else [])
-        raise UserError(f"Unknown variant {key!r}; valid: {', '.join(valid)} or a model name "
+        raise UserError(f"Unknown variant {quoted(key)}; valid: {', '.join(valid)} or a model name "
                         f"such as {variants()[0].model_name(variants()[0].scales[-1])}.") from None
     missing = None if spec.scale == scale else f"a x{spec.scale} model; the chosen scale is x{scale}"
     return ResolvedVariant(key, model_label(key), key, key, missing)

@@ -19,6 +19,7 @@ No UI here: the app shows what these functions return, and every number it shows
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import math
 import time
@@ -31,22 +32,22 @@ import torch
 from torch import nn
 
 from .cache import MODEL_ERRORS, ModelCache
-from .choices import BICUBIC, requested_keys, resolve_variant, variant_label
+from .choices import BICUBIC, ResolvedVariant, requested_keys, resolve_variant, variant_label
 from .display import clamp_region, crop_region, enlarge_nearest, to_display
-from .errors import UserError
+from .errors import UserError, quoted
 from .images import save_png
-from .inference import resolve_device, upscale
+from .inference import prepare_model, resolve_device, tiled_pixels, upscale
 from .inputs import Inputs
 from .metrics import evaluate_pair
-from .models import count_parameters
+from .models import count_parameters, create_model, multiply_adds
 from .resize import imresize
 from .session_models import SessionModels
 
 log = logging.getLogger("kaldn.comparison")
 
 __all__ = ["GROUND_TRUTH", "LR_INPUT", "METRIC_HEADERS", "Comparison", "VariantResult", "default_pair",
-           "metrics_table", "pair_choices", "pair_image", "pair_images", "run_comparison", "save_outputs",
-           "zoom_crops"]
+           "check_work", "metrics_table", "multiply_adds_per_pixel", "pair_choices", "pair_image", "pair_images",
+           "resolve_variants", "run_comparison", "save_outputs", "zoom_crops"]
 
 GROUND_TRUTH = "Ground truth"
 LR_INPUT = "LR input"
@@ -107,7 +108,7 @@ class Comparison:
 def _resolve_device(device: str, warnings: list[str]) -> torch.device:
     device = (device or "auto").lower()
     if device not in ("auto", "cpu", "cuda"):
-        raise UserError(f"device must be auto, cpu or cuda, got {device!r}")
+        raise UserError(f"device must be auto, cpu or cuda, got {quoted(device)}")
     if device == "cuda" and not torch.cuda.is_available():
         warnings.append("CUDA was asked for but is not available on this machine: ran on the CPU.")
         device = "cpu"
@@ -125,26 +126,64 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@functools.lru_cache(maxsize=None)  # one entry per registered model name: a bounded set
+def multiply_adds_per_pixel(model: str) -> int:
+    """Multiply-adds per LR pixel of model ``model`` (fused, as it runs): exact for any input size, since every
+    layer's cost grows with the pixel count."""
+    return multiply_adds(prepare_model(create_model(model).eval(), "cpu"), 32, 32) // (32 * 32)
+
+
+def resolve_variants(variants: Sequence[str], scale: int, registry: SessionModels | None = None
+                     ) -> list[ResolvedVariant]:
+    """A client's variant list, checked and resolved; two names for one model (a key and its model name) run
+    once."""
+    resolved, seen = [], set()
+    for var in (resolve_variant(v, scale, registry) for v in requested_keys(variants or [], scale, registry)):
+        if (var.ref or var.key) not in seen:
+            seen.add(var.ref or var.key)
+            resolved.append(var)
+    return resolved
+
+
+TILE_OVERLAP = 24  # LR pixels each tile reads beyond its edges
+
+
+def check_work(resolved: Sequence[ResolvedVariant], lr_size: tuple[int, int], limit: int | None,
+               tile: int | None = 256) -> int:
+    """The multiply-adds these variants need on an LR input of ``lr_size`` (height, width), tiles' overlaps
+    included; a :class:`UserError` over ``limit`` (one comparison holds the compute slot: its time must stay
+    bounded whatever is chosen or uploaded)."""
+    pixels = tiled_pixels(*lr_size, tile, TILE_OVERLAP)
+    costs = [(var.label, multiply_adds_per_pixel(var.model) * pixels) for var in resolved
+             if var.key != BICUBIC and not var.unavailable and var.model]
+    total = sum(c for _, c in costs)
+    if limit is not None and total > limit:
+        heaviest = ", ".join(f"{label} {c / 1e9:,.0f} G" for label, c in sorted(costs, key=lambda lc: -lc[1])[:3])
+        raise UserError(f"These models need {total / 1e9:,.0f} G multiply-adds on this {lr_size[1]}x{lr_size[0]} "
+                        f"LR input (heaviest: {heaviest}); one comparison on this server may take "
+                        f"{limit / 1e9:,.0f} G (KALDN_APP_MAX_COMPARE_GMACS). Choose fewer or lighter models, or a "
+                        "smaller image.")
+    return total
+
+
 def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto",
                    cache: ModelCache | None = None, registry: SessionModels | None = None,
-                   progress: Callable[[float, str], None] | None = None, tile: int = 256) -> Comparison:
+                   progress: Callable[[float, str], None] | None = None, tile: int = 256,
+                   max_multiply_adds: int | None = None) -> Comparison:
     """Upscale ``inputs.lr`` with every variant; metrics against ``inputs.gt`` when there is one.
 
     A variant without a checkpoint at this scale (or whose checkpoint is broken)
     gives a result with ``status="unavailable"``/``"error"`` and a message rather
     than an exception. Times cover the upscaling only (the model is loaded, fused
-    and moved to the device before the clock starts).
+    and moved to the device before the clock starts). More than ``max_multiply_adds`` in all is refused
+    before anything runs (:func:`check_work`).
     """
-    variants = requested_keys(variants or [], inputs.scale, registry)
+    lr, gt, scale = inputs.lr, inputs.gt, inputs.scale
+    resolved = resolve_variants(variants, scale, registry)
+    check_work(resolved, lr.shape[:2], max_multiply_adds, tile)
     cache = cache or ModelCache()
     device_warnings: list[str] = []
     dev = _resolve_device(device, device_warnings)
-    lr, gt, scale = inputs.lr, inputs.gt, inputs.scale
-    resolved, seen = [], set()
-    for var in (resolve_variant(v, scale, registry) for v in variants):
-        if (var.ref or var.key) not in seen:  # two names for one model (a key and its model name) run it once
-            seen.add(var.ref or var.key)
-            resolved.append(var)
     results: list[VariantResult] = []
     n = len(resolved)
 
@@ -199,7 +238,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
 
 
 def _upscale(lr: np.ndarray, model: nn.Module, tile: int, progress: Callable[[int, int], None]) -> np.ndarray:
-    return upscale(lr, model, tile=tile, overlap=24, progress=progress)
+    return upscale(lr, model, tile=tile, overlap=TILE_OVERLAP, progress=progress)
 
 
 # No time column: one cold run per variant on a shared machine ranks variants at random (0.05 s against

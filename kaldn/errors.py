@@ -9,3 +9,10 @@ class UserError(ValueError):
 
 class BusyError(RuntimeError):
     """Another fine-tuning job is running (one at a time)."""
+
+
+def quoted(value: object, limit: int = 60) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters: a client's value may be a megabyte long, and
+    messages are shown and logged."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "...'" + f" ({len(text):,} characters)"

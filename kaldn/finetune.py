@@ -26,7 +26,7 @@ import numpy as np
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .data import load_pairs
 from .display import to_display
-from .errors import BusyError, UserError
+from .errors import BusyError, UserError, quoted
 from .hub import load_model
 from .images import ImageError, load_image, save_png
 from .inference import resolve_device
@@ -87,14 +87,20 @@ class FineTuneSettings:
             return cls(base=str(base), iters=int(iters), lr=float(lr), batch=int(batch), patch=int(patch),
                        device=device)
         except (TypeError, ValueError):
-            raise UserError(f"Iterations, learning rate, batch and patch must be numbers, got {iters!r}, {lr!r}, "
-                            f"{batch!r}, {patch!r}.") from None
+            raise UserError(f"Iterations, learning rate, batch and patch must be numbers, got {quoted(iters)}, "
+                            f"{quoted(lr)}, {quoted(batch)}, {quoted(patch)}.") from None
+
+
+# Validation runs a whole image through the model in one piece: a 2048x2048 upload would need several GB for
+# the larger bases, so a job validates on centre crops of at most this many LR pixels per side.
+VAL_LR_SIDE = 128
 
 
 def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder: str | Path,
-                          max_pixels: int | None = None, max_total_pixels: int | None = None
-                          ) -> tuple[int, list[str], int]:
-    """Check the user's HR images and write them as 8-bit RGB PNGs into ``folder``.
+                          max_pixels: int | None = None, max_total_pixels: int | None = None,
+                          val_folder: str | Path | None = None) -> tuple[int, list[str], int]:
+    """Check the user's HR images and write them as 8-bit RGB PNGs into ``folder``, and their centre crops of
+    at most ``VAL_LR_SIDE * scale`` pixels per side into ``val_folder`` (when given).
 
     Images smaller than the training crop are skipped with a note. Returns
     (number written, notes, patch to use): the patch shrinks (down to 16 LR
@@ -103,6 +109,8 @@ def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if val_folder is not None:
+        Path(val_folder).mkdir(parents=True, exist_ok=True)
     notes, loaded, total = [], [], 0
     for i, source in enumerate(images):
         name = Path(str(source)).name if isinstance(source, (str, os.PathLike)) else f"image {i + 1}"
@@ -129,11 +137,19 @@ def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder:
                          f"{patch * scale}-pixel training crop at x{scale}.")
             continue
         save_png(np.ascontiguousarray(rgb), folder / f"{i:03d}.png")
+        if val_folder is not None:
+            save_png(np.ascontiguousarray(_centre_crop(rgb, VAL_LR_SIDE * scale)), Path(val_folder) / f"{i:03d}.png")
         written += 1
     if written == 0:
         raise UserError(f"No usable training image: each needs at least {16 * scale} pixels per side at x{scale}. "
                            + " ".join(notes))
     return written, notes, patch
+
+
+def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y0:y0 + side, x0:x0 + side]
 
 
 class FineTuneJob:
@@ -145,8 +161,10 @@ class FineTuneJob:
         self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
         self.data = folder / "data"
+        self.val = folder / "val"           # centre crops of the same images (VAL_LR_SIDE)
         self.out = folder / "run"
         self.owner = owner
+        self.admitted = time.monotonic()    # a session that ended after this does not get the model
         self.stop = threading.Event()
         self.queue: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
@@ -157,14 +175,14 @@ class FineTuneJob:
     def _run(self, release: Callable[[], None]) -> None:
         try:
             s = self.settings
-            config = TrainConfig(data=str(self.data), val=str(self.data), out=str(self.out), init=s.base,
+            config = TrainConfig(data=str(self.data), val=str(self.val), out=str(self.out), init=s.base,
                                  iters=s.iters, batch=s.batch, patch=s.patch, lr=s.lr, seed=s.seed,
                                  device=s.device, time_budget_s=self.time_budget_s, val_every=max(10, s.iters // 10),
                                  save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)))
             # Iteration 0 of the curves: the base model on the same images.
             base = load_model(s.base)
             dev = resolve_device(s.device)
-            pairs = load_pairs(self.data, base.config["scale"], 4, "validation")
+            pairs = load_pairs(self.val, base.config["scale"], 4, "validation")
             before = validate(base.to(dev), pairs, base.config["scale"], dev)
             self.queue.put({"event": "validation", "iteration": 0, **before})
             self.result = train(config, progress=self.queue.put, stop=self.stop)
@@ -262,7 +280,7 @@ class FineTuneManager:
         except ValueError:
             entry = self.registry.for_owner(owner).get(settings.base)  # only the owner's own models, by key
             if entry is None or entry.third_party:
-                raise UserError(f"Unknown base model {settings.base!r}: choose one from the list.") from None
+                raise UserError(f"Unknown base model {quoted(settings.base)}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
         self.registry.require_room(owner)  # asked before training, not after
@@ -288,15 +306,17 @@ class FineTuneManager:
             try:
                 count, notes, patch = prepare_finetune_data(images, spec.scale, settings.patch, folder / "data",
                                                             max_pixels=max_pixels,
-                                                            max_total_pixels=self.max_total_pixels)
+                                                            max_total_pixels=self.max_total_pixels,
+                                                            val_folder=folder / "val")
             except BaseException:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise
             if patch != settings.patch:
                 notes.append(f"Training patch reduced to {patch} LR pixels to fit the smallest image.")
                 settings.patch = patch
-            notes.insert(0, f"Training on {count} image(s); validation on the same images "
-                            "(it measures how well the model fits them).")
+            side = VAL_LR_SIDE * spec.scale
+            notes.insert(0, f"Training on {count} image(s); validation on their centres (at most {side}x{side} "
+                            "pixels each: it measures how well the model fits them).")
             job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
@@ -341,7 +361,7 @@ class FineTuneManager:
         validation = config.get("validation") or {}
         return self.registry.add(path, config["model"], {"iterations": done, "base": job.settings.base,
                                                          "val_psnr": validation.get("val_psnr")},
-                                 delete_dir=job.folder, owner=job.owner)
+                                 delete_dir=job.folder, owner=job.owner, since=job.admitted)
 
     def run(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
             max_pixels: int | None = None, min_interval: float = 1.0) -> Iterator[FineTuneUpdate]:
@@ -352,8 +372,10 @@ class FineTuneManager:
         :meth:`start` raises, and :class:`FineTuneError` when training fails.
         """
         job, notes = self.start(images, settings, owner=owner, max_pixels=max_pixels)
-        s = settings
-        header = (f"Fine-tuning **{s.base}** for {s.iters} iterations (lr {s.lr:g}, batch {s.batch}, "
+        s = job.settings  # as trained: the patch may have been reduced, a session base is its folder
+        own = self.registry.for_owner(owner).get(settings.base)
+        base = own.label if own is not None else settings.base  # the user's name for it, never a server path
+        header = (f"Fine-tuning **{base}** for {s.iters} iterations (lr {s.lr:g}, batch {s.batch}, "
                   f"patch {s.patch}). " + notes[0])
         history: list[dict] = []
         started, last_update = time.time(), 0.0
@@ -401,7 +423,10 @@ class FineTuneManager:
             summary += f" Validation PSNR {vals[0]['val_psnr']:.2f} → best {max(v['val_psnr'] for v in vals):.2f} dB."
         downloads = None
         if entry is not None:
-            summary += (f" The model is now **{entry.label}** in the Compare and How-it-works model lists "
+            kind = variant_of(entry.model)
+            lists = "Compare and How-it-works model lists" if kind is not None and kind.depthwise \
+                else "Compare model list (How it works lists depthwise models only)"
+            summary += (f" The model is now **{entry.label}** in the {lists} "
                         f"(choose scale x{parse_model_name(entry.model).scale} there).")
             downloads = [str(entry.path / WEIGHTS_NAME), str(entry.path / CONFIG_NAME)]
         yield FineTuneUpdate(summary, history, done, s.iters, downloads=downloads, entry=entry)

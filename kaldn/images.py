@@ -197,6 +197,7 @@ def load_image_with_notes(
     else:
         raise ImageError(f"Cannot load an image from a {type(source).__name__}.")
 
+    _refuse_gif_comments(opener, label)
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.
@@ -231,6 +232,68 @@ def load_image_with_notes(
         except Exception as exc:
             raise ImageError(f"{_cap(label)} could not be converted to RGB.") from exc
         return arr, notes + more
+
+
+MAX_GIF_COMMENT_BYTES = 64 << 10
+_GIF_BLOCK = re.compile(rb"[!,;]")
+
+
+def _refuse_gif_comments(opener: object, label: str) -> None:
+    """Pillow joins a GIF's comments piece by piece, in time quadratic in their number (every 255-byte piece,
+    and a newline for every further comment, even an empty one): a few MB of them hold the server for
+    minutes while the file is opened. Such a GIF is refused after one linear walk over its blocks; other
+    files are not read."""
+    comments = 0
+    try:
+        f = open(opener, "rb") if isinstance(opener, Path) else opener
+        try:
+            start = f.tell()
+            if f.read(4) == b"GIF8":
+                f.seek(start)
+                comments = _gif_comment_bytes(f.read())
+            f.seek(start)
+        finally:
+            if f is not opener:
+                f.close()
+    except (OSError, ValueError):
+        pass  # unreadable here: Pillow says so, with the usual message
+    if comments > MAX_GIF_COMMENT_BYTES:
+        raise ImageError(f"{_cap(label)} is a GIF with over {MAX_GIF_COMMENT_BYTES // 1024} KiB of comments: "
+                         "save it as PNG and upload that.")
+
+
+def _gif_comment_bytes(data: bytes) -> int:
+    """What Pillow's comment grows to in a GIF (its bytes, plus one per comment), counted up to just over
+    MAX_GIF_COMMENT_BYTES. Walks the blocks as Pillow does: a byte that starts no block is skipped."""
+    n = len(data)
+    if n < 13:
+        return 0
+    pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
+
+    def sub_blocks(pos: int) -> tuple[int, int]:
+        size = 0
+        while pos < n and data[pos]:
+            size += data[pos]
+            pos += data[pos] + 1
+        return pos + 1, size
+
+    total = 0
+    while total <= MAX_GIF_COMMENT_BYTES:
+        found = _GIF_BLOCK.search(data, pos)  # stray bytes are skipped in C, not one by one
+        if found is None or found.group() == b";":
+            break
+        pos = found.end()
+        if found.group() == b"!":
+            label = data[pos] if pos < n else -1
+            pos, size = sub_blocks(pos + 1)
+            total += size + 1 if label == 0xFE else 0
+        else:  # an image: its descriptor, local colour table and data
+            if pos + 9 > n:
+                break
+            flags = data[pos + 8]
+            pos += 9 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1  # + the LZW code size byte
+            pos, _ = sub_blocks(pos)
+    return total
 
 
 def _frame_notes(im: Image.Image, label: str) -> list[str]:

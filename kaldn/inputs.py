@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, quoted
 from .images import ImageError, TooLargeError, load_image_with_notes
 from .models import check_scale, scales
 from .resize import make_lr
 
-__all__ = ["MIN_LR_SIDE", "Inputs", "check_inputs", "image_source", "measurement_input", "prepare_inputs"]
+__all__ = ["MIN_LR_SIDE", "Checked", "Inputs", "check_inputs", "image_source", "measurement_input", "prepare_inputs"]
 
 MIN_LR_SIDE = 8   # LR side below which no comparison makes sense (and SSIM's 11x11 window would not fit)
 
@@ -34,6 +34,7 @@ class Inputs:
     scale: int
     mode: str                      # "hr": the upload is the ground truth; "lr": the upload is the input
     notes: list[str] = field(default_factory=list)
+    source: str | None = None      # the file the image came from, when it came from one
 
     @property
     def output_shape(self) -> tuple[int, int]:
@@ -70,12 +71,21 @@ def _describe_image(image: np.ndarray, what: str, load_notes: list[str]) -> list
     return notes
 
 
+class Checked(NamedTuple):
+    notes: list[str]
+    lr_size: tuple[int, int]    # (height, width) of the LR input that prepare_inputs would make
+
+
 def check_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
                  max_pixels: int | None = None, max_output_pixels: int | None = None,
-                 image_name: str | None = None, gt_name: str | None = None) -> list[str]:
+                 image_name: str | None = None, gt_name: str | None = None) -> Checked:
     """Every check :func:`prepare_inputs` makes, without making the LR input: for telling a user at once,
-    on upload, what is wrong with a file. Returns the notes; raises as :func:`prepare_inputs` does."""
-    return _load_checked(image, scale, mode, ground_truth, max_pixels, max_output_pixels, image_name, gt_name)[3]
+    on upload, what is wrong with a file. Returns the notes and the LR input's size; raises as
+    :func:`prepare_inputs` does."""
+    img, _, scale, notes = _load_checked(image, scale, mode, ground_truth, max_pixels, max_output_pixels,
+                                         image_name, gt_name)
+    h, w = img.shape[:2]
+    return Checked(notes, (h // scale, w // scale) if mode == "hr" else (h, w))
 
 
 def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any = None,
@@ -102,11 +112,15 @@ def prepare_inputs(image: Any, scale: Any, mode: str = "hr", ground_truth: Any =
                          f"(both sides a multiple of {scale}) before making the LR input.")
         notes.insert(0, f"HR mode: LR input {lr.shape[1]}x{lr.shape[0]} made from the {hr.shape[1]}x{hr.shape[0]} "
                         f"ground truth with MATLAB-compatible bicubic (1/{scale}).")
-        return Inputs(lr=lr, gt=hr, scale=scale, mode=mode, notes=notes)
+        return Inputs(lr=lr, gt=hr, scale=scale, mode=mode, notes=notes, source=_file_of(image))
     notes.insert(0, f"LR mode: {w}x{h} input, x{scale} output {w * scale}x{h * scale}; "
                     + ("metrics against the uploaded ground truth." if gt is not None
                        else "no ground truth, so no PSNR/SSIM."))
-    return Inputs(lr=img, gt=gt, scale=scale, mode=mode, notes=notes)
+    return Inputs(lr=img, gt=gt, scale=scale, mode=mode, notes=notes, source=_file_of(image))
+
+
+def _file_of(image: Any) -> str | None:
+    return str(image) if isinstance(image, (str, os.PathLike)) else None
 
 
 def _load_checked(image: Any, scale: Any, mode: str, ground_truth: Any, max_pixels: int | None,
@@ -115,7 +129,7 @@ def _load_checked(image: Any, scale: Any, mode: str, ground_truth: Any, max_pixe
     """Load the upload(s) and check sizes and modes: (image, ground truth or None, scale, notes)."""
     scale = check_scale(scale)
     if mode not in ("hr", "lr"):
-        raise UserError(f"mode must be 'hr' or 'lr', got {mode!r}")
+        raise UserError(f"mode must be 'hr' or 'lr', got {quoted(mode)}")
     image, ground_truth = image_source(image), image_source(ground_truth)
     if image is None:
         raise UserError("Upload an image first (or click one of the examples).")
@@ -183,12 +197,14 @@ def _gt_mismatch(gt_size: tuple[int, int], lr_size: tuple[int, int], scale: int,
 def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None, mode: str = "hr",
                       example: Path | None = None, max_pixels: int | None = None,
                       max_output_pixels: int | None = None, upload_name: str | None = None) -> tuple[np.ndarray, str]:
-    """The LR image to measure a model on, and where it came from: the ``last`` comparison's input at this
-    scale, else the ``upload`` (in ``mode``), else the ``example`` (as HR)."""
+    """The LR image to measure a model on, and where it came from: the ``last`` comparison's input when it was
+    made at this scale from the current ``upload`` (or there is none now), else the ``upload`` (in ``mode``),
+    else the ``example`` (as HR)."""
     scale = check_scale(scale)
-    if last is not None and last.scale == scale:
-        return last.lr, "the LR input of your last comparison"
     source = image_source(upload)
+    same = source is None or (last is not None and last.source == _file_of(source) and last.mode == mode)
+    if last is not None and last.scale == scale and same:
+        return last.lr, "the LR input of your last comparison"
     if source is not None:
         where = "the image on the Compare tab"
     elif example is not None:

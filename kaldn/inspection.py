@@ -444,7 +444,7 @@ def kernel_view(cache: ModelCache, ref: str, layer: str | None = None, label: st
     table = kernel_table(model, layer)
     gate_headers, gate = gate_rows(model)
     return KernelView(layers, layer, render_kernel_grid(table), kernel_rows(table), gate_headers, gate,
-                      gate_note(model, getattr(model, "config", {}).get("model", ref)))
+                      gate_note(model, label))  # an upload's note names the upload, not its base model
 
 
 def inspection_choices(available: Sequence[str]) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .archs import fdiwn, lesrcnn, scnet  # noqa: F401  (importing an architecture's module registers it)
 from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
-from .errors import UserError
+from .errors import UserError, quoted
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
 __all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
@@ -69,7 +69,7 @@ def parse_model_name(name: str) -> ModelSpec:
         for spec in _specs(arch):
             if spec.name == name:
                 return spec
-    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(model_names())}")
+    raise ValueError(f"unknown model {quoted(name)}; valid names: {', '.join(model_names())}")
 
 
 def scales() -> tuple[int, ...]:
@@ -80,7 +80,7 @@ def scales() -> tuple[int, ...]:
 def check_scale(scale: Any) -> int:
     """``scale`` as an int if it is one of the registered scales, else a :class:`UserError` saying which are."""
     valid = scales()
-    message = f"The scale must be one of {', '.join(map(str, valid))}, got {scale!r}."
+    message = f"The scale must be one of {', '.join(map(str, valid))}, got {quoted(scale)}."
     try:
         value = int(scale)
     except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
@@ -189,7 +189,7 @@ def variant(key: str) -> Variant:
     for v in variants():
         if v.key == key:
             return v
-    raise ValueError(f"unknown variant {key!r}; valid: {', '.join(v.key for v in variants())}")
+    raise ValueError(f"unknown variant {quoted(key)}; valid: {', '.join(v.key for v in variants())}")
 
 
 # --- measuring a model ------------------------------------------------------------------------------------

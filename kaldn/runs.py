@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .admission import EndedSessions
 from .choices import BICUBIC, BICUBIC_LABEL, variant_label
 from .comparison import GROUND_TRUTH, LR_INPUT, Comparison, pair_image, pair_images, save_outputs, zoom_crops
 from .display import draw_region, label_above, map_tile, tile_grid
@@ -234,8 +235,8 @@ class RunStore:
     process, see :func:`kaldn.workdirs.instance_root`, so another instance never prunes them).
 
     * One live run per owner (a session): saving a new run drops the owner's previous one.
-    * A run stays until its owner drops it (:meth:`drop`, :meth:`drop_owner`: the session ended) or it is
-      older than ``max_age_s``; nothing else removes it, so a session's files never disappear under it.
+    * A run stays until its owner drops it (:meth:`drop`, :meth:`drop_owner`; :meth:`end_owner` when the
+      session ended) or it is older than ``max_age_s``; nothing else removes it, so a session's files never disappear under it.
     * The arrays of at most ``memory_bytes`` (newest used first) stay in memory; older runs keep only
       their numbers and are read back from their PNGs when used again.
     """
@@ -246,9 +247,12 @@ class RunStore:
         self.max_age_s = max_age_s
         self._runs: OrderedDict[str, _StoredRun] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
+        self._ended = EndedSessions(keep_s=max_age_s)
 
-    def save(self, comparison: Comparison, owner: str | None) -> tuple[str, ComparisonRun]:
-        """Write a run's files and keep it; (run id, run). Drops ``owner``'s previous run and expired ones."""
+    def save(self, comparison: Comparison, owner: str | None, since: float | None = None
+             ) -> tuple[str, ComparisonRun]:
+        """Write a run's files and keep it; (run id, run). Drops ``owner``'s previous run and expired ones.
+        Refused when ``owner``'s session ended after ``since`` (the ``time.monotonic()`` the run started)."""
         if not comparison.ok:
             raise UserError("None of the chosen variants could run: "
                             + " ".join(r.message for r in comparison.results if r.message))
@@ -261,9 +265,23 @@ class RunStore:
         folder.mkdir()
         run = ComparisonRun(comparison, folder, save_outputs(comparison, folder))
         with self._lock:
-            self._runs[run_id] = _StoredRun(run, owner, time.time(), True, _nbytes(comparison))
-            self._trim()
+            ended = self._ended.ended(owner, since)  # its page closed while this ran: nobody will look at it
+            if not ended:
+                self._runs[run_id] = _StoredRun(run, owner, time.time(), True, _nbytes(comparison))
+                self._trim()
+        if ended:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise UserError("This page's session has ended: reload the page to start a new one.")
         return run_id, run
+
+    def source(self, run_id: str | None, owner: str | None = None) -> str | None:
+        """The file the run's image came from (None: no such run of ``owner``'s, or no file), without
+        reading a stripped run's arrays back."""
+        with self._lock:
+            stored = self._runs.get(run_id) if run_id else None
+            if stored is None or (stored.owner is not None and stored.owner != owner):
+                return None
+            return stored.run.comparison.inputs.source
 
     def get(self, run_id: str | None, owner: str | None = None) -> ComparisonRun | None:
         """The run (arrays in memory), or None when it is gone or belongs to another owner."""
@@ -295,6 +313,12 @@ class RunStore:
             stored = self._runs.pop(run_id, None) if run_id else None
         if stored is not None:
             shutil.rmtree(stored.run.folder, ignore_errors=True)
+
+    def end_owner(self, owner: str | None) -> None:
+        """``owner``'s session ended: its run is deleted, and one that finishes later is not kept."""
+        with self._lock:
+            self._ended.end(owner)
+        self.drop_owner(owner)
 
     def drop_owner(self, owner: str | None) -> None:
         with self._lock:

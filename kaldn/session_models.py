@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .admission import EndedSessions
 from .checkpoint import CONFIG_NAME, read_config
 from .convert import ConversionError, convert_isolated, published_architectures
-from .errors import BusyError, UserError
+from .errors import BusyError, UserError, quoted
 from .models import check_scale, model_label, parse_model_name
 
 __all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint",
@@ -66,7 +67,7 @@ class SessionModels:
     """Fine-tuned and uploaded models of this process, newest last.
 
     Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
-    and :meth:`drop_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
+    and :meth:`end_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
     one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
     ``total_cap`` models in all, a new one is refused until sessions end. A model unused for ``max_idle_s``
     is forgotten too: a client that never opens the page's heartbeat never "ends" its session.
@@ -81,24 +82,35 @@ class SessionModels:
         self._items: OrderedDict[str, SessionModel] = OrderedDict()
         self._counter = itertools.count(1)
         self._lock = threading.Lock()
+        self._ended = EndedSessions(keep_s=max_idle_s)
 
     def add(self, path: str | Path, model: str, info: dict | None = None,
-            delete_dir: str | Path | None = None, owner: str | None = None, kind: str = FINE_TUNED) -> SessionModel:
+            delete_dir: str | Path | None = None, owner: str | None = None, kind: str = FINE_TUNED,
+            since: float | None = None) -> SessionModel:
+        """Keep a model for ``owner``; refused (``delete_dir`` deleted) when the owner's session ended after
+        ``since``, the ``time.monotonic()`` its making started."""
         self.expire()
         with self._lock:
-            mine = [k for k, e in self._items.items() if e.owner == owner]
-            if self._full(len(mine)):
-                raise BusyError(_FULL)
-            n = next(self._counter)
-            key = f"{KEY_PREFIX[kind]}-{n}"
-            spec = parse_model_name(model)
-            iters = (info or {}).get("iterations")
-            label = f"{kind} #{n} ({model_label(spec.name)} x{spec.scale}" + \
-                (f", {iters} it)" if iters else ")")
-            entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner, kind)
-            self._items[key] = entry
-            # This owner's oldest, beyond its cap; deleted after the lock (forgetting may wait for a model load).
-            evicted = [self._items.pop(k) for k in mine[:max(0, len(mine) + 1 - self.cap)]]
+            ended = self._ended.ended(owner, since)  # its page closed while this was made: nobody will use it
+            if not ended:
+                mine = [k for k, e in self._items.items() if e.owner == owner]
+                if self._full(len(mine)):
+                    raise BusyError(_FULL)
+                n = next(self._counter)
+                key = f"{KEY_PREFIX[kind]}-{n}"
+                spec = parse_model_name(model)
+                iters = (info or {}).get("iterations")
+                label = f"{kind} #{n} ({model_label(spec.name)} x{spec.scale}" + \
+                    (f", {iters} it)" if iters else ")")
+                entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner,
+                                     kind)
+                self._items[key] = entry
+                # This owner's oldest, beyond its cap; deleted after the lock (forgetting may wait for a model load).
+                evicted = [self._items.pop(k) for k in mine[:max(0, len(mine) + 1 - self.cap)]]
+        if ended:
+            if delete_dir:
+                shutil.rmtree(delete_dir, ignore_errors=True)
+            raise UserError("This page's session has ended: reload the page to start a new one.")
         for old in evicted:
             self._delete(old)
         return entry
@@ -139,8 +151,13 @@ class SessionModels:
         """A read-only view with only ``owner``'s models (none for no owner): what one session may use."""
         return _OwnerView(self, owner)
 
+    def end_owner(self, owner: str | None) -> int:
+        """``owner``'s session ended: its models are deleted, and one finished later is not kept; how many."""
+        self._ended.end(owner)
+        return self.drop_owner(owner)
+
     def drop_owner(self, owner: str | None) -> int:
-        """Forget and delete every model of ``owner`` (its session ended); how many."""
+        """Forget and delete every model of ``owner``; how many."""
         if not owner:
             return 0
         with self._lock:
@@ -205,6 +222,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
     refuses (code in a pickle, tensors that do not fit, a file that needs more than ``memory_bytes`` or
     ``timeout_s`` to read).
     """
+    started = time.monotonic()
     if not owner:
         raise UserError("Adding a checkpoint needs a session (the page, or gradio_client).")
     source, name = Path(source), Path(str(name)).name or "checkpoint"
@@ -218,7 +236,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
                         "accepted here (KALDN_APP_MAX_CHECKPOINT_BYTES).")
     arch = None if arch in (None, "", AUTO_ARCH) else str(arch)
     if arch is not None and arch not in published_architectures():
-        raise UserError(f"Unknown architecture {arch!r}; choose one from the list.")
+        raise UserError(f"Unknown architecture {quoted(arch)}; choose one from the list.")
     if arch is None and suffix != ".safetensors":
         raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")
     scale_value = check_scale(scale) if arch is not None else None
@@ -239,7 +257,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         config = read_config(out / CONFIG_NAME)
         weights = config.get("weights") or {}
         return registry.add(out, config["model"], {"origin": weights.get("origin"), "file": name},
-                            delete_dir=folder, owner=owner, kind=UPLOADED)
+                            delete_dir=folder, owner=owner, kind=UPLOADED, since=started)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

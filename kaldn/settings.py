@@ -76,7 +76,7 @@ class AppSettings:
     model_source: str = "auto"
     finetune_max_iters: int = 2000
     session_jobs: int = 1
-    max_body: int = 1 << 20
+    max_body: int = 64 << 10              # an API call's JSON (file payloads are paths): small
     session_ttl: int = 1800
     run_memory: int = 256 << 20  # with one comparison at the caps (~1.4 GiB) stays under 2 GiB
     finetune_time_budget_s: int = 600
@@ -90,6 +90,10 @@ class AppSettings:
     min_free_disk: int = 1 << 30
     finetune_turn_s: int = 60
     views: int = 4                        # a pair view of a 2048^2 run peaks at ~200 MiB (benchmarks.view_memory)
+    # One comparison's work, whatever is chosen or uploaded: the seven default variants on a 2048^2 upload need
+    # 207 G at x4 (63 s on one thread, benchmarks.load) and 817 G at x2 (README, "Hosting safely").
+    max_compare_gmacs: int = 1000
+    sessions: int = 2000                  # Gradio keeps every session's input values: bounded memory
 
     @property
     def upload_cap(self) -> int:
@@ -123,4 +127,6 @@ class AppSettings:
                    max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", 0) or None,
                    min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk, minimum=0),  # 0: off
                    views=env_int("KALDN_APP_VIEWS", d.views),
+                   max_compare_gmacs=env_int("KALDN_APP_MAX_COMPARE_GMACS", d.max_compare_gmacs),
+                   sessions=env_int("KALDN_APP_SESSIONS", d.sessions),
                    finetune_turn_s=env_int("KALDN_FINETUNE_TURN_S", d.finetune_turn_s, minimum=0))  # 0: off

@@ -62,7 +62,7 @@ def table_rows(table: dict) -> dict[str, dict]:
 
 
 API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_compare_example", "compare_example",
-             "check_upload", "load_example", "slider_pair",
+             "check_upload", "status_after_change", "load_example", "slider_pair",
              "select_region", "zoom", "zoo", "results", "finetune", "cancel_finetune", "refresh_after_finetune",
              "refresh_models", "add_checkpoint", "refresh_after_checkpoint",
              "kernel_model", "kernels", "hasty_relu", "open_how_it_works", "end_session"}
@@ -135,6 +135,7 @@ def test_upscale_example_at_x2_and_x3_beats_bicubic(served, client, scale):
 
 
 def test_zoom_slider_and_lr_mode_through_the_api(client, tmp_path):
+    client.predict(200, 40, 32, api_name="/zoom")  # before any comparison: nothing to zoom, and no error either
     compare(client, EXAMPLE, 4, ["bicubic", "ldsconv"])
     picker, gallery, cx, cy = client.predict(200, 40, 32, api_name="/zoom")
     assert (cx, cy) == (200, 40) and len(gallery) >= 3
@@ -314,6 +315,17 @@ def test_uploads_are_checked_at_once_and_bad_runs_stop_before_running(client, tm
     status = client.predict("hr", handle_file(str(bad)), None, 4, api_name="/check_upload")
     assert "cannot be used" in status and "not an image" in status
     assert client.predict("hr", handle_file(str(EXAMPLE)), None, 4, api_name="/check_upload").startswith("- Ready")
+    # After a comparison, another upload is ready, and the page says the results shown are the earlier image's.
+    compare(client, EXAMPLE, 4, ["bicubic"])
+    assert "still those of your last comparison" not in client.predict("hr", handle_file(str(EXAMPLE)), None, 4,
+                                                                        api_name="/check_upload")
+    other = tmp_path / "other.png"
+    save_png(rng_image(96, 96), other)
+    assert "still those of your last comparison" in client.predict("hr", handle_file(str(other)), None, 4,
+                                                                    api_name="/check_upload")
+    # A new scale or mode: the last verdict no longer holds, and the status does not repeat it.
+    after = client.predict(handle_file(str(bad)), 2, "lr", api_name="/status_after_change")
+    assert "checked again for x2 (LR mode)" in after and "cannot be used" not in after
     with pytest.raises(AppError, match="not an image"):
         client.predict("hr", handle_file(str(bad)), None, 4, ["bicubic"], "auto", 64, api_name="/check_compare")
     with pytest.raises(AppError, match="None of the chosen variants can run"):
@@ -360,3 +372,17 @@ def test_the_hasty_relu_view_quotes_what_the_relu_cost_on_the_compared_image():
         comparison(VariantResult("bicubic", "Bicubic", None, None, psnr=28.0), lin, ds))
     assert app.hasty_outcome(comparison(ds)) == ""                                   # one of the two: nothing
     assert app.hasty_outcome(comparison(ds, VariantResult("ldsconv", "Linear DSConv", "m", None))) == ""  # no GT
+
+
+def test_work_that_writes_files_is_refused_while_the_disk_is_short(monkeypatch):
+    """Views save images into Gradio's cache and jobs write runs: both stop before the disk is full."""
+    from dataclasses import replace as _replace
+    import gradio as gr
+    import app
+    from kaldn import admission
+    monkeypatch.setattr(app, "SETTINGS", _replace(app.SETTINGS, min_free_disk=1 << 30))
+    monkeypatch.setattr(admission, "_free_bytes", lambda path: (1 << 30) - 1)
+    with pytest.raises(gr.Error, match="short of disk space"):
+        app.zoom(None, 10, 10, 32)
+    with pytest.raises(gr.Error, match="short of disk space"):
+        app.admit(None, "a comparison")

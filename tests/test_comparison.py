@@ -132,6 +132,14 @@ def test_measurement_input_prefers_the_last_comparison_then_the_upload_then_the_
     upload.write_bytes(png_bytes(rng_image(64, 64, seed=3)))
     lr, where = measurement_input(4, last, str(upload), "hr", EXAMPLE)  # the last one is x2: not reused
     assert lr.shape == (16, 16, 3) and "image on the Compare tab" in where
+    # A new upload since the last comparison (same scale): the upload is measured, not the old image; the
+    # upload that was compared (in the same mode) reuses that comparison's input.
+    compared = prepare_inputs(str(upload), 2, "hr")
+    assert compared.source == str(upload)
+    lr, where = measurement_input(2, last, str(upload), "hr", EXAMPLE)
+    assert lr.shape == (32, 32, 3) and "image on the Compare tab" in where
+    assert measurement_input(2, compared, str(upload), "hr", EXAMPLE)[0] is compared.lr
+    assert measurement_input(2, compared, str(upload), "lr", EXAMPLE)[0].shape == (64, 64, 3)
     lr, where = measurement_input("3", None, None, "hr", EXAMPLE)
     assert lr.shape == (85, 85, 3) and "astronaut.png" in where
     with pytest.raises(UserError, match="Upload an image"):
@@ -476,3 +484,29 @@ def test_the_crop_hint_offers_hr_mode_only_when_hr_mode_would_take_the_image():
     with pytest.raises(UserError) as refused:  # 33x33 is over this server's output cap: HR mode would refuse it
         prepare_inputs(lr, 2, "lr", gt, max_output_pixels=32 * 32)
     assert "Crop it to 32x32 (bottom/right)." in str(refused.value) and "HR mode" not in str(refused.value)
+
+
+def test_a_comparison_over_its_work_limit_is_refused_before_anything_runs(use_throwaway):
+    from kaldn.comparison import check_work, multiply_adds_per_pixel, resolve_variants
+    from kaldn.inputs import check_inputs
+
+    # per LR pixel, whatever the size: a 32x32 count scaled is a 40x56 count
+    from kaldn.inference import prepare_model
+    from kaldn.models import create_model, multiply_adds
+    fast = prepare_model(create_model("tiny-conv-x4").eval(), "cpu")
+    assert multiply_adds_per_pixel("tiny-conv-x4") * 40 * 56 == multiply_adds(fast, 40, 56)
+    resolved = resolve_variants(["bicubic", "conv", "ldsconv", "tiny-ldsconv-x4"], 4)
+    assert [r.key for r in resolved] == ["bicubic", "conv", "ldsconv"]  # a key and its model name run once
+    per_pixel = multiply_adds_per_pixel("tiny-conv-x4") + multiply_adds_per_pixel("tiny-ldsconv-x4")
+    need = per_pixel * 64 * 64
+    assert check_work(resolved, (64, 64), need) == need  # exactly at the limit: allowed; bicubic costs nothing
+    with pytest.raises(UserError, match="heaviest: Standard conv"):
+        check_work(resolved, (64, 64), need - 1)
+    # Tiled, every tile reads 24 pixels beyond its edges: a 300x300 input in 256-pixel tiles runs
+    # (256 + 24)^2 + 2 x (256 + 24) x (44 + 24) + (44 + 24)^2 pixels.
+    assert check_work(resolved, (300, 300), None) == per_pixel * (280 * 280 + 2 * 280 * 68 + 68 * 68)
+    inputs = prepare_inputs(rng_image(256, 256), 4, "hr")
+    assert check_inputs(rng_image(256, 258), 4, "hr").lr_size == inputs.lr.shape[:2]
+    with pytest.raises(UserError, match="KALDN_APP_MAX_COMPARE_GMACS"):
+        run_comparison(inputs, ["bicubic", "conv"], max_multiply_adds=10**6,
+                       progress=lambda *_: pytest.fail("nothing may run"))

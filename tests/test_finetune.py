@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (FineTuneManager, FineTuneSettings, base_choices, default_base,
@@ -20,8 +24,16 @@ def test_finetune_data_preparation(tmp_path):
     save_png(rng_image(40, 40), small)
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not a png")
-    count, notes, patch = prepare_finetune_data([good, small, junk], 2, 32, tmp_path / "data")
-    assert count == 2 and patch == 20  # patch shrunk to fit the 40-pixel image at x2
+    big = tmp_path / "big.png"
+    save_png(rng_image(300, 700), big)
+    count, notes, patch = prepare_finetune_data([good, small, junk, big], 2, 32, tmp_path / "data",
+                                                val_folder=tmp_path / "val")
+    assert count == 3 and patch == 20  # patch shrunk to fit the 40-pixel image at x2
+    # validation sees whole small images and the centre of a large one (at most 128 LR pixels a side at x2)
+    sizes = sorted(Image.open(p).size for p in (tmp_path / "val").iterdir())
+    assert sizes == [(40, 40), (120, 100), (256, 256)]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "val" / "002.png")),
+                          np.asarray(Image.open(tmp_path / "data" / "002.png"))[22:278, 222:478])
     assert any("junk.png" in n for n in notes)
     with pytest.raises(UserError, match="No usable training image"):
         prepare_finetune_data([junk], 2, 32, tmp_path / "data2")
@@ -55,6 +67,7 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     assert manager.cancel(owner="b") is False  # not the owner
     *_, last = updates
     assert "**Finished** after 20 iterations" in last.status and last.entry is not None
+    assert "Compare and How-it-works model lists" in last.status  # a depthwise model: both tabs list it
     assert last.iteration == 20 and last.loss_curve()["iteration"][-1] == 20
     assert last.psnr_curve()["iteration"][0] == 0  # the base model, measured first
     assert {p.split("/")[-1] for p in last.downloads} == {"model.safetensors", "config.json"}
@@ -72,9 +85,13 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     for base, owner in ((last.entry.key, "b"), (str(last.entry.path), "a")):
         with pytest.raises(UserError, match="Unknown base model"):
             manager.start(images, FineTuneSettings(base, iters=50, lr=2e-4, batch=2, patch=16), owner=owner)
-    updates = manager.run(images, FineTuneSettings(last.entry.key, iters=50, lr=2e-4, batch=2, patch=16,
+    updates = manager.run(images, FineTuneSettings(last.entry.key, iters=50, lr=2e-4, batch=2, patch=48,
                                                    device="cpu"), owner="a", min_interval=0.0)
-    next(updates)
+    header = next(updates).status.split("\n")[0]
+    # named as the user knows it (not its key or folder), with the patch it really trains at (48 does not fit
+    # the 32x32 LR images)
+    assert header.startswith(f"Fine-tuning **{last.entry.label}**") and str(tmp_path) not in header
+    assert "patch 48" not in header and re.search(r"patch (\d+)\)", header)[1] == "32"
     updates.close()
     assert not manager.busy
 

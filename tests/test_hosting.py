@@ -211,7 +211,8 @@ def test_6_one_session_has_one_job_queued_others_still_get_in(served):
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: call(served["url"], "compare", job, flood), range(8)))
     refused = [r for r in results if "refused" in r]
-    assert len(refused) == 7 and all("already have a job" in r["refused"] for r in refused)
+    assert len(refused) == 7 and all("already have a comparison waiting or running" in r["refused"]
+                                     for r in refused)
     other = call(served["url"], "compare", compare_data(None), session())
     assert "refused" not in other  # queued and run (ending with the user's own error: no image)
     time.sleep(0.5)
@@ -233,6 +234,10 @@ def test_6_a_slot_whose_job_left_the_queue_is_given_back():
     slots.started("s")
     slots.finished("s")
     assert slots.held("s") == 0 and slots.admit("s") and not slots.admit(None)
+    # A refusal can say what the session is waiting for.
+    named = SessionSlots(limit=1)
+    assert named.admit("s", "a fine-tuning job") and not named.admit("s", "a comparison")
+    assert named.holding("s") == ["a fine-tuning job"] and named.holding("t") == [] and named.holding(None) == []
 
 
 # --- 7 and 10: session state holds an id; runs stay while their session does ---------------------------------
@@ -456,6 +461,48 @@ def test_one_owner_cannot_evict_another_owners_fine_tuned_models(tmp_path):
     assert registry.for_owner("victim").get(victim.key) is not None
 
 
+def test_work_that_finishes_after_its_session_ended_is_not_kept(tmp_path):
+    """A cancelled fine-tune registers its model, a comparison saves its run, after the page closed: both
+    are deleted at once instead of waiting, counted against the server's caps, for an expiry."""
+    registry = SessionModels()
+    started = time.monotonic()
+    kept = registry.add(tmp_path / "k", "tiny-ldsconv-x2", owner="gone")
+    assert registry.end_owner("gone") == 1 and registry.for_owner("gone").get(kept.key) is None
+    folder = tmp_path / "late"
+    folder.mkdir()
+    with pytest.raises(UserError, match="session has ended"):
+        registry.add(folder / "model", "tiny-ldsconv-x2", delete_dir=folder, owner="gone", since=started)
+    assert not folder.exists() and registry.items() == []
+    assert registry.add(tmp_path / "o", "tiny-ldsconv-x2", owner="other").owner == "other"  # others unaffected
+    # A page whose connection dropped goes on under the same session: what it starts afterwards is kept.
+    assert registry.add(tmp_path / "n", "tiny-ldsconv-x2", owner="gone", since=time.monotonic()).owner == "gone"
+
+    store = RunStore(tmp_path / "runs")
+    comparison = run_comparison(prepare_inputs(rng_image(24, 24), 2, "lr"), ["bicubic"])
+    started = time.monotonic()
+    store.save(comparison, owner="gone")
+    store.end_owner("gone")
+    with pytest.raises(UserError, match="session has ended"):
+        store.save(comparison, owner="gone", since=started)
+    assert list((tmp_path / "runs").iterdir()) == []  # neither the old run nor the late one left files
+    assert store.save(comparison, owner="other")[1].folder.exists()
+    assert store.save(comparison, owner="gone", since=time.monotonic())[1].folder.exists()
+
+
+def test_ended_sessions_are_remembered_for_a_while_and_boundedly():
+    from kaldn.admission import EndedSessions
+    ended = EndedSessions(keep_s=3600, cap=3)
+    for s in "abcd":
+        ended.end(s)
+    assert [ended.ended(s) for s in "abcd"] == [False, True, True, True]  # the oldest beyond the cap forgotten
+    assert not ended.ended(None) and not ended.ended("e")
+    assert ended.ended("d", since=0.0) and not ended.ended("d", since=time.monotonic())  # only work begun before
+    brief = EndedSessions(keep_s=0.0)
+    brief.end("a")
+    time.sleep(0.01)
+    assert not brief.ended("a")
+
+
 def test_forgotten_session_models_leave_the_model_cache(tmp_path):
     """A model its session no longer has is dropped from the loaded-model cache too, not kept until LRU
     pushes it out: evicted beyond the owner's cap, dropped with the session, or expired unused."""
@@ -611,3 +658,28 @@ def test_a_busy_server_keeps_the_page_load_quiet_and_says_so_elsewhere(served):
     finally:
         for _ in range(app.LISTS.per_session):
             app.LISTS.leave(sid)
+
+
+def test_a_megabyte_of_client_text_is_not_repeated_in_messages():
+    """Messages (shown and logged) quote a client's value cut short, whatever it is."""
+    from kaldn.choices import resolve_variant
+    from kaldn.inputs import Inputs
+    from kaldn.models import check_scale
+    huge = "x" * 100_000
+    small = Inputs(lr=np.zeros((8, 8, 3), np.uint8), gt=None, scale=4, mode="lr")
+    for call in (lambda: check_scale(huge), lambda: resolve_variant(huge, 4),
+                 lambda: run_comparison(small, ["bicubic"], device=huge),
+                 lambda: FineTuneSettings.from_form("tiny-ldsconv-x2", huge, 1e-4, 4, 32)):
+        with pytest.raises(UserError) as err:
+            call()
+        assert "100,002 characters" in str(err.value) and len(str(err.value)) < 2000
+
+
+def test_a_runs_source_is_read_without_its_arrays(tmp_path):
+    store = RunStore(tmp_path / "runs", memory_bytes=0)  # every run but the newest is stripped at once
+    path = tmp_path / "a.png"
+    save_png(rng_image(24, 24), path)
+    first, _ = store.save(run_comparison(prepare_inputs(str(path), 2, "lr"), ["bicubic"]), owner="a")
+    store.save(run_comparison(prepare_inputs(rng_image(24, 24), 2, "lr"), ["bicubic"]), owner="b")
+    assert store.source(first, "a") == str(path) and store.source(first, "b") is None
+    assert store.source(None, "a") is None and store.source("nope", "a") is None

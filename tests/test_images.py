@@ -493,3 +493,19 @@ def test_a_rotated_image_over_the_limit_is_named_upright_from_a_file_or_an_open_
         load_image_with_notes(tmp_path / "side.jpg", max_pixels=1000)
     with Image.open(tmp_path / "side.jpg") as im, pytest.raises(ImageError, match="20x60 is over"):
         load_image_with_notes(im, max_pixels=1000)
+
+
+def test_a_gif_with_a_huge_comment_is_refused_before_pillow_parses_it(tmp_path):
+    """Pillow joins a comment's 255-byte pieces in quadratic time: a big one is refused after a linear scan."""
+    im = _palette_image()
+    im.save(tmp_path / "small.gif", comment=b"c" * 1000)
+    im.save(tmp_path / "big.gif", comment=b"c" * (65 << 10))
+    assert load_image(tmp_path / "small.gif").shape[:2] == (4, 6)
+    # Pillow skips a byte that starts no block, and adds a newline per further comment, even an empty one.
+    small, big = (tmp_path / "small.gif").read_bytes(), (tmp_path / "big.gif").read_bytes()
+    at, at_big = small.index(b"!\xfe"), big.index(b"!\xfe")
+    stray = big[:at_big] + b"\x00" + big[at_big:]  # a stray byte, then the big comment
+    empty = small[:at] + b"!\xfe\x00" * (70 << 10) + small[at:]  # 70K empty comments
+    for source in (tmp_path / "big.gif", (tmp_path / "big.gif").read_bytes(), stray, empty):
+        with pytest.raises(ImageError, match="GIF with over 64 KiB of comments"):
+            load_image(source)

@@ -94,6 +94,9 @@ def test_kernel_view_and_the_model_lists(use_throwaway):
     dsconv = kernel_view(cache, "tiny-dsconv-x4")
     assert dsconv.gate_rows == [] and "no gate to report" in dsconv.gate_note  # the empty table says why
     assert "no dead or near-constant gate" in view.gate_note or "gates are" in view.gate_note
+    # an upload's note names the upload (its config still names the base model it was trained from)
+    uploaded = kernel_view(cache, "tiny-kdsconv-det-x4", label="Uploaded #1")
+    assert uploaded.gate_note.startswith("**Uploaded #1") and "tiny-kdsconv-det-x4" not in uploaded.gate_note
     with pytest.raises(UserError, match="Cannot load tiny-kdsconv-det-x3"):
         kernel_view(cache, "tiny-kdsconv-det-x3")
     available = ["tiny-conv-x4", "tiny-dsconv-x2", "tiny-kdsconv-avg-x2", "tiny-kdsconv-det-x2",
