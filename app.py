@@ -875,6 +875,9 @@ def finetune(files: list[str] | None, use_examples: bool, base: str | None, iter
     """Fine-tune ``base`` on the uploaded HR images; streams (status, loss curve, PSNR curve, downloads)."""
     # gr.File's preprocessing already refused any path Gradio did not save for this request.
     images = list(files or []) + ([str(p) for p in EXAMPLES] if use_examples else [])
+    if use_examples and files and len(images) > FINETUNE.max_images >= len(files):
+        raise UserError(f"{len(files)} uploaded images and the {len(EXAMPLES)} examples make {len(images)}; the "
+                        f"limit on this server is {FINETUNE.max_images}: untick the examples, or upload fewer.")
     settings = FineTuneSettings.from_form(base, iters, lr, batch, patch, device="cpu" if ON_ZERO_GPU else "auto")
     owner = session_of(request)
     if owner is None:

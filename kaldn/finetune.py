@@ -165,6 +165,7 @@ class FineTuneJob:
         self.out = folder / "run"
         self.owner = owner
         self.admitted = time.monotonic()    # a session that ended after this does not get the model
+        self.abandoned = False              # nobody will use its files: deleted when its thread ends too
         self.stop = threading.Event()
         self.queue: queue.Queue = queue.Queue()
         self.thread: threading.Thread | None = None
@@ -335,6 +336,8 @@ class FineTuneManager:
         if self._waited and job.owner:
             self._turn_after[job.owner] = now + self.turn_s
         self.job = None  # nothing runs now: no stop time to quote, nothing to cancel
+        if job.abandoned:  # its follower gave up waiting and deleted the folder, which training then re-made
+            shutil.rmtree(job.folder, ignore_errors=True)
         self._lock.release()
 
     def _root(self) -> Path:
@@ -401,6 +404,7 @@ class FineTuneManager:
                 job.stop.set()
                 job.thread.join(timeout=60)
             if not followed:  # nobody will see or use this model: leave nothing behind
+                job.abandoned = True  # a thread still stopping may write again: it deletes the folder at its end
                 shutil.rmtree(job.folder, ignore_errors=True)
         entry = None
         try:

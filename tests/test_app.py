@@ -386,3 +386,12 @@ def test_work_that_writes_files_is_refused_while_the_disk_is_short(monkeypatch):
         app.zoom(None, 10, 10, 32)
     with pytest.raises(gr.Error, match="short of disk space"):
         app.admit(None, "a comparison")
+
+
+def test_the_examples_counted_against_the_image_limit_are_named():
+    """Ticked examples count toward the fine-tune image limit: a refusal says so, and what to do."""
+    import gradio as gr
+    import app
+    files = ["a.png"] * (app.FINETUNE.max_images - 1)
+    with pytest.raises(gr.Error, match="and the 3 examples make .*untick the examples"):
+        next(app.finetune(files, True, "tiny-ldsconv-x2", 10, 2e-4, 2, 16))

@@ -141,3 +141,21 @@ def test_jobs_are_taken_in_turns_when_others_waited(use_throwaway, tmp_path):
     *_, last = manager.run(images, settings, owner="b", min_interval=0.0)
     assert last.entry is not None
     list(manager.run(images, settings, owner="b", min_interval=0.0))  # nobody waited for b: no turn to wait
+
+
+def test_an_abandoned_job_leaves_nothing_even_if_its_thread_wrote_after_the_cleanup(tmp_path):
+    """The follower gave up waiting for a stopping thread and deleted the folder; training then saved into it
+    again: the thread's end deletes it once more."""
+    from kaldn.finetune import FineTuneJob
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs")
+    job = FineTuneJob(FineTuneSettings("tiny-ldsconv-x2", iters=10, lr=2e-4), tmp_path / "job", owner="a")
+    (job.out / "last").mkdir(parents=True)  # written after the follower's cleanup
+    manager._lock.acquire()
+    job.abandoned = True
+    manager._ended(job)
+    assert not job.folder.exists() and not manager.busy
+    kept = FineTuneJob(FineTuneSettings("tiny-ldsconv-x2", iters=10, lr=2e-4), tmp_path / "kept", owner="a")
+    kept.out.mkdir(parents=True)
+    manager._lock.acquire()
+    manager._ended(kept)
+    assert kept.out.exists()  # a job someone follows keeps its files for registering
