@@ -1150,8 +1150,11 @@ def end_session(request: gr.Request):
     session = session_of(request)
     if session:
         FINETUNE.cancel(owner=session)
-        RUNS.end_owner(session)
-        SESSION_MODELS.end_owner(session)
+        # Only a session with a job waiting or running is remembered as ended (so that job's result is dropped):
+        # any client can "end" a made-up session, and those must cost nothing.
+        busy = bool(SLOTS.holding(session))
+        (RUNS.end_owner if busy else RUNS.drop_owner)(session)
+        (SESSION_MODELS.end_owner if busy else SESSION_MODELS.drop_owner)(session)
 
 
 def launch_kwargs() -> dict[str, Any]:

@@ -42,7 +42,7 @@ class EndedSessions:
         self._lock = threading.Lock()
 
     def end(self, session: str | None) -> None:
-        if not session:
+        if not session or len(session) > 64:  # Gradio's hashes are short; a longer one is no session of ours
             return
         with self._lock:
             self._ended.pop(session, None)

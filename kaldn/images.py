@@ -263,36 +263,56 @@ def _refuse_gif_comments(opener: object, label: str) -> None:
 
 
 def _gif_comment_bytes(data: bytes) -> int:
-    """What Pillow's comment grows to in a GIF (its bytes, plus one per comment), counted up to just over
-    MAX_GIF_COMMENT_BYTES. Walks the blocks as Pillow does: a byte that starts no block is skipped."""
+    """What Pillow's comments grow to in a GIF (their bytes plus one per comment), counted up to just over
+    MAX_GIF_COMMENT_BYTES. Reads the blocks in Pillow's own order (GifImagePlugin ``_seek``): a byte that
+    starts no block is skipped, a non-comment extension is read to the next empty sub-block *after* its
+    first one (even when that first one was already empty), NETSCAPE2.0 reads one more, and an image's data
+    is skipped sub-block by sub-block."""
     n = len(data)
     if n < 13:
         return 0
     pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
 
-    def sub_blocks(pos: int) -> tuple[int, int]:
-        size = 0
-        while pos < n and data[pos]:
-            size += data[pos]
-            pos += data[pos] + 1
-        return pos + 1, size
+    def sub_block() -> tuple[int, int]:
+        """Pillow's ``data()``: (start, length read); length 0 at an empty sub-block or the end."""
+        nonlocal pos
+        if pos >= n or not data[pos]:
+            pos += 1
+            return pos, 0
+        start, pos = pos + 1, pos + 1 + data[pos]
+        return start, min(pos, n) - start
 
-    total = 0
+    total, frame = 0, 0
     while total <= MAX_GIF_COMMENT_BYTES:
-        found = _GIF_BLOCK.search(data, pos)  # stray bytes are skipped in C, not one by one
+        found = _GIF_BLOCK.search(data, pos)  # stray bytes are skipped (in C here, one by one in Pillow)
         if found is None or found.group() == b";":
             break
         pos = found.end()
         if found.group() == b"!":
-            label = data[pos] if pos < n else -1
-            pos, size = sub_blocks(pos + 1)
-            total += size + 1 if label == 0xFE else 0
-        else:  # an image: its descriptor, local colour table and data
+            if pos >= n:
+                break
+            label = data[pos]
+            pos += 1
+            start, length = sub_block()
+            if label == 0xFE:
+                size = 0
+                while length:
+                    size += length
+                    start, length = sub_block()
+                total += size + 1
+                continue
+            if label == 0xFF and frame == 0 and data[start:start + 11] == b"NETSCAPE2.0" and length:
+                sub_block()
+            while sub_block()[1]:
+                pass
+        else:  # an image: descriptor, local colour table, LZW code size, then its data
             if pos + 9 > n:
                 break
             flags = data[pos + 8]
-            pos += 9 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1  # + the LZW code size byte
-            pos, _ = sub_blocks(pos)
+            pos += 9 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
+            while sub_block()[1]:
+                pass
+            frame += 1
     return total
 
 

@@ -683,3 +683,24 @@ def test_a_runs_source_is_read_without_its_arrays(tmp_path):
     store.save(run_comparison(prepare_inputs(rng_image(24, 24), 2, "lr"), ["bicubic"]), owner="b")
     assert store.source(first, "a") == str(path) and store.source(first, "b") is None
     assert store.source(None, "a") is None and store.source("nope", "a") is None
+
+
+def test_only_a_session_with_work_in_flight_is_remembered_as_ended():
+    """Any client can "end" a made-up session (Gradio runs the unload listener on any dropped heartbeat):
+    that must cost nothing, so only a session holding a job slot leaves a marker."""
+    import app
+    from kaldn.admission import EndedSessions
+    request = lambda session: type("Request", (), {"session_hash": session})()  # noqa: E731
+    app.end_session(request("made-up-1"))
+    assert not app.RUNS._ended.ended("made-up-1") and not app.SESSION_MODELS._ended.ended("made-up-1")
+    assert app.SLOTS.admit("busy-1", "a comparison")
+    try:
+        app.end_session(request("busy-1"))
+    finally:
+        app.SLOTS.started("busy-1")
+        app.SLOTS.finished("busy-1")
+    assert app.SLOTS.holding("busy-1") == []
+    assert app.RUNS._ended.ended("busy-1") and app.SESSION_MODELS._ended.ended("busy-1")
+    ended = EndedSessions()
+    ended.end("x" * 65)
+    assert not ended.ended("x" * 65)  # no session of Gradio's is that long
