@@ -199,19 +199,25 @@ def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None
                       max_output_pixels: int | None = None, upload_name: str | None = None) -> tuple[np.ndarray, str]:
     """The LR image to measure a model on, and where it came from: the ``last`` comparison's input when it was
     made at this scale from the current ``upload`` (or there is none now), else the ``upload`` (in ``mode``),
-    else the ``example`` (as HR)."""
+    else the ``example`` (as HR). An upload that cannot be used falls back to the last comparison's input at
+    this scale, or the example, and ``where`` says why."""
     scale = check_scale(scale)
+    mode = mode if mode in ("hr", "lr") else "hr"
     source = image_source(upload)
-    same = source is None or (last is not None and last.source == _file_of(source) and last.mode == mode)
-    if last is not None and last.scale == scale and same:
+    reusable = last is not None and last.scale == scale
+    if reusable and (source is None or (last.source == _file_of(source) and last.mode == mode)):
         return last.lr, "the LR input of your last comparison"
     if source is not None:
-        where = "the image on the Compare tab"
-    elif example is not None:
-        source, mode, where = str(example), "hr", f"the example {Path(example).name}"
+        try:
+            return prepare_inputs(source, scale, mode, max_pixels=max_pixels, max_output_pixels=max_output_pixels,
+                                  image_name=upload_name).lr, "the image on the Compare tab"
+        except (UserError, ImageError) as exc:
+            why = f" (the image on the Compare tab cannot be used: {exc})"
+        if reusable:
+            return last.lr, "the LR input of your last comparison" + why
     else:
+        why = ""
+    if example is None:
         raise UserError("Upload an image on the Compare tab first.")
-    inputs = prepare_inputs(source, scale, mode if mode in ("hr", "lr") else "hr", max_pixels=max_pixels,
-                            max_output_pixels=max_output_pixels,
-                            image_name=upload_name if source is not None and where.startswith("the image") else None)
-    return inputs.lr, where
+    lr = prepare_inputs(str(example), scale, "hr", max_pixels=max_pixels, max_output_pixels=max_output_pixels).lr
+    return lr, f"the example {Path(example).name}{why}"

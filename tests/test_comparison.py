@@ -140,6 +140,15 @@ def test_measurement_input_prefers_the_last_comparison_then_the_upload_then_the_
     assert lr.shape == (32, 32, 3) and "image on the Compare tab" in where
     assert measurement_input(2, compared, str(upload), "hr", EXAMPLE)[0] is compared.lr
     assert measurement_input(2, compared, str(upload), "lr", EXAMPLE)[0].shape == (64, 64, 3)
+    # An upload that cannot be used: the last comparison's input (else the example) is measured, and said why.
+    junk = tmp_path / "junk.png"
+    junk.write_text("not an image")
+    lr, where = measurement_input(2, compared, str(junk), "hr", EXAMPLE)
+    assert lr is compared.lr and "cannot be used" in where and "not an image" in where
+    lr, where = measurement_input(4, compared, str(junk), "hr", EXAMPLE)
+    assert lr.shape == (64, 64, 3) and where.startswith("the example astronaut.png (the image on the Compare")
+    with pytest.raises(UserError, match="Upload an image"):
+        measurement_input(4, None, str(junk))
     lr, where = measurement_input("3", None, None, "hr", EXAMPLE)
     assert lr.shape == (85, 85, 3) and "astronaut.png" in where
     with pytest.raises(UserError, match="Upload an image"):
