@@ -7,6 +7,7 @@ model is read from disk (or the Hub) once per process.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 
 import torch
@@ -23,11 +24,15 @@ MODEL_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, CheckpointEr
 class ModelCache:
     """Loaded models (CPU, eval) and their fused, prepared copies per device; bounded LRU, thread-safe."""
 
-    def __init__(self, max_models: int = 24, source: str = "auto") -> None:
+    def __init__(self, max_models: int = 24, source: str = "auto", missing_ttl_s: float = 600.0) -> None:
         self.max_models = max_models
         self.source = source
+        # A model found nowhere (bundled or on the Hub) is not looked up again for this long: each lookup holds
+        # the lock (and may wait on the Hub), so a client naming many missing models would stall the others.
+        self.missing_ttl_s = missing_ttl_s
         self._raw: OrderedDict[str, nn.Module] = OrderedDict()
         self._prepared: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
+        self._missing: OrderedDict[str, float] = OrderedDict()  # ref -> when it was found missing
         self._lock = threading.RLock()
 
     def raw(self, ref: str) -> nn.Module:
@@ -36,7 +41,19 @@ class ModelCache:
             if ref in self._raw:
                 self._raw.move_to_end(ref)
                 return self._raw[ref]
-            model = load_model(ref, source=self.source).eval()
+            found_missing = self._missing.get(ref)
+            if found_missing is not None and time.monotonic() - found_missing < self.missing_ttl_s:
+                raise FileNotFoundError(f"no checkpoint for {ref} (not found {time.monotonic() - found_missing:.0f} "
+                                        "s ago)")
+            try:
+                model = load_model(ref, source=self.source).eval()
+            except FileNotFoundError:
+                self._missing.pop(ref, None)
+                self._missing[ref] = time.monotonic()
+                while len(self._missing) > 1000:  # bounded: refs are model names and session folders
+                    self._missing.popitem(last=False)
+                raise
+            self._missing.pop(ref, None)
             for p in model.parameters():
                 p.requires_grad_(False)
             self._raw[ref] = model

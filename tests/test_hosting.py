@@ -525,6 +525,29 @@ def test_forgotten_session_models_leave_the_model_cache(tmp_path):
     assert registry.expire() == 1 and str(third.path) not in cache._raw
 
 
+def test_a_model_found_nowhere_is_not_looked_up_again_for_a_while(monkeypatch):
+    """Each lookup holds the cache's lock (and may wait on the Hub): a client naming missing models over and
+    over must not stall everyone's views and runs."""
+    from kaldn import cache as cache_module
+    from kaldn.cache import ModelCache
+    calls = []
+
+    def missing(ref, source="auto"):
+        calls.append(ref)
+        raise FileNotFoundError(ref)
+
+    monkeypatch.setattr(cache_module, "load_model", missing)
+    cache = ModelCache(missing_ttl_s=3600)
+    for _ in range(3):
+        with pytest.raises(FileNotFoundError):
+            cache.raw("paper-dsconv-x2")
+    assert calls == ["paper-dsconv-x2"]  # looked up once
+    cache.missing_ttl_s = 0.0  # the while is over: looked up again
+    with pytest.raises(FileNotFoundError):
+        cache.raw("paper-dsconv-x2")
+    assert len(calls) == 2
+
+
 def test_names_remote_file_finds_a_url_path_at_any_depth_and_nothing_else():
     from kaldn.admission import names_remote_file
     assert names_remote_file({"data": [1, {"x": [{"path": "http://a/b.png"}]}]})
