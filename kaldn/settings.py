@@ -12,7 +12,7 @@ variable                           what                                        d
 ``KALDN_APP_MODEL_SOURCE``         ``auto``, ``bundled`` or ``hub``            ``auto``
 ``KALDN_FINETUNE_MAX_ITERS``       iterations of one fine-tuning job           2000
 ``KALDN_APP_SESSION_JOBS``         jobs one session may have queued/running    1
-``KALDN_APP_MAX_BODY``             largest request body besides uploads        1 MiB
+``KALDN_APP_MAX_BODY``             largest request body besides uploads        64 KiB
 ``KALDN_APP_SESSION_TTL``          seconds a session's results are kept        1800
 ``KALDN_APP_RUN_MEMORY``           bytes of results kept in memory (all)       256 MiB
 ``KALDN_FINETUNE_TIME_BUDGET_S``   wall-clock seconds of one fine-tuning job   600
@@ -23,8 +23,11 @@ variable                           what                                        d
 ``KALDN_APP_CONVERT_MEMORY``       address space of one conversion process    2 GiB
 ``KALDN_APP_CONVERT_SECONDS``      wall-clock seconds of one conversion       120
 ``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
-``KALDN_APP_MIN_FREE_DISK``        uploads refused below this much free disk  1 GiB (0: off)
+``KALDN_APP_MIN_FREE_DISK``        uploads, jobs, views refused below this     1 GiB (0: off)
+                                   much free disk
 ``KALDN_APP_VIEWS``                views (slider pair, zoom, kernels) at once  4
+``KALDN_APP_MAX_COMPARE_GMACS``    G multiply-adds of one comparison           1000
+``KALDN_APP_SESSIONS``             sessions whose input values Gradio keeps    2000
 ``KALDN_FINETUNE_TURN_S``          after a job others waited for, its owner    60 (0: off)
                                    waits this long before the next one
 =================================  ==========================================  ===============
