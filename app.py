@@ -597,10 +597,11 @@ def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, reques
 def zoom(run_id: str | None, x: Any, y: Any, crop_size: Any, request: gr.Request = None):
     """Crops centred on (x, y) in output pixels, ``crop_size`` output pixels wide (no centre: where the
     slider's pair differs most)."""
-    if RUNS.get(run_id, session_of(request)) is None:
+    run = RUNS.get(run_id, session_of(request))
+    if run is None:
         return tuple(gr.skip() for _ in range(4))  # nothing to zoom into yet: moving the controls is harmless
     center = None if x is None or y is None else (x, y)
-    view = need_run(run_id, request).zoom(center, crop_size)
+    view = run.zoom(center, crop_size)
     return view.picker, view.labelled(), *view.center
 
 

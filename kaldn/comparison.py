@@ -145,15 +145,12 @@ def resolve_variants(variants: Sequence[str], scale: int, registry: SessionModel
     return resolved
 
 
-TILE_OVERLAP = 24  # LR pixels each tile reads beyond its edges
-
-
 def check_work(resolved: Sequence[ResolvedVariant], lr_size: tuple[int, int], limit: int | None,
                tile: int | None = 256) -> int:
     """The multiply-adds these variants need on an LR input of ``lr_size`` (height, width), tiles' overlaps
     included; a :class:`UserError` over ``limit`` (one comparison holds the compute slot: its time must stay
     bounded whatever is chosen or uploaded)."""
-    pixels = tiled_pixels(*lr_size, tile, TILE_OVERLAP)
+    pixels = tiled_pixels(*lr_size, tile)  # with upscale's overlap
     costs = [(var.label, multiply_adds_per_pixel(var.model) * pixels) for var in resolved
              if var.key != BICUBIC and not var.unavailable and var.model]
     total = sum(c for _, c in costs)
@@ -238,7 +235,7 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
 
 
 def _upscale(lr: np.ndarray, model: nn.Module, tile: int, progress: Callable[[int, int], None]) -> np.ndarray:
-    return upscale(lr, model, tile=tile, overlap=TILE_OVERLAP, progress=progress)
+    return upscale(lr, model, tile=tile, progress=progress)
 
 
 # No time column: one cold run per variant on a shared machine ranks variants at random (0.05 s against

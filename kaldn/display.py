@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font", "label_above",
-           "map_tile", "render_heatmap", "render_image", "sequential", "tile_grid", "to_display"]
+__all__ = ["centre_crop", "clamp_region", "crop_region", "diverging", "draw_region", "enlarge_nearest", "font",
+           "label_above", "map_tile", "render_heatmap", "render_image", "sequential", "tile_grid", "to_display"]
 
 
 # --- 8-bit views, enlargement, regions --------------------------------------------------------------------
@@ -52,6 +52,13 @@ def clamp_region(center: tuple[float, float] | None, size: int, shape: tuple[int
     x0 = max(0, min(x0, (width - w) // scale * scale))
     y0 = max(0, min(y0, (height - h) // scale * scale))
     return x0, y0, w, h
+
+
+def centre_crop(image: np.ndarray, side: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The centre of ``image``, at most ``side`` pixels a side, and its top-left corner (x0, y0)."""
+    h, w = image.shape[:2]
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[y0:y0 + side, x0:x0 + side], (x0, y0)
 
 
 def crop_region(image: np.ndarray, region: tuple[int, int, int, int], factor: int = 1) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .data import load_pairs
-from .display import to_display
+from .display import centre_crop, to_display
 from .errors import BusyError, UserError, quoted
 from .hub import load_model
 from .images import ImageError, load_image, save_png
@@ -138,18 +138,12 @@ def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder:
             continue
         save_png(np.ascontiguousarray(rgb), folder / f"{i:03d}.png")
         if val_folder is not None:
-            save_png(np.ascontiguousarray(_centre_crop(rgb, VAL_LR_SIDE * scale)), Path(val_folder) / f"{i:03d}.png")
+            save_png(np.ascontiguousarray(centre_crop(rgb, VAL_LR_SIDE * scale)[0]), Path(val_folder) / f"{i:03d}.png")
         written += 1
     if written == 0:
         raise UserError(f"No usable training image: each needs at least {16 * scale} pixels per side at x{scale}. "
                            + " ".join(notes))
     return written, notes, patch
-
-
-def _centre_crop(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return image[y0:y0 + side, x0:x0 + side]
 
 
 class FineTuneJob:

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .cache import MODEL_ERRORS, ModelCache
-from .display import diverging, enlarge_nearest, font, render_heatmap, render_image, to_display
+from .display import centre_crop, diverging, enlarge_nearest, font, render_heatmap, render_image, to_display
 from .errors import UserError
 from .images import image_to_tensor
 from .layers import DSConv, FixedScaleDSConv, KDSConv, pool_kernels
@@ -141,9 +141,7 @@ def depthwise_stats(model: nn.Module, lr: np.ndarray, max_side: int = 192) -> di
     negative depthwise outputs over all channels of all layers.
     """
     rgb = to_display(lr)[..., :3] if lr.dtype not in (np.uint8, np.uint16) else lr[..., :3]
-    h, w = rgb.shape[:2]
-    y0, x0 = max(0, (h - max_side) // 2), max(0, (w - max_side) // 2)
-    crop = rgb[y0:y0 + max_side, x0:x0 + max_side]
+    crop, (x0, y0) = centre_crop(rgb, max_side)
     x = image_to_tensor(crop)
     # Hooks go on a private copy: the caller's model may be shared (the app's cache), and a hook left on it,
     # or copied from it while this runs, would reach other users' runs.

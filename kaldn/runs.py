@@ -316,8 +316,7 @@ class RunStore:
 
     def end_owner(self, owner: str | None) -> None:
         """``owner``'s session ended: its run is deleted, and one that finishes later is not kept."""
-        with self._lock:
-            self._ended.end(owner)
+        self._ended.end(owner)  # first: a save from now on sees it (under its own lock)
         self.drop_owner(owner)
 
     def drop_owner(self, owner: str | None) -> None:
