@@ -138,6 +138,10 @@ VIEWS = SingleFlight(limit=SETTINGS.views)  # views outside the queue: one per s
 # Lists and tables (a mode's labels, model lists, the zoo, the results plots): cheap, also outside the queue so
 # a flood of them cannot fill it; a few per session at once (a page load asks for several).
 LISTS = SingleFlight(limit=16, per_session=3)
+# Queued jobs wait in two lines: "compute" (anything that runs a model, KALDN_APP_CONCURRENCY at once) and
+# CHECKS, one at a time: input checks decode the upload but run no model (<= ~90 MiB and 0.5 s at the caps,
+# benchmarks.view_memory), so a verdict on an upload does not wait behind other users' comparisons.
+CHECKS = "checks"
 
 PAPERS = """
 **Papers.** [001] *ALDNet*: "Attention-aware Linear Depthwise Convolution for Single Image Super-Resolution"
@@ -734,15 +738,16 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
     # session's one job slot before it is queued (validator) and gives it back when it ends.
     # preprocess=False: the handlers read the file Gradio saved (16-bit and alpha intact), via ``uploaded``.
     run.click(check_compare, compare_inputs, None, api_name="check_compare", preprocess=False,
-              concurrency_id="compute", validator=admit_compare).success(
+              concurrency_id=CHECKS, concurrency_limit=1, validator=admit_compare).success(
         run_compare, compare_inputs, compare_outputs, api_name="compare", preprocess=False, concurrency_id="compute",
         validator=admit_compare)
     examples.load_input_event.then(check_compare, compare_inputs, None, api_name="check_compare_example",
-                                   preprocess=False, concurrency_id="compute", validator=admit_compare).success(
+                                   preprocess=False, concurrency_id=CHECKS, concurrency_limit=1,
+                                   validator=admit_compare).success(
         run_compare, compare_inputs, compare_outputs, api_name="compare_example", preprocess=False,
         concurrency_id="compute", validator=admit_compare)
     gr.on([image.upload, gt.upload], check_upload, [state, mode, image, gt, scale], [status], api_name="check_upload",
-          preprocess=False, concurrency_id="compute", validator=admit_upload)
+          preprocess=False, concurrency_id=CHECKS, concurrency_limit=1, validator=admit_upload)
     gr.on([scale.input, mode.input], status_after_change, [image, scale, mode], [status],
           api_name="status_after_change", queue=False, preprocess=False, show_progress="hidden")
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],

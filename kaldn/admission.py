@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from .expiring import ExpiringKeys
+
 __all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "SingleFlight", "names_remote_file", "short_of_disk"]
 
 
@@ -37,35 +39,17 @@ class EndedSessions:
     nobody. Bounded: at most ``cap`` are remembered, the oldest forgotten first."""
 
     def __init__(self, keep_s: float = 3600.0, cap: int = 100_000) -> None:
-        self.keep_s, self.cap = keep_s, cap
-        self._ended: dict[str, float] = {}  # insertion order = end order
-        self._lock = threading.Lock()
+        self._ended = ExpiringKeys(keep_s, cap)
 
     def end(self, session: str | None) -> None:
-        if not session or len(session) > 64:  # Gradio's hashes are short; a longer one is no session of ours
-            return
-        with self._lock:
-            self._ended.pop(session, None)
-            self._ended[session] = time.monotonic()
-            self._prune()
+        if session and len(session) <= 64:  # Gradio's hashes are short; a longer one is no session of ours
+            self._ended.note(session)
 
     def ended(self, session: str | None, since: float | None = None) -> bool:
         """Did ``session`` end (at or after ``since``, a ``time.monotonic()``)? A page whose connection dropped
         (a laptop asleep) ends its session yet may go on under it: work it starts after that is its own."""
-        if not session:
-            return False
-        with self._lock:
-            self._prune()
-            at = self._ended.get(session)
-            return at is not None and (since is None or at >= since)
-
-    def _prune(self) -> None:
-        now = time.monotonic()
-        while self._ended:
-            oldest, at = next(iter(self._ended.items()))
-            if now - at <= self.keep_s and len(self._ended) <= self.cap:
-                break
-            del self._ended[oldest]
+        at = self._ended.noted_at(session) if session else None
+        return at is not None and (since is None or at >= since)
 
 
 class SessionSlots:

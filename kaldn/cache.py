@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .checkpoint import CheckpointError
+from .expiring import ExpiringKeys
 from .hub import load_model
 from .inference import prepare_model
 
@@ -29,10 +30,9 @@ class ModelCache:
         self.source = source
         # A model found nowhere (bundled or on the Hub) is not looked up again for this long: each lookup holds
         # the lock (and may wait on the Hub), so a client naming many missing models would stall the others.
-        self.missing_ttl_s = missing_ttl_s
+        self._missing = ExpiringKeys(keep_s=missing_ttl_s, cap=1000)  # refs: model names and session folders
         self._raw: OrderedDict[str, nn.Module] = OrderedDict()
         self._prepared: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
-        self._missing: OrderedDict[str, float] = OrderedDict()  # ref -> when it was found missing
         self._lock = threading.RLock()
 
     def raw(self, ref: str) -> nn.Module:
@@ -41,19 +41,15 @@ class ModelCache:
             if ref in self._raw:
                 self._raw.move_to_end(ref)
                 return self._raw[ref]
-            found_missing = self._missing.get(ref)
-            if found_missing is not None and time.monotonic() - found_missing < self.missing_ttl_s:
+            found_missing = self._missing.noted_at(ref)
+            if found_missing is not None:
                 raise FileNotFoundError(f"no checkpoint for {ref} (not found {time.monotonic() - found_missing:.0f} "
                                         "s ago)")
             try:
                 model = load_model(ref, source=self.source).eval()
             except FileNotFoundError:
-                self._missing.pop(ref, None)
-                self._missing[ref] = time.monotonic()
-                while len(self._missing) > 1000:  # bounded: refs are model names and session folders
-                    self._missing.popitem(last=False)
+                self._missing.note(ref)
                 raise
-            self._missing.pop(ref, None)
             for p in model.parameters():
                 p.requires_grad_(False)
             self._raw[ref] = model

@@ -424,11 +424,16 @@ def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
     unguarded = [f.api_name or f.name for f in demo.fns.values() if f.queue and f.validator is None
                  and not f.is_validator_function]
     assert unguarded == ["end_session"], unguarded  # the unload listener: Gradio runs it on a disconnect
-    # Every job that loads images or models waits in one line: one heavy job at a time (per the limit).
-    heavy = {f.api_name: f.concurrency_id for f in demo.fns.values()
+    # Every job that runs a model waits in one line (one heavy job at a time, per the limit); the input checks,
+    # which only decode the upload, in a second line of their own, one at a time, not behind the comparisons.
+    lines = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in demo.fns.values()
              if f.api_name in ("compare", "check_compare", "check_upload", "add_checkpoint", "hasty_relu",
                                "compare_example", "check_compare_example")}
-    assert len(heavy) == 7 and set(heavy.values()) == {"compute"}, heavy
+    assert len(lines) == 7, lines
+    heavy = {name: line for name, line in lines.items() if not name.startswith("check_")}
+    checks = {name: line for name, line in lines.items() if name.startswith("check_")}
+    assert {line[0] for line in heavy.values()} == {"compute"}, heavy
+    assert set(checks.values()) == {("checks", 1)}, checks
 
 
 def test_a_path_ending_in_upload_is_not_exempt_from_the_body_cap(served):
@@ -503,6 +508,19 @@ def test_ended_sessions_are_remembered_for_a_while_and_boundedly():
     assert not brief.ended("a")
 
 
+def test_expiring_keys_keep_the_newest_notes_within_cap_and_time():
+    from kaldn.expiring import ExpiringKeys
+    keys = ExpiringKeys(keep_s=3600, cap=2)
+    keys.note("a"), keys.note("b"), keys.note("a")  # noting "a" again makes it the newest
+    keys.note("c")
+    assert keys.noted_at("b") is None and keys.noted_at("a") is not None and len(keys) == 2
+    keys.forget("a")
+    assert keys.noted_at("a") is None and len(keys) == 1
+    keys.keep_s = 0.0
+    time.sleep(0.01)
+    assert keys.noted_at("c") is None and len(keys) == 0
+
+
 def test_forgotten_session_models_leave_the_model_cache(tmp_path):
     """A model its session no longer has is dropped from the loaded-model cache too, not kept until LRU
     pushes it out: evicted beyond the owner's cap, dropped with the session, or expired unused."""
@@ -542,7 +560,7 @@ def test_a_model_found_nowhere_is_not_looked_up_again_for_a_while(monkeypatch):
         with pytest.raises(FileNotFoundError):
             cache.raw("paper-dsconv-x2")
     assert calls == ["paper-dsconv-x2"]  # looked up once
-    cache.missing_ttl_s = 0.0  # the while is over: looked up again
+    cache._missing.keep_s = 0.0  # the while is over: looked up again
     with pytest.raises(FileNotFoundError):
         cache.raw("paper-dsconv-x2")
     assert len(calls) == 2
