@@ -162,16 +162,18 @@ def label_above(image: np.ndarray, text: str, height: int = 20, square: bool = F
 
 # --- grids of maps ------------------------------------------------------------------------------------------
 
-def map_tile(image: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
-    """A map for the overview grid: small ones enlarged (nearest) to about ``side``; large ones reduced by
-    an integer factor keeping each block's brightest pixel (the largest error), so no hotspot disappears."""
-    h, w = image.shape[:2]
+def map_tile(values: np.ndarray, side: int = 256, most: int = 512) -> np.ndarray:
+    """A map (H x W values, or H x W x C) for the overview grid: small ones enlarged (nearest) to about
+    ``side``; large ones reduced by an integer factor keeping each block's largest value (the largest error),
+    so no hotspot disappears. Reduce the values, then colour them: a colour ramp need not rise in every
+    channel, so the channel-wise largest of colours can be a colour that is on no ramp."""
+    h, w = values.shape[:2]
     if max(h, w) <= most:
-        return enlarge_nearest(image, max(1, side // max(h, w)))
+        return enlarge_nearest(values, max(1, side // max(h, w)))
     f = -(-max(h, w) // most)  # ceil
-    padded = np.pad(image, ((0, -h % f), (0, -w % f), (0, 0)), mode="edge")
-    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, -1)
-    return blocks.max(axis=(1, 3))  # colours rise with the error, so the brightest is the largest error
+    padded = np.pad(values, ((0, -h % f), (0, -w % f)) + ((0, 0),) * (values.ndim - 2), mode="edge")
+    blocks = padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f, *values.shape[2:])
+    return blocks.max(axis=(1, 3))
 
 
 def tile_grid(tiles: list[np.ndarray], columns: int, bar: np.ndarray, pad: int = 6) -> np.ndarray:

@@ -32,7 +32,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .display import diverging, enlarge_nearest, font, sequential
+from .display import diverging, enlarge_nearest, font, map_tile, sequential
 from .metrics import _as_8bit, crop_border, psnr_of_y, rgb_to_y
 
 __all__ = [
@@ -73,9 +73,10 @@ def _same_shape(images: Mapping[str, np.ndarray]) -> tuple[int, int]:
     return next(iter(shapes.values()))
 
 
-def _scale_limit(values: np.ndarray) -> float:
-    """The upper end of a colour scale: the 99th percentile rounded up to a whole grey level, at least 1."""
-    p = float(np.percentile(values, SCALE_PERCENTILE)) if values.size else 0.0
+def _scale_limit(values: np.ndarray, in_place: bool = False) -> float:
+    """The upper end of a colour scale: the 99th percentile rounded up to a whole grey level, at least 1.
+    ``in_place``: ``values`` may be reordered (no copy of a large array)."""
+    p = float(np.percentile(values, SCALE_PERCENTILE, overwrite_input=in_place)) if values.size else 0.0
     return float(max(1, math.ceil(round(p, 6))))  # round first: 3.0000000001 is 3, not 4
 
 
@@ -89,14 +90,14 @@ def _levels(x: float) -> str:
 class ErrorMaps:
     """|SR - ground truth| on Y, per variant, all on one colour scale."""
 
-    maps: dict[str, np.ndarray]       # full-size float64 maps, grey levels, in the order given
+    maps: dict[str, np.ndarray]       # full-size float32 maps, grey levels, in the order given
     mean_abs: dict[str, float]        # mean |error| inside the border crop, grey levels
     limit: float                      # shared colour-scale end (whole grey levels, >= 1)
     border: int
 
-    def colourized(self, name: str) -> np.ndarray:
-        """The map of ``name`` as a uint8 RGB image, same size as the outputs."""
-        return colourize_error(self.maps[name], self.limit)
+    def tile(self, name: str) -> np.ndarray:
+        """The map of ``name`` for the overview grid (:func:`~kaldn.display.map_tile`), as uint8 RGB."""
+        return colourize_error(map_tile(self.maps[name]), self.limit)
 
     def colour_bar(self, length: int = 256) -> np.ndarray:
         return error_colour_bar(self.limit, length)
@@ -116,11 +117,13 @@ def error_maps(outputs: Mapping[str, np.ndarray], ground_truth: np.ndarray, *, b
         raise ValueError("error_maps needs at least one output")
     _same_shape({**outputs, "ground truth": ground_truth})
     y_gt = y_channel(ground_truth)
-    maps = {name: np.abs(y_channel(out) - y_gt) for name, out in outputs.items()}
-    inner = {name: crop_border(m, border) for name, m in maps.items()}
-    limit = _scale_limit(np.concatenate([m.ravel() for m in inner.values()]))
-    return ErrorMaps(maps=maps, mean_abs={name: float(m.mean()) for name, m in inner.items()},
-                     limit=limit, border=int(border))
+    maps, mean_abs = {}, {}
+    for name, out in outputs.items():  # one float64 map at a time; kept as float32 (display only), half the memory
+        error = np.abs(y_channel(out) - y_gt)
+        mean_abs[name] = float(crop_border(error, border).mean())
+        maps[name] = error.astype(np.float32)
+    inner = np.concatenate([crop_border(m, border).ravel() for m in maps.values()])
+    return ErrorMaps(maps=maps, mean_abs=mean_abs, limit=_scale_limit(inner, in_place=True), border=int(border))
 
 
 # --- pairwise difference ----------------------------------------------------------------------------------

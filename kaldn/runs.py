@@ -24,7 +24,7 @@ import numpy as np
 from .admission import EndedSessions
 from .choices import BICUBIC, BICUBIC_LABEL, variant_label
 from .comparison import GROUND_TRUTH, LR_INPUT, Comparison, pair_image, pair_images, save_outputs, zoom_crops
-from .display import draw_region, label_above, map_tile, tile_grid
+from .display import draw_region, label_above, tile_grid
 from .errors import UserError
 from .images import load_image, save_png
 from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
@@ -158,8 +158,7 @@ class ComparisonRun:
             return None, NO_GROUND_TRUTH
         ok = self.comparison.ok
         maps = error_maps({r.label: r.image for r in ok}, self.comparison.inputs.gt, border=self.scale)
-        tiles = [label_above(map_tile(maps.colourized(r.label)), f"{r.label}: mean {maps.mean_abs[r.label]:.2f}")
-                 for r in ok]
+        tiles = [label_above(maps.tile(r.label), f"{r.label}: mean {maps.mean_abs[r.label]:.2f}") for r in ok]
         note = (f"|output − ground truth| on the Y channel, in grey levels, every map on **one scale**: "
                 f"black = 0, light yellow = {maps.limit:g} or more (the 99th percentile of all maps); the title "
                 f"gives each output's mean error. The {self.scale}-pixel border the metrics skip is drawn but not "

@@ -357,7 +357,7 @@ def test_error_and_pair_views_know_the_answer(tmp_path):
     from kaldn.maps import error_maps
     maps = error_maps({r.label: r.image for r in run.comparison.ok}, gt, border=4)  # the same shared scale
     tile = grid[6 + 20:6 + 20 + 256, 6 + 256 + 6:6 + 256 + 6 + 256]  # row 0, column 1: Linear DSConv = exact
-    np.testing.assert_array_equal(tile, np.repeat(np.repeat(maps.colourized("Linear DSConv"), 4, 0), 4, 1))
+    np.testing.assert_array_equal(tile, maps.tile("Linear DSConv"))
     pair_img, summary = run.pair_view("ldsconv", "kdsconv-det")
     assert pair_img is not None and "Linear DSConv is closer" in summary
     assert run.pair_difference("ldsconv", "kdsconv-det").b_wins == 0.0  # B is never the closer one
@@ -431,11 +431,20 @@ def test_what_the_loader_changes_reaches_the_notes_once():
 
 def test_large_error_maps_shrink_for_the_overview_without_losing_a_hotspot():
     from kaldn.display import map_tile as _tile
+    from kaldn.maps import ErrorMaps, colourize_error
     image = np.zeros((1100, 1030, 3), np.uint8)
     image[777, 333] = 255  # one bright (large-error) pixel
     tile = _tile(image)
     assert max(tile.shape[:2]) <= 512 and tile.max() == 255
     assert _tile(np.zeros((64, 64, 3), np.uint8)).shape == (256, 256, 3)  # small ones enlarged
+    # Errors are reduced before they are coloured: a block of 5 and 7.5 grey levels (limit 10) shows the colour
+    # of 7.5, a colour of the ramp, not the channel-wise largest of two colours (the ramp's blue falls there).
+    errors = np.zeros((1024, 1024))
+    errors[0, 0], errors[0, 1] = 5.0, 7.5
+    tile = ErrorMaps({"A": errors}, {"A": 0.0}, 10.0, 0).tile("A")
+    assert tile.shape == (512, 512, 3)
+    np.testing.assert_array_equal(tile[0, 0], colourize_error(np.array([7.5]), 10.0)[0])
+    assert not (_tile(colourize_error(errors, 10.0))[0, 0] == tile[0, 0]).all()  # colouring first is off the ramp
 
 
 def test_a_ground_truth_larger_than_any_scale_allows_is_refused_from_its_header():

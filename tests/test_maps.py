@@ -215,5 +215,5 @@ def test_pair_bar_and_renderings() -> None:
     maps = error_maps({"A": a, "B": b}, gt, border=4)
     image = render_error_map(maps.maps["A"], maps.limit, "A", maps.mean_abs["A"])
     assert image.shape[1] == 64 * 4 and image.std() > 10   # small maps enlarged (nearest) to ~256
-    assert maps.colourized("A").shape == (48, 64, 3)
+    assert maps.tile("A").shape == (48 * 4, 64 * 4, 3)  # enlarged (nearest) to about 256
     assert maps.colour_bar(100).shape[1] >= 112
