@@ -81,7 +81,7 @@ class AppSettings:
     session_jobs: int = 1
     max_body: int = 64 << 10              # an API call's JSON (file payloads are paths): small
     session_ttl: int = 1800
-    run_memory: int = 256 << 20  # with one comparison at the caps (~1.4 GiB) stays under 2 GiB
+    run_memory: int = 256 << 20  # with one comparison at the caps (~1.3 GiB) stays under 2 GiB
     finetune_time_budget_s: int = 600
     finetune_max_images: int = 8
     finetune_max_total_pixels: int = 2048 * 2048
