@@ -1111,7 +1111,8 @@ CSS = """
 def build_demo() -> gr.Blocks:
     """The whole app (queue configured); ``launch()`` it."""
     available = available_models()
-    with gr.Blocks(title="KALDN super-resolution", delete_cache=(3600, 3600)) as demo:
+    # No usage reports to Gradio's servers from a page users upload their images to (and the app may run offline).
+    with gr.Blocks(title="KALDN super-resolution", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
         if not available:
             gr.Markdown("**No bundled checkpoint was found** (`checkpoints/`, or `KALDN_CHECKPOINTS`): only bicubic "

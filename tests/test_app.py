@@ -70,8 +70,10 @@ API_NAMES = {"set_mode", "variant_choices", "check_compare", "compare", "check_c
 
 def test_every_event_has_its_api_name(served):
     """Exactly these endpoints (``load_example`` is gr.Examples' own): a new event must be named on purpose."""
-    names = [fn.api_name for fn in served["app"].build_demo().fns.values()]
+    demo = served["app"].build_demo()
+    names = [fn.api_name for fn in demo.fns.values()]
     assert sorted(names) == sorted(API_NAMES)
+    assert demo.analytics_enabled is False  # no usage reports to Gradio's servers, whatever the environment says
 
 
 def served_models(served) -> list[str]:
