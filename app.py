@@ -155,9 +155,10 @@ INTRO = """
 
 Compare three building blocks of the same tiny RDN backbone, nothing else changed:
 **DSConv** (depthwise → ReLU → pointwise → ReLU), **linear DSConv** (the "hasty" ReLU after the depthwise conv
-removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by a kernel attention pooled by
-determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
-PSNR/SSIM as in the literature: Y channel, `scale` border pixels cropped, computed on the server's arrays.
+removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by an attention computed from
+each kernel's determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
+PSNR (dB) and SSIM, higher is better, as in the literature: Y channel, `scale` border pixels cropped, computed on
+the server's arrays.
 """
 
 HOW_BLOCKS = """
@@ -166,7 +167,8 @@ HOW_BLOCKS = """
   channels, each followed by a ReLU. A layer with C channels in and G out keeps C (9 + G) of the convolution's
   9 C G weights: 9G / (9 + G) times fewer, **{per_layer:.1f}x** at this tiny model's G = {growth}. The whole tiny
   model has **{model_ratio:.1f}x** fewer ({dsconv_params:,} against {conv_params:,}: the convolutions outside the
-  dense blocks stay standard).
+  dense layers stay standard: the two shallow-feature convolutions, each block's 1x1 fusion, the global fusion
+  and the upsampler).
 * **Linear DSConv** (paper 001, section II.A) drops the ReLU between the two: the depthwise output has not been
   mixed across channels yet, so zeroing its negative half may throw away what the pointwise conv would have
   combined ("hasty ReLU"). Same parameters, same cost.
@@ -175,14 +177,16 @@ HOW_BLOCKS = """
   of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight). Paper 001 writes the gate
   with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
   same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = 8 (tiny) or 32
-  (paper). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
+  (paper): for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny
+  model's first layer, C = 32, has 4 hidden units). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
 * **After training a KDSConv *is* a linear DSConv.** `a` depends only on the weights, never on the image, so
   `(1 + a) W` is baked into the kernels (see "Params (fused)" in the Compare table): it cannot compute anything a
   linear DSConv cannot. Whatever it gains comes from *how it trains*: the kernel it applies starts about 1.5x
   larger and its weights move at another effective rate. The **fixed 1.5x** control (`W' = 1.5 W`, no gate)
   isolates that part: the gap between KDSConv and the control is what the learned attention adds.
 * Raw determinants of trained 3x3 kernels are tiny (about 0.01), so a gate fed raw determinants sees almost 0 and
-  gives about sigmoid(0) = 0.5 to every channel: the fixed 1.5x control again. This implementation standardises
+  gives about sigmoid(0) = 0.5 to every channel: the fixed 1.5x control again (with the paper's biases, a
+  constant per channel instead, which the kernels absorb just the same). This implementation standardises
   `z` across a layer's channels first (the *descriptor* below).
 """
 
@@ -197,8 +201,11 @@ the three anti-diagonals). So:
   a kernel and its mirror image get opposite descriptors although they do the same job mirrored.
 * **It scales with the cube of the weights**: weights around 0.2 give det around 0.01, which is why raw
   determinants feed the gate almost nothing.
+* Transposing keeps det; a 90° rotation flips its sign (a transpose and a mirror).
+* The other poolings read other things: **avg** is the kernel's sum / 9, its response to a flat patch (0 for
+  any edge or high-pass kernel whose weights sum to zero); **max** is its single largest weight (signed).
 * Worked example: `[[1, 0, 0], [0, 2, 0], [0, 0, 3]]` has det 1·2·3 = 6; its mirror `[[0, 0, 1], [0, 2, 0],
-  [3, 0, 0]]` has det -6; `[[0, 1, 0], [1, -4, 1], [0, 1, 0]]` (a Laplacian) has det 0.
+  [3, 0, 0]]` has det -6; `[[0, 1, 0], [1, -4, 1], [0, 1, 0]]` (a Laplacian) has det 0 (and avg 0).
 The per-kernel table below gives det, avg and max for every kernel of a trained layer: look for near-zero dets.
 """
 
@@ -211,7 +218,9 @@ normalised descriptor `z` the gate sees (for the layer's own pooling) and `a`. T
 KDSConv layer: how widely `a` spreads across channels (`a std`: about 0.05 for an untrained gate, about 0.3 for
 the shipped trained ones; under 0.02 the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
 **dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
-more attention (+1), less (-1) or neither (near 0).
+more attention (+1), less (-1) or neither (near 0); `median |pooled|` is the layer's typical raw det / avg / max
+before normalisation (a det near 0.01 is why raw determinants starve the gate). The tiles' frames are thin: read
+`1 + a` under each tile.
 
 **See the raw-determinant collapse yourself** (the papers feed raw determinants to the gate; the shipped models
 standardise them): train a few hundred iterations with `python -m kaldn train --model tiny-kdsconv-det-x4
@@ -225,7 +234,8 @@ HOW_RELU = """
 DSConv applies a ReLU right after the depthwise convolution. Everything negative there is set to zero *before* the
 pointwise convolution could combine it with other channels (paper 001, section II.A). Below: on the current LR input
 (from the Compare tab, or the first example), the share of depthwise outputs that DSConv's ReLU zeroes, and, for the
-linear DSConv model, the negative share it keeps. Energy is the share of the sum of squares.
+linear DSConv model, the negative share it keeps. Energy is the share of the sum of squares. What to look for: how far apart the two maps' shares are, and
+whether the negative share is higher on edges and texture than on flat areas.
 Read it with care: DSConv was *trained* with that ReLU, so its weights have adapted to it (what it zeroes is not
 necessarily information it needed), and the two models are trained separately, so their maps differ for more reasons
 than the ReLU. Whether removing it helps is a question for PSNR: see below and the Results tab.
@@ -237,7 +247,7 @@ HOW_EVIDENCE = """
 **+0.01 dB** on Set14 and **+0.08 dB** on Urban100 (DW-RDN 32.10 / 28.59 / 26.06 against LDW-RDN 32.17 / 28.60 /
 26.14); the attention then added **+0.01**, **+0.02** and **+0.09 dB** (ALD-RDN 32.18 / 28.62 / 26.23); among
 poolings, det had the *lowest* PSNR on Set5 and Set14 (Set5: det 32.18, avg 32.20, max 32.23) and the best or tied
-SSIM on every set but Set5. On the standard sets the effects are hundredths of a dB, larger only on Urban100; the
+SSIM on every set but Set5. On Set5 and Set14 the effects are hundredths of a dB, larger on Urban100; the
 paper reports no seed spread.
 **Paper 000** reports that KDSConv "significantly outperforms" DSConv (its abstract).
 
@@ -1021,7 +1031,8 @@ def hasty_outcome(comparison) -> str:
         return ""
     (ds, lin) = scored
     return (f"\n\n**On this image** (your last comparison, against its ground truth): {ds.label} "
-            f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU).")
+            f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU; one image and "
+            "one training run each: a difference under about 0.1 dB is within what another seed moves, see Results).")
 
 
 def how_evidence(scale: int = 4, dataset: str = "set5") -> str:

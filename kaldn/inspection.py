@@ -42,7 +42,7 @@ __all__ = ["DEAD_STD", "NEAR_CONSTANT_STD", "GATE_HEADERS", "HASTY_HEADERS", "HA
 def depthwise_savings(backbone: str = "tiny", scale: int = 4) -> dict:
     """How many times fewer weights a DSConv has than the 3x3 convolution it replaces, on ``backbone``: per
     dense layer of C channels in and G (the growth rate) out, 9 C G against C (9 + G), so 9 G / (9 + G) whatever
-    C (biases aside); and for the whole model, whose convolutions outside the dense blocks stay standard."""
+    C (biases aside); and for the whole model, whose convolutions outside the dense layers stay standard."""
     growth = int(BACKBONES[backbone]["growth"])
     conv = count_parameters(create_model(f"{backbone}-conv-x{scale}"))
     dsconv = count_parameters(create_model(f"{backbone}-dsconv-x{scale}"))

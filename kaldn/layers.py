@@ -224,7 +224,9 @@ register_conv("kdsconv-avg", functools.partial(KDSConv, kernel_pool="avg"), labe
               options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="avg")
 register_conv("kdsconv-max", functools.partial(KDSConv, kernel_pool="max"), label="KDSConv (max)", order=50,
               options=ATTENTION_OPTIONS, depthwise=True, kernel_pool="max")
-register_conv("kdsconv-fixed", FixedScaleDSConv, label="KDSConv fixed 1.5x (control)", order=60, depthwise=True)
+register_conv("kdsconv-fixed", FixedScaleDSConv, label="KDSConv fixed 1.5x (control)", order=60, depthwise=True,
+              # A rescale that fuses away: what KDSConv could gain from its larger start alone.
+              claims=(Claim("ldsconv", "the fixed 1.5x scale beats linear DSConv"),))
 # The standard-conv RDN, the upper reference of paper 001 Table I: offered, not selected by default.
 register_conv("conv", StandardConv, label="Standard conv (RDN)", order=70, default=False,
               claims=(Claim("kdsconv-det", "standard conv (about 4x the fused parameters) beats KDSConv"),))

@@ -191,8 +191,10 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
     if seeds:
         values = {p: mean_psnr(key, seeds) for p, key in pools.items()}
         ranked = sorted(values, key=values.get, reverse=True)
+        tie = spread is not None and values[ranked[0]] - values[ranked[-1]] <= spread
         lines.append("  - pooling ranking" + budget + ": " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
-                     + (f" (seed {min(seeds)})" if len(seeds) == 1 else ""))
+                     + (f" (seed {min(seeds)})" if len(seeds) == 1 else "")
+                     + (", all within the seed spread" if tie else ""))
     return lines
 
 
