@@ -173,6 +173,30 @@ def test_unavailable_variant_is_reported_not_raised(use_throwaway):
     assert rows[1][headers.index("PSNR (dB)")] is None
 
 
+def test_a_model_that_pools_over_its_whole_input_is_said_to_have_run_in_tiles():
+    """FDIWN's statistics span its input, so tiles change its output (README "Peers"): the comparison says when
+    it tiled one, since the Model zoo measures whole images."""
+    class WholeImage(torch.nn.Module):
+        global_context = True
+        config = {"scale": 2, "model": "fdiwn-x2"}
+
+        def __init__(self):
+            super().__init__()
+            self.gain = torch.nn.Parameter(torch.ones(()))  # upscale reads the device and dtype off a parameter
+
+        def forward(self, x):
+            return self.gain * torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+
+    model = WholeImage()
+    cache = type("Cache", (), {"raw": lambda self, ref: model, "prepared": lambda self, ref, dev: model})()
+    big, small = prepare_inputs(rng_image(96, 96), 2, "hr"), prepare_inputs(rng_image(48, 48), 2, "hr")
+    tiled = run_comparison(big, ["bicubic", "fdiwn-x2"], device="cpu", cache=cache, tile=32)
+    assert tiled.result("fdiwn-x2").status == "ok"
+    assert any("ran in 32-pixel tiles" in n for n in tiled.notes) and not tiled.warnings  # a note, not a pop-up
+    assert not any("tiles" in n for n in run_comparison(small, ["bicubic", "fdiwn-x2"], device="cpu", cache=cache,
+                                                         tile=32).notes)  # 24x24: one whole-image pass
+
+
 def test_comparison_outputs_metrics_and_lossless_files(use_throwaway, tmp_path):
     inputs = prepare_inputs(load_image(EXAMPLE), 4, "hr")
     cache = ModelCache()
