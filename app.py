@@ -53,8 +53,9 @@ from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, defa
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
-from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, depthwise_savings,
-                              hasty_relu_report, inspection_choices, kernel_view)
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
+                              depthwise_savings, hasty_outcome, hasty_relu_report, inspection_choices,
+                              kernel_view)
 from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)
@@ -980,13 +981,10 @@ def kernel_view_of(model_ref: str | None, layer: str | None, request: gr.Request
     return kernel_view(CACHE, ref, layer, label=label)
 
 
-Z_A = ["z (gate input)", "a"]  # the per-kernel table's columns the scatter plots
-
-
 def z_against_a(kernel_table: pd.DataFrame) -> pd.DataFrame:
     """One point per kernel of a KDSConv layer (from its per-kernel table): its descriptor z and its attention a
     (none for other layers)."""
-    return kernel_table[Z_A].dropna().astype(float)
+    return kernel_table[Z_A_HEADERS].dropna().astype(float)
 
 
 @shows_user_errors
@@ -1024,15 +1022,6 @@ def hasty_relu(run_id: str | None, mode: str, image: Any, ground_truth: Any, sca
             table(HASTY_LAYER_HEADERS, report.per_layer))
 
 
-def hasty_outcome(comparison) -> str:
-    """What the ReLU's absence did on this image, when the comparison it came from scored both models."""
-    scored = [r for r in map(comparison.result, ("dsconv", "ldsconv")) if r is not None and r.psnr is not None]
-    if len(scored) < 2:
-        return ""
-    (ds, lin) = scored
-    return (f"\n\n**On this image** (your last comparison, against its ground truth): {ds.label} "
-            f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU; one image and "
-            "one training run each: a difference under about 0.1 dB is within what another seed moves, see Results).")
 
 
 def how_evidence(scale: int = 4, dataset: str = "set5") -> str:
@@ -1055,7 +1044,8 @@ def how_tab() -> SimpleNamespace:
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
     with gr.Row():
-        za_plot = gr.ScatterPlot(z_against_a(table(KERNEL_HEADERS, [])), x=Z_A[0], y=Z_A[1], y_lim=[0, 1], height=260,
+        za_plot = gr.ScatterPlot(z_against_a(table(KERNEL_HEADERS, [])), x=Z_A_HEADERS[0], y=Z_A_HEADERS[1],
+                                 y_lim=[0, 1], height=260,
                                  label="This layer's attention a against each kernel's descriptor z (KDSConv only)",
                                  elem_id="kaldn-za")
         with gr.Column():

@@ -29,9 +29,10 @@ from PIL import Image
 from kaldn.comparison import Comparison, VariantResult
 from kaldn.images import save_png
 from kaldn.inputs import Inputs, check_inputs
+from kaldn.models import variants
 from kaldn.runs import RunStore
 
-KEYS = ["dsconv", "ldsconv", "kdsconv-det", "kdsconv-avg", "kdsconv-max", "kdsconv-fixed", "conv"]
+KEYS = [v.key for v in variants()]  # the registered conv variants, as labels of made-up outputs
 
 
 def _status_mib(field: str) -> int:

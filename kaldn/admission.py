@@ -256,7 +256,7 @@ class _Refused(Exception):
         self.status = status
 
 
-def names_remote_file(payload) -> bool:
+def names_remote_file(payload: object) -> bool:
     """Whether a decoded request body holds a file reference (a dict with a ``path``) whose path is an
     http(s) URL: Gradio fetches such a file into its cache before any handler or validator runs."""
     stack = [payload]

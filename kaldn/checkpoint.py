@@ -22,8 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .models import create_model, parse_model_name
-from .registry import architecture
+from .models import create_model, options_taken
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -140,15 +139,9 @@ def load_checkpoint_files(weights_path: str | Path, config_path: str | Path,
     return _load(Path(weights_path), read_config(config_path), str(config_path), device)
 
 
-def _model_options(config: dict[str, Any]) -> dict[str, Any]:
-    """The options of the model's architecture that the config sets (the rest keep their defaults)."""
-    arch = architecture(parse_model_name(config["model"]).arch)
-    return {k: config[k] for k in arch.options if k in config}
-
-
 def _load(weights_path: Path, config: dict[str, Any], config_source: str, device: str | torch.device) -> nn.Module:
     try:
-        model = create_model(config["model"], **_model_options(config))
+        model = create_model(config["model"], **options_taken(config["model"], config))  # the rest: defaults
     except ValueError as exc:  # an unknown name, or a bad option value
         raise CheckpointError(f"{config_source}: {exc}") from None
     if weights_path.suffix != ".safetensors":

@@ -39,8 +39,8 @@ from safetensors.torch import load_file
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
-from .models import architectures, create_model, parse_model_name
-from .registry import Architecture
+from .models import architectures, create_model, options_taken, parse_model_name
+from .registry import SCALES, Architecture
 
 # Containers some trainers wrap the state dict in (EDSR-style code saves it bare; BasicSR under "params").
 WRAPPER_KEYS = ("state_dict", "params", "params_ema", "model")
@@ -207,7 +207,7 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     norm = descriptor_norm or metadata.get("descriptor_norm") or DEFAULT_DESCRIPTOR_NORM
     if norm not in DESCRIPTOR_NORMS:
         raise ConversionError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {norm!r}")
-    model = create_model(name, **({"descriptor_norm": norm} if spec.backbone is not None else {}))  # RDN's option
+    model = create_model(name, **options_taken(name, {"descriptor_norm": norm}))
     model.load_state_dict(mapped, strict=True)
     digest = sha256(source)
     command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"
@@ -295,7 +295,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", help="checkpoint folder to write")
     parser.add_argument("--arch", help=f"peer ({', '.join(published_architectures())}) or kaldn architecture "
                                        "(e.g. tiny-kdsconv-det); with --scale")
-    parser.add_argument("--scale", type=int, choices=(2, 3, 4))
+    parser.add_argument("--scale", type=int, choices=SCALES)
     parser.add_argument("--key", help="entry of the file holding the state dict, when it holds several")
     parser.add_argument("--descriptor-norm", choices=DESCRIPTOR_NORMS, help="KDSConv models only")
     args = parser.parse_args(argv)

@@ -39,7 +39,8 @@ from .results import (LOG_NAME, claims, format_metrics, markdown_table, row_key,
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table", "replace_block", "ship"]
 
-def score(outputs: list[np.ndarray], pairs, scale: int) -> dict:
+def score(outputs: list[np.ndarray], pairs: list[tuple[np.ndarray, np.ndarray]], scale: int) -> dict:
+    """Mean Y-channel PSNR / SSIM of ``outputs`` against the HR images of ``pairs`` ((HR, LR) each)."""
     psnrs = [psnr_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
     ssims = [ssim_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
     return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}

@@ -16,7 +16,7 @@ import copy
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -28,13 +28,16 @@ from .cache import MODEL_ERRORS, ModelCache
 from .display import centre_crop, diverging, enlarge_nearest, font, render_heatmap, render_image, to_display
 from .errors import UserError
 from .images import image_to_tensor
-from .layers import DSConv, FixedScaleDSConv, KDSConv, pool_kernels
+from .layers import KERNEL_POOLS, DSConv, FixedScaleDSConv, KDSConv, pool_kernels
 from .models import BACKBONES, count_parameters, create_model, parse_model_name, variant, variant_of
+
+if TYPE_CHECKING:
+    from .comparison import Comparison
 
 __all__ = ["DEAD_STD", "NEAR_CONSTANT_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport",
            "KernelView", "depthwise_stats", "depthwise_savings", "gate_note", "gate_report", "gate_rows", "gate_state", "gate_summary", "gate_verdict",
-           "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
-           "render_kernel_grid"]
+           "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
+           "render_kernel_grid", "Z_A_HEADERS"]
 
 
 # --- what depthwise separation saves ----------------------------------------------------------------------
@@ -118,6 +121,8 @@ def gate_summary(rows: list[dict]) -> dict:
 
 
 # --- the hasty ReLU --------------------------------------------------------------------------------------
+
+HASTY_PAIR = ("dsconv", "ldsconv")  # the variants with and without the ReLU after the depthwise conv
 
 def _effective_kernel(module: DSConv) -> torch.Tensor:
     """The depthwise kernel a layer really applies (KDSConv: (1 + a) W; the control: 1.5 W)."""
@@ -206,7 +211,7 @@ class HastyReluReport:
 
 
 def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = None,
-                      convs: Sequence[str] = ("dsconv", "ldsconv"), where: str | None = None) -> HastyReluReport:
+                      convs: Sequence[str] = HASTY_PAIR, where: str | None = None) -> HastyReluReport:
     """:func:`depthwise_stats` of the DSConv and linear DSConv models at ``scale`` on ``lr``.
 
     ``where`` (e.g. "the example astronaut.png") heads the summary. Models without a checkpoint are listed
@@ -270,6 +275,18 @@ def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = Non
     return HastyReluReport("\n\n".join(lines), maps, rows, per_layer, stats, missing)
 
 
+def hasty_outcome(comparison: Comparison) -> str:
+    """What the ReLU's absence did on this image, when the comparison it came from scored both models."""
+    scored = [r for r in map(comparison.result, HASTY_PAIR) if r is not None and r.psnr is not None]
+    if len(scored) < 2:
+        return ""
+    (ds, lin) = scored
+    return (f"\n\n**On this image** (your last comparison, against its ground truth): {ds.label} "
+            f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU; one "
+            "image and one training run each: a difference under about 0.1 dB is within what another seed moves, "
+            "see Results).")
+
+
 # --- kernels and kernel attention -------------------------------------------------------------------------
 
 def kernel_layers(model: nn.Module) -> list[str]:
@@ -279,7 +296,7 @@ def kernel_layers(model: nn.Module) -> list[str]:
 
 @torch.no_grad()
 def kernel_table(model: nn.Module, layer: str) -> dict:
-    """A layer's depthwise kernels with each kernel's det/avg/max pooled value and its scale 1 + a.
+    """A layer's depthwise kernels with each kernel's pooled values (every one of KERNEL_POOLS) and its scale 1 + a.
 
     For KDSConv, ``z`` is the descriptor the gate sees (the layer's own pooling,
     normalised) and ``a`` the attention; for the fixed control 1 + a = 1.5; for
@@ -295,9 +312,7 @@ def kernel_table(model: nn.Module, layer: str) -> dict:
         "layer": layer,
         "kind": type(m).__name__,
         "kernels": kernels.numpy(),
-        "det": pool_kernels(kernels, "det").numpy(),
-        "avg": pool_kernels(kernels, "avg").numpy(),
-        "max": pool_kernels(kernels, "max").numpy(),
+        **{pool: pool_kernels(kernels, pool).numpy() for pool in KERNEL_POOLS},
         "kernel_pool": getattr(m, "kernel_pool", None),
         "descriptor_norm": getattr(m, "descriptor_norm", None),
     }
@@ -315,14 +330,14 @@ def kernel_table(model: nn.Module, layer: str) -> dict:
     return out
 
 
-KERNEL_HEADERS = ["Channel", "det", "avg", "max", "z (gate input)", "a", "1 + a"]
+Z_A_HEADERS = ["z (gate input)", "a"]  # the descriptor the gate sees, and the attention it gives
+KERNEL_HEADERS = ["Channel", *KERNEL_POOLS, *Z_A_HEADERS, "1 + a"]
 
 
 def kernel_rows(table: dict) -> list[list[Any]]:
     rows = []
-    for c in range(len(table["det"])):
-        rows.append([c, float(f"{table['det'][c]:.3g}"), round(float(table["avg"][c]), 4),
-                     round(float(table["max"][c]), 4),
+    for c in range(len(table["kernels"])):
+        rows.append([c, *(float(f"{table[pool][c]:.3g}") for pool in KERNEL_POOLS),  # 3 digits: dets are ~0.01
                      None if table["z"] is None else round(float(table["z"][c]), 3),
                      None if table["a"] is None else round(float(table["a"][c]), 4),
                      round(float(table["scale"][c]), 4)])

@@ -11,7 +11,7 @@ backbone, ``tiny``) or a single network; :func:`variants` lists them in display 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
 from .errors import UserError, quoted
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model", "options_taken",
            "is_featured", "model_label", "model_names", "multiply_adds", "on_other_backbone", "parse_model_name", "scales",
            "variant", "variant_of", "variants"]
 
@@ -88,6 +88,13 @@ def check_scale(scale: Any) -> int:
     if value not in valid or float(scale) != value:
         raise UserError(message)
     return value
+
+
+def options_taken(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Those of ``options`` that model ``name``'s architecture takes (RDN: ``descriptor_norm``; a peer: none), for
+    :func:`create_model`: a setting that applies to some models only (a CLI flag, a config field) is passed so."""
+    taken = architecture(parse_model_name(name).arch).options
+    return {k: v for k, v in options.items() if k in taken}
 
 
 def create_model(name: str, **options: Any) -> nn.Module:

@@ -36,6 +36,12 @@ from typing import Any, Callable, Mapping
 SCALES = (2, 3, 4)  # the scales every built-in architecture is registered for
 
 
+def require_scale(scale: int) -> None:
+    """For the architectures' constructors: a ValueError unless ``scale`` is one of :data:`SCALES`."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
+
+
 @dataclass(frozen=True)
 class Claim:
     """A claim of the papers, checked on equal budgets: the entry it belongs to beats ``other``."""

@@ -52,8 +52,7 @@ from .inference import resolve_device
 from .inspection import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import psnr_y, ssim_y
-from .models import create_model, parse_model_name
-from .registry import architecture
+from .models import create_model, options_taken
 
 log = logging.getLogger("kaldn.train")
 
@@ -310,9 +309,7 @@ def _build_model(config: TrainConfig) -> nn.Module:
         return model
     if not config.model:
         raise ValueError("give --model (or --init to fine-tune an existing model)")
-    # --descriptor-norm is an option of the architectures that take it (RDN); others have none.
-    takes_norm = "descriptor_norm" in architecture(parse_model_name(config.model).arch).options
-    return create_model(config.model, **({"descriptor_norm": config.descriptor_norm} if takes_norm else {}))
+    return create_model(config.model, **options_taken(config.model, {"descriptor_norm": config.descriptor_norm}))
 
 
 def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,

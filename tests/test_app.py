@@ -359,23 +359,6 @@ def test_how_it_works_states_the_papers_margins_beside_this_projects_numbers(tmp
     assert "python -m kaldn.evaluate --scale 4" in app.how_evidence()
 
 
-def test_the_hasty_relu_view_quotes_what_the_relu_cost_on_the_compared_image():
-    import app
-    from kaldn.comparison import Comparison, VariantResult
-    from kaldn.inputs import Inputs
-    lr = np.zeros((8, 8, 3), np.uint8)
-
-    def comparison(*results):
-        return Comparison(Inputs(lr=lr, gt=None, scale=4, mode="lr"), list(results), "cpu")
-
-    ds = VariantResult("dsconv", "DSConv", "tiny-dsconv-x4", None, psnr=30.50)
-    lin = VariantResult("ldsconv", "Linear DSConv", "tiny-ldsconv-x4", None, psnr=30.45)
-    assert "DSConv 30.50 dB, Linear DSConv 30.45 dB (-0.05 dB without the ReLU)" in app.hasty_outcome(
-        comparison(VariantResult("bicubic", "Bicubic", None, None, psnr=28.0), lin, ds))
-    assert app.hasty_outcome(comparison(ds)) == ""                                   # one of the two: nothing
-    assert app.hasty_outcome(comparison(ds, VariantResult("ldsconv", "Linear DSConv", "m", None))) == ""  # no GT
-
-
 def test_work_that_writes_files_is_refused_while_the_disk_is_short(monkeypatch):
     """Views save images into Gradio's cache and jobs write runs: both stop before the disk is full."""
     from dataclasses import replace as _replace

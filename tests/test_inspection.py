@@ -165,3 +165,21 @@ def test_depthwise_stats_never_runs_or_hooks_the_callers_model():
     stats = depthwise_stats(model, np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8))
     assert stats["layers"] and calls and all(m is not first for m in calls)  # a copy ran, never the original
     assert len(first._forward_pre_hooks) == 1  # only the spy
+
+
+def test_the_hasty_relu_view_quotes_what_the_relu_cost_on_the_compared_image():
+    from kaldn.inspection import hasty_outcome
+    from kaldn.comparison import Comparison, VariantResult
+    from kaldn.inputs import Inputs
+    lr = np.zeros((8, 8, 3), np.uint8)
+
+    def comparison(*results):
+        return Comparison(Inputs(lr=lr, gt=None, scale=4, mode="lr"), list(results), "cpu")
+
+    ds = VariantResult("dsconv", "DSConv", "tiny-dsconv-x4", None, psnr=30.50)
+    lin = VariantResult("ldsconv", "Linear DSConv", "tiny-ldsconv-x4", None, psnr=30.45)
+    outcome = hasty_outcome(comparison(VariantResult("bicubic", "Bicubic", None, None, psnr=28.0), lin, ds))
+    assert "DSConv 30.50 dB, Linear DSConv 30.45 dB (-0.05 dB without the ReLU;" in outcome
+    assert "under about 0.1 dB is within what another seed moves" in outcome  # one image: noise is named
+    assert hasty_outcome(comparison(ds)) == ""                                   # one of the two: nothing
+    assert hasty_outcome(comparison(ds, VariantResult("ldsconv", "Linear DSConv", "m", None))) == ""  # no GT

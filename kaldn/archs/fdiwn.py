@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Published, register_architecture
+from ..registry import Published, register_architecture, require_scale
 from torch.nn.utils.parametrizations import weight_norm
 
 DIV2K_MEAN_255 = tuple(255 * m for m in (0.4488, 0.4371, 0.4040))
@@ -222,8 +222,7 @@ class FDIWN(nn.Module):
 
     def __init__(self, scale: int, widths: Widths | None = None) -> None:
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        require_scale(scale)
         self.scale = scale
         self.widths = widths or WIDTHS[scale]
         self.mean_in = nn.Conv2d(3, 3, 1)

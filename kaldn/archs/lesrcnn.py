@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Published, register_architecture
+from ..registry import Published, register_architecture, require_scale
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -67,8 +67,7 @@ class LESRCNN(nn.Module):
 
     def __init__(self, scale: int, features: int = 64, pairs: int = 8, refine_layers: int = 4) -> None:
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        require_scale(scale)
         self.scale = scale
         self.mean_in = mean_shift(-1.0)
         self.mean_out = mean_shift(+1.0)

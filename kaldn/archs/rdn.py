@@ -10,12 +10,14 @@ Registered as the family ``rdn``: models ``{backbone}-{conv}-x{scale}`` over the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS, make_conv
-from ..registry import SCALES, register_architecture
+from ..registry import register_architecture, require_scale
 
 
 class ResidualDenseBlock(nn.Module):
@@ -51,8 +53,7 @@ class RDN(nn.Module):
                  bicubic_skip: bool = False, reduction: int = 32,
                  descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> None:
         super().__init__()
-        if scale not in SCALES:
-            raise ValueError(f"scale must be one of {', '.join(map(str, SCALES))}, got {scale}")
+        require_scale(scale)
         self.scale = scale
         self.bicubic_skip = bicubic_skip
         g0 = num_features
@@ -106,7 +107,7 @@ BACKBONES: dict[str, dict] = {
 DEFAULT_BACKBONE = "tiny"  # the app's models and the shipped zoo
 
 
-def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM, **preset) -> RDN:
+def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM, **preset: Any) -> RDN:
     if descriptor_norm not in DESCRIPTOR_NORMS:
         raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
     return RDN(conv=conv, scale=scale, descriptor_norm=descriptor_norm, **preset)

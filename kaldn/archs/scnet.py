@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Published, register_architecture
+from ..registry import Published, register_architecture, require_scale
 
 # (dy, dx) read offsets of the eight channel groups: group g at (y, x) takes its input from (y + dy, x + dx).
 SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1), (1, -1), (-1, 1), (-1, -1))
@@ -100,8 +100,7 @@ class SCNet(nn.Module):
 
     def __init__(self, scale: int, features: int = 64, blocks: int = 16, upsampler: str = "mlp") -> None:
         super().__init__()
-        if scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        require_scale(scale)
         self.scale = scale
         self.head = nn.Conv2d(3, features, 1)
         self.body = nn.Sequential(*(ShiftBlock(features) for _ in range(blocks)))
