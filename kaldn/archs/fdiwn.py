@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Published, register_architecture, require_scale
+from .parts import mean_shift
 from torch.nn.utils.parametrizations import weight_norm
 
-DIV2K_MEAN_255 = tuple(255 * m for m in (0.4488, 0.4371, 0.4040))
 FEATURES = 24            # 3 * 64 // 8 in the published code's terms
 ATTENTION_GROUPS = 6
 LEAKY_SLOPE = 0.05
@@ -225,12 +225,9 @@ class FDIWN(nn.Module):
         require_scale(scale)
         self.scale = scale
         self.widths = widths or WIDTHS[scale]
-        self.mean_in = nn.Conv2d(3, 3, 1)
-        self.mean_out = nn.Conv2d(3, 3, 1)
-        with torch.no_grad():  # the published initialisation; both stay trainable, as they were
-            for conv, sign in ((self.mean_in, -1.0), (self.mean_out, 1.0)):
-                conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-                conv.bias.copy_(sign * torch.tensor(DIV2K_MEAN_255))
+        # The published network works in [0, 255] and trains its mean shifts, as they were.
+        self.mean_in = mean_shift(-1.0, pixel_range=255.0, trainable=True)
+        self.mean_out = mean_shift(+1.0, pixel_range=255.0, trainable=True)
         self.head = nn.Conv2d(3, FEATURES, 3, padding=1)
         self.fswg = nn.ModuleList(FSWG(self.widths) for _ in range(3))
         tail = self.widths.tail

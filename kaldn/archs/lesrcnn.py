@@ -27,19 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Published, register_architecture, require_scale
-
-DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-def mean_shift(sign: float, mean: tuple[float, float, float] = DIV2K_MEAN) -> nn.Conv2d:
-    """A frozen 1x1 conv adding ``sign * mean`` per channel (its weights are part of the released state dict)."""
-    conv = nn.Conv2d(3, 3, 1)
-    with torch.no_grad():
-        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
-        conv.bias.copy_(sign * torch.tensor(mean))
-    conv.requires_grad_(False)
-    return conv
-
+from .parts import mean_shift, subpixel_upsampler
 
 class IEEBPair(nn.Module):
     """One enhancement step: h -> ReLU(h + conv1x1(ReLU(conv3x3(h))))."""
@@ -51,15 +39,6 @@ class IEEBPair(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return F.relu(h + self.conv1(F.relu(self.conv3(h))))
-
-
-def subpixel_upsampler(features: int, scale: int) -> nn.Sequential:
-    """Conv to features * s^2 then PixelShuffle(s); x4 as two x2 steps (with bias, no activation)."""
-    steps = [2, 2] if scale == 4 else [scale]
-    modules: list[nn.Module] = []
-    for s in steps:
-        modules += [nn.Conv2d(features, features * s * s, 3, padding=1), nn.PixelShuffle(s)]
-    return nn.Sequential(*modules)
 
 
 class LESRCNN(nn.Module):

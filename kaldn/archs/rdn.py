@@ -18,6 +18,7 @@ from torch import nn
 
 from ..layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS, make_conv
 from ..registry import register_architecture, require_scale
+from .parts import subpixel_upsampler
 
 
 class ResidualDenseBlock(nn.Module):
@@ -67,12 +68,7 @@ class RDN(nn.Module):
         if upsampler == "light":
             self.upsample = nn.Sequential(nn.Conv2d(g0, 3 * scale ** 2, 3, padding=1), nn.PixelShuffle(scale))
         elif upsampler == "rdn":
-            steps = [2, 2] if scale == 4 else [scale]
-            modules: list[nn.Module] = []
-            for s in steps:
-                modules += [nn.Conv2d(g0, g0 * s ** 2, 3, padding=1), nn.PixelShuffle(s)]
-            modules.append(nn.Conv2d(g0, 3, 3, padding=1))
-            self.upsample = nn.Sequential(*modules)
+            self.upsample = nn.Sequential(*subpixel_upsampler(g0, scale), nn.Conv2d(g0, 3, 3, padding=1))
         else:
             raise ValueError(f"upsampler must be 'rdn' or 'light', got {upsampler!r}")
 

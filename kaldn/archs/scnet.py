@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Published, register_architecture, require_scale
+from .parts import upsampling_steps
 
 # (dy, dx) read offsets of the eight channel groups: group g at (y, x) takes its input from (y + dy, x + dx).
 SHIFTS = ((-1, 0), (1, 0), (0, -1), (0, 1), (1, 1), (1, -1), (-1, 1), (-1, -1))
@@ -104,8 +105,7 @@ class SCNet(nn.Module):
         self.scale = scale
         self.head = nn.Conv2d(3, features, 1)
         self.body = nn.Sequential(*(ShiftBlock(features) for _ in range(blocks)))
-        factors = [2, 2] if scale == 4 else [scale]
-        self.upsample = nn.ModuleList(ShiftUpsample(features, f, upsampler) for f in factors)
+        self.upsample = nn.ModuleList(ShiftUpsample(features, f, upsampler) for f in upsampling_steps(scale))
         self.hr_conv = nn.Conv2d(features, features, 1)
         self.tail = nn.Conv2d(features, 3, 1)
         # PyTorch's default initialisation, not the released training's Kaiming x 0.1 on every conv: that one
