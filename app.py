@@ -49,13 +49,14 @@ from kaldn.comparison import (METRIC_HEADERS, check_work, default_pair, metrics_
                               run_comparison)
 from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
-from kaldn.finetune import FineTuneManager, FineTuneSettings, base_choices, default_base
+from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager, FineTuneSettings, base_choices,
+                            default_base)
 from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
-from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
-                              depthwise_savings, hasty_outcome, hasty_relu_report, inspection_choices,
-                              kernel_view)
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, NEAR_CONSTANT_STD,
+                              Z_A_HEADERS, depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report,
+                              inspection_choices, kernel_view)
 from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)
@@ -177,9 +178,9 @@ HOW_BLOCKS = """
   `a = sigmoid(W_I ReLU(W_D z))` and `z_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
   of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight). Paper 001 writes the gate
   with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
-  same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = 8 (tiny) or 32
-  (paper): for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny
-  model's first layer, C = 32, has 4 hidden units). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
+  same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = {reductions}:
+  for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny model's first
+  layer, C = {first_channels}, has {first_hidden} hidden units). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
 * **After training a KDSConv *is* a linear DSConv.** `a` depends only on the weights, never on the image, so
   `(1 + a) W` is baked into the kernels (see "Params (fused)" in the Compare table): it cannot compute anything a
   linear DSConv cannot. Whatever it gains comes from *how it trains*: the kernel it applies starts about 1.5x
@@ -190,6 +191,11 @@ HOW_BLOCKS = """
   constant per channel instead, which the kernels absorb just the same). This implementation standardises
   `z` across a layer's channels first (the *descriptor* below).
 """
+
+def how_blocks() -> str:
+    """HOW_BLOCKS with its numbers from the registry's models."""
+    return HOW_BLOCKS.format(**depthwise_savings(), **gate_sizes())
+
 
 HOW_DET = """
 ### What a determinant says about a 3x3 kernel
@@ -217,7 +223,7 @@ layer); the model applies `(1 + a_c) W_c`. Under it: the channel and its scale `
 larger `a_c` (white frame: 1 + a = 1, black: 2). The table lists each kernel's det / avg / max pooled value, the
 normalised descriptor `z` the gate sees (for the layer's own pooling) and `a`. The gate report summarises every
 KDSConv layer: how widely `a` spreads across channels (`a std`: about 0.05 for an untrained gate, about 0.3 for
-the shipped trained ones; under 0.02 the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
+the shipped trained ones; under {near_constant} the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
 **dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
 more attention (+1), less (-1) or neither (near 0); `median |pooled|` is the layer's typical raw det / avg / max
 before normalisation (a det near 0.01 is why raw determinants starve the gate). The tiles' frames are thin: read
@@ -932,13 +938,14 @@ def finetune_tab() -> SimpleNamespace:
             iters = gr.Slider(10, FINETUNE.max_iters, value=min(200, FINETUNE.max_iters), step=10,
                               label="Iterations", elem_id="kaldn-ft-iters")
             halve = "/".join(f"{100 * f:.0f}" for f in TrainConfig().lr_halve_at)
-            lr = gr.Number(2e-4, label=f"Learning rate (Adam; halved at {halve}% of the run)")
+            lr = gr.Number(2e-4, label=f"Learning rate (Adam; halved at {halve}% of the run)",
+                           info=f"from {LR_RANGE[0]:g} to {LR_RANGE[1]:g}")
             with gr.Accordion("Advanced", open=False):
-                batch = gr.Slider(1, 32, value=8, step=1, label="Batch size (patches)",
+                batch = gr.Slider(*BATCH_RANGE, value=8, step=1, label="Batch size (patches)",
                                   info=f"batch x patch² at most {FINETUNE.max_batch_pixels:,} LR pixels per step "
                                        f"on this server: up to {FINETUNE.max_batch_pixels // 48 ** 2} patches of 48, "
                                        f"{FINETUNE.max_batch_pixels // 96 ** 2} of 96")
-                patch = gr.Slider(16, 96, value=32, step=8, label="LR patch size (pixels)")
+                patch = gr.Slider(*PATCH_RANGE, value=32, step=8, label="LR patch size (pixels)")
             with gr.Row():
                 start = gr.Button("Start fine-tuning", variant="primary", elem_id="kaldn-ft-start")
                 cancel = gr.Button("Cancel", variant="stop", elem_id="kaldn-ft-cancel")
@@ -1035,9 +1042,9 @@ def how_evidence(scale: int = 4, dataset: str = "set5") -> str:
 def how_tab() -> SimpleNamespace:
     """The depthwise kernels and their attention, the gate report, and the hasty ReLU on the current image."""
     hows = how_choices()
-    gr.Markdown(HOW_BLOCKS.format(**depthwise_savings()))
+    gr.Markdown(how_blocks())
     gr.Markdown(HOW_DET)
-    gr.Markdown(HOW_KERNELS)
+    gr.Markdown(HOW_KERNELS.format(near_constant=NEAR_CONSTANT_STD))
     with gr.Row():
         model = gr.Dropdown(hows, value=hows[0][1] if hows else None, label="Model")
         layer = gr.Dropdown([], label="Layer (RDB block . layer)")

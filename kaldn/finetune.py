@@ -94,6 +94,10 @@ class FineTuneSettings:
 # Validation runs a whole image through the model in one piece: a 2048x2048 upload would need several GB for
 # the larger bases, so a job validates on centre crops of at most this many LR pixels per side.
 VAL_LR_SIDE = 128
+# What a job may ask for (inclusive); the app's controls offer the same ranges.
+LR_RANGE = (1e-6, 1e-2)
+BATCH_RANGE = (1, 32)
+PATCH_RANGE = (16, 96)  # LR pixels a side
 
 
 def prepare_finetune_data(images: Sequence[Any], scale: int, patch: int, folder: str | Path,
@@ -255,12 +259,15 @@ class FineTuneManager:
         if not isinstance(settings.iters, int) or not 1 <= settings.iters <= self.max_iters:
             raise UserError(f"Iterations must be between 1 and {self.max_iters} on this server "
                             f"(KALDN_FINETUNE_MAX_ITERS), got {settings.iters}.")
-        if not (1e-6 <= float(settings.lr) <= 1e-2):
-            raise UserError(f"The learning rate must be between 1e-6 and 1e-2, got {settings.lr}.")
-        if not 1 <= settings.batch <= 32:
-            raise UserError(f"The batch size must be between 1 and 32, got {settings.batch}.")
-        if not 16 <= settings.patch <= 96:
-            raise UserError(f"The patch size must be between 16 and 96 LR pixels, got {settings.patch}.")
+        if not (LR_RANGE[0] <= float(settings.lr) <= LR_RANGE[1]):
+            raise UserError(f"The learning rate must be between {LR_RANGE[0]:g} and {LR_RANGE[1]:g}, "
+                            f"got {settings.lr}.")
+        if not BATCH_RANGE[0] <= settings.batch <= BATCH_RANGE[1]:
+            raise UserError(f"The batch size must be between {BATCH_RANGE[0]} and {BATCH_RANGE[1]}, "
+                            f"got {settings.batch}.")
+        if not PATCH_RANGE[0] <= settings.patch <= PATCH_RANGE[1]:
+            raise UserError(f"The patch size must be between {PATCH_RANGE[0]} and {PATCH_RANGE[1]} LR pixels, got "
+                            f"{settings.patch}.")
         if settings.batch * settings.patch ** 2 > self.max_batch_pixels:
             raise UserError(f"Batch {settings.batch} x patch {settings.patch}x{settings.patch} is "
                             f"{settings.batch * settings.patch ** 2:,} LR pixels per step; the limit on this server "

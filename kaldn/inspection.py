@@ -34,10 +34,11 @@ from .models import BACKBONES, count_parameters, create_model, parse_model_name,
 if TYPE_CHECKING:
     from .comparison import Comparison
 
-__all__ = ["DEAD_STD", "NEAR_CONSTANT_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "KERNEL_HEADERS", "HastyReluReport",
-           "KernelView", "depthwise_stats", "depthwise_savings", "gate_note", "gate_report", "gate_rows", "gate_state", "gate_summary", "gate_verdict",
-           "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table", "kernel_view",
-           "render_kernel_grid", "Z_A_HEADERS"]
+__all__ = ["DEAD_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "HASTY_PAIR", "KERNEL_HEADERS",
+           "NEAR_CONSTANT_STD", "Z_A_HEADERS", "HastyReluReport", "KernelView", "depthwise_savings", "depthwise_stats",
+           "gate_note", "gate_report", "gate_rows", "gate_sizes", "gate_state", "gate_summary", "gate_verdict",
+           "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table",
+           "kernel_view", "render_kernel_grid"]
 
 
 # --- what depthwise separation saves ----------------------------------------------------------------------
@@ -51,6 +52,17 @@ def depthwise_savings(backbone: str = "tiny", scale: int = 4) -> dict:
     dsconv = count_parameters(create_model(f"{backbone}-dsconv-x{scale}"))
     return {"growth": growth, "per_layer": 9 * growth / (9 + growth), "conv_params": conv,
             "dsconv_params": dsconv, "model_ratio": conv / dsconv}
+
+
+def gate_sizes(backbone: str = "tiny") -> dict:
+    """The attention gate's reduction r per backbone, as prose ("32 (paper) or 8 (tiny, small)"), and its hidden
+    units in ``backbone``'s first dense layer (C = the block's feature channels in, C / r hidden)."""
+    by_reduction: dict[int, list[str]] = {}
+    for name, preset in BACKBONES.items():
+        by_reduction.setdefault(int(preset["reduction"]), []).append(name)
+    channels = int(BACKBONES[backbone]["num_features"])
+    return {"reductions": " or ".join(f"{r} ({', '.join(names)})" for r, names in by_reduction.items()),
+            "first_channels": channels, "first_hidden": channels // int(BACKBONES[backbone]["reduction"])}
 
 
 # --- the gate report --------------------------------------------------------------------------------------

@@ -350,9 +350,9 @@ def test_how_it_works_states_the_papers_margins_beside_this_projects_numbers(tmp
     """The teaching text derives its numbers: the weight saving from the registry's models, and the project's
     claims from the results file (none: it says how to make them)."""
     import app
-    from kaldn.inspection import depthwise_savings
-    blocks = app.HOW_BLOCKS.format(**depthwise_savings())
+    blocks = app.how_blocks()
     assert "**7.0x** at this tiny model's G = 32" in blocks and "**3.8x** fewer (112,272 against 427,152" in blocks
+    assert "r = 32 (paper) or 8 (tiny, small)" in blocks and "C = 32, has 4 hidden units" in blocks
     evidence = app.how_evidence()
     assert "+0.07 dB" in evidence and "KDSConv (det) beats DSConv" in evidence and "seed-to-seed spread" in evidence
     monkeypatch.setattr(app, "load_results", lambda scale, results_dir=None: None)
