@@ -7,7 +7,7 @@ unreachable, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space
 under ``@spaces.GPU`` when the ``spaces`` package is importable, as a plain call otherwise.
 
 This file is the layout and the event wiring, one function per tab; every handler calls the library
-(``kaldn.inputs``, ``kaldn.choices``, ``kaldn.comparison``, ``kaldn.runs``, ``kaldn.results``, ``kaldn.finetune``, ``kaldn.inspection``) and
+(``kaldn.inputs``, ``kaldn.choices``, ``kaldn.comparison``, ``kaldn.runs``, ``kaldn.results``, ``kaldn.finetune``, ``kaldn.inspection``, ``kaldn.gates``) and
 shows what it returns. Every event has an ``api_name``, so e.g.::
 
     from gradio_client import Client, handle_file
@@ -52,11 +52,12 @@ from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager, FineTuneSettings, base_choices,
                             default_base)
 from kaldn.hub import available_models
+from kaldn.gates import NEAR_CONSTANT_STD
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
-from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, NEAR_CONSTANT_STD,
-                              Z_A_HEADERS, depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report,
-                              inspection_choices, kernel_view)
+from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
+                              depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report, inspection_choices,
+                              kernel_view)
 from kaldn.models import check_scale, parse_model_name, scales, variant_of
 from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
                            zoo_table)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from kaldn.checkpoint import load_checkpoint
-from kaldn.inspection import NEAR_CONSTANT_STD, gate_report, gate_state
+from kaldn.gates import NEAR_CONSTANT_STD, gate_report, gate_state
 from kaldn.models import create_model
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -25,19 +24,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cards import CARD_NAME, model_card, repo_card
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_json
+from .checkpoint import write_json
 from .data import DATASETS, dataset_folder, load_pairs
 from .hub import load_model
 from .inference import prepare_model, upscale
 from .metrics import psnr_y, ssim_y
 from .models import count_parameters, multiply_adds
+from .release import replace_block, ship
 from .resize import imresize
-from .results import (LOG_NAME, claims, format_metrics, markdown_table, row_key, run_identity, validation_events,
-                      validation_set)
+from .results import claims, format_metrics, markdown_table, row_key
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
-           "markdown_table", "replace_block", "ship"]
+           "markdown_table"]
+
 
 def score(outputs: list[np.ndarray], pairs: list[tuple[np.ndarray, np.ndarray]], scale: int) -> dict:
     """Mean Y-channel PSNR / SSIM of ``outputs`` against the HR images of ``pairs`` ((HR, LR) each)."""
@@ -84,40 +83,6 @@ def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
     for name, pairs in datasets.items():
         row[name] = score([imresize(lr, scale=scale) for _, lr in pairs], pairs, scale)
     return row
-
-
-def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Path) -> list[str]:
-    """Copy seed-0 checkpoints into the Hub-shaped ``checkpoints/`` folder with their metrics and model cards."""
-    shipped = []
-    for row in rows:
-        if row["model"] == "bicubic" or row.get("seed") not in (0, None):
-            continue
-        if row.get("weights_origin") == "third-party":  # the authors' weights are never shipped
-            print(f"not shipped: {row['source']} holds third-party weights", file=sys.stderr)
-            continue
-        source = Path(row["source"])
-        target = destination / row["model"]
-        if (target / CONFIG_NAME).is_file():  # a rerun (another validation set) never replaces a bundled run
-            bundled = json.loads((target / CONFIG_NAME).read_text()).get("training") or {}
-            if run_identity(bundled.get("seed"), bundled) != run_identity(row.get("seed"), row.get("training")):
-                print(f"not shipped: {target} holds another run of {row['model']} (validated on "
-                      f"{validation_set(bundled) or 'nothing recorded'}); remove that folder to replace it",
-                      file=sys.stderr)
-                continue
-        target.mkdir(parents=True, exist_ok=True)
-        if source.resolve() != target.resolve():
-            shutil.copyfile(source / WEIGHTS_NAME, target / WEIGHTS_NAME)
-        config = json.loads((source / CONFIG_NAME).read_text())
-        config["metrics"] = {d: row[d] for d in dataset_names}
-        # The run's validation curve goes along (the Results tab draws it); the run folder holds the log.
-        log = next((p for p in (source / LOG_NAME, source.parent / LOG_NAME) if p.is_file()), None)
-        if log is not None:
-            (target / LOG_NAME).write_text("".join(f"{json.dumps(e)}\n" for e in validation_events(log)))
-        write_json(target / CONFIG_NAME, config)
-        model_card(config).save(target / CARD_NAME)
-        shipped.append(row["model"])
-    repo_card(destination).save(destination / CARD_NAME)  # over every model now in the folder
-    return shipped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,16 +162,6 @@ def main(argv: list[str] | None = None) -> int:
                       f"Made by {made_by}:\n\n{table}\n\nClaims under equal budgets:\n\n{claim_text}")
     return 0
 
-
-def replace_block(path: Path, marker: str, content: str) -> None:
-    """Replace what stands between ``<!-- marker -->`` and ``<!-- /marker -->`` in a Markdown file."""
-    text = path.read_text()
-    start, end = f"<!-- {marker} -->", f"<!-- /{marker} -->"
-    if start not in text or end not in text:
-        raise ValueError(f"{path}: markers {start} ... {end} not found")
-    head, rest = text.split(start, 1)
-    tail = rest.split(end, 1)[1]
-    path.write_text(f"{head}{start}\n{content}\n{end}{tail}")
 
 
 if __name__ == "__main__":

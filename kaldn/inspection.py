@@ -1,9 +1,10 @@
 """Model inspection, for teaching: what the kernel attention learned, and what the hasty ReLU throws away.
 
-* the **gate report** (:func:`gate_report`): per KDSConv layer, how widely the attention ``a`` spreads
-  across channels, and whether it follows the kernels' descriptor ``z``; a dead gate (every gate ReLU off)
-  gives every channel a = 0.5 exactly, and the raw-determinant collapse of DESIGN.md spreads a by about 0.001,
-  both about a fixed 1.5x scale (:func:`gate_verdict`). Training logs its summary (:func:`gate_summary`);
+* the **gate report** as a table and a note (:func:`gate_rows`, :func:`gate_note`; measured in
+  :mod:`kaldn.gates`): per KDSConv layer, how widely the attention ``a`` spreads across channels, and whether
+  it follows the kernels' descriptor ``z``; a dead gate (every gate ReLU off) gives every channel a = 0.5
+  exactly, and the raw-determinant collapse of DESIGN.md spreads a by about 0.001, both about a fixed 1.5x
+  scale;
 * **kernel tables** (:func:`kernel_table`, :func:`render_kernel_grid`): a layer's depthwise kernels with
   each one's det / avg / max pooled value and its scale ``1 + a``;
 * the **hasty ReLU** (:func:`depthwise_stats`, :func:`hasty_relu_report`): the share of depthwise outputs
@@ -27,6 +28,7 @@ from torch import nn
 from .cache import MODEL_ERRORS, ModelCache
 from .display import centre_crop, diverging, enlarge_nearest, font, render_heatmap, render_image, to_display
 from .errors import UserError
+from .gates import NEAR_CONSTANT_STD, gate_report, gate_state, gate_verdict
 from .images import image_to_tensor
 from .layers import KERNEL_POOLS, DSConv, FixedScaleDSConv, KDSConv, pool_kernels
 from .models import BACKBONES, count_parameters, create_model, parse_model_name, variant, variant_of
@@ -34,10 +36,9 @@ from .models import BACKBONES, count_parameters, create_model, parse_model_name,
 if TYPE_CHECKING:
     from .comparison import Comparison
 
-__all__ = ["DEAD_STD", "GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "HASTY_PAIR", "KERNEL_HEADERS",
-           "NEAR_CONSTANT_STD", "Z_A_HEADERS", "HastyReluReport", "KernelView", "depthwise_savings", "depthwise_stats",
-           "gate_note", "gate_report", "gate_rows", "gate_sizes", "gate_state", "gate_summary", "gate_verdict",
-           "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table",
+__all__ = ["GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "HASTY_PAIR", "KERNEL_HEADERS", "Z_A_HEADERS",
+           "HastyReluReport", "KernelView", "depthwise_savings", "depthwise_stats", "gate_note", "gate_rows",
+           "gate_sizes", "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table",
            "kernel_view", "render_kernel_grid"]
 
 
@@ -63,73 +64,6 @@ def gate_sizes(backbone: str = "tiny") -> dict:
     channels = int(BACKBONES[backbone]["num_features"])
     return {"reductions": " or ".join(f"{r} ({', '.join(names)})" for r, names in by_reduction.items()),
             "first_channels": channels, "first_hidden": channels // int(BACKBONES[backbone]["reduction"])}
-
-
-# --- the gate report --------------------------------------------------------------------------------------
-
-DEAD_STD = 1e-6  # a spread of a this small is a constant gate (a = 0.5 everywhere: all gate ReLUs off), not a learned one
-# Below this spread a layer's gate is about a constant scale: a raw-determinant run (the steps in app.py's HOW_KERNELS,
-# 300 iterations) spreads a by 0.0004-0.002 per layer; an untrained gate by about 0.05 (median) and a shipped trained
-# one by about 0.3 (benchmarks.gate_census --init-seeds 50).
-NEAR_CONSTANT_STD = 0.02
-
-@torch.no_grad()
-def gate_report(model: nn.Module) -> list[dict]:
-    """Per KDSConv layer: spread of the attention a across channels and of the descriptors z."""
-    rows = []
-    for name, module in model.named_modules():
-        if not isinstance(module, KDSConv):
-            continue
-        kernels = module.depthwise.weight[:, 0].float()
-        raw = pool_kernels(kernels, module.kernel_pool)
-        z = module.descriptor().float()
-        a = module.attention().float()
-        rows.append({
-            "layer": name,
-            "channels": int(a.numel()),
-            "kernel_pool": module.kernel_pool,
-            "descriptor_norm": module.descriptor_norm,
-            "a_min": float(a.min()), "a_max": float(a.max()),
-            "a_mean": float(a.mean()), "a_std": float(a.std(unbiased=False)),
-            "raw_pooled_median_abs": float(raw.abs().median()),
-            "z_min": float(z.min()), "z_max": float(z.max()), "z_std": float(z.std(unbiased=False)),
-            "za_corr": _correlation(z, a),
-        })
-    return rows
-
-
-def _correlation(x: torch.Tensor, y: torch.Tensor) -> float | None:
-    """Pearson correlation; None when either side is constant (a dead gate follows nothing)."""
-    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
-    norm = float(x.norm() * y.norm())
-    return float((x * y).sum()) / norm if norm > 1e-12 else None
-
-
-def gate_state(a_std: float) -> str:
-    """A layer's gate from its spread of ``a``: "dead", "near-constant" (about one scale) or "varies"."""
-    return "dead" if a_std < DEAD_STD else "near-constant" if a_std < NEAR_CONSTANT_STD else "varies"
-
-
-def gate_verdict(row: dict) -> str:
-    """What one layer's gate does (:func:`gate_state`), in words for the gate report's last column."""
-    state = gate_state(row["a_std"])
-    if state == "dead":
-        return f"DEAD: a = {row['a_mean']:.3f} in every channel"
-    if state == "near-constant":
-        return f"near-constant: a = {row['a_mean']:.2f} +- {row['a_std']:.3f}, about a fixed {1 + row['a_mean']:.2f}x"
-    return "varies across channels"
-
-
-def gate_summary(rows: list[dict]) -> dict:
-    """One line for logs: mean over layers of the per-layer spread of a."""
-    if not rows:
-        return {}
-    return {
-        "gate_layers": len(rows),
-        "gate_a_std_mean": sum(r["a_std"] for r in rows) / len(rows),
-        "gate_a_range_mean": sum(r["a_max"] - r["a_min"] for r in rows) / len(rows),
-        "gate_raw_pooled_median_abs": sorted(r["raw_pooled_median_abs"] for r in rows)[len(rows) // 2],
-    }
 
 
 # --- the hasty ReLU --------------------------------------------------------------------------------------

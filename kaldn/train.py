@@ -49,7 +49,7 @@ from .data import TrainingDataError, list_images, load_pairs, split_holdout
 from .hub import load_model
 from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
-from .inspection import gate_report, gate_summary
+from .gates import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import psnr_y, ssim_y
 from .models import create_model, options_taken

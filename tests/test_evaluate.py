@@ -186,7 +186,7 @@ def test_shipped_checkpoints_are_hub_shaped():
 
 
 def test_replace_block(tmp_path):
-    from kaldn.evaluate import replace_block
+    from kaldn.release import replace_block
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:x4 -->\nold\n<!-- /results:x4 -->\nend\n")
     replace_block(readme, "results:x4", "new table")

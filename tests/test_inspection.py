@@ -1,4 +1,4 @@
-"""Model inspection (kaldn.inspection): the hasty-ReLU statistic, kernel tables and the gate report."""
+"""Model inspection (kaldn.inspection, kaldn.gates): the hasty-ReLU statistic, kernel tables and the gate report."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from kaldn.cache import ModelCache
 from kaldn.errors import UserError
 from kaldn.images import load_image
 from kaldn.inputs import prepare_inputs
-from kaldn.inspection import (depthwise_stats, gate_note, gate_report, gate_rows, gate_summary, gate_verdict,
-                              hasty_relu_report, inspection_choices, kernel_layers, kernel_rows, kernel_table,
-                              kernel_view, render_kernel_grid)
+from kaldn.gates import gate_report, gate_summary, gate_verdict
+from kaldn.inspection import (depthwise_stats, gate_note, gate_rows, hasty_relu_report, inspection_choices,
+                              kernel_layers, kernel_rows, kernel_table, kernel_view, render_kernel_grid)
 from kaldn.models import create_model
 
 from app_server import rng_image

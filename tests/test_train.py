@@ -230,7 +230,7 @@ def test_short_real_training_beats_bicubic(short_runs):
 
 @pytest.mark.slow
 def test_standardised_descriptor_spreads_the_gate(short_runs):
-    from kaldn.inspection import gate_report
+    from kaldn.gates import gate_report
     from kaldn.layers import fuse
     from kaldn.results import validation_events
     runs, _ = short_runs
