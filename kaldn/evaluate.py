@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,7 +27,7 @@ from .checkpoint import write_json
 from .data import DATASETS, dataset_folder, load_pairs
 from .hub import load_model
 from .inference import prepare_model, upscale
-from .metrics import psnr_y, ssim_y
+from .metrics import mean_scores
 from .models import count_parameters, multiply_adds
 from .release import replace_block, ship
 from .resize import imresize
@@ -36,13 +35,6 @@ from .results import claims, format_metrics, markdown_table, row_key
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table"]
-
-
-def score(outputs: list[np.ndarray], pairs: list[tuple[np.ndarray, np.ndarray]], scale: int) -> dict:
-    """Mean Y-channel PSNR / SSIM of ``outputs`` against the HR images of ``pairs`` ((HR, LR) each)."""
-    psnrs = [psnr_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
-    ssims = [ssim_y(out, hr, scale) for out, (hr, _) in zip(outputs, pairs)]
-    return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
 def cpu_milliseconds(model: nn.Module, size: int = 256, repeats: int = 5) -> float:
@@ -72,7 +64,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
     # Models with pooled statistics (FDIWN) see the whole image, as published numbers are measured: a tile changes them.
     tile = None if getattr(model, "global_context", False) else 256
     for name, pairs in datasets.items():
-        row[name] = score([upscale(lr, fast, tile=tile) for _, lr in pairs], pairs, scale)
+        row[name] = mean_scores([upscale(lr, fast, tile=tile) for _, lr in pairs], [hr for hr, _ in pairs], scale)
     if timing:
         row["cpu_ms_256"] = cpu_milliseconds(fast)
     return row
@@ -81,7 +73,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
 def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
     row = {"model": "bicubic", "source": "imresize", "params": 0}
     for name, pairs in datasets.items():
-        row[name] = score([imresize(lr, scale=scale) for _, lr in pairs], pairs, scale)
+        row[name] = mean_scores([imresize(lr, scale=scale) for _, lr in pairs], [hr for hr, _ in pairs], scale)
     return row
 
 

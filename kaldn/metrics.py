@@ -14,11 +14,12 @@ PSNR by about 0.01 dB.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
-__all__ = ["rgb_to_y", "psnr_y", "psnr_of_y", "ssim_y", "evaluate_pair"]
+__all__ = ["rgb_to_y", "psnr_y", "psnr_of_y", "ssim_y", "evaluate_pair", "mean_scores"]
 
 
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -116,3 +117,9 @@ def evaluate_pair(output: np.ndarray, reference: np.ndarray, scale: int) -> dict
         "psnr": psnr_y(output, reference, border=scale),
         "ssim": ssim_y(output, reference, border=scale),
     }
+
+
+def mean_scores(outputs: Sequence[np.ndarray], references: Sequence[np.ndarray], scale: int) -> dict[str, float]:
+    """A dataset's score: the mean of :func:`evaluate_pair` over its images, ``{'psnr': ..., 'ssim': ...}``."""
+    scores = [evaluate_pair(out, ref, scale) for out, ref in zip(outputs, references, strict=True)]
+    return {key: float(np.mean([s[key] for s in scores])) for key in ("psnr", "ssim")}

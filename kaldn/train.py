@@ -51,7 +51,7 @@ from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
 from .gates import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
-from .metrics import psnr_y, ssim_y
+from .metrics import mean_scores
 from .models import create_model, options_taken
 
 log = logging.getLogger("kaldn.train")
@@ -147,16 +147,14 @@ def validate(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], scale
     """Y-channel PSNR/SSIM (border = scale) and L1 loss on whole validation images."""
     was_training = model.training
     model.eval()
-    psnrs, ssims, losses = [], [], []
+    outputs, losses = [], []
     for hr, lr in pairs:
         out = model(image_to_tensor(lr).to(device).contiguous(memory_format=torch.channels_last)).float().cpu()
-        target = image_to_tensor(hr)
-        losses.append(float(F.l1_loss(out, target)))
-        sr = tensor_to_image(out)
-        psnrs.append(psnr_y(sr, hr, scale))
-        ssims.append(ssim_y(sr, hr, scale))
+        losses.append(float(F.l1_loss(out, image_to_tensor(hr))))
+        outputs.append(tensor_to_image(out))
     model.train(was_training)
-    return {"val_psnr": float(np.mean(psnrs)), "val_ssim": float(np.mean(ssims)), "val_loss": float(np.mean(losses))}
+    scores = mean_scores(outputs, [hr for hr, _ in pairs], scale)
+    return {"val_psnr": scores["psnr"], "val_ssim": scores["ssim"], "val_loss": float(np.mean(losses))}
 
 
 def _optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
