@@ -1,10 +1,12 @@
 """The conv variants: pooling, parameter counts, fusion, Table IV."""
 
+import functools
+
 import pytest
 import torch
 
 from kaldn.layers import (DSConv, FixedScaleDSConv, KDSConv, LinearDSConv, StandardConv, fuse,
-                          kernel_descriptor, kernel_determinant, pool_kernels)
+                          kernel_descriptor, kernel_determinant, make_conv, pool_kernels)
 from kaldn.archs.rdn import ResidualDenseBlock
 from kaldn.models import create_model
 
@@ -121,7 +123,8 @@ def _weights_without_biases(module):
     ("kdsconv-det", 257_280), # ALD-RDB: r = 32, bias-free gate
 ])
 def test_paper_table_iv_parameter_counts(conv, expected):
-    block = ResidualDenseBlock(conv, num_features=64, growth=64, num_layers=8, reduction=32)
+    block = ResidualDenseBlock(functools.partial(make_conv, conv, reduction=32), num_features=64, growth=64,
+                               num_layers=8)
     assert _weights_without_biases(block) == expected
 
 

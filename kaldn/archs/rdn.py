@@ -1,8 +1,9 @@
 """RDN (Zhang et al., CVPR 2018) with the convolution inside each residual dense block as a parameter.
 
 Paper 001 builds RDN, DW-RDN and ALD-RDN by replacing the 3x3 convs inside each
-RDB and nothing else; ``conv`` here is that replacement (a conv variant registered in
-``kaldn/layers.py``). Everything outside the RDBs stays a standard conv.
+RDB and nothing else; ``conv`` here is that replacement: a factory of the dense layer's convolution
+(:data:`ConvFactory`; :func:`build_rdn` makes it from a conv variant registered in ``kaldn/layers.py``).
+Everything outside the RDBs stays a standard conv.
 
 Registered as the family ``rdn``: models ``{backbone}-{conv}-x{scale}`` over the presets in
 ``BACKBONES`` and every registered conv variant.
@@ -10,7 +11,8 @@ Registered as the family ``rdn``: models ``{backbone}-{conv}-x{scale}`` over the
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -21,14 +23,16 @@ from ..registry import register_architecture, require_scale
 from .parts import subpixel_upsampler
 
 
+# The convolution of a dense layer: (channels in, channels out) -> a layer. Paper 001's variants differ here only.
+ConvFactory = Callable[[int, int], nn.Module]
+
+
 class ResidualDenseBlock(nn.Module):
     """C densely connected layers, 1x1 local feature fusion, local residual."""
 
-    def __init__(self, conv: str, num_features: int, growth: int, num_layers: int, **conv_options) -> None:
+    def __init__(self, conv: ConvFactory, num_features: int, growth: int, num_layers: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            make_conv(conv, num_features + c * growth, growth, **conv_options) for c in range(num_layers)
-        )
+        self.layers = nn.ModuleList(conv(num_features + c * growth, growth) for c in range(num_layers))
         self.fusion = nn.Conv2d(num_features + num_layers * growth, num_features, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,10 +53,9 @@ class RDN(nn.Module):
     skip uses torch's bicubic, not ``imresize``: it is part of the network.
     """
 
-    def __init__(self, conv: str = "ldsconv", scale: int = 4, num_features: int = 64, growth: int = 64,
+    def __init__(self, conv: ConvFactory, scale: int = 4, num_features: int = 64, growth: int = 64,
                  num_blocks: int = 16, num_layers: int = 8, upsampler: str = "rdn",
-                 bicubic_skip: bool = False, reduction: int = 32,
-                 descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM) -> None:
+                 bicubic_skip: bool = False) -> None:
         super().__init__()
         require_scale(scale)
         self.scale = scale
@@ -60,10 +63,7 @@ class RDN(nn.Module):
         g0 = num_features
         self.shallow1 = nn.Conv2d(3, g0, 3, padding=1)
         self.shallow2 = nn.Conv2d(g0, g0, 3, padding=1)
-        self.blocks = nn.ModuleList(
-            ResidualDenseBlock(conv, g0, growth, num_layers, reduction=reduction, descriptor_norm=descriptor_norm)
-            for _ in range(num_blocks)
-        )
+        self.blocks = nn.ModuleList(ResidualDenseBlock(conv, g0, growth, num_layers) for _ in range(num_blocks))
         self.global_fusion = nn.Sequential(nn.Conv2d(num_blocks * g0, g0, 1), nn.Conv2d(g0, g0, 3, padding=1))
         if upsampler == "light":
             self.upsample = nn.Sequential(nn.Conv2d(g0, 3 * scale ** 2, 3, padding=1), nn.PixelShuffle(scale))
@@ -103,10 +103,14 @@ BACKBONES: dict[str, dict] = {
 DEFAULT_BACKBONE = "tiny"  # the app's models and the shipped zoo
 
 
-def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM, **preset: Any) -> RDN:
+def build_rdn(scale: int, conv: str, descriptor_norm: str = DEFAULT_DESCRIPTOR_NORM, *, reduction: int,
+              **preset: Any) -> RDN:
+    """The RDN of a registered conv variant (``conv``: its name) with the attention options it takes; ``reduction``
+    and the rest come from a :data:`BACKBONES` preset."""
     if descriptor_norm not in DESCRIPTOR_NORMS:
         raise ValueError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
-    return RDN(conv=conv, scale=scale, descriptor_norm=descriptor_norm, **preset)
+    layer = functools.partial(make_conv, conv, reduction=reduction, descriptor_norm=descriptor_norm)
+    return RDN(conv=layer, scale=scale, **preset)
 
 
 # The long-trained small KDSConv is the app's showcase: ticked beside the tiny variants wherever it is shipped.
