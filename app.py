@@ -141,9 +141,10 @@ VIEWS = SingleFlight(limit=SETTINGS.views)  # views outside the queue: one per s
 # Lists and tables (a mode's labels, model lists, the zoo, the results plots): cheap, also outside the queue so
 # a flood of them cannot fill it; a few per session at once (a page load asks for several).
 LISTS = SingleFlight(limit=16, per_session=3)
-# Queued jobs wait in two lines: "compute" (anything that runs a model, KALDN_APP_CONCURRENCY at once) and
-# CHECKS, one at a time: input checks decode the upload but run no model (<= ~90 MiB and 0.5 s at the caps,
-# benchmarks.view_memory), so a verdict on an upload does not wait behind other users' comparisons.
+# Queued jobs wait in three lines: "compute" (comparisons, conversions, the hasty-ReLU measurement:
+# KALDN_APP_CONCURRENCY at once), "finetune" (its manager runs one job at a time) and CHECKS, one at a time: input
+# checks decode the upload but run no model (<= ~94 MiB and 0.3 s at the caps, benchmarks.view_memory), so a
+# verdict on an upload does not wait behind other users' comparisons.
 CHECKS = "checks"
 
 PAPERS = """

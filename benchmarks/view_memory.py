@@ -32,7 +32,7 @@ from kaldn.inputs import Inputs, check_inputs
 from kaldn.models import variants
 from kaldn.runs import RunStore
 
-KEYS = [v.key for v in variants()]  # the registered conv variants, as labels of made-up outputs
+KEYS = [v.key for v in variants() if v.backbone is not None]  # the registered conv variants: made-up outputs' labels
 
 
 def _status_mib(field: str) -> int:

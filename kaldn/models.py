@@ -133,7 +133,7 @@ class Variant:
     scales: tuple[int, ...]
     backbone: str | None = None         # a conv variant: the family's default backbone
     depthwise: bool = False             # has depthwise kernels to inspect
-    kernel_pool: str | None = None      # kernel attention pooled by this (det / avg / max)
+    kernel_pool: str | None = None      # attention computed from each kernel's det / avg / max
     claims: tuple[Claim, ...] = ()
 
     def model_name(self, scale: int) -> str:

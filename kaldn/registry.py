@@ -61,7 +61,7 @@ class ConvEntry:
     options: tuple[str, ...] = ()       # the options it takes (the attention's reduction, descriptor_norm)
     default: bool = True                # selected by default in the app's choices
     depthwise: bool = False             # has depthwise kernels (shown by the app's kernel view)
-    kernel_pool: str | None = None      # kernel attention pooled by det / avg / max (the claims' pooling ranking)
+    kernel_pool: str | None = None      # attention computed from each kernel's det / avg / max (pooling ranking)
     claims: tuple[Claim, ...] = ()
 
 

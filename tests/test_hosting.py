@@ -424,7 +424,8 @@ def test_views_run_outside_the_queue_one_per_session_and_bounded(served):
     unguarded = [f.api_name or f.name for f in demo.fns.values() if f.queue and f.validator is None
                  and not f.is_validator_function]
     assert unguarded == ["end_session"], unguarded  # the unload listener: Gradio runs it on a disconnect
-    # Every job that runs a model waits in one line (one heavy job at a time, per the limit); the input checks,
+    # Every job that runs a model but fine-tuning (a line of its own) waits in one line (one heavy job at a time,
+    # per the limit); the input checks,
     # which only decode the upload, in a second line of their own, one at a time, not behind the comparisons.
     lines = {f.api_name: (f.concurrency_id, f.concurrency_limit) for f in demo.fns.values()
              if f.api_name in ("compare", "check_compare", "check_upload", "add_checkpoint", "hasty_relu",

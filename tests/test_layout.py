@@ -10,10 +10,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kaldn"
 # Lowest first. A module may import from its own layer (without cycles) and the layers below it.
 LAYERS = [
     {"registry", "errors", "settings", "resize", "images", "metrics", "display", "maps",
-     "workdirs", "admission"},                                                              # foundations
+     "workdirs", "expiring", "admission"},                                                  # foundations
     {"layers", "archs", "models", "checkpoint", "hub", "inference", "data"},               # models and weights
-    {"cache", "inspection", "train", "results", "cards", "evaluate", "convert"},                      # tools over models
-    {"inputs", "choices", "comparison", "runs", "session_models", "finetune"},             # the app's logic
+    {"cache", "gates", "train", "results", "cards", "evaluate", "release", "convert"},     # tools over models
+    {"inputs", "choices", "comparison", "runs", "session_models", "finetune", "inspection"},  # the app's logic
     {"cli", "__main__", "__init__"},                                                       # entry points
 ]
 

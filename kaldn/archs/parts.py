@@ -1,4 +1,5 @@
-"""Parts several architectures share: the DIV2K mean shift of the EDSR lineage and the sub-pixel upsampler."""
+"""Parts several architectures share: the DIV2K mean shift of the EDSR lineage, the sub-pixel upsampler and its
+x4-as-two-x2 steps."""
 
 from __future__ import annotations
 
