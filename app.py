@@ -51,8 +51,8 @@ from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager, FineTuneSettings, base_choices,
                             default_base)
-from kaldn.hub import available_models
 from kaldn.gates import NEAR_CONSTANT_STD
+from kaldn.hub import available_models
 from kaldn.images import ImageError
 from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
@@ -182,7 +182,8 @@ HOW_BLOCKS = """
   with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
   same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = {reductions}:
   for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny model's first
-  layer, C = {first_channels}, has {first_hidden} hidden units). Each `a_c` depends on every kernel's `z` (the gate's first layer mixes them), not on `z_c` alone.
+  layer, C = {first_channels}, has {first_hidden} hidden units). Each `a_c` depends on every kernel's `z` (the
+  gate's first layer mixes them), not on `z_c` alone.
 * **After training a KDSConv *is* a linear DSConv.** `a` depends only on the weights, never on the image, so
   `(1 + a) W` is baked into the kernels (see "Params (fused)" in the Compare table): it cannot compute anything a
   linear DSConv cannot. Whatever it gains comes from *how it trains*: the kernel it applies starts about 1.5x
@@ -193,6 +194,7 @@ HOW_BLOCKS = """
   constant per channel instead, which the kernels absorb just the same). This implementation standardises
   `z` across a layer's channels first (the *descriptor* below).
 """
+
 
 def how_blocks() -> str:
     """HOW_BLOCKS with its numbers from the registry's models."""
@@ -225,8 +227,8 @@ layer); the model applies `(1 + a_c) W_c`. Under it: the channel and its scale `
 larger `a_c` (white frame: 1 + a = 1, black: 2). The table lists each kernel's det / avg / max pooled value, the
 normalised descriptor `z` the gate sees (for the layer's own pooling) and `a`. The gate report summarises every
 KDSConv layer: how widely `a` spreads across channels (`a std`: about 0.05 for an untrained gate, about 0.3 for
-the shipped trained ones; under {near_constant} the gate is **near-constant**, about one scale for every kernel; exactly 0 is a
-**dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
+the shipped trained ones; under {near_constant} the gate is **near-constant**, about one scale for every kernel;
+exactly 0 is a **dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
 more attention (+1), less (-1) or neither (near 0); `median |pooled|` is the layer's typical raw det / avg / max
 before normalisation (a det near 0.01 is why raw determinants starve the gate). The tiles' frames are thin: read
 `1 + a` under each tile.
@@ -243,8 +245,9 @@ HOW_RELU = """
 DSConv applies a ReLU right after the depthwise convolution. Everything negative there is set to zero *before* the
 pointwise convolution could combine it with other channels (paper 001, section II.A). Below: on the current LR input
 (from the Compare tab, or the first example), the share of depthwise outputs that DSConv's ReLU zeroes, and, for the
-linear DSConv model, the negative share it keeps. Energy is the share of the sum of squares. What to look for: how far apart the two maps' shares are, and
-whether the negative share is higher on edges and texture than on flat areas.
+linear DSConv model, the negative share it keeps. Energy is the share of the sum of squares. What to look for: how
+far apart the two maps' shares are, and whether the negative share is higher on edges and texture than on flat
+areas.
 Read it with care: DSConv was *trained* with that ReLU, so its weights have adapted to it (what it zeroes is not
 necessarily information it needed), and the two models are trained separately, so their maps differ for more reasons
 than the ReLU. Whether removing it helps is a question for PSNR: see below and the Results tab.
@@ -1029,8 +1032,6 @@ def hasty_relu(run_id: str | None, mode: str, image: Any, ground_truth: Any, sca
     outcome = hasty_outcome(run.comparison) if run is not None and run.comparison.inputs.lr is lr else ""
     return (report.summary + outcome, report.maps, table(HASTY_HEADERS, report.rows),
             table(HASTY_LAYER_HEADERS, report.per_layer))
-
-
 
 
 def how_evidence(scale: int = 4, dataset: str = "set5") -> str:

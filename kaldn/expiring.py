@@ -32,15 +32,6 @@ class ExpiringKeys:
             self._prune()
             return self._noted.get(key)
 
-    def forget(self, key: Hashable) -> None:
-        with self._lock:
-            self._noted.pop(key, None)
-
-    def __len__(self) -> int:
-        with self._lock:
-            self._prune()
-            return len(self._noted)
-
     def _prune(self) -> None:
         now = time.monotonic()
         while self._noted:

@@ -38,8 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["GATE_HEADERS", "HASTY_HEADERS", "HASTY_LAYER_HEADERS", "HASTY_PAIR", "KERNEL_HEADERS", "Z_A_HEADERS",
            "HastyReluReport", "KernelView", "depthwise_savings", "depthwise_stats", "gate_note", "gate_rows",
-           "gate_sizes", "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows", "kernel_table",
-           "kernel_view", "render_kernel_grid"]
+           "gate_sizes", "hasty_outcome", "hasty_relu_report", "inspection_choices", "kernel_layers", "kernel_rows",
+           "kernel_table", "kernel_view", "render_kernel_grid"]
 
 
 # --- what depthwise separation saves ----------------------------------------------------------------------
@@ -69,6 +69,7 @@ def gate_sizes(backbone: str = "tiny") -> dict:
 # --- the hasty ReLU --------------------------------------------------------------------------------------
 
 HASTY_PAIR = ("dsconv", "ldsconv")  # the variants with and without the ReLU after the depthwise conv
+
 
 def _effective_kernel(module: DSConv) -> torch.Tensor:
     """The depthwise kernel a layer really applies (KDSConv: (1 + a) W; the control: 1.5 W)."""

@@ -21,9 +21,9 @@ from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
 from .errors import UserError, quoted
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model", "options_taken",
-           "is_featured", "model_label", "model_names", "multiply_adds", "on_other_backbone", "parse_model_name", "scales",
-           "variant", "variant_of", "variants"]
+__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
+           "is_featured", "model_label", "model_names", "multiply_adds", "on_other_backbone", "options_taken",
+           "parse_model_name", "scales", "variant", "variant_of", "variants"]
 
 
 @dataclass(frozen=True)

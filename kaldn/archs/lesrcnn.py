@@ -29,6 +29,7 @@ from torch import nn
 from ..registry import Published, register_architecture, require_scale
 from .parts import mean_shift, subpixel_upsampler
 
+
 class IEEBPair(nn.Module):
     """One enhancement step: h -> ReLU(h + conv1x1(ReLU(conv3x3(h))))."""
 
