@@ -3,6 +3,7 @@ optionally the protocol PSNR of the best checkpoint so far.
 
     python -m benchmarks.progress                 # every resumable run under runs/zoo and training/in-progress
     python -m benchmarks.progress runs/zoo/x4/small-kdsconv-det-x4-s0 --datasets set5
+    python -m benchmarks.progress runs/zoo/x4/small-kdsconv-det-x4-s0 --ema-vs-raw
 
 A run is a ``kaldn.train`` output folder with a resumable state. Speed is the median of the
 last 50 logged it/s values, so it is the speed under whatever load the machine had then;
@@ -11,6 +12,10 @@ iterations between the last two validations: the learning rate still halves at 5
 of a run, which usually adds more, so read it as a trend, not a forecast. Loss spikes (a logged
 training loss over 3x the median of the 100 before it) are listed: a spike can set the weights
 back for a thousand iterations or more, which the validation curve then shows as a dip.
+
+``--ema-vs-raw`` answers whether a run's weight average pays: a state trained with ``--ema`` holds
+both the raw weights and their average at the same iteration, and both are validated on the run's
+own validation set (what training would log for each).
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from kaldn.checkpoint import CONFIG_NAME, read_config
-from kaldn.data import DATASETS, dataset_folder, load_pairs
+from kaldn.checkpoint import CONFIG_NAME, load_checkpoint, read_config
+from kaldn.data import DATASETS, dataset_folder, list_images, load_pairs, split_holdout
 from kaldn.evaluate import evaluate_model
 from kaldn.results import LOG_NAME, format_metrics, log_events, validation_events
-from kaldn.train import STATE_NAME
+from kaldn.train import STATE_NAME, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
 SPEED_WINDOW = 50
@@ -90,6 +95,28 @@ def _state_iteration(path: Path) -> int | None:
         return None
 
 
+def ema_vs_raw(folder: str | Path) -> dict | None:
+    """Validation PSNR of the state's raw weights and of their EMA, at the state's iteration; None for a run
+    without ``--ema``. The validation set is rebuilt from the run's recorded settings, as training built it."""
+    folder = Path(folder)
+    with safe_open(str(folder / STATE_NAME), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+        tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(("model.", "ema.module."))}
+    if not any(k.startswith("ema.") for k in tensors):
+        return None
+    training = read_config(folder / "best" / CONFIG_NAME)["training"]
+    settings = meta["config"]
+    held = (list_images(settings["val"]) if settings["val"]
+            else split_holdout(list_images(training["data"]), settings["val_holdout"])[1])
+    model = load_checkpoint(folder / "best")
+    pairs = load_pairs(held, model.config["scale"], 4, "validation")
+    scores = {}
+    for name, prefix in (("raw", "model."), ("ema", "ema.module.")):
+        model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        scores[name] = validate(model, pairs, model.config["scale"], torch.device("cpu"))["val_psnr"]
+    return {"iteration": meta["iteration"], "ema_decay": settings["ema"], "images": len(pairs), **scores}
+
+
 def describe(progress: dict) -> str:
     target = f" of {progress['target']:,}" if progress["target"] else ""
     finished = bool(progress["target"]) and progress["done"] >= progress["target"]
@@ -117,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 f"{' and '.join(ROOTS)})")
     parser.add_argument("--datasets", nargs="*", default=[], help=f"also evaluate each run's best checkpoint on "
                                                                   f"these ({', '.join(DATASETS)})")
+    parser.add_argument("--ema-vs-raw", action="store_true",
+                        help="validate the state's raw weights beside their EMA (runs trained with --ema)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -141,6 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             at = "unrecorded" if at is None else f"{at:,}"
             print(f"  best checkpoint (iteration {at}): "
                   + ", ".join(f"{d} {format_metrics(row[d])}" for d in datasets))
+        if args.ema_vs_raw and (folder / STATE_NAME).is_file() and (folder / "best" / CONFIG_NAME).is_file():
+            pair = ema_vs_raw(folder)
+            print("  no EMA in this run" if pair is None else
+                  f"  at iteration {pair['iteration']:,}, validation PSNR on {pair['images']} images: raw weights "
+                  f"{pair['raw']:.3f} dB, EMA {pair['ema_decay']:g} {pair['ema']:.3f} dB "
+                  f"({pair['ema'] - pair['raw']:+.3f})")
     return 0
 
 

@@ -446,3 +446,18 @@ def test_progress_lists_loss_spikes_once_per_iteration():
     text = describe({"model": "m", "run": "r", "target": 300, "done": 290, "resumes_at": 290, "it_per_s": None,
                      "hours_left": None, "validations": [], "slope_per_1000": None, "spikes": loss_spikes(steps)})
     assert "loss spikes (over 3x the running median): 200 (0.300, 14x)" in text
+
+
+def test_progress_validates_raw_weights_beside_their_ema(tmp_path):
+    from benchmarks.progress import ema_vs_raw
+    from kaldn.results import validation_events
+    options = dict(iters=4, val=str(tmp_path / "data"), val_every=4)
+    train(_quick(tmp_path, "ema", ema=0.5, **options))
+    pair = ema_vs_raw(tmp_path / "ema")
+    # The EMA is what training validated at its last iteration; the raw weights are a different model.
+    logged = validation_events(tmp_path / "ema" / "log.jsonl")[-1]
+    assert (pair["iteration"], pair["ema_decay"]) == (4, 0.5)
+    assert pair["ema"] == pytest.approx(logged["val_psnr"], abs=1e-9)
+    assert pair["raw"] != pytest.approx(pair["ema"], abs=1e-6)
+    train(_quick(tmp_path, "plain", **options))
+    assert ema_vs_raw(tmp_path / "plain") is None
