@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -89,8 +90,14 @@ def read_torch_state(path: str | Path, key: str | None = None) -> dict[str, torc
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConversionError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError,
+            MemoryError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, MemoryError) or "can't allocate memory" in first:  # torch's CPU allocator says so
+            asked = re.search(r"allocate (\d+) bytes", first)
+            size = f" ({int(asked.group(1)) / 2**20:,.0f} MiB at once)" if asked else ""
+            raise ConversionError(f"{path}: refused: it asks for more memory than a conversion may use{size}; "
+                                  "a checkpoint of a supported architecture needs a few MiB") from None
         raise ConversionError(
             f"{path}: refused: not a plain PyTorch tensor file. Only torch.load(weights_only=True) is used, "
             f"which reads tensors and plain containers and never runs code from the file ({first})") from None
@@ -227,19 +234,34 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     return out_dir
 
 
-# The child limits its own address space before it imports anything heavy (no preexec_fn: the app is threaded).
-_ISOLATED = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[1]), int(sys.argv[1]))); "
-             "from kaldn.convert import main; sys.exit(main(sys.argv[2:]))")
+def cap_address_space(extra_bytes: int) -> int:
+    """Limit this process's address space to what it maps now plus ``extra_bytes``; returns the limit.
+
+    Counted from after the imports because what torch maps at import depends on its build (the CPU
+    build ~0.7 GiB, a CUDA build several GiB) and says nothing about the file being read."""
+    import resource  # Unix only, like the isolation it serves
+    try:
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):  # no /proc: the cap counts everything
+        mapped = 0
+    limit = mapped + int(extra_bytes)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    return limit
+
+
+# The child caps itself after its imports and before it opens the file (no preexec_fn: the app is threaded).
+_ISOLATED = ("import sys; from kaldn.convert import cap_address_space, main; "
+             "cap_address_space(int(sys.argv[1])); sys.exit(main(sys.argv[2:]))")
 
 
 def convert_isolated(source: str | Path, out_dir: str | Path, arch: str | None = None, scale: int | None = None,
-                     *, memory_bytes: int = 2 << 30, timeout_s: float = 120.0, display_name: str | None = None
+                     *, memory_bytes: int = 1 << 30, timeout_s: float = 120.0, display_name: str | None = None
                      ) -> Path:
     """:func:`convert` in a child process whose memory and time are capped: for files from strangers.
 
     A file built to allocate without bound (a legacy PyTorch file may declare any storage size) or to
-    take forever then fails the child, not the caller. Error messages name ``display_name`` instead of
-    ``source``'s path.
+    take forever then fails the child, not the caller. ``memory_bytes`` is the address space the child
+    may add to what its imports mapped. Error messages name ``display_name`` instead of ``source``'s path.
     """
     source, out_dir = Path(source), Path(out_dir)
     shown = display_name or source.name
@@ -248,7 +270,7 @@ def convert_isolated(source: str | Path, out_dir: str | Path, arch: str | None =
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
-    limits = f"{memory_bytes / 2**20:.0f} MiB of memory and {timeout_s:.0f} s"
+    limits = f"{memory_bytes / 2**20:.0f} MiB of memory (beyond the converter's own) and {timeout_s:.0f} s"
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:

@@ -20,7 +20,8 @@ variable                           what                                        d
 ``KALDN_FINETUNE_MAX_TOTAL_PIXELS``  their pixels in all                       2048 x 2048
 ``KALDN_FINETUNE_MAX_BATCH_PIXELS``  batch x patch^2 (LR pixels per step)      16 x 48^2
 ``KALDN_APP_MAX_CHECKPOINT_BYTES``  largest uploaded checkpoint              24 MiB
-``KALDN_APP_CONVERT_MEMORY``       address space of one conversion process    2 GiB
+``KALDN_APP_CONVERT_MEMORY``       address space a conversion may add to      1 GiB
+                                   what its imports mapped
 ``KALDN_APP_CONVERT_SECONDS``      wall-clock seconds of one conversion       120
 ``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
 ``KALDN_APP_MIN_FREE_DISK``        uploads, jobs, views refused below this     1 GiB (0: off)
@@ -87,7 +88,7 @@ class AppSettings:
     finetune_max_total_pixels: int = 2048 * 2048
     finetune_max_batch_pixels: int = 16 * 48 * 48
     max_checkpoint_bytes: int = 24 << 20  # under Gradio's upload cap (25mb); the peers' files are 2.5-3.3 MB
-    convert_memory: int = 2 << 30         # a conversion needs ~0.7 GiB of address space (torch imported)
+    convert_memory: int = 1 << 30         # beyond the imports; a peer's file needs ~20 MiB of it
     convert_seconds: int = 120
     max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30

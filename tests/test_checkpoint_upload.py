@@ -6,13 +6,17 @@ every refusal names the file, never the server's paths.
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 from pathlib import Path
 
 import pytest
+import torch
+from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
 
 from kaldn.comparison import run_comparison
+from kaldn.convert import ConversionError, convert_isolated
 from kaldn.errors import BusyError, UserError
 from kaldn.inputs import prepare_inputs
 from kaldn.models import variant
@@ -22,7 +26,31 @@ from app_server import running_app
 from test_hosting import EXAMPLE, call, compare_data, session, upload
 
 PEERS = Path(__file__).resolve().parents[1] / ".." / "shared" / "peers"
-LIMITS = {"max_bytes": 32 << 20, "memory_bytes": 2 << 30, "timeout_s": 120}
+LIMITS = {"max_bytes": 32 << 20, "memory_bytes": 1 << 30, "timeout_s": 120}
+
+
+def legacy_file_declaring(path: Path, nbytes: int) -> Path:
+    """A 400-byte legacy-format PyTorch file (the released peers' format) whose one storage declares ``nbytes``:
+    torch.load(weights_only=True) allocates what it declares before it reads a byte of it."""
+    storage, numel = object(), nbytes // 4
+
+    class Tensor:
+        def __reduce__(self):
+            return torch._utils._rebuild_tensor_v2, (storage, 0, (numel,), (1,), False, collections.OrderedDict())
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel, None) if obj is storage else None
+
+    with open(path, "wb") as f:
+        for header in (MAGIC_NUMBER, PROTOCOL_VERSION,
+                       {"protocol_version": PROTOCOL_VERSION, "little_endian": True,
+                        "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(header, f, protocol=2)
+        Pickler(f, protocol=2).dump({"conv.weight": Tensor()})
+        pickle.dump(["0"], f, protocol=2)
+        f.write(numel.to_bytes(8, "little") + bytes(64))  # the size header counts elements
+    return path
 
 
 def kaldn_file(throwaway: Path) -> Path:
@@ -63,7 +91,9 @@ def test_refusals_name_the_file_and_never_the_server(throwaway, tmp_path):
         (source, "x.safetensors", "lesrcnn", float("inf"), {}, "scale must be one of 2, 3, 4"),
         (evil, "evil.pt", "lesrcnn", 4, {}, "never runs code"),
         (source, "mine.safetensors", "lesrcnn", 4, {}, "metadata says tiny-ldsconv-x4, not lesrcnn-x4"),
-        (source, "mine.safetensors", "auto", 4, {"memory_bytes": 64 << 20}, "within 64 MiB of memory"),
+        (legacy_file_declaring(tmp_path / "bomb.pt", 4 << 30), "bomb.pt", "lesrcnn", 4, {},
+         r"asks for more memory than a conversion may use \(4,096 MiB at once\)"),
+        (source, "mine.safetensors", "auto", 4, {"timeout_s": 0.01}, "could not be converted within"),
     ]
     for path, name, arch, scale, limits, expected in cases:
         with pytest.raises(UserError, match=expected) as err:
@@ -75,6 +105,17 @@ def test_refusals_name_the_file_and_never_the_server(throwaway, tmp_path):
     assert registry.items() == [] and not any((tmp_path / "uploads").iterdir())  # nothing left behind
     with pytest.raises(UserError, match="needs a session"):
         import_checkpoint(source, "mine.safetensors", "auto", 4, registry, None, root=tmp_path, **LIMITS)
+
+
+def test_the_memory_cap_counts_from_after_the_imports(throwaway, tmp_path):
+    # torch's import alone maps far more than 64 MiB (several GiB with a CUDA build): the cap must leave it out,
+    # and still stop a file that asks for more than the cap.
+    assert convert_isolated(kaldn_file(throwaway), tmp_path / "ok", memory_bytes=64 << 20).is_dir()
+    bomb = legacy_file_declaring(tmp_path / "bomb.pt", 1 << 30)
+    with pytest.raises(ConversionError, match="more memory than a conversion may use"):
+        convert_isolated(bomb, tmp_path / "capped", "lesrcnn", 4, memory_bytes=512 << 20)
+    with pytest.raises(ConversionError, match="unexpected EOF"):  # uncapped, the same file gets past allocation
+        convert_isolated(bomb, tmp_path / "uncapped", "lesrcnn", 4, memory_bytes=8 << 30)
 
 
 def test_a_published_lesrcnn_file_compares_and_beats_bicubic(tmp_path):
