@@ -161,6 +161,9 @@ Compare three building blocks of the same tiny RDN backbone, nothing else change
 **DSConv** (depthwise → ReLU → pointwise → ReLU), **linear DSConv** (the "hasty" ReLU after the depthwise conv
 removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by an attention computed from
 each kernel's determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
+**KDSConv (det), small** is the same block in a larger RDN trained 5x longer: the best model here, ticked by default;
+the seed papers' peers (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny zoo's budget, can
+be added.
 PSNR (dB) and SSIM, higher is better, as in the literature: Y channel, `scale` border pixels cropped, computed on
 the server's arrays.
 """
@@ -278,7 +281,10 @@ The budget is far below the papers' DIV2K training: compare the rows with each o
 trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with bf16 autocast and 72 of
 the 80 images (8 held out to choose the checkpoint, where the first tiny zoo chose on BSD68). KDSConv (det) was
 trained again under exactly that recipe (the row validated on held-out images; its weights are not shipped), and
-the Results tab compares the peers with that row only.
+the Results tab compares the peers with that row only. **Small** (the `small-…` rows, when listed) puts the same
+blocks in a larger RDN (G0 = 48, G = 32, 6 blocks of 5 layers) trained 5x longer (30,000 iterations, LR patch 48,
+an average of the weights) under the held-out recipe: what a block reaches with more capacity and time, compared
+only with other `small` rows.
 
 **Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
 with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs

@@ -69,7 +69,10 @@ def model_card(config: dict[str, Any]) -> ModelCard:
              f"(`python -m benchmarks.train_zoo`), loaded with `kaldn.hub.load_model(\"{name}\")`.", ""]
     budget = config.get("training")
     if budget and "iterations_done" in budget:
-        lines += [f"Training budget: {budget['iterations_done']} iterations, batch {budget['batch']}, "
+        planned = budget.get("iterations") or budget["iterations_done"]
+        chosen = (f" (this checkpoint from iteration {budget['iterations_done']}, chosen on validation)"
+                  if budget["iterations_done"] < planned else "")
+        lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",
                   f"Adam lr {budget['lr']} halved at {budget['lr_halve_at']} of the run, L1, seed {budget['seed']},",
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "

@@ -67,8 +67,12 @@ def format_budget(training: dict | None, with_seed: bool = False) -> str:
     if not training or "iterations_done" not in training:
         return "-"
     seed = f"seed {training['seed']}, " if with_seed else ""
-    return (f"{training['iterations_done']} it, batch {training['batch']}, patch {training['patch']}, "
-            f"{seed}{training['wall_time_s'] / 60:.0f} min on {training['device']}{_validation(training)}")
+    done, planned = training["iterations_done"], training.get("iterations") or training["iterations_done"]
+    # A run's budget is what it trained for; validation may have chosen an earlier checkpoint of it.
+    chosen = f" (checkpoint from {done}, {training['wall_time_s'] / 60:.0f} min in)" if done < planned else ""
+    minutes = "" if chosen else f"{training['wall_time_s'] / 60:.0f} min "
+    return (f"{planned} it{chosen}, batch {training['batch']}, patch {training['patch']}, "
+            f"{seed}{minutes}on {training['device']}{_validation(training)}")
 
 
 def validation_set(training: dict | None) -> str:

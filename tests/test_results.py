@@ -32,6 +32,10 @@ def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
     assert format_budget({**budget, "val": "../shared/data/val/bsd68"}).endswith("; validated on bsd68")
     held_out = {**budget, "val": "data: every 10th image held out (8 images)", "val_images": 8}
     assert format_budget(held_out).endswith("; validated on 8 held-out training images")
+    # A long run whose validation chose an earlier checkpoint: its budget is the run's, and says where it chose.
+    early = {**budget, "iterations": 30000, "iterations_done": 12000}
+    assert format_budget(early).startswith("30000 it (checkpoint from 12000, 10 min in), batch 16, patch 32, on cpu")
+    assert format_budget({**budget, "iterations": 4000}) == row["Training budget"]
     assert row["Weights"] == "bundled"
     assert [r[0] for r in zoo_table(tmp_path, scale=4, results_dir=no_results)[1]] == ["tiny-ldsconv-x4"]
     assert zoo_table(tmp_path, scale="all", results_dir=no_results) == (headers, rows)
