@@ -56,6 +56,14 @@ def bundled_x4() -> list[str]:
                   and (bundled_dir() / n / "config.json").is_file())
 
 
+def featured_x4() -> list[str]:
+    """The family's featured models (another backbone, ticked by default) shipped at x4: the `small` showcase."""
+    from kaldn.hub import bundled_dir
+    from kaldn.registry import architectures
+    names = [f"{name}-x4" for arch in architectures() for name in arch.featured]
+    return sorted(n for n in names if (bundled_dir() / n / "model.safetensors").is_file())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,7 +22,7 @@ import pytest
 
 from kaldn.models import variant
 
-from app_server import DEFAULT_VARIANTS, running_app
+from app_server import DEFAULT_VARIANTS, featured_x4, running_app
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +86,7 @@ def test_compare_tab(served, page):
     assert psnrs, table
     expected_rows = 1 + len([v for v in DEFAULT_VARIANTS if not served["real"]
                              or variant(v).model_name(4) in served["real"]])
+    expected_rows += len(featured_x4()) if served["real"] else 0  # the small showcase, ticked beside them
     assert crops == expected_rows + 2  # + LR input and ground truth
     assert "Best PSNR" in _text(page, "#kaldn-status")
     files = _text(page, "#kaldn-files")
