@@ -30,10 +30,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from kaldn.checkpoint import CONFIG_NAME, load_checkpoint, read_config
-from kaldn.data import DATASETS, dataset_folder, list_images, load_pairs, split_holdout
+from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
 from kaldn.results import LOG_NAME, format_metrics, log_events, validation_events
-from kaldn.train import STATE_NAME, validate
+from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
 SPEED_WINDOW = 50
@@ -106,10 +106,9 @@ def ema_vs_raw(folder: str | Path) -> dict | None:
         return None
     training = read_config(folder / "best" / CONFIG_NAME)["training"]
     settings = meta["config"]
-    held = (list_images(settings["val"]) if settings["val"]
-            else split_holdout(list_images(training["data"]), settings["val_holdout"])[1])
     model = load_checkpoint(folder / "best")
-    pairs = load_pairs(held, model.config["scale"], 4, "validation")
+    _, held = data_sources(training["data"], settings["val"], settings["val_holdout"])
+    pairs = load_validation(held, model.config["scale"])
     scores = {}
     for name, prefix in (("raw", "model."), ("ema", "ema.module.")):
         model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})

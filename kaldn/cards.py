@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import CONFIG_NAME
 from .models import parse_model_name
 from .registry import architecture
-from .results import format_metrics, validation_set
+from .results import format_metrics, run_iterations, validation_set
 
 CARD_NAME = "README.md"
 TAGS = ["super-resolution", "depthwise-convolution", "kdsconv", "kaldn", "safetensors"]
@@ -53,10 +53,15 @@ def _describe(config: dict[str, Any]) -> str:
             "project (the authors' weights are not used: these were trained from scratch).")
 
 
-def _precision(precision: str | None) -> str:
-    if not precision:
+def _precision(budget: dict) -> str:
+    def named(precision: str | None) -> str:
+        return {None: "unrecorded precision", "fp32": "fp32"}.get(precision, f"{precision} autocast")
+    if budget.get("precisions"):  # resumed on a machine with another precision
+        parts = [f"{named(p)} from iteration {start:,}" if start else named(p) for start, p in budget["precisions"]]
+        return ", " + ", then ".join(parts)
+    if not budget.get("precision"):
         return ""  # runs from before the option: fp32, but not recorded
-    return ", fp32" if precision == "fp32" else f", {precision} autocast"
+    return ", " + named(budget["precision"])
 
 
 def model_card(config: dict[str, Any]) -> ModelCard:
@@ -69,16 +74,15 @@ def model_card(config: dict[str, Any]) -> ModelCard:
              f"(`python -m benchmarks.train_zoo`), loaded with `kaldn.hub.load_model(\"{name}\")`.", ""]
     budget = config.get("training")
     if budget and "iterations_done" in budget:
-        planned = budget.get("iterations") or budget["iterations_done"]
-        chosen = (f" (this checkpoint from iteration {budget['iterations_done']}, chosen on validation)"
-                  if budget["iterations_done"] < planned else "")
+        planned, done = run_iterations(budget)
+        chosen = f" (this checkpoint from iteration {done}, chosen on validation)" if done < planned else ""
         lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",
                   f"Adam lr {budget['lr']} halved at {budget['lr_halve_at']} of the run, L1, seed {budget['seed']},",
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
                   f"{budget['device']}",
                   f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
-                  f"{_precision(budget.get('precision'))})"
+                  f"{_precision(budget)})"
                   + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
                   "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
                   "numbers.", ""]

@@ -26,7 +26,7 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
-           "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "training_curves",
+           "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_events", "validation_set", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
@@ -62,13 +62,19 @@ def format_metrics(cell: dict | None) -> str:
     return f"{cell['psnr']:.2f} / {cell['ssim']:.4f}" if cell else "-"
 
 
+def run_iterations(training: dict) -> tuple[int, int]:
+    """(iterations the run trained for, the iteration of this checkpoint): a run's budget is what it trained
+    for, and validation may have chosen an earlier checkpoint of it."""
+    done = training["iterations_done"]
+    return training.get("iterations") or done, done
+
+
 def format_budget(training: dict | None, with_seed: bool = False) -> str:
     """A checkpoint's training budget in one line (its ``config.json`` "training" entry)."""
     if not training or "iterations_done" not in training:
         return "-"
     seed = f"seed {training['seed']}, " if with_seed else ""
-    done, planned = training["iterations_done"], training.get("iterations") or training["iterations_done"]
-    # A run's budget is what it trained for; validation may have chosen an earlier checkpoint of it.
+    planned, done = run_iterations(training)
     chosen = f" (checkpoint from {done}, {training['wall_time_s'] / 60:.0f} min in)" if done < planned else ""
     minutes = "" if chosen else f"{training['wall_time_s'] / 60:.0f} min "
     return (f"{planned} it{chosen}, batch {training['batch']}, patch {training['patch']}, "
@@ -134,12 +140,13 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
 
 
 def _budget(row: dict) -> tuple:
-    """What makes two rows' training comparable: iterations, batch, LR patch, schedule, precision and the
-    validation set (which also fixes the training images: held-out images are not trained on). Not the seed."""
+    """What makes two rows' training comparable: iterations, batch, LR patch, schedule and the validation set
+    (which also fixes the training images: held-out images are not trained on). Not the seed, nor the
+    precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
+    run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
     t = row.get("training") or {}
     return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
-                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (
-        validation_set(t), t.get("precision") or "fp32")  # runs from before --precision trained in fp32
+                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (validation_set(t),)
 
 
 def claims(rows: list[dict], dataset_names: list[str]) -> str:

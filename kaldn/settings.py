@@ -88,7 +88,7 @@ class AppSettings:
     finetune_max_total_pixels: int = 2048 * 2048
     finetune_max_batch_pixels: int = 16 * 48 * 48
     max_checkpoint_bytes: int = 24 << 20  # under Gradio's upload cap (25mb); the peers' files are 2.5-3.3 MB
-    convert_memory: int = 1 << 30         # beyond the imports; a peer's file needs ~20 MiB of it
+    convert_memory: int = 1 << 30         # beyond the imports; a peer's file converts within 64 MiB of it
     convert_seconds: int = 120
     max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30

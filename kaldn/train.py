@@ -141,6 +141,22 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * 0.5 ** halvings
 
 
+ImageSource = str | Path | list[Path]  # a folder, or the files of a held-out split
+
+
+def data_sources(data: str | Path, val: str | Path | None, val_holdout: int) -> tuple[ImageSource, ImageSource]:
+    """(training, validation) images: the folder ``val`` when given, else every ``val_holdout``-th image of
+    ``data`` held out (a run's recorded settings rebuild the same split)."""
+    if val:
+        return data, val
+    return split_holdout(list_images(data), val_holdout)
+
+
+def load_validation(source: ImageSource, scale: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Whole validation images as (HR, LR) pairs; an image needs only a few LR pixels a side, not a patch."""
+    return load_pairs(source, scale, 4, "validation")
+
+
 @torch.inference_mode()
 def validate(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]], scale: int,
              device: torch.device) -> dict:
@@ -345,14 +361,11 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     torch.manual_seed(config.seed)
     model = _build_model(config)
     scale = model.config["scale"]
-    if config.val:
-        train_source, val_source = config.data, config.val
-        val_description = str(config.val)
-    else:
-        train_source, val_source = split_holdout(list_images(config.data), config.val_holdout)
-        val_description = f"{config.data}: every {config.val_holdout}th image held out ({len(val_source)} images)"
+    train_source, val_source = data_sources(config.data, config.val, config.val_holdout)
+    val_description = (str(config.val) if config.val else
+                       f"{config.data}: every {config.val_holdout}th image held out ({len(val_source)} images)")
     train_pairs = load_pairs(train_source, scale, config.patch, "training")
-    val_pairs = load_pairs(val_source, scale, 4, "validation") if val_source else []
+    val_pairs = load_validation(val_source, scale) if val_source else []
     if config.val_limit:
         val_pairs = val_pairs[:config.val_limit]
 
@@ -370,10 +383,11 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     shipped = ema.module if ema is not None else model  # what is validated and saved
 
-    start, best_psnr, history, wall_before = 0, None, [], 0.0
+    start, best_psnr, history, wall_before, precisions = 0, None, [], 0.0, []
     if config.resume:
         meta = load_train_state(out, model, optimizer, sampler, ema)
         start, best_psnr, wall_before = meta["iteration"], meta.get("best_psnr"), meta.get("wall_time_s", 0.0)
+        precisions = meta.get("precisions") or [[0, None]]  # states from before the record: not known
         saved_key, key = meta.get("config"), _resume_key(config)
         if saved_key is not None and saved_key != key:
             differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {v!r}" for k, v in key.items() if saved_key.get(k) != v)
@@ -384,6 +398,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     elif rank == 0:
         (out / "log.jsonl").unlink(missing_ok=True)
 
+    if not precisions or precisions[-1][1] != precision:
+        precisions.append([start, precision])  # a run resumed on another machine may change precision
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -393,7 +409,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         "lr_halve_at": list(config.lr_halve_at), "seed": config.seed, "loss": "l1",
         "data": str(config.data), "train_images": len(train_pairs), "val": val_description,
         "val_images": len(val_pairs), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "world_size": world, "threads": torch.get_num_threads(), "precision": precision,
+        "world_size": world, "threads": torch.get_num_threads(),
+        **({"precision": precision} if len(precisions) == 1 else {"precision": "mixed", "precisions": precisions}),
         "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
     }
 
@@ -449,7 +466,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
-                                                                    "config": _resume_key(config)}, ema)
+                                                                    "config": _resume_key(config),
+                                                                    "precisions": precisions}, ema)
         if distributed:
             dist.barrier()
         if cancelled or out_of_time:

@@ -61,7 +61,8 @@ def featured_x4() -> list[str]:
     from kaldn.hub import bundled_dir
     from kaldn.registry import architectures
     names = [f"{name}-x4" for arch in architectures() for name in arch.featured]
-    return sorted(n for n in names if (bundled_dir() / n / "model.safetensors").is_file())
+    return sorted(n for n in names if (bundled_dir() / n / "model.safetensors").is_file()
+                  and (bundled_dir() / n / "config.json").is_file())
 
 
 def free_port() -> int:

@@ -122,6 +122,10 @@ def test_claims_compare_only_rows_trained_under_the_same_budget():
     assert "KDSConv (det) beats LESRCNN at equal training budget [6000 it, batch 16, patch 32]: no (-0.100 dB" in text
     assert "KDSConv (det) beats linear DSConv [6000 it, batch 16, patch 32]: yes (+0.100 dB" in text
     assert "-0.800 dB" not in text  # the longer-trained small model is compared with nothing of another budget
+    # ... but a run that continued in fp32 on another machine is still of the same budget (bf16 ~ fp32).
+    rows[-1]["training"].update(precision="mixed", precisions=[[0, "bf16"], [800, "fp32"]])
+    rows[0]["training"]["precision"] = "bf16"
+    assert "KDSConv (det) beats linear DSConv [6000 it, batch 16, patch 32]: yes (+0.100 dB" in claims(rows, ["set5"])
 
 
 def test_a_rerun_on_held_out_images_sits_beside_the_first_run_and_is_compared_only_with_its_kind():

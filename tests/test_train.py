@@ -360,6 +360,22 @@ def test_bf16_autocast_and_ema_train_and_resume_exactly(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_a_run_resumed_in_another_precision_records_where_it_changed(tmp_path):
+    # A run moved to a CPU without native bf16 continues in fp32; its budget must not claim bf16 throughout.
+    import threading
+    stop = threading.Event()
+    train(_quick(tmp_path, "run", iters=4, precision="bf16"), progress=lambda e: e["iteration"] == 2 and stop.set(),
+          stop=stop)
+    paused = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"]
+    assert paused["precision"] == "bf16" and "precisions" not in paused
+    train(_quick(tmp_path, "run", iters=4, precision="fp32", resume=True))
+    budget = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"]
+    assert budget["precision"] == "mixed" and budget["precisions"] == [[0, "bf16"], [2, "fp32"]]
+    from kaldn.cards import model_card
+    card = str(model_card({"model": "tiny-ldsconv-x2", "scale": 2, "training": budget}))
+    assert "bf16 autocast, then fp32 from iteration 2)" in card
+
+
 def test_ema_run_cannot_resume_without_ema(tmp_path):
     train(_quick(tmp_path, "run", iters=4, ema=0.9))
     with pytest.raises(TrainStateError, match="ema"):
