@@ -14,13 +14,12 @@ from typing import Any, Sequence
 
 from .errors import UserError, quoted
 from .hub import available_models
-from .models import is_featured, model_label, on_other_backbone, parse_model_name, variant_of, variants
+from .models import BICUBIC, is_featured, model_label, on_other_backbone, parse_model_name, variant_of, variants
 from .session_models import SessionModels, is_session_key
 
 __all__ = ["BICUBIC", "BICUBIC_LABEL", "ResolvedVariant", "default_variants", "other_backbone_models",
            "requested_keys", "resolve_variant", "runnable_selection", "variant_choices", "variant_label"]
 
-BICUBIC = "bicubic"
 BICUBIC_LABEL = "Bicubic"
 
 # --- variants: what the user can choose, resolved at a scale ----------------------------------------------

@@ -28,7 +28,7 @@ from .data import DATASETS, dataset_folder, load_pairs
 from .hub import load_model
 from .inference import prepare_model, upscale
 from .metrics import mean_scores
-from .models import count_parameters, multiply_adds
+from .models import BICUBIC, count_parameters, multiply_adds
 from .release import replace_block, ship
 from .resize import imresize
 from .results import claims, format_metrics, markdown_table, row_key
@@ -71,7 +71,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
 
 
 def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
-    row = {"model": "bicubic", "source": "imresize", "params": 0}
+    row = {"model": BICUBIC, "source": "imresize", "params": 0}
     for name, pairs in datasets.items():
         row[name] = mean_scores([imresize(lr, scale=scale) for _, lr in pairs], [hr for hr, _ in pairs], scale)
     return row
@@ -128,10 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     names = list(datasets)
     evaluated, commands = list(rows), [command]
     if previous is not None:
-        new = {row_key(r) for r in rows if r["model"] != "bicubic"}
+        new = {row_key(r) for r in rows if r["model"] != BICUBIC}
         kept = [r for r in previous["rows"] if row_key(r) not in new]
-        has_bicubic = any(r["model"] == "bicubic" for r in kept)
-        rows = kept + [r for r in rows if r["model"] != "bicubic" or not has_bicubic]
+        has_bicubic = any(r["model"] == BICUBIC for r in kept)
+        rows = kept + [r for r in rows if r["model"] != BICUBIC or not has_bicubic]
         names = list(previous["datasets"])
         commands = list(previous.get("commands") or [previous["command"]]) + ([command] if args.models else [])
     table = markdown_table(rows, names, args.scale)

@@ -21,9 +21,11 @@ from .archs.rdn import BACKBONES, DEFAULT_BACKBONE
 from .errors import UserError, quoted
 from .registry import Architecture, Claim, architecture, architectures, conv_entries, conv_entry
 
-__all__ = ["BACKBONES", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
+__all__ = ["BACKBONES", "BICUBIC", "DEFAULT_BACKBONE", "ModelSpec", "Variant", "check_scale", "count_parameters", "create_model",
            "is_featured", "model_label", "model_names", "multiply_adds", "on_other_backbone", "options_taken",
            "parse_model_name", "scales", "variant", "variant_of", "variants"]
+
+BICUBIC = "bicubic"  # the baseline beside every model: a name in choices and results rows, not a model
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .cards import CARD_NAME, model_card, repo_card
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, write_json
+from .models import BICUBIC
 from .results import LOG_NAME, run_identity, validation_events, validation_set
 
 __all__ = ["replace_block", "ship"]
@@ -20,7 +21,7 @@ def ship(rows: list[dict], dataset_names: list[str], scale: int, destination: Pa
     """Copy seed-0 checkpoints into the Hub-shaped ``checkpoints/`` folder with their metrics and model cards."""
     shipped = []
     for row in rows:
-        if row["model"] == "bicubic" or row.get("seed") not in (0, None):
+        if row["model"] == BICUBIC or row.get("seed") not in (0, None):
             continue
         if row.get("weights_origin") == "third-party":  # the authors' weights are never shipped
             print(f"not shipped: {row['source']} holds third-party weights", file=sys.stderr)

@@ -19,7 +19,7 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import (check_scale, count_parameters, create_model, model_label, parse_model_name,
+from .models import (BICUBIC, check_scale, count_parameters, create_model, model_label, parse_model_name,
                      scales, variants)
 
 log = logging.getLogger("kaldn.results")
@@ -155,7 +155,7 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     model trained 5x longer is not evidence about a variant)."""
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}  # budget -> variant key -> seed -> row
     for row in rows:
-        if row["model"] != "bicubic":
+        if row["model"] != BICUBIC:
             key = parse_model_name(row["model"]).variant
             groups.setdefault(_budget(row), {}).setdefault(key, {})[row.get("seed") or 0] = row
     several = len(groups) > 1
@@ -238,7 +238,7 @@ ZOO_HEADERS = ["Model", "Scale", "Variant", "Seed", "Params", "Params (fused)", 
 
 def _zoo_row(row: dict, scale: int, shipped_seed: dict) -> list[Any]:
     name = row["model"]
-    if name == "bicubic":
+    if name == BICUBIC:
         return [name, scale, "bicubic (MATLAB imresize)", "-", "0", "0", "-", "-",
                 *[format_metrics(row.get(d)) for d in ZOO_DATASETS], "none (no learned weights)", "-"]
     spec = parse_model_name(name)
@@ -296,7 +296,7 @@ def zoo_table(folder: str | Path | None = None, scale: Any = None, results_dir: 
                 rows.append(_zoo_row(row, s, shipped_seed))
 
     def key(r: list[Any]) -> tuple:
-        variant_order = -1 if r[0] == "bicubic" else order.get(parse_model_name(r[0]).variant, len(order))
+        variant_order = -1 if r[0] == BICUBIC else order.get(parse_model_name(r[0]).variant, len(order))
         return (r[1], 0 if r[3] in ("-", "0") else int(r[3]), variant_order)
     rows.sort(key=key)
     return ZOO_HEADERS, rows
@@ -378,8 +378,8 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
         if not row.get(dataset):
             continue
         name = row["model"]
-        if name == "bicubic":
-            label, seed = "bicubic", None
+        if name == BICUBIC:
+            label, seed = BICUBIC, None
         else:
             label, seed = model_label(name), row.get("seed")
         # A rerun that chose its checkpoint on held-out images is named apart from a first run of the same seed.
