@@ -41,7 +41,7 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, short_of_disk
+from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, client_key, short_of_disk
 from kaldn.cache import ModelCache
 from kaldn.choices import default_variants, runnable_selection
 from kaldn.choices import variant_choices as compare_choices
@@ -136,8 +136,9 @@ def queued_events(session: str) -> int:
     return count
 
 
-SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events)
-VIEWS = SingleFlight(limit=SETTINGS.views)  # views outside the queue: one per session, KALDN_APP_VIEWS at once
+SLOTS = SessionSlots(limit=SETTINGS.session_jobs, pending=queued_events, client_limit=SETTINGS.client_jobs)
+# Views outside the queue: one per session, KALDN_APP_VIEWS at once, half of them per client address.
+VIEWS = SingleFlight(limit=SETTINGS.views)
 # Lists and tables (a mode's labels, model lists, the zoo, the results plots): cheap, also outside the queue so
 # a flood of them cannot fill it; a few per session at once (a page load asks for several).
 LISTS = SingleFlight(limit=16, per_session=3)
@@ -376,6 +377,22 @@ def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None) or None
 
 
+_untrusted_proxy_said = False
+
+
+def client_of(request: gr.Request | None) -> str | None:
+    """The client address per-client bounds count by (None: loopback, or a proxy uvicorn does not trust)."""
+    global _untrusted_proxy_said
+    host = getattr(getattr(request, "client", None), "host", None)
+    forwarded = (getattr(request, "headers", None) or {}).get("x-forwarded-for")
+    client = client_key(host, forwarded)
+    if client is None and forwarded and host and not _untrusted_proxy_said and client_key(host) is not None:
+        _untrusted_proxy_said = True
+        log.warning("requests come through a proxy at %s that uvicorn does not trust: per-client bounds are off; "
+                    "name it in FORWARDED_ALLOW_IPS (README, \"Hosting safely\")", host)
+    return client
+
+
 def need_run(run_id: str | None, request: gr.Request | None) -> ComparisonRun:
     """The session's last comparison (kept on the server; the session's state holds only its id)."""
     run = RUNS.get(run_id, session_of(request))
@@ -434,15 +451,16 @@ def outside_queue(limiter: SingleFlight, refusal: str, skip: int | None = None, 
         def call(*args, **kwargs):
             if writes:
                 need_disk()
-            session = session_of(_request_in(args, kwargs))
-            if not limiter.enter(session):
+            request = _request_in(args, kwargs)
+            session, client = session_of(request), client_of(request)
+            if not limiter.enter(session, client):
                 if skip is not None:
                     return tuple(gr.skip() for _ in range(skip))
                 raise gr.Error(**titled("One at a time", refusal), print_exception=False)
             try:
                 return fn(*args, **kwargs)
             finally:
-                limiter.leave(session)
+                limiter.leave(session, client)
         return call
     return wrap
 
@@ -488,17 +506,23 @@ def need_disk() -> None:
 
 def admit(request: gr.Request, what: str) -> None:
     """Before a heavy job (``what``: "a comparison") is queued: one job per session (``KALDN_APP_SESSION_JOBS``)
-    waiting or running, so one client cannot fill the queue or make everyone wait behind its jobs; none while
-    the disk is short."""
+    and three per client address over its sessions (``KALDN_APP_CLIENT_JOBS``) waiting or running, so one client
+    cannot fill the queue or make everyone wait behind its jobs; none while the disk is short."""
     need_disk()
     session = session_of(request)
     if not session:
         raise gr.Error(**titled("No session", "jobs are counted per session: call with a session (the page "
                                 "or gradio_client have one)."), print_exception=False)
-    if not SLOTS.admit(session, what):
+    client = client_of(request)
+    if not SLOTS.admit(session, what, client):
+        held = SLOTS.holding(session)
+        if len(held) < SLOTS.limit:  # the session has room: its address has SLOTS.client_limit elsewhere
+            log.info("refused a job from an address with %d waiting or running", SLOTS.client_limit)
+            raise gr.Error(**titled("Too many at once", f"your address already has {SLOTS.client_held(client)} jobs "
+                                    "waiting or running (from other tabs or clients): wait for one to finish, "
+                                    "then try again."), print_exception=False)
         # A session hash is the key to its session (heartbeat, results): logs carry its first characters only.
         log.info("refused a job of session %s...: it has %d waiting or running", session[:4], SLOTS.limit)
-        held = SLOTS.holding(session)
         jobs = " and ".join(held) if held else ("a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs")
         finetuning = " (a fine-tune runs until it finishes or you cancel it on its tab)" \
             if "a fine-tuning job" in held else ""

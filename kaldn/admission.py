@@ -5,7 +5,8 @@ forty jobs, or fills the queue. The app asks :meth:`SessionSlots.admit` before a
 (Gradio's ``validator``, which runs outside the queue), the handler calls :meth:`SessionSlots.started`
 when it runs and :meth:`SessionSlots.finished` when it ends. A slot whose job never ran (the client went
 away while it waited) is recognised as stale with the ``pending`` callback, which says how many of the
-session's events the queue still holds, so a session is never locked out for good.
+session's events the queue still holds, so a session is never locked out for good. A session is whatever
+a client says it is, so the same bounds also count per client address (:func:`client_key`).
 
 :class:`BodyLimit` admits request bodies only up to a size, before anything reads them;
 :class:`LocalFilesOnly` refuses a body that names a file by URL, which Gradio would otherwise download.
@@ -13,6 +14,7 @@ session's events the queue still holds, so a session is never locked out for goo
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -23,7 +25,27 @@ from typing import Callable
 
 from .expiring import ExpiringKeys
 
-__all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "SingleFlight", "names_remote_file", "short_of_disk"]
+__all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "SingleFlight", "client_key",
+           "names_remote_file", "short_of_disk"]
+
+
+def client_key(host: str | None, forwarded_for: str | None = None) -> str | None:
+    """The address per-client bounds count by, or None where the address is not one client's.
+
+    ``host`` is the peer as uvicorn resolved it: behind a proxy named in uvicorn's ``FORWARDED_ALLOW_IPS``, the
+    first untrusted entry of X-Forwarded-For from the right, which no client can forge. Not one client's: this
+    machine itself (loopback: the operator, tests, benchmarks), and a private-network peer that forwarded for
+    others without being trusted, a proxy whose clients would all share its address.
+    """
+    try:
+        address = ipaddress.ip_address(host or "")
+    except ValueError:
+        return None  # no address (a unix socket, a test client)
+    if address.is_loopback:
+        return None
+    if forwarded_for and address.is_private and host not in {e.strip() for e in forwarded_for.split(",")}:
+        return None
+    return host
 
 
 @dataclass
@@ -31,6 +53,7 @@ class _Slot:
     admitted: float = field(default_factory=time.monotonic)
     running: bool = False
     what: str = "a job"         # for the message when another is refused: "a fine-tuning job"
+    client: str | None = None   # its client's address (client_key), for the per-client bound
 
 
 class EndedSessions:
@@ -53,10 +76,13 @@ class EndedSessions:
 
 
 class SessionSlots:
-    """Per-session count of admitted jobs (waiting or running), thread-safe."""
+    """Per-session count of admitted jobs (waiting or running), and per client address (``client_limit``, 0:
+    none) across that client's sessions; thread-safe."""
 
-    def __init__(self, limit: int = 1, pending: Callable[[str], int] | None = None, grace_s: float = 10.0) -> None:
+    def __init__(self, limit: int = 1, pending: Callable[[str], int] | None = None, grace_s: float = 10.0,
+                 client_limit: int = 0) -> None:
         self.limit = limit
+        self.client_limit = client_limit
         self.pending = pending      # how many events of a session the queue holds (waiting or running)
         self.grace_s = grace_s      # time between admission and the job showing up in the queue
         self._slots: dict[str, list[_Slot]] = {}
@@ -78,17 +104,31 @@ class SessionSlots:
             self._slots.pop(session, None)
         return slots
 
-    def admit(self, session: str | None, what: str = "a job") -> bool:
-        """Take a slot for ``session``'s job ``what``; False when it already has ``limit`` jobs waiting or
-        running. No session (a call outside a browser/client session) is never admitted."""
+    def _client_held(self, client: str) -> int:
+        sessions = [s for s, slots in self._slots.items() if any(slot.client == client for slot in slots)]
+        return sum(1 for s in sessions for slot in self._prune(s) if slot.client == client)
+
+    def admit(self, session: str | None, what: str = "a job", client: str | None = None) -> bool:
+        """Take a slot for ``session``'s job ``what``; False when the session already has ``limit`` jobs
+        waiting or running, or its ``client`` address ``client_limit`` over all its sessions. No session (a
+        call outside a browser/client session) is never admitted."""
         if not session:
             return False
         with self._lock:
             slots = self._prune(session)
             if len(slots) >= self.limit:
                 return False
-            self._slots.setdefault(session, []).append(_Slot(what=what))
+            if client and self.client_limit and self._client_held(client) >= self.client_limit:
+                return False
+            self._slots.setdefault(session, []).append(_Slot(what=what, client=client))
             return True
+
+    def client_held(self, client: str | None) -> int:
+        """How many jobs the sessions of ``client`` have waiting or running."""
+        if not client:
+            return 0
+        with self._lock:
+            return self._client_held(client)
 
     def holding(self, session: str | None) -> list[str]:
         """What ``session``'s jobs waiting or running are, oldest first."""
@@ -122,33 +162,39 @@ class SessionSlots:
 
 
 class SingleFlight:
-    """At most ``per_session`` calls per session at a time and ``limit`` in all; ``enter`` never waits (False:
-    refused).
+    """At most ``per_session`` calls per session at a time, ``per_client`` per client address (default: half
+    of ``limit``, so no client holds them all) and ``limit`` in all; ``enter`` never waits (False: refused).
 
     For quick calls that run outside the queue: without the queue's order, this is what bounds them.
     """
 
-    def __init__(self, limit: int = 8, per_session: int = 1) -> None:
+    def __init__(self, limit: int = 8, per_session: int = 1, per_client: int | None = None) -> None:
         self.limit, self.per_session = limit, per_session
+        self.per_client = max(1, limit // 2) if per_client is None else per_client
         self._active: dict[str, int] = {}
+        self._clients: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def enter(self, session: str | None) -> bool:
+    def enter(self, session: str | None, client: str | None = None) -> bool:
         if not session:
             return False
         with self._lock:
-            if self._active.get(session, 0) >= self.per_session or sum(self._active.values()) >= self.limit:
+            if (self._active.get(session, 0) >= self.per_session or sum(self._active.values()) >= self.limit
+                    or (client and self._clients.get(client, 0) >= self.per_client)):
                 return False
             self._active[session] = self._active.get(session, 0) + 1
+            if client:
+                self._clients[client] = self._clients.get(client, 0) + 1
             return True
 
-    def leave(self, session: str | None) -> None:
+    def leave(self, session: str | None, client: str | None = None) -> None:
         with self._lock:
-            left = self._active.get(session or "", 0) - 1
-            if left > 0:
-                self._active[session or ""] = left
-            else:
-                self._active.pop(session or "", None)
+            for counts, key in ((self._active, session or ""), (self._clients, client or "")):
+                left = counts.get(key, 0) - 1
+                if left > 0:
+                    counts[key] = left
+                else:
+                    counts.pop(key, None)
 
 
 def _upload_route(scope) -> bool:

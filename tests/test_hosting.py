@@ -48,11 +48,13 @@ def session() -> str:
     return uuid.uuid4().hex[:11]
 
 
-def call(url: str, api: str, data: list, session_hash: str | None = None, timeout: float = 120) -> dict:
+def call(url: str, api: str, data: list, session_hash: str | None = None, timeout: float = 120,
+         headers: dict | None = None) -> dict:
     """One event through the queue by hand: {"refused": detail} before queueing, else {"error": message} or
     {"data": outputs}."""
     import httpx
-    r = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data, "session_hash": session_hash}, timeout=30)
+    r = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data, "session_hash": session_hash}, timeout=30,
+                   headers=headers)
     if r.status_code != 200:
         return {"refused": r.text, "status": r.status_code}
     try:
@@ -220,6 +222,49 @@ def test_6_one_session_has_one_job_queued_others_still_get_in(served):
     assert "refused" not in again  # its slot came back when its job ended
     no_session = call(served["url"], "compare", compare_data(None), None)
     assert no_session["status"] == 400 and "No session" in no_session["refused"]  # no session: no job, said so
+
+
+def test_6_one_client_address_has_three_jobs_over_all_its_sessions(served):
+    # Sessions are made up by the client; its address is not. The test client is on loopback, which uvicorn
+    # trusts as a proxy by default, so X-Forwarded-For stands in for addresses out on the internet.
+    from concurrent.futures import ThreadPoolExecutor
+    image = upload(served["url"], EXAMPLE)
+    job = compare_data(image, variants=["bicubic", "ldsconv", "kdsconv-det", "dsconv"])
+    one_address = {"X-Forwarded-For": "203.0.113.7"}
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: call(served["url"], "compare", job, session(), headers=one_address),
+                                range(6)))
+    refused = [r for r in results if "refused" in r]
+    assert len(refused) == 3 and all("your address already has 3 jobs" in r["refused"] for r in refused)
+    assert all("refused" not in r for r in (call(served["url"], "compare", job, session(),
+                                                 headers={"X-Forwarded-For": "203.0.113.8"}),
+                                            call(served["url"], "compare", job, session())))  # others, loopback
+    time.sleep(0.5)
+    assert "refused" not in call(served["url"], "compare", job, session(), headers=one_address)  # slots came back
+
+
+def test_6_client_addresses_come_from_uvicorn_and_proxies_it_does_not_trust_are_nobody():
+    from kaldn.admission import client_key
+    assert client_key("203.0.113.7") == "203.0.113.7"
+    assert client_key("127.0.0.1") is None and client_key("::1") is None and client_key("testclient") is None
+    assert client_key(None) is None
+    # uvicorn resolved the client from a trusted proxy's header: the address is in it.
+    assert client_key("203.0.113.7", "198.51.100.1, 203.0.113.7") == "203.0.113.7"
+    # A private peer forwarding for others that uvicorn was not told to trust: all its clients share its address.
+    assert client_key("10.16.3.80", "203.0.113.7") is None
+    assert client_key("10.16.3.80") == "10.16.3.80"  # a machine on the same network, connecting itself
+    # A public peer is its own client whatever header it sends (a forged one cannot shed the bound).
+    assert client_key("8.8.4.4", "198.51.100.1") == "8.8.4.4"
+    slots = SessionSlots(limit=1, client_limit=2)
+    assert slots.admit("a", client="x") and slots.admit("b", client="x") and not slots.admit("c", client="x")
+    assert slots.client_held("x") == 2 and slots.admit("c", client="y") and slots.admit("d")  # others, no address
+    slots.started("a"), slots.finished("a")
+    assert slots.admit("e", client="x")
+    views = SingleFlight(limit=4)  # half of the shared views per address
+    assert views.enter("a", "x") and views.enter("b", "x") and not views.enter("c", "x")
+    assert views.enter("c", "y") and views.enter("d") and not views.enter("e", "z")  # four in all
+    views.leave("a", "x")
+    assert views.enter("e", "x")
 
 
 def test_6_a_slot_whose_job_left_the_queue_is_given_back():
