@@ -35,7 +35,8 @@ def client_key(host: str | None, forwarded_for: str | None = None) -> str | None
     ``host`` is the peer as uvicorn resolved it: behind a proxy named in uvicorn's ``FORWARDED_ALLOW_IPS``, the
     first untrusted entry of X-Forwarded-For from the right, which no client can forge. Not one client's: this
     machine itself (loopback: the operator, tests, benchmarks), and a private-network peer that forwarded for
-    others without being trusted, a proxy whose clients would all share its address.
+    others without being trusted, a proxy whose clients would all share its address. An IPv6 client counts by
+    its /64, which is one subscriber's.
     """
     try:
         address = ipaddress.ip_address(host or "")
@@ -45,6 +46,10 @@ def client_key(host: str | None, forwarded_for: str | None = None) -> str | None
         return None
     if forwarded_for and address.is_private and host not in {e.strip() for e in forwarded_for.split(",")}:
         return None
+    if address.version == 6:
+        if address.ipv4_mapped:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))  # one IPv6 client holds a whole /64
     return host
 
 

@@ -255,6 +255,9 @@ def test_6_client_addresses_come_from_uvicorn_and_proxies_it_does_not_trust_are_
     assert client_key("10.16.3.80") == "10.16.3.80"  # a machine on the same network, connecting itself
     # A public peer is its own client whatever header it sends (a forged one cannot shed the bound).
     assert client_key("8.8.4.4", "198.51.100.1") == "8.8.4.4"
+    # One IPv6 subscriber holds a /64: its addresses are one client; an IPv4 client mapped into IPv6 is itself.
+    assert client_key("2a00:1450:4001:81a::200e") == client_key("2a00:1450:4001:81a:ffff::1") == "2a00:1450:4001:81a::/64"
+    assert client_key("::ffff:8.8.4.4") == "8.8.4.4"
     slots = SessionSlots(limit=1, client_limit=2)
     assert slots.admit("a", client="x") and slots.admit("b", client="x") and not slots.admit("c", client="x")
     assert slots.client_held("x") == 2 and slots.admit("c", client="y") and slots.admit("d")  # others, no address
