@@ -377,18 +377,24 @@ def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None) or None
 
 
-_untrusted_proxy_said = False
+# With FORWARDED_ALLOW_IPS=* uvicorn takes the leftmost X-Forwarded-For entry, which the client wrote.
+_FORGEABLE = os.environ.get("FORWARDED_ALLOW_IPS", "").strip() == "*"
+if _FORGEABLE:
+    log.warning("FORWARDED_ALLOW_IPS=* lets clients choose their address: per-address bounds are off; name the "
+                "proxy's addresses or network instead")
+_proxy_warned = False
 
 
 def client_of(request: gr.Request | None) -> str | None:
-    """The client address per-client bounds count by (None: loopback, or a proxy uvicorn does not trust)."""
-    global _untrusted_proxy_said
+    """The client address per-client bounds count by (None: not one client's, or the bounds are off)."""
+    global _proxy_warned
+    if not SETTINGS.client_jobs or _FORGEABLE:
+        return None
     host = getattr(getattr(request, "client", None), "host", None)
-    forwarded = (getattr(request, "headers", None) or {}).get("x-forwarded-for")
-    client = client_key(host, forwarded)
-    if client is None and forwarded and host and not _untrusted_proxy_said and client_key(host) is not None:
-        _untrusted_proxy_said = True
-        log.warning("requests come through a proxy at %s that uvicorn does not trust: per-client bounds are off; "
+    client = client_key(host)
+    if client is None and host and not _proxy_warned and (getattr(request, "headers", None) or {}).get("x-forwarded-for"):
+        _proxy_warned = True  # a non-global peer forwarding for others: a proxy uvicorn does not trust
+        log.warning("requests come through a proxy at %s that uvicorn does not trust: per-address bounds are off; "
                     "name it in FORWARDED_ALLOW_IPS (README, \"Hosting safely\")", host)
     return client
 
@@ -513,14 +519,14 @@ def admit(request: gr.Request, what: str) -> None:
     if not session:
         raise gr.Error(**titled("No session", "jobs are counted per session: call with a session (the page "
                                 "or gradio_client have one)."), print_exception=False)
-    client = client_of(request)
-    if not SLOTS.admit(session, what, client):
+    refusal = SLOTS.refusal(session, what, client_of(request))
+    if refusal == "client":
+        log.info("refused a job from an address with %d waiting or running", SLOTS.client_limit)
+        raise gr.Error(**titled("Too many at once", f"your address already has {SLOTS.client_limit} jobs waiting or "
+                                "running (from other tabs or clients): wait for one to finish, then try again."),
+                       print_exception=False)
+    if refusal == "session":
         held = SLOTS.holding(session)
-        if len(held) < SLOTS.limit:  # the session has room: its address has SLOTS.client_limit elsewhere
-            log.info("refused a job from an address with %d waiting or running", SLOTS.client_limit)
-            raise gr.Error(**titled("Too many at once", f"your address already has {SLOTS.client_held(client)} jobs "
-                                    "waiting or running (from other tabs or clients): wait for one to finish, "
-                                    "then try again."), print_exception=False)
         # A session hash is the key to its session (heartbeat, results): logs carry its first characters only.
         log.info("refused a job of session %s...: it has %d waiting or running", session[:4], SLOTS.limit)
         jobs = " and ".join(held) if held else ("a job" if SLOTS.limit == 1 else f"{SLOTS.limit} jobs")

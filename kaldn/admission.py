@@ -29,28 +29,27 @@ __all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "Sing
            "names_remote_file", "short_of_disk"]
 
 
-def client_key(host: str | None, forwarded_for: str | None = None) -> str | None:
-    """The address per-client bounds count by, or None where the address is not one client's.
+def client_key(host: str | None) -> str | None:
+    """The address per-client bounds count by, or None where it may not be one client's.
 
     ``host`` is the peer as uvicorn resolved it: behind a proxy named in uvicorn's ``FORWARDED_ALLOW_IPS``, the
-    first untrusted entry of X-Forwarded-For from the right, which no client can forge. Not one client's: this
-    machine itself (loopback: the operator, tests, benchmarks), and a private-network peer that forwarded for
-    others without being trusted, a proxy whose clients would all share its address. An IPv6 client counts by
-    its /64, which is one subscriber's.
+    first untrusted entry of X-Forwarded-For from the right, which no client can forge. Only a global address is
+    one client's: a loopback, private or internal one is this machine, a proxy or balancer uvicorn was not told
+    to trust (every visitor would share it, and a few sessions would lock everyone out), or a LAN, so those
+    keep only the per-session bounds. Nothing here reads a header a client wrote. An IPv6 client counts by its
+    /56, a subscriber's usual allocation (a /64 would give one household 256 keys).
     """
     try:
         address = ipaddress.ip_address(host or "")
     except ValueError:
         return None  # no address (a unix socket, a test client)
-    if address.is_loopback:
-        return None
-    if forwarded_for and address.is_private and host not in {e.strip() for e in forwarded_for.split(",")}:
+    if address.version == 6 and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    if not address.is_global:
         return None
     if address.version == 6:
-        if address.ipv4_mapped:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))  # one IPv6 client holds a whole /64
-    return host
+        return str(ipaddress.ip_network(f"{address}/56", strict=False))
+    return str(address)
 
 
 @dataclass
@@ -113,20 +112,24 @@ class SessionSlots:
         sessions = [s for s, slots in self._slots.items() if any(slot.client == client for slot in slots)]
         return sum(1 for s in sessions for slot in self._prune(s) if slot.client == client)
 
-    def admit(self, session: str | None, what: str = "a job", client: str | None = None) -> bool:
-        """Take a slot for ``session``'s job ``what``; False when the session already has ``limit`` jobs
-        waiting or running, or its ``client`` address ``client_limit`` over all its sessions. No session (a
-        call outside a browser/client session) is never admitted."""
+    def refusal(self, session: str | None, what: str = "a job", client: str | None = None) -> str | None:
+        """Take a slot for ``session``'s job ``what`` (None), or say why not: "session" when it already has
+        ``limit`` jobs waiting or running, "client" when its ``client`` address has ``client_limit`` over all
+        its sessions, "no session" for a call outside a browser/client session."""
         if not session:
-            return False
+            return "no session"
         with self._lock:
             slots = self._prune(session)
             if len(slots) >= self.limit:
-                return False
+                return "session"
             if client and self.client_limit and self._client_held(client) >= self.client_limit:
-                return False
+                return "client"
             self._slots.setdefault(session, []).append(_Slot(what=what, client=client))
-            return True
+            return None
+
+    def admit(self, session: str | None, what: str = "a job", client: str | None = None) -> bool:
+        """:meth:`refusal` as a yes or no."""
+        return self.refusal(session, what, client) is None
 
     def client_held(self, client: str | None) -> int:
         """How many jobs the sessions of ``client`` have waiting or running."""

@@ -81,7 +81,7 @@ class AppSettings:
     model_source: str = "auto"
     finetune_max_iters: int = 2000
     session_jobs: int = 1
-    client_jobs: int = 3                  # across one address's sessions (admission.client_key); 0: no bound
+    client_jobs: int = 3                  # over one address's sessions (admission.client_key); 0: no per-address bounds
     max_body: int = 64 << 10              # an API call's JSON (file payloads are paths): small
     session_ttl: int = 1800
     run_memory: int = 256 << 20  # with one comparison at the caps (~1.3 GiB) stays under 2 GiB
