@@ -946,7 +946,8 @@ def finetune(files: list[str] | None, use_examples: bool, base: str | None, iter
     owner = session_of(request)
     if owner is None:
         raise UserError("Fine-tuning needs a session (the page, or gradio_client).")
-    with closing(FINETUNE.run(images, settings, owner=owner, max_pixels=SETTINGS.max_pixels)) as updates:
+    with closing(FINETUNE.run(images, settings, owner=owner, max_pixels=SETTINGS.max_pixels,
+                              client=client_of(request))) as updates:
         for update in updates:
             for note in update.notes:
                 gr.Warning(note)

@@ -154,7 +154,7 @@ class FineTuneJob:
     """One training run in a background thread; ``events()`` yields its progress dicts."""
 
     def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None,
-                 time_budget_s: float | None = None) -> None:
+                 time_budget_s: float | None = None, turn: str | None = None) -> None:
         self.settings = settings
         self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
@@ -162,6 +162,7 @@ class FineTuneJob:
         self.val = folder / "val"           # centre crops of the same images (VAL_LR_SIDE)
         self.out = folder / "run"
         self.owner = owner
+        self.turn = turn or owner           # who waits for the next turn: its client's address, else its session
         self.admitted = time.monotonic()    # a session that ended after this does not get the model
         self.abandoned = False              # nobody will use its files: deleted when its thread ends too
         self.stop = threading.Event()
@@ -252,9 +253,11 @@ class FineTuneManager:
         return self._lock.locked()
 
     def start(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
-              max_pixels: int | None = None) -> tuple[FineTuneJob, list[str]]:
+              max_pixels: int | None = None, client: str | None = None) -> tuple[FineTuneJob, list[str]]:
         """Validate, prepare the data and start training; raises BusyError / UserError / ImageError.
 
+        Turns are taken by ``client`` (an address, :func:`kaldn.admission.client_key`) where known, else by
+        ``owner`` (a session): a client's fresh session does not skip its turn.
         Returns the job and notes for the user (the first says what is trained on)."""
         if not isinstance(settings.iters, int) or not 1 <= settings.iters <= self.max_iters:
             raise UserError(f"Iterations must be between 1 and {self.max_iters} on this server "
@@ -286,13 +289,14 @@ class FineTuneManager:
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
         self.registry.require_room(owner)  # asked before training, not after
-        wait = self._turn_after.get(owner or "", 0.0) - time.monotonic()
+        turn = client or owner
+        wait = self._turn_after.get(turn or "", 0.0) - time.monotonic()
         if wait > 0 and not self.busy:
             raise BusyError(f"Others were waiting while your last job ran: your next one can start in {wait:.0f} s "
                             "(one job at a time for the whole server, taken in turns).")
         if not self._lock.acquire(blocking=False):
             running = self.job  # None while the next job prepares its data
-            if owner and (running is None or running.owner != owner):  # a session, not the job's own
+            if turn and (running is None or running.turn != turn):  # someone else, not the job's own
                 self._waited = True
             if running is None:
                 left = f" One is starting; it trains for at most about {self.time_budget_s:.0f} s."
@@ -319,7 +323,7 @@ class FineTuneManager:
             side = VAL_LR_SIDE * spec.scale
             notes.insert(0, f"Training on {count} image(s); validation on their centres (at most {side}x{side} "
                             "pixels each: it measures how well the model fits them).")
-            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s)
+            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, turn=turn)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")
@@ -334,8 +338,8 @@ class FineTuneManager:
         """The job's thread is done: give others their turn if they waited, then free the server."""
         now = time.monotonic()
         self._turn_after = {o: t for o, t in self._turn_after.items() if t > now}
-        if self._waited and job.owner:
-            self._turn_after[job.owner] = now + self.turn_s
+        if self._waited and job.turn:
+            self._turn_after[job.turn] = now + self.turn_s
         self.job = None  # nothing runs now: no stop time to quote, nothing to cancel
         if job.abandoned:  # its follower gave up waiting and deleted the folder, which training then re-made
             shutil.rmtree(job.folder, ignore_errors=True)
@@ -368,14 +372,15 @@ class FineTuneManager:
                                  delete_dir=job.folder, owner=job.owner, since=job.admitted)
 
     def run(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
-            max_pixels: int | None = None, min_interval: float = 1.0) -> Iterator[FineTuneUpdate]:
+            max_pixels: int | None = None, min_interval: float = 1.0,
+            client: str | None = None) -> Iterator[FineTuneUpdate]:
         """Start a job and follow it: an update at least every ``min_interval`` seconds of progress and at every
         validation, then the final one with the new model (already in the registry).
 
         Closing the iterator early (the user went away) stops the job and waits for it. Raises what
         :meth:`start` raises, and :class:`FineTuneError` when training fails.
         """
-        job, notes = self.start(images, settings, owner=owner, max_pixels=max_pixels)
+        job, notes = self.start(images, settings, owner=owner, max_pixels=max_pixels, client=client)
         s = job.settings  # as trained: the patch may have been reduced, a session base is its folder
         own = self.registry.for_owner(owner).get(settings.base)
         base = own.label if own is not None else settings.base  # the user's name for it, never a server path

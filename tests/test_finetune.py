@@ -130,14 +130,15 @@ def test_jobs_are_taken_in_turns_when_others_waited(use_throwaway, tmp_path):
     list(manager.run(images, settings, owner="a", min_interval=0.0))
     list(manager.run(images, settings, owner="a", min_interval=0.0))
     # Someone else is refused while a's job runs (told when it stops at the latest) ...
-    updates = manager.run(images, settings, owner="a", min_interval=0.0)
+    updates = manager.run(images, settings, owner="a", min_interval=0.0, client="8.8.4.4")
     next(updates)
     with pytest.raises(BusyError, match=r"stops in about \d+ s"):
         manager.start(images, settings, owner="b")
     list(updates)
-    # ... so a waits its turn, and b goes first.
-    with pytest.raises(BusyError, match=r"your next one can start in \d+ s"):
-        manager.start(images, settings, owner="a")
+    # ... so a waits its turn, and b goes first; a fresh session from a's address waits too.
+    for owner in ("a", "a-fresh-session"):
+        with pytest.raises(BusyError, match=r"your next one can start in \d+ s"):
+            manager.start(images, settings, owner=owner, client="8.8.4.4")
     *_, last = manager.run(images, settings, owner="b", min_interval=0.0)
     assert last.entry is not None
     list(manager.run(images, settings, owner="b", min_interval=0.0))  # nobody waited for b: no turn to wait
