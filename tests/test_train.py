@@ -376,6 +376,17 @@ def test_a_run_resumed_in_another_precision_records_where_it_changed(tmp_path):
     assert "bf16 autocast, then fp32 from iteration 2)" in card
 
 
+def test_bf16_where_it_is_emulated_is_warned_about(tmp_path, caplog, monkeypatch):
+    import kaldn.train as training
+    monkeypatch.setattr(training, "resolve_precision",
+                        lambda p, d: "fp32" if p == "auto" else p)  # a CPU without avx512_bf16 / amx_bf16
+    train(_quick(tmp_path, "emulated", iters=1, precision="bf16"))
+    assert any("emulated" in r.message and "--precision auto" in r.message for r in caplog.records)
+    caplog.clear()
+    train(_quick(tmp_path, "fp32", iters=1, precision="fp32"))
+    assert not any("emulated" in r.message for r in caplog.records)
+
+
 def test_ema_run_cannot_resume_without_ema(tmp_path):
     train(_quick(tmp_path, "run", iters=4, ema=0.9))
     with pytest.raises(TrainStateError, match="ema"):
