@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 from kaldn.checkpoint import CONFIG_NAME, load_checkpoint, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
-from kaldn.results import LOG_NAME, format_metrics, log_events, validation_events
+from kaldn.results import LOG_NAME, format_metrics, format_precision, log_events, validation_events
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
@@ -80,19 +80,21 @@ def run_progress(folder: str | Path) -> dict:
         (i0, p0), (i1, p1) = validations[-2:]
         slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
-            "target": target, "done": done, "resumes_at": _state_iteration(folder / STATE_NAME), "it_per_s": speed,
+            "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope, "spikes": loss_spikes(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
-def _state_iteration(path: Path) -> int | None:
-    """The iteration a resume starts from (the log may run past it: a run saves every few hundred)."""
+def _state_summary(path: Path) -> dict:
+    """The iteration a resume starts from (the log may run past it: a run saves every few hundred) and the
+    precisions the state was trained in."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return int(json.loads(f.metadata()["state"])["iteration"])
+            meta = json.loads(f.metadata()["state"])
+        return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta)}
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
-        return None
+        return {"resumes_at": None, "precision": ""}
 
 
 def ema_vs_raw(folder: str | Path) -> dict | None:
@@ -126,6 +128,8 @@ def describe(progress: dict) -> str:
     if progress["it_per_s"] is not None and not finished:
         left = f", {progress['hours_left']:.1f} h left at that speed" if progress["hours_left"] is not None else ""
         lines.append(f"  speed {progress['it_per_s']:.2f} it/s (median of the last {SPEED_WINDOW} logged){left}")
+    if progress.get("precision"):
+        lines.append(f"  precision: {progress['precision']}")
     if progress["validations"]:
         curve = ", ".join(f"{psnr:.3f} @ {it:,}" for it, psnr in progress["validations"])
         lines.append(f"  validation PSNR (dB): {curve}")

@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import CONFIG_NAME
 from .models import parse_model_name
 from .registry import architecture
-from .results import format_metrics, run_iterations, validation_set
+from .results import format_metrics, format_precision, run_iterations, validation_set
 
 CARD_NAME = "README.md"
 TAGS = ["super-resolution", "depthwise-convolution", "kdsconv", "kaldn", "safetensors"]
@@ -53,17 +53,6 @@ def _describe(config: dict[str, Any]) -> str:
             "project (the authors' weights are not used: these were trained from scratch).")
 
 
-def _precision(budget: dict) -> str:
-    def named(precision: str | None) -> str:
-        return {None: "unrecorded precision", "fp32": "fp32"}.get(precision, f"{precision} autocast")
-    if budget.get("precisions"):  # resumed on a machine with another precision
-        parts = [f"{named(p)} from iteration {start:,}" if start else named(p) for start, p in budget["precisions"]]
-        return ", " + ", then ".join(parts)
-    if not budget.get("precision"):
-        return ""  # runs from before the option: fp32, but not recorded
-    return ", " + named(budget["precision"])
-
-
 def model_card(config: dict[str, Any]) -> ModelCard:
     """A model's card: metadata with its measured results, and its architecture, budget and numbers in words."""
     name, scale = config["model"], config["scale"]
@@ -75,6 +64,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
     budget = config.get("training")
     if budget and "iterations_done" in budget:
         planned, done = run_iterations(budget)
+        precision = format_precision(budget)
         chosen = f" (this checkpoint from iteration {done}, chosen on validation)" if done < planned else ""
         lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",
@@ -82,7 +72,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
                   f"{budget['device']}",
                   f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
-                  f"{_precision(budget)})"
+                  f"{', ' + precision if precision else ''})"
                   + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
                   "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
                   "numbers.", ""]

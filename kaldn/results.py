@@ -25,7 +25,7 @@ from .models import (BICUBIC, check_scale, count_parameters, create_model, model
 log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
-           "claims", "format_budget", "format_count", "format_metrics", "load_results", "markdown_table",
+           "claims", "format_budget", "format_count", "format_metrics", "format_precision", "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_events", "validation_set", "zoo_table"]
 
@@ -67,6 +67,17 @@ def run_iterations(training: dict) -> tuple[int, int]:
     for, and validation may have chosen an earlier checkpoint of it."""
     done = training["iterations_done"]
     return training.get("iterations") or done, done
+
+
+def format_precision(training: dict) -> str:
+    """The precision a run trained in ("bf16 autocast"), and where it changed when it was resumed on a machine
+    with another ("bf16 autocast, then fp32 from iteration 1,000"); "" for runs from before it was recorded."""
+    def named(precision: str | None) -> str:
+        return {None: "unrecorded precision", "fp32": "fp32"}.get(precision, f"{precision} autocast")
+    if training.get("precisions"):
+        return ", then ".join(f"{named(p)} from iteration {start:,}" if start else named(p)
+                              for start, p in training["precisions"])
+    return named(training["precision"]) if training.get("precision") else ""
 
 
 def format_budget(training: dict | None, with_seed: bool = False) -> str:

@@ -374,6 +374,8 @@ def test_a_run_resumed_in_another_precision_records_where_it_changed(tmp_path):
     from kaldn.cards import model_card
     card = str(model_card({"model": "tiny-ldsconv-x2", "scale": 2, "training": budget}))
     assert "bf16 autocast, then fp32 from iteration 2)" in card
+    from benchmarks.progress import describe, run_progress
+    assert "  precision: bf16 autocast, then fp32 from iteration 2" in describe(run_progress(tmp_path / "run"))
 
 
 def test_bf16_where_it_is_emulated_is_warned_about(tmp_path, caplog, monkeypatch):
