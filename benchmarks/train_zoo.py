@@ -3,7 +3,7 @@
     python -m benchmarks.train_zoo --scale 4 --iters 6000 --workers 2
     python -m benchmarks.train_zoo --scale 2 3 --iters 4000 --second-seed   # one queue, two scales
     python -m benchmarks.train_zoo --backbone small --convs kdsconv-det --second-seed \
-        --iters 30000 --patch 48 --precision bf16 --ema 0.999 --workers 1   # the long `small` run
+        --iters 30000 --patch 48 --precision auto --ema 0.999 --workers 1   # the long `small` run
     python -m benchmarks.train_zoo --device cuda --budget-minutes 40 --backbone paper \
         --convs dsconv ldsconv kdsconv-det --second-seed --patch 48 --precision bf16 --ema 0.999  # one GPU
     python -m benchmarks.train_zoo --models scnet-t-x4 lesrcnn-x4 fdiwn-x4 --second-seed   # peers, x4 recipe

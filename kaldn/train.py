@@ -300,7 +300,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: no cheap way to tell, so the safe choice
@@ -313,6 +313,17 @@ def _resume_key(config: TrainConfig) -> dict:
     return {"model": config.model, "init": config.init, "iters": config.iters, "batch": config.batch,
             "patch": config.patch, "lr": config.lr, "lr_halve_at": list(config.lr_halve_at), "seed": config.seed,
             "val": config.val, "val_holdout": config.val_holdout, "ema": config.ema}
+
+
+def _recorded_precision(out: Path) -> str | None:
+    """The precision a state from before ``precisions`` was recorded trained in, as its checkpoints' configs
+    say (saved with it); None where none says."""
+    for sub in ("last", "best"):
+        try:
+            return json.loads((out / sub / "config.json").read_text())["training"]["precision"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def _build_model(config: TrainConfig) -> nn.Module:
@@ -354,9 +365,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     precision = resolve_precision(config.precision, device)
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision fp16 needs CUDA; use bf16 on CPU")
-    if precision == "bf16" and resolve_precision("auto", device) != "bf16":
-        log.warning("bf16 on a %s without native bf16 is emulated: 17x slower than fp32 for tiny on an AVX2 CPU; "
-                    "--precision auto trains in fp32 here", device.type.upper())
+    if rank == 0 and precision == "bf16" and resolve_precision("auto", device) != "bf16":
+        log.warning("bf16 is emulated on this %s, far slower than fp32 (17x for tiny on an AVX2 CPU); "
+                    "--precision auto trains in fp32 here", "GPU" if device.type == "cuda" else "CPU")
     if not 0 <= config.ema < 1:
         raise ValueError(f"ema must be a decay in [0, 1), got {config.ema}")
 
@@ -390,7 +401,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     if config.resume:
         meta = load_train_state(out, model, optimizer, sampler, ema)
         start, best_psnr, wall_before = meta["iteration"], meta.get("best_psnr"), meta.get("wall_time_s", 0.0)
-        precisions = meta.get("precisions") or [[0, None]]  # states from before the record: not known
+        precisions = meta.get("precisions") or [[0, _recorded_precision(out)]]  # states from before the record
         saved_key, key = meta.get("config"), _resume_key(config)
         if saved_key is not None and saved_key != key:
             differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {v!r}" for k, v in key.items() if saved_key.get(k) != v)

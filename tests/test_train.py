@@ -378,6 +378,35 @@ def test_a_run_resumed_in_another_precision_records_where_it_changed(tmp_path):
     assert "  precision: bf16 autocast, then fp32 from iteration 2" in describe(run_progress(tmp_path / "run"))
 
 
+def test_a_state_from_before_the_precision_record_takes_it_from_its_checkpoints(tmp_path):
+    import shutil
+    import threading
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load_tensors, save_file
+
+    def paused_run(name: str) -> Path:
+        stop = threading.Event()
+        train(_quick(tmp_path, name, iters=4, precision="bf16"),
+              progress=lambda e: e["iteration"] == 2 and stop.set(), stop=stop)
+        state = tmp_path / name / "train_state.safetensors"
+        with safe_open(str(state), "pt") as f:
+            meta = json.loads(f.metadata()["state"])
+        del meta["precisions"]  # as states saved before it was recorded
+        save_file(load_tensors(str(state)), str(state), metadata={"state": json.dumps(meta)})
+        return tmp_path / name
+
+    def budget(run: Path) -> dict:
+        return json.loads((run / "last" / "config.json").read_text())["training"]
+    same = paused_run("same")
+    train(_quick(tmp_path, "same", iters=4, precision="bf16", resume=True))
+    assert budget(same)["precision"] == "bf16" and "precisions" not in budget(same)  # no change to report
+    unknown = paused_run("unknown")
+    for sub in ("last", "best"):
+        shutil.rmtree(unknown / sub, ignore_errors=True)
+    train(_quick(tmp_path, "unknown", iters=4, precision="fp32", resume=True))
+    assert budget(unknown)["precisions"] == [[0, None], [2, "fp32"]]  # not known, so not claimed
+
+
 def test_bf16_where_it_is_emulated_is_warned_about(tmp_path, caplog, monkeypatch):
     import kaldn.train as training
     monkeypatch.setattr(training, "resolve_precision",
