@@ -512,7 +512,7 @@ def need_disk() -> None:
 
 def admit(request: gr.Request, what: str) -> None:
     """Before a heavy job (``what``: "a comparison") is queued: one job per session (``KALDN_APP_SESSION_JOBS``)
-    and ``KALDN_APP_CLIENT_JOBS`` (3) per client address over its sessions waiting or running, so one client
+    and ``KALDN_APP_CLIENT_JOBS`` (8) per client address over its sessions waiting or running, so one client
     cannot fill the queue or make everyone wait behind its jobs; none while the disk is short."""
     need_disk()
     session = session_of(request)

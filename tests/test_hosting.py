@@ -228,19 +228,25 @@ def test_6_one_client_address_has_three_jobs_over_all_its_sessions(served):
     # Sessions are made up by the client; its address is not. The test client is on loopback, which uvicorn
     # trusts as a proxy by default, so X-Forwarded-For stands in for addresses out on the internet.
     from concurrent.futures import ThreadPoolExecutor
+    slots = served["app"].SLOTS
+    assert slots.client_limit == 8  # the default, KALDN_APP_CLIENT_JOBS; three here, for a shorter test
     image = upload(served["url"], EXAMPLE)
     job = compare_data(image, variants=["bicubic", "ldsconv", "kdsconv-det", "dsconv"])
     one_address = {"X-Forwarded-For": "8.8.4.4"}
-    with ThreadPoolExecutor(6) as pool:
-        results = list(pool.map(lambda _: call(served["url"], "compare", job, session(), headers=one_address),
-                                range(6)))
-    refused = [r for r in results if "refused" in r]
-    assert len(refused) == 3 and all("your address already has 3 jobs" in r["refused"] for r in refused)
-    assert all("refused" not in r for r in (call(served["url"], "compare", job, session(),
-                                                 headers={"X-Forwarded-For": "9.9.9.9"}),
-                                            call(served["url"], "compare", job, session())))  # others, loopback
-    time.sleep(0.5)
-    assert "refused" not in call(served["url"], "compare", job, session(), headers=one_address)  # slots came back
+    saved, slots.client_limit = slots.client_limit, 3
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: call(served["url"], "compare", job, session(), headers=one_address),
+                                    range(6)))
+        refused = [r for r in results if "refused" in r]
+        assert len(refused) == 3 and all("your address already has 3 jobs" in r["refused"] for r in refused)
+        assert all("refused" not in r for r in (call(served["url"], "compare", job, session(),
+                                                     headers={"X-Forwarded-For": "9.9.9.9"}),
+                                                call(served["url"], "compare", job, session())))  # others, loopback
+        time.sleep(0.5)
+        assert "refused" not in call(served["url"], "compare", job, session(), headers=one_address)  # given back
+    finally:
+        slots.client_limit = saved
 
 
 def test_6_only_a_global_address_is_one_client():
