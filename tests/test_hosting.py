@@ -249,6 +249,22 @@ def test_6_one_client_address_has_three_jobs_over_all_its_sessions(served):
         slots.client_limit = saved
 
 
+def test_6_a_proxy_uvicorn_does_not_trust_is_said_once_and_star_turns_the_bounds_off(served, caplog, monkeypatch):
+    from types import SimpleNamespace
+    app = served["app"]
+
+    def request(host, forwarded=None):
+        return SimpleNamespace(client=SimpleNamespace(host=host), headers={"x-forwarded-for": forwarded} if forwarded else {})
+    monkeypatch.setattr(app, "_proxy_warned", False)
+    assert app.client_of(request("8.8.4.4")) == "8.8.4.4" and app.client_of(None) is None
+    with caplog.at_level(logging.WARNING, logger="kaldn.app"):
+        assert app.client_of(request("10.16.3.80", "8.8.4.4")) is None
+        assert app.client_of(request("10.16.3.81", "9.9.9.9")) is None
+    assert sum("uvicorn does not trust" in r.message for r in caplog.records) == 1  # once, naming the fix
+    monkeypatch.setattr(app, "_FORGEABLE", True)  # FORWARDED_ALLOW_IPS=*: the address is the client's to choose
+    assert app.client_of(request("8.8.4.4")) is None
+
+
 def test_6_only_a_global_address_is_one_client():
     from kaldn.admission import client_key
     assert client_key("8.8.4.4") == "8.8.4.4" and client_key("::ffff:8.8.4.4") == "8.8.4.4"
