@@ -44,7 +44,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .checkpoint import atomic_write, save_checkpoint
+from .checkpoint import CONFIG_NAME, CheckpointError, atomic_write, read_config, save_checkpoint
 from .data import TrainingDataError, list_images, load_pairs, split_holdout
 from .hub import load_model
 from .images import image_to_tensor, tensor_to_image
@@ -320,8 +320,8 @@ def _recorded_precision(out: Path) -> str | None:
     say (saved with it); None where none says."""
     for sub in ("last", "best"):
         try:
-            return json.loads((out / sub / "config.json").read_text())["training"]["precision"]
-        except (OSError, ValueError, KeyError, TypeError):
+            return read_config(out / sub / CONFIG_NAME)["training"]["precision"]
+        except (CheckpointError, OSError, KeyError, TypeError):
             continue
     return None
 
