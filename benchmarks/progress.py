@@ -13,6 +13,12 @@ of a run, which usually adds more, so read it as a trend, not a forecast. Loss s
 training loss over 3x the median of the 100 before it) are listed: a spike can set the weights
 back for a thousand iterations or more, which the validation curve then shows as a dip.
 
+Each run is also set beside the runs it is compared with by a registered claim (``KDSConv (det) beats
+linear DSConv``), where the other side trained under the same budget: another run here, or a bundled
+checkpoint's shipped log. The margin is read at every iteration both sides validated at. Held-out validation
+PSNR on a few images, so a trend to watch, not the claim's verdict: that is checked on the test sets once
+the run ships (``kaldn.evaluate``).
+
 ``--ema-vs-raw`` answers whether a run's weight average pays: a state trained with ``--ema`` holds
 both the raw weights and their average at the same iteration, and both are validated on the run's
 own validation set (what training would log for each).
@@ -32,7 +38,10 @@ from safetensors import SafetensorError, safe_open
 from kaldn.checkpoint import CONFIG_NAME, load_checkpoint, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
-from kaldn.results import LOG_NAME, format_metrics, format_precision, log_events, validation_events
+from kaldn.hub import bundled_dir
+from kaldn.models import ModelSpec, model_label, parse_model_name, variant, variants
+from kaldn.results import (LOG_NAME, comparable_budget, format_metrics, format_precision, log_events,
+                           validation_events)
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
@@ -80,7 +89,7 @@ def run_progress(folder: str | Path) -> dict:
         (i0, p0), (i1, p1) = validations[-2:]
         slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
-            "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
+            "training": training, "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope, "spikes": loss_spikes(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
@@ -118,6 +127,57 @@ def ema_vs_raw(folder: str | Path) -> dict | None:
     return {"iteration": meta["iteration"], "ema_decay": settings["ema"], "images": len(pairs), **scores}
 
 
+def bundled_curves(folder: str | Path | None = None) -> list[dict]:
+    """The bundled checkpoints as curves to compare with: ``{"run", "model", "training", "validations"}``."""
+    folder = Path(folder) if folder is not None else bundled_dir()
+    curves = []
+    for model_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file()):
+        config = read_config(model_dir / CONFIG_NAME)
+        validations = [(int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(model_dir / LOG_NAME)]
+        if validations and config.get("training"):
+            curves.append({"run": f"{folder.name}/{model_dir.name}", "model": config.get("model", model_dir.name),
+                           "training": config["training"], "validations": validations})
+    return curves
+
+
+def _counterpart(spec: ModelSpec, key: str) -> str:
+    """The model a claim sets against ``spec``: variant ``key`` on the same backbone and scale."""
+    other = variant(key)
+    return ModelSpec(other.arch, spec.scale, spec.backbone if other.backbone else None,
+                     key if other.backbone else None).name
+
+
+def claims_so_far(progress: dict, curves: list[dict]) -> list[str]:
+    """For each registered claim the run is a side of, the margin (better side minus worse) on the validation
+    curves so far, against the first of ``curves`` that is the other side under the same budget."""
+    try:
+        spec = parse_model_name(progress["model"])
+    except ValueError:
+        return []
+    budget = comparable_budget(progress.get("training"))
+    mine = dict(progress["validations"])
+    lines = []
+    for better, worse, text in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
+        if spec.variant not in (better, worse):
+            continue
+        other_name = _counterpart(spec, worse if spec.variant == better else better)
+        other = next((c for c in curves if c["model"] == other_name
+                      and comparable_budget(c["training"]) == budget), None)
+        if other is None:
+            continue
+        theirs = dict(other["validations"])
+        common = sorted(set(mine) & set(theirs))
+        if not common:
+            continue
+        sign = 1 if spec.variant == better else -1
+        margins = [(it, sign * (mine[it] - theirs[it])) for it in common]
+        last_it, last = margins[-1]
+        earlier = ", ".join(f"{m:+.3f} @ {it:,}" for it, m in margins[:-1])
+        lines.append(f"  {text}? so far {last:+.3f} dB at {last_it:,}" + (f" ({earlier})" if earlier else "")
+                     + f", against {model_label(other_name)} ({other['run']})")
+    return lines
+
+
 def describe(progress: dict) -> str:
     target = f" of {progress['target']:,}" if progress["target"] else ""
     finished = bool(progress["target"]) and progress["done"] >= progress["target"]
@@ -138,6 +198,9 @@ def describe(progress: dict) -> str:
     if progress.get("spikes"):
         listed = ", ".join(f"{it:,} ({loss:.3f}, {ratio:.0f}x)" for it, loss, ratio in progress["spikes"])
         lines.append(f"  loss spikes (over {SPIKE_FACTOR:g}x the running median): {listed}")
+    if progress.get("so_far"):
+        lines.append("  claims on the validation curves so far (better side minus worse, same budget):")
+        lines += ["  " + line for line in progress["so_far"]]
     return "\n".join(lines)
 
 
@@ -156,12 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no resumable runs under {' or '.join(ROOTS)}")
         return 0
+    missing = [folder for folder in runs if not folder.is_dir()]
+    if missing:
+        print(f"error: {missing[0]} is not a folder", file=sys.stderr)
+        return 2
+    progresses = [run_progress(folder) for folder in runs]
+    live = [run_progress(folder) for folder in find_runs()]
+    # Runs named here and live ones first (a committed state of the same run is older), then what shipped.
+    curves = progresses + live + bundled_curves()
     pairs: dict[int, dict[str, list]] = {}  # scale -> the datasets' image pairs, loaded once
-    for folder in runs:
-        if not folder.is_dir():
-            print(f"error: {folder} is not a folder", file=sys.stderr)
-            return 2
-        progress = run_progress(folder)
+    for folder, progress in zip(runs, progresses):
+        progress["so_far"] = claims_so_far(progress, curves)
         print(describe(progress))
         if args.datasets and progress["best"] and progress["scale"]:
             scale = int(progress["scale"])

@@ -25,7 +25,8 @@ from .models import (BICUBIC, check_scale, count_parameters, create_model, model
 log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
-           "claims", "format_budget", "format_count", "format_metrics", "format_precision", "load_results", "markdown_table",
+           "claims", "comparable_budget", "format_budget", "format_count", "format_metrics", "format_precision",
+           "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_events", "validation_set", "zoo_table"]
 
@@ -150,12 +151,13 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
     return "\n".join(lines)
 
 
-def _budget(row: dict) -> tuple:
-    """What makes two rows' training comparable: iterations, batch, LR patch, schedule and the validation set
-    (which also fixes the training images: held-out images are not trained on). Not the seed, nor the
-    precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
-    run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
-    t = row.get("training") or {}
+def comparable_budget(training: dict | None) -> tuple:
+    """What makes two runs' training comparable (a checkpoint config's "training" entry): iterations, batch,
+    LR patch, schedule and the validation set (which also fixes the training images: held-out images are not
+    trained on). Not the seed, nor the precision: bf16 autocast reaches fp32's validation PSNR
+    (``benchmarks.calibrate``: within 0.01 dB), and a run resumed on a CPU without native bf16 continues in
+    fp32 (``kaldn.train`` records where)."""
+    t = training or {}
     return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
                  for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (validation_set(t),)
 
@@ -168,7 +170,8 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     for row in rows:
         if row["model"] != BICUBIC:
             key = parse_model_name(row["model"]).variant
-            groups.setdefault(_budget(row), {}).setdefault(key, {})[row.get("seed") or 0] = row
+            budget = comparable_budget(row.get("training"))
+            groups.setdefault(budget, {}).setdefault(key, {})[row.get("seed") or 0] = row
     several = len(groups) > 1
     lines = []
     for d in dataset_names:

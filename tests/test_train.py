@@ -494,6 +494,35 @@ def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
     assert "iteration 8 of 8 (finished)" in describe(run_progress(run))
 
 
+def test_progress_sets_a_run_beside_its_claims_other_side_under_the_same_budget():
+    from benchmarks.progress import claims_so_far, describe
+    budget = {"iterations": 30000, "batch": 16, "patch": 48, "lr": 1e-3, "lr_halve_at": [0.5, 0.7],
+              "val": "data: every 10th image held out (8 images)", "val_images": 8}
+    run = {"run": "runs/zoo/x4/small-ldsconv-x4-s0", "model": "small-ldsconv-x4", "training": budget,
+           "validations": [(1000, 26.5), (2000, 26.8)]}
+    det = {"run": "checkpoints/small-kdsconv-det-x4", "model": "small-kdsconv-det-x4",
+           "training": dict(budget, precision="bf16", iterations_done=12000),  # precision is no budget
+           "validations": [(1000, 26.4), (2000, 26.9), (3000, 27.1)]}
+    shorter = {"run": "checkpoints/small-dsconv-x4", "model": "small-dsconv-x4",
+               "training": dict(budget, iterations=12000), "validations": [(1000, 20.0), (2000, 20.0)]}
+    tiny = {"run": "checkpoints/tiny-dsconv-x4", "model": "tiny-dsconv-x4", "training": budget,
+            "validations": [(1000, 20.0)]}
+    lines = claims_so_far(run, [run, shorter, tiny, det])
+    # Only the same-budget, same-backbone other side counts; the margin is better minus worse at each shared
+    # iteration, latest first.
+    assert len(lines) == 1, lines
+    assert "KDSConv (det) beats linear DSConv? so far +0.100 dB at 2,000 (-0.100 @ 1,000)" in lines[0]
+    assert "checkpoints/small-kdsconv-det-x4" in lines[0]
+    # Seen from the worse side the sign still follows the claim.
+    worse = dict(shorter, training=budget, run="runs/zoo/x4/small-dsconv-x4-s0")
+    lines = claims_so_far(worse, [worse, run])
+    assert len(lines) == 1 and "linear DSConv beats DSConv? so far +6.800 dB at 2,000 (+6.500 @ 1,000)" in lines[0]
+    assert claims_so_far(run, [run, tiny]) == [] and claims_so_far(dict(run, model="not-a-model"), [det]) == []
+    text = describe({**run, "target": 30000, "done": 2000, "resumes_at": 2000, "it_per_s": None,
+                     "slope_per_1000": None, "so_far": claims_so_far(run, [det])})
+    assert "claims on the validation curves so far" in text and "+0.100 dB" in text
+
+
 def test_progress_lists_loss_spikes_once_per_iteration():
     from benchmarks.progress import describe, loss_spikes
     steps = [{"iteration": i, "loss": 0.02 + 0.001 * (i % 3)} for i in range(0, 300, 10)]
