@@ -98,8 +98,8 @@ class AppSettings:
     min_free_disk: int = 1 << 30
     finetune_turn_s: int = 60
     views: int = 4                        # a pair view of a 2048^2 run peaks at ~200 MiB (benchmarks.view_memory)
-    # One comparison's work, whatever is chosen or uploaded: the seven default variants on a 2048^2 upload need
-    # 207 G at x4 (63 s on one thread, benchmarks.load) and 817 G at x2 (README, "Hosting safely").
+    # One comparison's work, whatever is chosen or uploaded: the default variants on a 2048^2 upload need
+    # 294 G at x4 (58 s on one thread, benchmarks.load) and 817 G at x2 (README, "Hosting safely").
     max_compare_gmacs: int = 1000
     sessions: int = 2000                  # Gradio keeps every session's input values: bounded memory
 

@@ -34,6 +34,20 @@ def test_tiled_equals_whole_image(model):
     assert np.abs(whole.astype(int) - seamed.astype(int)).max() > 1
 
 
+def test_receptive_radius_is_measured_from_the_network(model):
+    from benchmarks.tiling import receptive_radius
+    # RDN: two shallow 3x3 convs, one per dense layer (tiny: 4 x 4), global fusion's 3x3, the upsampler's.
+    assert receptive_radius(model) == 2 + 4 * 4 + 1 + 1
+    assert receptive_radius(prepare_model(create_model("small-ldsconv-x2"), "cpu")) == 2 + 6 * 5 + 1 + 1
+
+    class Global(torch.nn.Module):  # statistics of the whole input reach every output pixel
+        config = {"scale": 2}
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x - x.mean(), scale_factor=2)
+    assert receptive_radius(Global()) is None
+
+
 def test_progress_reports_every_tile(model):
     calls = []
     upscale(_image(100, 100), model, tile=40, overlap=8, progress=lambda d, t: calls.append((d, t)))
