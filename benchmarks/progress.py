@@ -35,11 +35,11 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from kaldn.checkpoint import CONFIG_NAME, load_checkpoint, read_config
+from kaldn.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
 from kaldn.hub import bundled_dir
-from kaldn.models import ModelSpec, model_label, parse_model_name, variant, variants
+from kaldn.models import ModelSpec, model_label, parse_model_name, variants
 from kaldn.results import (LOG_NAME, comparable_budget, format_metrics, format_precision, log_events,
                            validation_events)
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
@@ -128,23 +128,32 @@ def ema_vs_raw(folder: str | Path) -> dict | None:
 
 
 def bundled_curves(folder: str | Path | None = None) -> list[dict]:
-    """The bundled checkpoints as curves to compare with: ``{"run", "model", "training", "validations"}``."""
+    """The bundled checkpoints as curves to compare with: ``{"run", "model", "training", "validations"}``;
+    a folder without a readable config, a recorded budget or a validation log is left out."""
     folder = Path(folder) if folder is not None else bundled_dir()
     curves = []
-    for model_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file()):
-        config = read_config(model_dir / CONFIG_NAME)
+    for model_dir in sorted(folder.glob(f"*/{CONFIG_NAME}")):
+        model_dir = model_dir.parent
+        try:
+            config = read_config(model_dir / CONFIG_NAME)
+        except CheckpointError:
+            continue
         validations = [(int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(model_dir / LOG_NAME)]
-        if validations and config.get("training"):
+        if validations and isinstance(config.get("training"), dict) and config["training"]:
             curves.append({"run": f"{folder.name}/{model_dir.name}", "model": config.get("model", model_dir.name),
                            "training": config["training"], "validations": validations})
     return curves
 
 
-def _counterpart(spec: ModelSpec, key: str) -> str:
-    """The model a claim sets against ``spec``: variant ``key`` on the same backbone and scale."""
-    other = variant(key)
-    return ModelSpec(other.arch, spec.scale, spec.backbone if other.backbone else None,
-                     key if other.backbone else None).name
+def _counterpart(spec: ModelSpec, key: str) -> str | None:
+    """The model a claim sets against ``spec``: variant ``key`` at the same scale, on the same backbone (a
+    peer's rival on the family's default one); None for a variant no longer registered."""
+    other = next((v for v in variants() if v.key == key), None)
+    if other is None:
+        return None
+    if other.backbone is None:
+        return ModelSpec(other.arch, spec.scale).name
+    return ModelSpec(other.arch, spec.scale, spec.backbone or other.backbone, key).name
 
 
 def claims_so_far(progress: dict, curves: list[dict]) -> list[str]:
@@ -154,14 +163,16 @@ def claims_so_far(progress: dict, curves: list[dict]) -> list[str]:
         spec = parse_model_name(progress["model"])
     except ValueError:
         return []
-    budget = comparable_budget(progress.get("training"))
+    if not progress.get("training"):  # no recorded budget: nothing to be equal to
+        return []
+    budget = comparable_budget(progress["training"])
     mine = dict(progress["validations"])
     lines = []
     for better, worse, text in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
         if spec.variant not in (better, worse):
             continue
         other_name = _counterpart(spec, worse if spec.variant == better else better)
-        other = next((c for c in curves if c["model"] == other_name
+        other = next((c for c in curves if other_name and c["model"] == other_name and c.get("training")
                       and comparable_budget(c["training"]) == budget), None)
         if other is None:
             continue
@@ -224,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {missing[0]} is not a folder", file=sys.stderr)
         return 2
     progresses = [run_progress(folder) for folder in runs]
-    live = [run_progress(folder) for folder in find_runs()]
+    live = []
+    for folder in find_runs():
+        try:
+            live.append(run_progress(folder))
+        except CheckpointError as exc:  # another run's damaged config does not stop this report
+            print(f"note: {folder} left out of the comparisons: {exc}", file=sys.stderr)
     # Runs named here and live ones first (a committed state of the same run is older), then what shipped.
     curves = progresses + live + bundled_curves()
     pairs: dict[int, dict[str, list]] = {}  # scale -> the datasets' image pairs, loaded once

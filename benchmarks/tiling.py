@@ -8,8 +8,9 @@ reaches, on a random input (a ReLU that is off blocks a path, so this can under-
 A model that pools statistics over its whole input (FDIWN) reaches the probe's border: "global". Tiles
 are ``upscale``'s defaults (256 LR pixels, ``TILE_OVERLAP`` of context a side); the image (default:
 Set14's Barbara) is cropped to ``--size`` pixels a side, which must exceed a tile so that it is tiled.
-A float difference of about 1e-5 (in grey levels: 0.003) spread over the image is rounding: a tile has
-another shape, so its sums run in another order; it flips a rare 8-bit value by one. A seam would show as
+A float difference of about 1e-5 (in grey levels: 0.003) spread over the image is rounding: at x3 the
+bicubic skip samples at multiples of 1/3, which float cannot hold, so a tile that starts at an offset
+rounds its sampling positions differently; it flips a rare 8-bit value by one. A seam would show as
 differences along the tile edges.
 """
 
@@ -26,7 +27,7 @@ from kaldn.checkpoint import CONFIG_NAME, load_checkpoint
 from kaldn.data import dataset_folder
 from kaldn.hub import bundled_dir
 from kaldn.images import load_image
-from kaldn.inference import TILE_OVERLAP, prepare_model, upscale
+from kaldn.inference import TILE_OVERLAP, TILE_SIZE, prepare_model, upscale
 
 PROBE = 64  # LR pixels either side of the probed pixel
 
@@ -46,16 +47,17 @@ def receptive_radius(model: torch.nn.Module, limit: int = PROBE) -> int | None:
 def tiling_difference(image: np.ndarray, model: torch.nn.Module) -> dict:
     """Largest |tiled - whole| of ``image`` (uint8) in 8 bits and in float (in grey levels), and the share
     of 8-bit values that differ."""
-    whole8, tiled8 = (upscale(image, model, tile=t).astype(np.int32) for t in (None, 256))
+    whole8, tiled8 = (upscale(image, model, tile=t).astype(np.int32) for t in (None, TILE_SIZE))
     exact = image.astype(np.float32) / 255
-    whole, tiled = (upscale(exact, model, tile=t) for t in (None, 256))
+    whole, tiled = (upscale(exact, model, tile=t) for t in (None, TILE_SIZE))
     return {"max8": int(np.abs(tiled8 - whole8).max()), "share8": float((tiled8 != whole8).mean()),
             "max_float": 255 * float(np.abs(tiled - whole).max())}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tiling", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", help="an image of more than 256 pixels a side (default: Set14's Barbara)")
+    parser.add_argument("--image", help=f"an image of more than {TILE_SIZE} pixels a side (default: Set14's "
+                                        "Barbara)")
     parser.add_argument("--size", type=int, default=330, help="crop to this many pixels a side (default 330)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -65,10 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no image at {path} (pass --image)", file=sys.stderr)
         return 2
     image = load_image(path)[:args.size, :args.size, :3]
-    if max(image.shape[:2]) <= 256:
+    if max(image.shape[:2]) <= TILE_SIZE:
         print(f"error: {path.name} cropped to {image.shape[1]}x{image.shape[0]} fits in one tile", file=sys.stderr)
         return 2
-    print(f"{path.name} cropped to {image.shape[1]}x{image.shape[0]} LR pixels; tiles of 256 with "
+    print(f"{path.name} cropped to {image.shape[1]}x{image.shape[0]} LR pixels; tiles of {TILE_SIZE} with "
           f"{TILE_OVERLAP} pixels of context a side")
     print(f"{'model':24} {'radius':>7} {'max |diff| 8-bit':>17} {'values differing':>17} "
           f"{'max |diff| float (grey levels)':>31}")

@@ -36,7 +36,7 @@ from .choices import BICUBIC, ResolvedVariant, requested_keys, resolve_variant, 
 from .display import clamp_region, crop_region, enlarge_nearest, to_display
 from .errors import UserError, quoted
 from .images import save_png
-from .inference import prepare_model, resolve_device, tiled_pixels, upscale
+from .inference import TILE_SIZE, prepare_model, resolve_device, tiled_pixels, upscale
 from .inputs import Inputs
 from .metrics import evaluate_pair
 from .models import count_parameters, create_model, multiply_adds
@@ -146,7 +146,7 @@ def resolve_variants(variants: Sequence[str], scale: int, registry: SessionModel
 
 
 def check_work(resolved: Sequence[ResolvedVariant], lr_size: tuple[int, int], limit: int | None,
-               tile: int | None = 256) -> int:
+               tile: int | None = TILE_SIZE) -> int:
     """The multiply-adds these variants need on an LR input of ``lr_size`` (height, width), tiles' overlaps
     included; a :class:`UserError` over ``limit`` (one comparison holds the compute slot: its time must stay
     bounded whatever is chosen or uploaded)."""
@@ -165,7 +165,7 @@ def check_work(resolved: Sequence[ResolvedVariant], lr_size: tuple[int, int], li
 
 def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto",
                    cache: ModelCache | None = None, registry: SessionModels | None = None,
-                   progress: Callable[[float, str], None] | None = None, tile: int = 256,
+                   progress: Callable[[float, str], None] | None = None, tile: int = TILE_SIZE,
                    max_multiply_adds: int | None = None) -> Comparison:
     """Upscale ``inputs.lr`` with every variant; metrics against ``inputs.gt`` when there is one.
 

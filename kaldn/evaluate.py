@@ -26,7 +26,7 @@ from torch import nn
 from .checkpoint import write_json
 from .data import DATASETS, dataset_folder, load_pairs
 from .hub import load_model
-from .inference import prepare_model, upscale
+from .inference import TILE_SIZE, prepare_model, upscale
 from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds
 from .release import replace_block, ship
@@ -62,7 +62,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
            if "kdsconv-" in (model.config.get("conv") or "") else None,
            "weights_origin": (model.config.get("weights") or {}).get("origin")}
     # Models with pooled statistics (FDIWN) see the whole image, as published numbers are measured: a tile changes them.
-    tile = None if getattr(model, "global_context", False) else 256
+    tile = None if getattr(model, "global_context", False) else TILE_SIZE
     for name, pairs in datasets.items():
         row[name] = mean_scores([upscale(lr, fast, tile=tile) for _, lr in pairs], [hr for hr, _ in pairs], scale)
     if timing:

@@ -81,16 +81,17 @@ def _tiles(h: int, w: int, tile: int | None, overlap: int):
                                      max(x0 - overlap, 0), min(x1 + overlap, w))
 
 
+TILE_SIZE = 256    # LR pixels a side of the part of the image each tile keeps
 TILE_OVERLAP = 24  # LR pixels of context each tile reads beyond its edges
 
 
-def tiled_pixels(h: int, w: int, tile: int | None = 256, overlap: int = TILE_OVERLAP) -> int:
+def tiled_pixels(h: int, w: int, tile: int | None = TILE_SIZE, overlap: int = TILE_OVERLAP) -> int:
     """Input pixels :func:`upscale` runs through the model for an h x w image: every tile with its overlap."""
     return sum((py1 - py0) * (px1 - px0) for _, (py0, py1, px0, px1) in _tiles(h, w, tile, overlap))
 
 
 @torch.inference_mode()
-def upscale(image: np.ndarray, model: nn.Module, tile: int | None = 256, overlap: int = TILE_OVERLAP,
+def upscale(image: np.ndarray, model: nn.Module, tile: int | None = TILE_SIZE, overlap: int = TILE_OVERLAP,
             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Upscale an image array by the model's scale; the model comes from ``prepare_model``.
 

@@ -153,13 +153,15 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
 
 def comparable_budget(training: dict | None) -> tuple:
     """What makes two runs' training comparable (a checkpoint config's "training" entry): iterations, batch,
-    LR patch, schedule and the validation set (which also fixes the training images: held-out images are not
-    trained on). Not the seed, nor the precision: bf16 autocast reaches fp32's validation PSNR
-    (``benchmarks.calibrate``: within 0.01 dB), and a run resumed on a CPU without native bf16 continues in
-    fp32 (``kaldn.train`` records where)."""
-    t = training or {}
-    return tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
-                 for k in ("iterations", "batch", "patch", "lr", "lr_halve_at")) + (validation_set(t),)
+    LR patch, schedule, the training images (by folder name, wherever the data sat) and the validation set
+    (held-out images are not trained on), the weight average and the starting weights. Not the seed, nor the
+    precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
+    run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
+    t = training if isinstance(training, dict) else {}
+    schedule = tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
+                     for k in ("iterations", "batch", "patch", "lr", "lr_halve_at"))
+    data = Path(str(t["data"])).name if t.get("data") else None
+    return schedule + (data, validation_set(t), t.get("ema") or None, str(t["init"]) if t.get("init") else None)
 
 
 def claims(rows: list[dict], dataset_names: list[str]) -> str:

@@ -497,6 +497,7 @@ def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
 def test_progress_sets_a_run_beside_its_claims_other_side_under_the_same_budget():
     from benchmarks.progress import claims_so_far, describe
     budget = {"iterations": 30000, "batch": 16, "patch": 48, "lr": 1e-3, "lr_halve_at": [0.5, 0.7],
+              "data": "../shared/data/train/sun_hays80", "ema": 0.999,
               "val": "data: every 10th image held out (8 images)", "val_images": 8}
     run = {"run": "runs/zoo/x4/small-ldsconv-x4-s0", "model": "small-ldsconv-x4", "training": budget,
            "validations": [(1000, 26.5), (2000, 26.8)]}
@@ -521,6 +522,46 @@ def test_progress_sets_a_run_beside_its_claims_other_side_under_the_same_budget(
     text = describe({**run, "target": 30000, "done": 2000, "resumes_at": 2000, "it_per_s": None,
                      "slope_per_1000": None, "so_far": claims_so_far(run, [det])})
     assert "claims on the validation curves so far" in text and "+0.100 dB" in text
+    # Another weight average, other starting weights or other training images are another budget; so is none.
+    assert len(claims_so_far(run, [dict(det, training=dict(det["training"], data="/elsewhere/sun_hays80"))])) == 1
+    for other in ({"ema": None}, {"init": "tiny-kdsconv-det-x4"}, {"data": "elsewhere/div2k"}):
+        assert claims_so_far(run, [dict(det, training=dict(det["training"], **other))]) == [], other
+    assert claims_so_far(dict(run, training={}), [dict(det, training={})]) == []
+    # A peer's rival is the family's variant on its default backbone.
+    peer = {"run": "runs/zoo/x4/lesrcnn-x4-s0", "model": "lesrcnn-x4", "training": budget,
+            "validations": [(1000, 26.0)]}
+    tiny_det = dict(det, model="tiny-kdsconv-det-x4", run="checkpoints/tiny-kdsconv-det-x4")
+    lines = claims_so_far(peer, [tiny_det])
+    assert len(lines) == 1 and "KDSConv (det) beats LESRCNN at equal training budget? so far +0.400 dB" in lines[0]
+
+
+def test_progress_reads_bundled_curves_and_skips_what_it_cannot(tmp_path):
+    from benchmarks.progress import bundled_curves, claims_so_far
+    from kaldn.registry import Claim, register_conv, unregister_conv
+    budget = {"iterations": 100, "batch": 4, "patch": 16, "lr": 1e-3, "lr_halve_at": [0.5]}
+    log = '{"event": "validation", "iteration": 50, "val_psnr": 25.0}\n{"event": "step", "iteration": 60}\n'
+    for name, config, with_log in (("tiny-dsconv-x2", {"model": "tiny-dsconv-x2", "training": budget}, True),
+                                   ("tiny-ldsconv-x2", {"model": "tiny-ldsconv-x2", "training": budget}, False),
+                                   ("tiny-conv-x2", {"model": "tiny-conv-x2", "training": "6000 it"}, True),
+                                   ("damaged", None, True)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{" if config is None else json.dumps(config))
+        if with_log:
+            (tmp_path / name / "log.jsonl").write_text(log)
+    curves = bundled_curves(tmp_path)
+    assert [(c["run"], c["model"], c["validations"]) for c in curves] == [
+        (f"{tmp_path.name}/tiny-dsconv-x2", "tiny-dsconv-x2", [(50, 25.0)])]
+    assert bundled_curves(tmp_path / "missing") == []
+    run = {"run": "r", "model": "tiny-kdsconv-det-x2", "training": budget, "validations": [(50, 26.0)]}
+    assert len(claims_so_far(run, curves)) == 1
+    # A claim whose other side is not registered (any more) is passed over, not a crash.
+    register_conv("toy-conv", lambda *a, **kw: None, label="Toy conv", order=900,
+                  claims=(Claim("no-such-variant", "toy beats nothing"), Claim("dsconv", "toy beats DSConv")))
+    try:
+        toy = dict(run, model="tiny-toy-conv-x2")
+        assert [line.split("?")[0].strip() for line in claims_so_far(toy, curves)] == ["toy beats DSConv"]
+    finally:
+        unregister_conv("toy-conv")
 
 
 def test_progress_lists_loss_spikes_once_per_iteration():
