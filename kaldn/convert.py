@@ -32,14 +32,14 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
-from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
+from .checkpoint import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
+from .layers import DESCRIPTOR_NORMS
 from .models import architectures, create_model, options_taken, parse_model_name
 from .registry import SCALES, Architecture
 
@@ -123,9 +123,10 @@ def read_torch_state(path: str | Path, key: str | None = None) -> dict[str, torc
 
 
 def map_state(state: Mapping[str, torch.Tensor], name: str, source: str,
-              rename: Callable[[str], str | None]) -> dict[str, torch.Tensor]:
-    """Rename ``state`` onto model ``name`` strictly: every tensor used once, every shape equal."""
-    expected = create_model(name).state_dict()
+              rename: Callable[[str], str | None], options: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """Rename ``state`` onto model ``name`` (built with ``options``) strictly: every tensor used once, every
+    shape equal."""
+    expected = _build(name, options or {}, source).state_dict()
     mapped: dict[str, torch.Tensor] = {}
     origin: dict[str, str] = {}
     unknown, duplicate = [], []
@@ -165,6 +166,27 @@ def _recorded_weights(metadata: Mapping[str, str], source: Path) -> dict:
 
 def _identity(key: str) -> str:
     return key
+
+
+def _build(name: str, options: Mapping[str, Any], source: str) -> torch.nn.Module:
+    try:
+        return create_model(name, **options)
+    except ValueError as exc:  # an option value the architecture does not know (from a file's own config)
+        raise ConversionError(f"{source}: {str(exc)[:300]}") from None
+
+
+def _recorded_options(name: str, metadata: Mapping[str, str], source: Path) -> dict[str, Any]:
+    """The architecture options a kaldn ``.safetensors`` file's own config records (``descriptor_norm``, SCNet's
+    upsampler), so the model is rebuilt as it was trained; none for a file from before configs were stored."""
+    if CONFIG_METADATA_KEY not in metadata:
+        return {}
+    try:
+        config = json.loads(metadata[CONFIG_METADATA_KEY])
+    except json.JSONDecodeError:
+        raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not JSON") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not a JSON object")
+    return options_taken(name, config)
 
 
 def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, source: Path) -> str:
@@ -209,12 +231,16 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     if third_party and peer is None:
         raise ConversionError(f"no published layout is known for {spec.arch}")
     rename = peer.published.key if third_party else _identity
-    mapped = map_state(state, name, str(source), rename)
-
-    norm = descriptor_norm or metadata.get("descriptor_norm") or DEFAULT_DESCRIPTOR_NORM
-    if norm not in DESCRIPTOR_NORMS:
-        raise ConversionError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {norm!r}")
-    model = create_model(name, **options_taken(name, {"descriptor_norm": norm}))
+    if third_party:  # what the release's layout says (SCNet-T: which upsampler), else the defaults
+        options = peer.published.options(state.keys()) if peer.published.options else {}
+    else:
+        options = _recorded_options(name, metadata, source)
+    if descriptor_norm is not None:
+        if descriptor_norm not in DESCRIPTOR_NORMS:
+            raise ConversionError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
+        options = {**options, **options_taken(name, {"descriptor_norm": descriptor_norm})}
+    mapped = map_state(state, name, str(source), rename, options)
+    model = _build(name, options, str(source))
     model.load_state_dict(mapped, strict=True)
     digest = sha256(source)
     command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 SCALES = (2, 3, 4)  # the scales every built-in architecture is registered for
 
@@ -72,6 +72,7 @@ class Published:
     paper: str                                  # citation
     url: str                                    # where the authors publish weights
     key: Callable[[str], str | None]            # published tensor name -> this module's (None: not in the layout)
+    options: Callable[[Iterable[str]], dict[str, Any]] | None = None  # the options a release's tensor names imply
 
 
 @dataclass(frozen=True)

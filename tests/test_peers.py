@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from kaldn.archs import lesrcnn
 from kaldn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -83,7 +83,8 @@ def test_peer_builds_by_name_with_its_parameter_count(arch, scale):
     name = f"{arch}-x{scale}"
     assert name in model_names() and parse_model_name(name).name == name
     model = create_model(name).eval()
-    assert model.config == {"model": name, "arch": arch, "scale": scale}
+    options = {"upsampler": "mlp"} if arch == "scnet-t" else {}  # the one option a peer takes
+    assert model.config == {"model": name, "arch": arch, "scale": scale, **options}
     assert count_parameters(model) == PARAMS[arch][scale]
     with torch.inference_mode():
         out = model(torch.rand(1, 3, 13, 11))
@@ -228,6 +229,55 @@ def test_wrong_architecture_scale_and_shape_are_each_refused(tmp_path):
     with pytest.raises(ConversionError, match=r"missing tensors: tail\.weight"):
         convert(tmp_path / "missing.pth", tmp_path / "d", arch="lesrcnn", scale=4)
     assert not any((tmp_path / d).exists() for d in "abcd")
+
+
+def _scnet_published_layout(model: torch.nn.Module, pixelshuffle: bool) -> dict[str, torch.Tensor]:
+    """A model's tensors under the names the SCNet authors' BasicSR code gives them."""
+    fixed = {"head": "conv_first", "hr_conv": "conv_hr", "tail": "conv_last"}
+    out = {}
+    for key, tensor in model.state_dict().items():
+        parts = key.split(".")
+        if parts[0] in fixed:
+            key = ".".join([fixed[parts[0]], *parts[1:]])
+        elif parts[0] == "upsample":
+            index = {"conv1": 0, "conv2": 3}[parts[2]] + (0 if pixelshuffle else 1)
+            key = f"upconv{int(parts[1]) + 1}.up_layer.{index}.{parts[3]}"
+        out[key] = tensor.clone()
+    return out
+
+
+@pytest.mark.parametrize("upsampler", ["pixelshuffle", "mlp"])
+def test_scnet_release_converts_with_the_upsampler_its_layout_says(tmp_path, upsampler):
+    # The authors release SCNet-T x4 with both upsamplers (SCNet-T-x4.pth and ..._D64B16_PS.pth).
+    torch.manual_seed(0)
+    original = create_model("scnet-t-x4", upsampler=upsampler).eval()
+    torch.save({"params": _scnet_published_layout(original, upsampler == "pixelshuffle")}, tmp_path / "scnet.pth")
+    out = convert(tmp_path / "scnet.pth", tmp_path / "out", arch="scnet-t", scale=4)
+    model = load_model(out).eval()
+    assert model.config["upsampler"] == upsampler and json.loads((out / "config.json").read_text())["upsampler"] == upsampler
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(model(x), original(x))
+    # PixelShuffle's last upsampling conv is 16x the MLP one's at x4 (64 * 2 * 2 outputs per step): not the same model.
+    assert (count_parameters(model) > count_parameters(create_model("scnet-t-x4"))) == (upsampler == "pixelshuffle")
+
+
+def test_an_option_a_file_records_is_kept_and_a_bad_one_refused(tmp_path):
+    torch.manual_seed(2)
+    model = create_model("tiny-kdsconv-det-x2", descriptor_norm="none").eval()
+    folder = save_checkpoint(tmp_path / "ckpt", model)
+    out = convert(folder / "model.safetensors", tmp_path / "out")
+    assert load_model(out).config["descriptor_norm"] == "none"  # not the default: the model trained with it
+    x = torch.rand(1, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(load_model(out)(x), model(x))
+    scnet = save_checkpoint(tmp_path / "scnet", create_model("scnet-t-x2"))
+    header = {"format": "pt", "model": "scnet-t-x2",
+              "kaldn_config": json.dumps({"model": "scnet-t-x2", "upsampler": "x" * 10_000})}
+    save_file(load_file(str(scnet / "model.safetensors")), str(tmp_path / "odd.safetensors"), metadata=header)
+    with pytest.raises(ConversionError, match="upsampler must be one of") as refused:
+        convert(tmp_path / "odd.safetensors", tmp_path / "odd")
+    assert len(str(refused.value)) < 500 and not (tmp_path / "odd").exists()
 
 
 def test_kaldn_safetensors_file_becomes_a_folder(tmp_path):

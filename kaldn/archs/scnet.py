@@ -21,6 +21,7 @@ Input and output are RGB in [0, 1] with no mean shift, as released.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +127,8 @@ def published_key(name: str) -> str | None:
     """This module's name for a tensor of the authors' BasicSR state dict (``params``); None if not in the layout.
 
     No released SCNet weights are at hand here, so this mapping is checked only against the published
-    code's layout (``conv_first``, ``body.N.conv1/2``, ``upconvN.up_layer.K``, ``conv_hr``, ``conv_last``).
+    code's layout (``conv_first``, ``body.N.conv1/2``, ``upconvN.up_layer.K``, ``conv_hr``, ``conv_last``),
+    for both upsamplers.
     """
     fixed = {"conv_first": "head", "conv_hr": "hr_conv", "conv_last": "tail"}
     m = re.fullmatch(r"(conv_first|conv_hr|conv_last)\.(weight|bias)", name)
@@ -143,7 +145,18 @@ def published_key(name: str) -> str | None:
     return None
 
 
-# One entry: models scnet-t-x2 .. scnet-t-x4. Not selected by default in the app: several times the CPU time of a tiny model.
-register_architecture("scnet-t", lambda scale: SCNet(scale), label="SCNet-T", order=120, default=False,
+def published_options(names: Iterable[str]) -> dict[str, str]:
+    """The upsampler a release was trained with, read from its tensor names: the PixelShuffle one's first conv
+    is ``up_layer.0`` (nothing comes before it), the MLP one's ``up_layer.1`` (after its bilinear resize)."""
+    pixelshuffle = any(re.fullmatch(r"upconv[12]\.up_layer\.0\.(weight|bias)", name) for name in names)
+    return {"upsampler": "pixelshuffle" if pixelshuffle else "mlp"}
+
+
+# One entry: models scnet-t-x2 .. scnet-t-x4, MLP upsampler unless a checkpoint records the PixelShuffle one
+# (the authors release x4 weights of both). Not selected by default in the app: several times the CPU time of a
+# tiny model.
+register_architecture("scnet-t", lambda scale, upsampler="mlp": SCNet(scale, upsampler=upsampler), label="SCNet-T",
+                      order=120, default=False, options={"upsampler": "mlp"},
                       published=Published("Wu et al., Fully 1x1 convolutional network for lightweight image "
-                                          "super-resolution (MIR 2024)", "github.com/Aitical/SCNet", published_key))
+                                          "super-resolution (MIR 2024)", "github.com/Aitical/SCNet", published_key,
+                                          published_options))
