@@ -51,6 +51,7 @@ MAX_MESSAGE_CHARS = 500    # what convert_isolated passes on from the child
 RECORD_KEYS = ("origin", "architecture", "paper", "published_at", "source_file", "source_sha256", "converted_by",
                "note", "repacked_from", "repacked_sha256", "repacked_by")
 MAX_RECORD_CHARS = 512
+MAX_OPTION_CHARS = 64      # an architecture option's value is a short name ("standardize", "pixelshuffle")
 THIRD_PARTY_NOTE = ("the authors' released weights, not the kaldn project's; the source carries no licence: "
                     "do not redistribute, bundle or upload them")
 
@@ -156,7 +157,7 @@ def _recorded_weights(metadata: Mapping[str, str], source: Path) -> dict:
         return {}
     try:
         record = json.loads(metadata["weights"])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number too long to read, nesting too deep
         raise ConversionError(f"{source}: its 'weights' metadata is not JSON") from None
     if not isinstance(record, dict):
         raise ConversionError(f"{source}: its 'weights' metadata is not a JSON object")
@@ -182,11 +183,17 @@ def _recorded_options(name: str, metadata: Mapping[str, str], source: Path) -> d
         return {}
     try:
         config = json.loads(metadata[CONFIG_METADATA_KEY])
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number too long to read, nesting too deep
         raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not JSON") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not a JSON object")
-    return options_taken(name, config)
+    if config.get("model", name) != name:  # the config of another model: its options are not this one's
+        raise ConversionError(f"{source}: its config is for {_short(str(config['model']))}, not {name}")
+    options = options_taken(name, config)
+    odd = [k for k, v in options.items() if not (isinstance(v, str) and len(v) <= MAX_OPTION_CHARS)]
+    if odd:
+        raise ConversionError(f"{source}: its config's {', '.join(odd)} is not a short name")
+    return options
 
 
 def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, source: Path) -> str:
@@ -232,14 +239,23 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
         raise ConversionError(f"no published layout is known for {spec.arch}")
     rename = peer.published.key if third_party else _identity
     if third_party:  # what the release's layout says (SCNet-T: which upsampler), else the defaults
-        options = peer.published.options(state.keys()) if peer.published.options else {}
+        try:
+            options = peer.published.options(state.keys()) if peer.published.options else {}
+        except ValueError as exc:
+            raise ConversionError(f"{source}: {exc}") from None
     else:
         options = _recorded_options(name, metadata, source)
     if descriptor_norm is not None:
         if descriptor_norm not in DESCRIPTOR_NORMS:
             raise ConversionError(f"descriptor_norm must be one of {DESCRIPTOR_NORMS}, got {descriptor_norm!r}")
-        options = {**options, **options_taken(name, {"descriptor_norm": descriptor_norm})}
-    mapped = map_state(state, name, str(source), rename, options)
+        asked = options_taken(name, {"descriptor_norm": descriptor_norm})
+        if options.get("descriptor_norm", descriptor_norm) != descriptor_norm:
+            raise ConversionError(f"{source}: it records descriptor_norm {options['descriptor_norm']}, not "
+                                  f"{descriptor_norm}: the weights were trained with it")
+        options = {**options, **asked}
+    where = (f" (read as {', '.join(f'{k} {v}' for k, v in options.items())}, from its tensor names)"
+             if third_party and options else "")
+    mapped = map_state(state, name, str(source) + where, rename, options)
     model = _build(name, options, str(source))
     model.load_state_dict(mapped, strict=True)
     digest = sha256(source)

@@ -258,6 +258,8 @@ def test_scnet_release_converts_with_the_upsampler_its_layout_says(tmp_path, ups
     x = torch.rand(1, 3, 16, 16)
     with torch.inference_mode():
         assert torch.equal(model(x), original(x))
+    with pytest.raises(ConversionError, match=f"read as upsampler {upsampler}, from its tensor names"):
+        convert(tmp_path / "scnet.pth", tmp_path / "x2", arch="scnet-t", scale=2)  # two steps where x2 has one
     # PixelShuffle's last upsampling conv is 16x the MLP one's at x4 (64 * 2 * 2 outputs per step): not the same model.
     assert (count_parameters(model) > count_parameters(create_model("scnet-t-x4"))) == (upsampler == "pixelshuffle")
 
@@ -271,13 +273,28 @@ def test_an_option_a_file_records_is_kept_and_a_bad_one_refused(tmp_path):
     x = torch.rand(1, 3, 16, 16)
     with torch.inference_mode():
         assert torch.equal(load_model(out)(x), model(x))
-    scnet = save_checkpoint(tmp_path / "scnet", create_model("scnet-t-x2"))
-    header = {"format": "pt", "model": "scnet-t-x2",
-              "kaldn_config": json.dumps({"model": "scnet-t-x2", "upsampler": "x" * 10_000})}
-    save_file(load_file(str(scnet / "model.safetensors")), str(tmp_path / "odd.safetensors"), metadata=header)
-    with pytest.raises(ConversionError, match="upsampler must be one of") as refused:
-        convert(tmp_path / "odd.safetensors", tmp_path / "odd")
-    assert len(str(refused.value)) < 500 and not (tmp_path / "odd").exists()
+    # Asked for another norm than the file records: refused, not silently another model.
+    with pytest.raises(ConversionError, match="records descriptor_norm none, not standardize"):
+        convert(folder / "model.safetensors", tmp_path / "other", descriptor_norm="standardize")
+    tensors = load_file(str(save_checkpoint(tmp_path / "scnet", create_model("scnet-t-x2")) / "model.safetensors"))
+    for i, (config, message) in enumerate([
+            ('{"model": "scnet-t-x2", "upsampler": "bicubic"}', "upsampler must be one of"),
+            (json.dumps({"model": "scnet-t-x2", "upsampler": "x" * 10_000}), "upsampler is not a short name"),
+            ('{"model": "scnet-t-x2", "upsampler": [[["mlp"]]]}', "upsampler is not a short name"),
+            ('{"model": "scnet-t-x3", "upsampler": "pixelshuffle"}', "its config is for scnet-t-x3, not scnet-t-x2"),
+            ('{"model": "scnet-t-x2", "upsampler": ' + "[" * 100_000 + "]" * 100_000 + "}", "is not JSON"),
+            ('{"model": "scnet-t-x2", "upsampler": 1' + "0" * 5000 + "}", "is not JSON")]):
+        header = {"format": "pt", "model": "scnet-t-x2", "kaldn_config": config}
+        save_file(tensors, str(tmp_path / f"odd{i}.safetensors"), metadata=header)
+        with pytest.raises(ConversionError, match=message) as refused:
+            convert(tmp_path / f"odd{i}.safetensors", tmp_path / f"odd{i}")
+        assert len(str(refused.value)) < 500 and not (tmp_path / f"odd{i}").exists()
+    # A release mixing both upsamplers' layouts is refused by name, not read as one of them.
+    mixed = _scnet_published_layout(create_model("scnet-t-x4"), pixelshuffle=False)
+    mixed["upconv2.up_layer.0.bias"] = mixed.pop("upconv2.up_layer.1.bias")
+    torch.save(mixed, tmp_path / "mixed.pth")
+    with pytest.raises(ConversionError, match="mix the PixelShuffle"):
+        convert(tmp_path / "mixed.pth", tmp_path / "mixed", arch="scnet-t", scale=4)
 
 
 def test_kaldn_safetensors_file_becomes_a_folder(tmp_path):

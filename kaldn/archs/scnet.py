@@ -146,10 +146,15 @@ def published_key(name: str) -> str | None:
 
 
 def published_options(names: Iterable[str]) -> dict[str, str]:
-    """The upsampler a release was trained with, read from its tensor names: the PixelShuffle one's first conv
-    is ``up_layer.0`` (nothing comes before it), the MLP one's ``up_layer.1`` (after its bilinear resize)."""
-    pixelshuffle = any(re.fullmatch(r"upconv[12]\.up_layer\.0\.(weight|bias)", name) for name in names)
-    return {"upsampler": "pixelshuffle" if pixelshuffle else "mlp"}
+    """The upsampler a release was trained with, read from its tensor names: the PixelShuffle one's convs are
+    ``up_layer.0`` and ``.3`` (nothing comes before them), the MLP one's ``.1`` and ``.4`` (after its bilinear
+    resize). ValueError for a file with both."""
+    layer = re.compile(r"upconv[12]\.up_layer\.([0134])\.(weight|bias)")
+    found = {m.group(1) for name in names if (m := layer.fullmatch(name))}
+    if found & {"0", "3"} and found & {"1", "4"}:
+        raise ValueError("its upsampling layers mix the PixelShuffle (up_layer.0, .3) and MLP (up_layer.1, .4) "
+                         "layouts")
+    return {"upsampler": "pixelshuffle" if found & {"0", "3"} else "mlp"}
 
 
 # One entry: models scnet-t-x2 .. scnet-t-x4, MLP upsampler unless a checkpoint records the PixelShuffle one
