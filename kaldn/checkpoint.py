@@ -78,8 +78,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
         config = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint config") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a valid JSON config ({exc})") from None
+    except (ValueError, RecursionError) as exc:  # not JSON or not UTF-8, a number too long, nesting too deep
+        raise CheckpointError(f"{path}: not a valid JSON config ({str(exc)[:200]})") from None
     if not isinstance(config, dict) or "model" not in config:
         raise CheckpointError(f"{path}: config has no 'model' name")
     return config
@@ -112,8 +112,8 @@ def read_safetensors_config(path: str | Path) -> dict[str, Any]:
     if CONFIG_METADATA_KEY in metadata:
         try:
             config = json.loads(metadata[CONFIG_METADATA_KEY])
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path}: header {CONFIG_METADATA_KEY} is not JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:  # not JSON, a number too long, nesting too deep
+            raise CheckpointError(f"{path}: header {CONFIG_METADATA_KEY} is not JSON ({str(exc)[:200]})") from None
         if isinstance(config, dict) and "model" in config:
             return config
     if "model" in metadata:

@@ -431,7 +431,7 @@ def _file_weights_record(path: Path) -> dict:
         text = (f.metadata() or {}).get("weights")
     try:
         record = json.loads(text) if text else {}
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, a number too long, nesting too deep: no record
         return {}
     return record if isinstance(record, dict) else {}
 

@@ -501,6 +501,15 @@ def test_a_single_safetensors_file_describes_itself(env):
         load_model(str(env / "elsewhere" / "anon.safetensors"))
     with pytest.raises(ModelNotFoundError, match="no such weights file"):
         load_model(str(env / "elsewhere" / "missing.safetensors"))
+    # A header json cannot read (nested past the recursion limit, a number too long) is a CheckpointError too.
+    for i, text in enumerate(["[" * 100_000 + "]" * 100_000, "1" + "0" * 5000]):
+        odd = env / "elsewhere" / f"odd{i}.safetensors"
+        save_file({"x": torch.zeros(1)}, str(odd), metadata={"model": NAMES[0], "kaldn_config": text})
+        with pytest.raises(CheckpointError, match="kaldn_config is not JSON"):
+            load_model(str(odd))
+        (folder / "config.json").write_text(text)
+        with pytest.raises(CheckpointError, match="not a valid JSON config"):
+            load_model(folder)
 
 
 def test_available_models(env):
