@@ -99,6 +99,13 @@ def options_taken(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in taken}
 
 
+def changed_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a model's ``config`` records that differ from its architecture's defaults (an uploaded SCNet-T
+    with the PixelShuffle upsampler: ``{"upsampler": "pixelshuffle"}``), so lists can tell it from the default."""
+    defaults = architecture(parse_model_name(config["model"]).arch).options
+    return {k: config[k] for k, default in defaults.items() if k in config and config[k] != default}
+
+
 def create_model(name: str, **options: Any) -> nn.Module:
     """Build an untrained model by name. ``model.config`` records how (name, architecture, scale, options).
 

@@ -22,7 +22,7 @@ from .admission import EndedSessions
 from .checkpoint import CONFIG_NAME, read_config
 from .convert import ConversionError, convert_isolated, published_architectures
 from .errors import BusyError, UserError, quoted
-from .models import check_scale, model_label, parse_model_name
+from .models import changed_options, check_scale, model_label, parse_model_name
 
 __all__ = ["CHECKPOINT_SUFFIXES", "FINE_TUNED", "UPLOADED", "SessionModel", "SessionModels", "import_checkpoint",
            "is_session_key"]
@@ -100,8 +100,10 @@ class SessionModels:
                 key = f"{KEY_PREFIX[kind]}-{n}"
                 spec = parse_model_name(model)
                 iters = (info or {}).get("iterations")
-                label = f"{kind} #{n} ({model_label(spec.name)} x{spec.scale}" + \
-                    (f", {iters} it)" if iters else ")")
+                details = [f"{model_label(spec.name)} x{spec.scale}",
+                           *(f"{k} {v}" for k, v in ((info or {}).get("options") or {}).items()),
+                           *([f"{iters} it"] if iters else [])]
+                label = f"{kind} #{n} ({', '.join(details)})"
                 entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner,
                                      kind)
                 self._items[key] = entry
@@ -256,7 +258,8 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
             raise UserError(f"{name}: its metadata is too large to keep.")
         config = read_config(out / CONFIG_NAME)
         weights = config.get("weights") or {}
-        return registry.add(out, config["model"], {"origin": weights.get("origin"), "file": name},
+        info = {"origin": weights.get("origin"), "file": name, "options": changed_options(config)}
+        return registry.add(out, config["model"], info,
                             delete_dir=folder, owner=owner, kind=UPLOADED, since=started)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

@@ -130,6 +130,26 @@ def test_a_published_lesrcnn_file_compares_and_beats_bicubic(tmp_path):
     assert peer.status == "ok" and peer.psnr > bicubic.psnr + 0.5, (peer.psnr, bicubic.psnr)
 
 
+def test_an_upload_built_otherwise_than_the_default_says_so_in_its_label(tmp_path):
+    from kaldn.checkpoint import save_checkpoint
+    from kaldn.models import create_model
+    from test_peers import _scnet_published_layout
+    registry = SessionModels()
+    model = create_model("scnet-t-x4", upsampler="pixelshuffle")
+    torch.save({"params": _scnet_published_layout(model, pixelshuffle=True)}, tmp_path / "SCNet-T_x4_D64B16_PS.pth")
+    entry = import_checkpoint(tmp_path / "SCNet-T_x4_D64B16_PS.pth", "SCNet-T_x4_D64B16_PS.pth", "scnet-t", 4,
+                              registry, "alice", root=tmp_path / "runs", **LIMITS)
+    assert entry.third_party and entry.label == "Uploaded #1 (SCNet-T x4, upsampler pixelshuffle)"
+    folder = save_checkpoint(tmp_path / "mine", create_model("tiny-kdsconv-det-x2", descriptor_norm="none"))
+    entry = import_checkpoint(folder / "model.safetensors", "mine.safetensors", None, None, registry, "alice",
+                              root=tmp_path / "runs", **LIMITS)
+    assert entry.label == "Uploaded #2 (KDSConv (det) x2, descriptor_norm none)"
+    default = save_checkpoint(tmp_path / "plain", create_model("tiny-kdsconv-det-x2"))
+    entry = import_checkpoint(default / "model.safetensors", "plain.safetensors", None, None, registry, "alice",
+                              root=tmp_path / "runs", **LIMITS)
+    assert entry.label == "Uploaded #3 (KDSConv (det) x2)"
+
+
 @pytest.fixture(scope="module")
 def served(throwaway):
     pytest.importorskip("gradio_client")
