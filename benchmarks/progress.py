@@ -237,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     progresses = [run_progress(folder) for folder in runs]
     live = []
     for folder in find_runs():
+        if folder in runs:  # read above (the default: every run found)
+            continue
         try:
             live.append(run_progress(folder))
         except CheckpointError as exc:  # another run's damaged config does not stop this report
