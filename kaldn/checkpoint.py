@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,17 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     return load_checkpoint_files(directory / WEIGHTS_NAME, directory / CONFIG_NAME, device)
 
 
+def header_config(metadata: Mapping[str, str], where: str) -> Any:
+    """The config a safetensors header records (``kaldn_config``), parsed as it is (callers judge its shape);
+    None when the header has none."""
+    if CONFIG_METADATA_KEY not in metadata:
+        return None
+    try:
+        return json.loads(metadata[CONFIG_METADATA_KEY])
+    except (ValueError, RecursionError) as exc:  # not JSON, a number too long, nesting too deep
+        raise CheckpointError(f"{where}: header {CONFIG_METADATA_KEY} is not JSON ({str(exc)[:200]})") from None
+
+
 def read_safetensors_config(path: str | Path) -> dict[str, Any]:
     """The config a ``.safetensors`` file carries in its header: the full ``kaldn_config``, else its ``model`` name.
 
@@ -109,13 +121,9 @@ def read_safetensors_config(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: no such weights file") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
-    if CONFIG_METADATA_KEY in metadata:
-        try:
-            config = json.loads(metadata[CONFIG_METADATA_KEY])
-        except (ValueError, RecursionError) as exc:  # not JSON, a number too long, nesting too deep
-            raise CheckpointError(f"{path}: header {CONFIG_METADATA_KEY} is not JSON ({str(exc)[:200]})") from None
-        if isinstance(config, dict) and "model" in config:
-            return config
+    config = header_config(metadata, str(path))
+    if isinstance(config, dict) and "model" in config:
+        return config
     if "model" in metadata:
         return {"model": metadata["model"]}
     raise CheckpointError(f"{path}: the file names no model (no {CONFIG_METADATA_KEY} or model in its header) "

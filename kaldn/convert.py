@@ -38,7 +38,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .checkpoint import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, save_checkpoint
+from .checkpoint import (CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, header_config,
+                         save_checkpoint)
 from .layers import DESCRIPTOR_NORMS
 from .models import architectures, create_model, options_taken, parse_model_name
 from .registry import SCALES, Architecture
@@ -179,12 +180,12 @@ def _build(name: str, options: Mapping[str, Any], source: str) -> torch.nn.Modul
 def _recorded_options(name: str, metadata: Mapping[str, str], source: Path) -> dict[str, Any]:
     """The architecture options a kaldn ``.safetensors`` file's own config records (``descriptor_norm``, SCNet's
     upsampler), so the model is rebuilt as it was trained; none for a file from before configs were stored."""
-    if CONFIG_METADATA_KEY not in metadata:
-        return {}
     try:
-        config = json.loads(metadata[CONFIG_METADATA_KEY])
-    except (ValueError, RecursionError):  # not JSON, a number too long to read, nesting too deep
-        raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not JSON") from None
+        config = header_config(metadata, str(source))
+    except CheckpointError as exc:
+        raise ConversionError(str(exc)) from None
+    if config is None:
+        return {}
     if not isinstance(config, dict):
         raise ConversionError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is not a JSON object")
     if config.get("model", name) != name:  # the config of another model: its options are not this one's

@@ -235,6 +235,7 @@ def load_image_with_notes(
 
 
 MAX_GIF_COMMENT_BYTES = 64 << 10
+MAX_COUNTED_PAGES = 100  # a TIFF with more says "over 99 pages"
 _GIF_BLOCK = re.compile(rb"[!,;]")
 
 
@@ -319,7 +320,7 @@ def _gif_comment_bytes(data: bytes) -> int:
 def _frame_notes(im: Image.Image, label: str) -> list[str]:
     """A note when only the first of several frames (animation) or pages (TIFF) is used."""
     try:
-        frames = int(getattr(im, "n_frames", 1))
+        frames, exact = _frame_count(im)
         if frames > 1:
             im.seek(0)
     except Exception:  # a damaged later frame: the first may still decode; say nothing about the rest
@@ -327,10 +328,28 @@ def _frame_notes(im: Image.Image, label: str) -> list[str]:
     if frames <= 1:
         return []
     fmt = im.format or "image"
+    many = f"{frames}" if exact else f"over {frames - 1}"
     if fmt == "TIFF":
-        return [f"{_cap(label)} is a multi-page TIFF with {frames} pages: only the first page is used."]
+        return [f"{_cap(label)} is a multi-page TIFF with {many} pages: only the first page is used."]
     kind = "APNG" if fmt == "PNG" else fmt
-    return [f"{_cap(label)} is an animated {kind} with {frames} frames: only the first frame is used."]
+    return [f"{_cap(label)} is an animated {kind} with {many} frames: only the first frame is used."]
+
+
+def _frame_count(im: Image.Image) -> tuple[int, bool]:
+    """(frames, exact). A TIFF's pages are counted up to MAX_COUNTED_PAGES only: Pillow's ``n_frames`` walks
+    every page in quadratic time (minutes for a small file of many tiny pages, on the one checks worker)."""
+    if im.format != "TIFF":
+        return int(getattr(im, "n_frames", 1)), True
+    if not getattr(im, "is_animated", False):  # read from the first page's header at open
+        return 1, True
+    pages = 1
+    try:
+        while pages < MAX_COUNTED_PAGES:
+            im.seek(pages)
+            pages += 1
+    except EOFError:
+        return pages, True
+    return pages, False
 
 
 def _raw_mode(im: Image.Image) -> str:

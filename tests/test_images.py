@@ -459,6 +459,20 @@ def test_animations_and_multi_page_files_use_the_first_frame(tmp_path: Path, suf
     assert load_image_with_notes(tmp_path / f"still.{suffix}")[1] == []
 
 
+def test_a_tiff_of_many_pages_is_counted_only_so_far(tmp_path: Path) -> None:
+    # Pillow's page count walks every page in quadratic time: a small file of many tiny pages would hold the
+    # checks worker for minutes, so the note counts the first MAX_COUNTED_PAGES only.
+    from kaldn.images import MAX_COUNTED_PAGES
+    pages = [Image.new("RGB", (2, 2), (i % 256, 0, 0)) for i in range(MAX_COUNTED_PAGES + 20)]
+    pages[0].save(tmp_path / "many.tif", save_all=True, append_images=pages[1:])
+    out, notes = load_image_with_notes(tmp_path / "many.tif")
+    assert out.shape[:2] == (2, 2) and out[..., 0].max() == 0  # the first page
+    assert notes == [f"'many.tif' is a multi-page TIFF with over {MAX_COUNTED_PAGES - 1} pages: only the first "
+                     "page is used."]
+    pages[0].save(tmp_path / "few.tif", save_all=True, append_images=pages[1:MAX_COUNTED_PAGES - 1])
+    assert f"with {MAX_COUNTED_PAGES - 1} pages" in load_image_with_notes(tmp_path / "few.tif")[1][0]
+
+
 def test_cmyk_and_exif_rotation_are_noted(tmp_path: Path) -> None:
     Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=95)
     out, notes = load_image_with_notes(tmp_path / "c.jpg")
