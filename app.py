@@ -3,8 +3,9 @@
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
 
 Runs offline on the bundled checkpoints (the Hugging Face Hub is tried first and skipped quickly when
-unreachable, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space: the comparison runs
-under ``@spaces.GPU`` when the ``spaces`` package is importable, as a plain call otherwise.
+unreachable, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space: the comparison's compute
+(``upscale_on_device``) runs under ``@spaces.GPU`` when the ``spaces`` package is importable, as a plain call
+otherwise.
 
 This file is the layout and the event wiring, one function per tab; every handler calls the library
 (``kaldn.inputs``, ``kaldn.choices``, ``kaldn.comparison``, ``kaldn.runs``, ``kaldn.results``, ``kaldn.finetune``, ``kaldn.inspection``, ``kaldn.gates``) and
@@ -43,10 +44,10 @@ from starlette.middleware import Middleware
 
 from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, client_key, short_of_disk
 from kaldn.cache import ModelCache
-from kaldn.choices import default_variants, runnable_selection
+from kaldn.choices import ResolvedVariant, default_variants, runnable_selection
 from kaldn.choices import variant_choices as compare_choices
-from kaldn.comparison import (METRIC_HEADERS, check_work, default_pair, metrics_table, pair_choices, resolve_variants,
-                              run_comparison)
+from kaldn.comparison import (METRIC_HEADERS, check_device, check_work, compare_resolved, default_pair, metrics_table,
+                              pair_choices, resolve_variants)
 from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager, FineTuneSettings, base_choices,
@@ -54,7 +55,7 @@ from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager,
 from kaldn.gates import NEAR_CONSTANT_STD
 from kaldn.hub import available_models
 from kaldn.images import ImageError
-from kaldn.inputs import check_inputs, measurement_input, prepare_inputs
+from kaldn.inputs import Inputs, check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
                               depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report, inspection_choices,
                               kernel_view)
@@ -88,6 +89,8 @@ EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
 CACHE = ModelCache(source=SETTINGS.model_source)
+SERVER_PID = os.getpid()
+WORKER_CACHES: dict[int, ModelCache] = {}  # by process id: a forked GPU worker's own (see process_cache)
 # Fine-tuned and uploaded models, per session; unused ones go after the session TTL (raw API clients never "end").
 SESSION_MODELS = SessionModels(max_idle_s=SETTINGS.session_ttl, on_forget=CACHE.forget)
 FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters,
@@ -563,19 +566,34 @@ def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
 
 # --- Compare tab ------------------------------------------------------------------------------------------
 
+def process_cache() -> ModelCache:
+    """This process's model cache. ZeroGPU forks its GPU worker from the threaded server: the worker's copy of
+    CACHE (and of its lock, which another thread may have held at the fork) is left for a cache of its own."""
+    if os.getpid() == SERVER_PID:
+        return CACHE
+    return WORKER_CACHES.setdefault(os.getpid(), ModelCache(source=SETTINGS.model_source))
+
+
 @gpu
+def upscale_on_device(inputs: Inputs, resolved: list[ResolvedVariant], device: str, progress: Any = None):
+    """The comparison's compute, alone under ``@spaces.GPU``: on ZeroGPU it runs in a forked worker process and
+    only its result comes back, so it reads and writes no server state (runs, job slots, session models)."""
+    report = None if progress is None else (lambda f, d: progress(f, desc=d))
+    return compare_resolved(inputs, resolved, device=device, cache=process_cache(), progress=report)
+
+
 @admitted
 @shows_user_errors
-def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: str,
+def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: list[str] | None, device: Any,
                 crop_size: Any, request: gr.Request = None, progress=gr.Progress()):
     """Upscale with every chosen variant; returns outputs, crops, metrics and downloads."""
     region_size(crop_size)  # refused before the run replaces the session's last one
-    session, started = session_of(request), time.monotonic()
+    session, started, device = session_of(request), time.monotonic(), check_device(device)
     inputs = prepare_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
+    resolved = resolve_variants(variants or [], inputs.scale, SESSION_MODELS.for_owner(session))
+    check_work(resolved, inputs.lr.shape[:2], SETTINGS.max_compare_gmacs * 10**9)
     progress(0.0, desc="Loading models")
-    comparison = run_comparison(inputs, variants or [], device=device or "auto", cache=CACHE,
-                                registry=SESSION_MODELS.for_owner(session), progress=lambda f, d: progress(f, desc=d),
-                                max_multiply_adds=SETTINGS.max_compare_gmacs * 10**9)
+    comparison = upscale_on_device(inputs, resolved, device, progress=progress)
     run_id, run = RUNS.save(comparison, owner=session, since=started)
     for warning in comparison.warnings:
         gr.Warning(warning)
@@ -595,6 +613,7 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
                   crop_size: Any, request: gr.Request = None) -> None:
     """Before a run: every input check, so a bad upload or choice is a pop-up and the last results stay."""
     region_size(crop_size)
+    check_device(device)
     checked = check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
     resolved = resolve_variants(variants or [], check_scale(scale), SESSION_MODELS.for_owner(session_of(request)))
     check_work(resolved, checked.lr_size, SETTINGS.max_compare_gmacs * 10**9)

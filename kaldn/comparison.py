@@ -105,10 +105,17 @@ class Comparison:
         return "\n\n".join(f"- {line}" for line in lines)
 
 
-def _resolve_device(device: str, warnings: list[str]) -> torch.device:
-    device = (device or "auto").lower()
-    if device not in ("auto", "cpu", "cuda"):
+def check_device(device: Any) -> str:
+    """A client's device choice: "auto", "cpu" or "cuda" (None is "auto"); a UserError otherwise."""
+    if device is None or device == "":
+        return "auto"
+    if not isinstance(device, str) or device.lower() not in ("auto", "cpu", "cuda"):
         raise UserError(f"device must be auto, cpu or cuda, got {quoted(device)}")
+    return device.lower()
+
+
+def _resolve_device(device: str, warnings: list[str]) -> torch.device:
+    device = check_device(device)
     if device == "cuda" and not torch.cuda.is_available():
         warnings.append("CUDA was asked for but is not available on this machine: ran on the CPU.")
         device = "cpu"
@@ -175,9 +182,18 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     and moved to the device before the clock starts). More than ``max_multiply_adds`` in all is refused
     before anything runs (:func:`check_work`).
     """
+    resolved = resolve_variants(variants, inputs.scale, registry)
+    check_work(resolved, inputs.lr.shape[:2], max_multiply_adds, tile)
+    return compare_resolved(inputs, resolved, device, cache, progress, tile)
+
+
+def compare_resolved(inputs: Inputs, resolved: Sequence[ResolvedVariant], device: str = "auto",
+                     cache: ModelCache | None = None, progress: Callable[[float, str], None] | None = None,
+                     tile: int = TILE_SIZE) -> Comparison:
+    """The compute of :func:`run_comparison`, on variants already resolved and admitted (:func:`check_work`).
+    It reads no session state, and its arguments (``progress`` aside) and result pickle, so a host may run it
+    in another process: ZeroGPU's ``@spaces.GPU`` runs it in a forked worker."""
     lr, gt, scale = inputs.lr, inputs.gt, inputs.scale
-    resolved = resolve_variants(variants, scale, registry)
-    check_work(resolved, lr.shape[:2], max_multiply_adds, tile)
     cache = cache or ModelCache()
     device_warnings: list[str] = []
     dev = _resolve_device(device, device_warnings)

@@ -169,6 +169,41 @@ def test_error_maps_and_pair_map_through_the_api(served, client):
     assert Image.open(pair_map).size[1] > 256 and "closer to the ground truth" in pair_note and "dB" in pair_note
 
 
+def _in_a_forked_process(fn):
+    """What ZeroGPU's ``@spaces.GPU`` does to a handler: arguments and result are pickled across, and it runs in
+    a forked process, so whatever it changes in the server's memory is lost (its progress goes through spaces)."""
+    import multiprocessing
+    import pickle
+
+    def call(*args, **kwargs):
+        pickle.dumps((args, kwargs))
+        kwargs.pop("progress")
+        ctx = multiprocessing.get_context("fork")
+        receive, send = ctx.Pipe(duplex=False)
+
+        def child():
+            send.send_bytes(pickle.dumps(fn(*args, **kwargs)))
+
+        process = ctx.Process(target=child)
+        process.start()
+        result = pickle.loads(receive.recv_bytes())
+        process.join()
+        return result
+    return call
+
+
+def test_a_comparison_works_when_its_compute_runs_in_another_process(served, client, monkeypatch):
+    """ZeroGPU: only the compute runs in the GPU worker; the run is kept and the job slot given back by the
+    server itself, so the views work after it and the next comparison is admitted."""
+    app = served["app"]
+    monkeypatch.setattr(app, "upscale_on_device", _in_a_forked_process(app.upscale_on_device))
+    for _ in range(2):  # the second is admitted: the first gave its slot back
+        status, *_, table, files, cx, cy = compare(client, EXAMPLE, 4, ["bicubic", "ldsconv"])
+        assert table_rows(table)["Bicubic"]["PSNR (dB)"] > 20 and len(table["data"]) == 2
+    picker, gallery, cx, cy = client.predict(200, 40, 32, api_name="/zoom")  # the run is the server's
+    assert (cx, cy) == (200, 40) and len(gallery) >= 3
+
+
 @pytest.mark.parametrize("case", ["not_an_image", "empty_file", "gt_mismatch", "huge", "no_variant"])
 def test_bad_input_shows_a_message_and_the_app_keeps_serving(served, client, tmp_path, case, monkeypatch):
     from gradio_client.exceptions import AppError

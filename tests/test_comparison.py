@@ -17,8 +17,8 @@ from PIL import Image
 
 from kaldn.cache import ModelCache
 from kaldn.choices import default_variants, variant_choices
-from kaldn.comparison import (default_pair, metrics_table, pair_choices, pair_images, run_comparison, save_outputs,
-                              zoom_crops)
+from kaldn.comparison import (check_device, default_pair, metrics_table, pair_choices, pair_images, run_comparison,
+                              save_outputs, zoom_crops)
 from kaldn.runs import ComparisonRun, RunStore
 from kaldn.display import clamp_region, draw_region
 from kaldn.errors import UserError
@@ -552,3 +552,11 @@ def test_a_comparison_over_its_work_limit_is_refused_before_anything_runs(use_th
     with pytest.raises(UserError, match="KALDN_APP_MAX_COMPARE_GMACS"):
         run_comparison(inputs, ["bicubic", "conv"], max_multiply_adds=10**6,
                        progress=lambda *_: pytest.fail("nothing may run"))
+
+
+@pytest.mark.parametrize("device", [["cuda"], 3, "tpu", "x" * 10_000])
+def test_a_device_that_is_not_auto_cpu_or_cuda_is_refused_with_a_message(device) -> None:
+    with pytest.raises(UserError, match="device must be auto, cpu or cuda") as refused:
+        check_device(device)
+    assert len(str(refused.value)) < 200  # a client's megabyte is not echoed back
+    assert check_device(None) == check_device("") == "auto" and check_device("CUDA") == "cuda"
