@@ -720,7 +720,8 @@ def add_checkpoint(file: Any, arch: str | None, scale: Any, selected: list[str] 
     progress(0.2, desc="Converting (in a separate, capped process)")
     entry = import_checkpoint(upload[0], upload[1], arch, scale, SESSION_MODELS, session_of(request),
                               root=instance_root(OUT_ROOT) / "uploads", max_bytes=SETTINGS.max_checkpoint_bytes,
-                              memory_bytes=SETTINGS.convert_memory, timeout_s=SETTINGS.convert_seconds)
+                              memory_bytes=SETTINGS.convert_memory, timeout_s=SETTINGS.convert_seconds,
+                              client=client_of(request))
     model_scale = parse_model_name(entry.model).scale
     mine = SESSION_MODELS.for_owner(session_of(request))
     available = available_models()

@@ -154,7 +154,7 @@ class FineTuneJob:
     """One training run in a background thread; ``events()`` yields its progress dicts."""
 
     def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None,
-                 time_budget_s: float | None = None, turn: str | None = None) -> None:
+                 time_budget_s: float | None = None, client: str | None = None) -> None:
         self.settings = settings
         self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
@@ -162,7 +162,8 @@ class FineTuneJob:
         self.val = folder / "val"           # centre crops of the same images (VAL_LR_SIDE)
         self.out = folder / "run"
         self.owner = owner
-        self.turn = turn or owner           # who waits for the next turn: its client's address, else its session
+        self.client = client                # its client's address (admission.client_key), None where unknown
+        self.turn = client or owner         # who waits for the next turn: its client's address, else its session
         self.admitted = time.monotonic()    # a session that ended after this does not get the model
         self.abandoned = False              # nobody will use its files: deleted when its thread ends too
         self.stop = threading.Event()
@@ -288,7 +289,7 @@ class FineTuneManager:
                 raise UserError(f"Unknown base model {quoted(settings.base)}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
-        self.registry.require_room(owner)  # asked before training, not after
+        self.registry.require_room(owner, client)  # asked before training, not after
         turn = client or owner
         wait = self._turn_after.get(turn or "", 0.0) - time.monotonic()
         if wait > 0 and not self.busy:
@@ -323,7 +324,7 @@ class FineTuneManager:
             side = VAL_LR_SIDE * spec.scale
             notes.insert(0, f"Training on {count} image(s); validation on their centres (at most {side}x{side} "
                             "pixels each: it measures how well the model fits them).")
-            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, turn=turn)
+            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, client=client)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")
@@ -369,7 +370,7 @@ class FineTuneManager:
         validation = config.get("validation") or {}
         return self.registry.add(path, config["model"], {"iterations": done, "base": job.settings.base,
                                                          "val_psnr": validation.get("val_psnr")},
-                                 delete_dir=job.folder, owner=job.owner, since=job.admitted)
+                                 delete_dir=job.folder, owner=job.owner, since=job.admitted, client=job.client)
 
     def run(self, images: Sequence[Any], settings: FineTuneSettings, owner: str | None = None,
             max_pixels: int | None = None, min_interval: float = 1.0,

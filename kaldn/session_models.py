@@ -49,6 +49,7 @@ class SessionModel:
     label: str
     info: dict = field(default_factory=dict)
     owner: str | None = None        # the session that made it: only that session sees it (None: everyone)
+    client: str | None = None       # the address that made it (admission.client_key), None where unknown
     kind: str = FINE_TUNED
     last_used: float = field(default_factory=time.monotonic)
 
@@ -63,20 +64,28 @@ class SessionModel:
 _FULL = "The server holds as many session models as it can; try again when other sessions have ended."
 
 
+def _client_full(cap: int) -> str:
+    return (f"Your address already holds {cap} added or fine-tuned models (from other tabs or clients, or others on "
+            "your network): end one of those sessions (close its page) or wait for them to expire, then try again.")
+
+
 class SessionModels:
     """Fine-tuned and uploaded models of this process, newest last.
 
     Every model has an owner (the app's session); :meth:`for_owner` is what one session may see and use,
     and :meth:`end_owner` forgets (and deletes) a session's models when it ends. Beyond ``cap`` models of
     one owner, that owner's oldest is forgotten (and deleted); one owner never evicts another's. Beyond
-    ``total_cap`` models in all, a new one is refused until sessions end. A model unused for ``max_idle_s``
-    is forgotten too: a client that never opens the page's heartbeat never "ends" its session.
+    ``total_cap`` models in all, a new one is refused until sessions end; beyond ``client_cap`` models of one
+    client address (over its sessions), that address's new one is refused, so one client with many sessions
+    cannot take every place. A model unused for ``max_idle_s`` is forgotten too: a client that never opens the
+    page's heartbeat never "ends" its session.
     """
 
     def __init__(self, cap: int = 8, total_cap: int = 64, max_idle_s: float = 3600,
-                 on_forget: Callable[[str], None] | None = None) -> None:
+                 on_forget: Callable[[str], None] | None = None, client_cap: int | None = None) -> None:
         self.cap = cap
         self.total_cap = total_cap
+        self.client_cap = total_cap // 4 if client_cap is None else client_cap  # 0: no per-address bound
         self.max_idle_s = max_idle_s
         self.on_forget = on_forget  # told each forgotten model's path, so a model cache drops it too
         self._items: OrderedDict[str, SessionModel] = OrderedDict()
@@ -86,7 +95,7 @@ class SessionModels:
 
     def add(self, path: str | Path, model: str, info: dict | None = None,
             delete_dir: str | Path | None = None, owner: str | None = None, kind: str = FINE_TUNED,
-            since: float | None = None) -> SessionModel:
+            since: float | None = None, client: str | None = None) -> SessionModel:
         """Keep a model for ``owner``; refused (``delete_dir`` deleted) when the owner's session ended after
         ``since``, the ``time.monotonic()`` its making started."""
         self.expire()
@@ -94,8 +103,9 @@ class SessionModels:
             ended = self._ended.ended(owner, since)  # its page closed while this was made: nobody will use it
             if not ended:
                 mine = [k for k, e in self._items.items() if e.owner == owner]
-                if self._full(len(mine)):
-                    raise BusyError(_FULL)
+                refusal = self._refusal(owner, client)
+                if refusal:
+                    raise BusyError(refusal)
                 n = next(self._counter)
                 key = f"{KEY_PREFIX[kind]}-{n}"
                 spec = parse_model_name(model)
@@ -105,7 +115,7 @@ class SessionModels:
                            *([f"{iters} it"] if iters else [])]
                 label = f"{kind} #{n} ({', '.join(details)})"
                 entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner,
-                                     kind)
+                                     client, kind)
                 self._items[key] = entry
                 # This owner's oldest, beyond its cap; deleted after the lock (forgetting may wait for a model load).
                 evicted = [self._items.pop(k) for k in mine[:max(0, len(mine) + 1 - self.cap)]]
@@ -124,20 +134,32 @@ class SessionModels:
         if victim:
             shutil.rmtree(victim, ignore_errors=True)
 
-    def has_room(self, owner: str | None) -> bool:
-        """Whether :meth:`add` for ``owner`` would succeed now (asked before costly work)."""
+    def has_room(self, owner: str | None, client: str | None = None) -> bool:
+        """Whether :meth:`add` for ``owner`` (from ``client``) would succeed now (asked before costly work)."""
         self.expire()
         with self._lock:
-            return not self._full(sum(1 for e in self._items.values() if e.owner == owner))
+            return self._refusal(owner, client) is None
 
-    def require_room(self, owner: str | None) -> None:
+    def require_room(self, owner: str | None, client: str | None = None) -> None:
         """:meth:`has_room`, or the :class:`BusyError` :meth:`add` would raise."""
-        if not self.has_room(owner):
-            raise BusyError(_FULL)
+        self.expire()
+        with self._lock:
+            refusal = self._refusal(owner, client)
+        if refusal:
+            raise BusyError(refusal)
 
-    def _full(self, owned: int) -> bool:
-        # An owner at its cap replaces its oldest model, so that one does not count against the total.
-        return len(self._items) - (owned >= self.cap) >= self.total_cap
+    def _refusal(self, owner: str | None, client: str | None) -> str | None:
+        """Why a new model of ``owner`` from ``client`` cannot be kept now; None when it can. (Under the lock.)"""
+        mine = [e for e in self._items.values() if e.owner == owner]
+        # An owner at its cap replaces its oldest model, so that one does not count against the bounds.
+        replaced = mine[0] if len(mine) >= self.cap else None
+        if len(self._items) - (replaced is not None) >= self.total_cap:
+            return _FULL
+        if client and self.client_cap:
+            theirs = sum(1 for e in self._items.values() if e.client == client)
+            if theirs - (replaced is not None and replaced.client == client) >= self.client_cap:
+                return _client_full(self.client_cap)
+        return None
 
     def expire(self) -> int:
         """Forget (and delete) models unused for ``max_idle_s``; how many."""
@@ -216,7 +238,7 @@ def upload_archs() -> list[tuple[str, str]]:
 
 def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: Any, registry: SessionModels,
                       owner: str | None, root: str | Path, max_bytes: int, memory_bytes: int,
-                      timeout_s: float) -> SessionModel:
+                      timeout_s: float, client: str | None = None) -> SessionModel:
     """Convert the uploaded file ``source`` (shown to its owner as ``name``) into a model only ``owner`` sees.
 
     Refused with a :class:`UserError` that names the file only: no owner, a suffix other than .pt / .pth /
@@ -242,7 +264,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
     if arch is None and suffix != ".safetensors":
         raise UserError(f"{name}: a .pt / .pth file does not say what it holds: choose its architecture.")
     scale_value = check_scale(scale) if arch is not None else None
-    registry.require_room(owner)
+    registry.require_room(owner, client)
     Path(root).mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="upload-", dir=root))
     try:
@@ -260,7 +282,7 @@ def import_checkpoint(source: str | Path, name: str, arch: str | None, scale: An
         weights = config.get("weights") or {}
         info = {"origin": weights.get("origin"), "file": name, "options": changed_options(config)}
         return registry.add(out, config["model"], info,
-                            delete_dir=folder, owner=owner, kind=UPLOADED, since=started)
+                            delete_dir=folder, owner=owner, kind=UPLOADED, since=started, client=client)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

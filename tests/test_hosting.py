@@ -534,6 +534,31 @@ def test_one_owner_cannot_evict_another_owners_fine_tuned_models(tmp_path):
     assert registry.for_owner("victim").get(victim.key) is not None
 
 
+def test_one_address_with_many_sessions_cannot_take_every_model_place(tmp_path):
+    """Sessions are free to make: one address's models over all its sessions are bounded (a quarter of the
+    server's places by default), so others still have room; its own sessions still replace their oldest."""
+    from kaldn.errors import BusyError
+    registry = SessionModels(cap=1, total_cap=8)
+    assert registry.client_cap == 2
+    for s in range(2):
+        registry.add(tmp_path / f"a{s}", "tiny-ldsconv-x2", owner=f"s{s}", client="203.0.113.7")
+    with pytest.raises(BusyError, match="Your address already holds 2"):
+        registry.add(tmp_path / "a2", "tiny-ldsconv-x2", owner="s2", client="203.0.113.7")
+    assert not registry.has_room("s2", "203.0.113.7") and registry.has_room("s2", "198.51.100.1")
+    with pytest.raises(BusyError, match="Your address"):
+        registry.require_room("s9", "203.0.113.7")  # refused before the costly work, too
+    kept = registry.add(tmp_path / "b", "tiny-ldsconv-x2", owner="victim", client="198.51.100.1")
+    assert registry.for_owner("victim").get(kept.key) is not None
+    # A session at its own cap replaces its oldest, which frees the address's place it held.
+    first = registry.for_owner("s0").items()[0]
+    again = registry.add(tmp_path / "a3", "tiny-ldsconv-x2", owner="s0", client="203.0.113.7")
+    assert registry.for_owner("s0").items() == [again] and registry.get(first.key) is None
+    assert len(registry.for_owner("s1").items()) == 1  # the address's other session keeps its model
+    # Where the address is unknown (a private network, or the bounds off) only the per-session bounds hold.
+    assert SessionModels(cap=1, total_cap=8, client_cap=0).has_room("x", "203.0.113.7")
+    assert registry.has_room("s5", None)
+
+
 def test_work_that_finishes_after_its_session_ended_is_not_kept(tmp_path):
     """A cancelled fine-tune registers its model, a comparison saves its run, after the page closed: both
     are deleted at once instead of waiting, counted against the server's caps, for an expiry."""
