@@ -154,7 +154,8 @@ class FineTuneJob:
     """One training run in a background thread; ``events()`` yields its progress dicts."""
 
     def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None,
-                 time_budget_s: float | None = None, client: str | None = None) -> None:
+                 time_budget_s: float | None = None, client: str | None = None,
+                 recorded: dict[str, str] | None = None) -> None:
         self.settings = settings
         self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
@@ -163,6 +164,7 @@ class FineTuneJob:
         self.out = folder / "run"
         self.owner = owner
         self.client = client                # its client's address (admission.client_key), None where unknown
+        self.recorded = recorded            # budget fields its checkpoint records in words (TrainConfig.recorded_as)
         self.turn = client or owner         # who waits for the next turn: its client's address, else its session
         self.admitted = time.monotonic()    # a session that ended after this does not get the model
         self.abandoned = False              # nobody will use its files: deleted when its thread ends too
@@ -179,7 +181,8 @@ class FineTuneJob:
             config = TrainConfig(data=str(self.data), val=str(self.val), out=str(self.out), init=s.base,
                                  iters=s.iters, batch=s.batch, patch=s.patch, lr=s.lr, seed=s.seed,
                                  device=s.device, time_budget_s=self.time_budget_s, val_every=max(10, s.iters // 10),
-                                 save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)))
+                                 save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)),
+                                 recorded_as=self.recorded)
             # Iteration 0 of the curves: the base model on the same images.
             base = load_model(s.base)
             dev = resolve_device(s.device)
@@ -283,12 +286,14 @@ class FineTuneManager:
                             "(KALDN_FINETUNE_MAX_IMAGES).")
         try:
             spec = parse_model_name(settings.base)
+            base_label = spec.name
         except ValueError:
             entry = self.registry.for_owner(owner).get(settings.base)  # only the owner's own models, by key
             if entry is None or entry.third_party:
                 raise UserError(f"Unknown base model {quoted(settings.base)}: choose one from the list.") from None
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
+            base_label = entry.label
         self.registry.require_room(owner, client)  # asked before training, not after
         turn = client or owner
         wait = self._turn_after.get(turn or "", 0.0) - time.monotonic()
@@ -324,7 +329,11 @@ class FineTuneManager:
             side = VAL_LR_SIDE * spec.scale
             notes.insert(0, f"Training on {count} image(s); validation on their centres (at most {side}x{side} "
                             "pixels each: it measures how well the model fits them).")
-            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, client=client)
+            # The downloaded model says what it was trained on in words, not in the server's folders.
+            recorded = {"data": f"{count} uploaded image(s), fine-tuned in the kaldn app",
+                        "val": f"the centres of the same {count} image(s)", "init": base_label}
+            job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, client=client,
+                              recorded=recorded)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")

@@ -91,6 +91,8 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop (and save) after this many seconds of this process
     threads: int | None = None
     log_every: int = 10
+    # Budget fields recorded as these words instead of their values: a fine-tune's folders are the server's.
+    recorded_as: dict[str, str] | None = None
 
 
 @dataclass
@@ -426,6 +428,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         "world_size": world, "threads": torch.get_num_threads(),
         **({"precision": precision} if len(precisions) == 1 else {"precision": "mixed", "precisions": precisions}),
         "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
+        **(config.recorded_as or {}),
     }
 
     def checkpoint_metadata(iteration: int, wall: float, validation: dict | None) -> dict:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from kaldn.checkpoint import read_config
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (FineTuneManager, FineTuneSettings, base_choices, default_base,
                             prepare_finetune_data)
@@ -71,6 +75,9 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     assert last.iteration == 20 and last.loss_curve()["iteration"][-1] == 20
     assert last.psnr_curve()["iteration"][0] == 0  # the base model, measured first
     assert {p.split("/")[-1] for p in last.downloads} == {"model.safetensors", "config.json"}
+    assert_no_server_path(last.downloads, tmp_path)
+    assert read_config(last.entry.path / "config.json")["training"]["data"] == \
+        "2 uploaded image(s), fine-tuned in the kaldn app"
     assert manager.registry.items() == [last.entry] and not manager.busy
     assert last.entry.label == "Fine-tuned #1 (Linear DSConv x2, 20 it)"
     bases = base_choices(["tiny-ldsconv-x2", "tiny-kdsconv-det-x4", "small-ldsconv-x4"], manager.registry)
@@ -94,6 +101,21 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     assert "patch 48" not in header and re.search(r"patch (\d+)\)", header)[1] == "32"
     updates.close()
     assert not manager.busy
+    # From its own model: the download names that base as the user knows it, not by its folder.
+    *_, again = manager.run(images, FineTuneSettings(last.entry.key, iters=2, lr=2e-4, batch=2, patch=16,
+                                                     device="cpu"), owner="a", min_interval=0.0)
+    assert_no_server_path(again.downloads, tmp_path)
+    assert read_config(again.entry.path / "config.json")["training"]["init"] == last.entry.label
+
+
+def assert_no_server_path(downloads: list[str], root: Path) -> None:
+    """A fine-tuned model's files (config and safetensors header) name no server folder."""
+    from safetensors import safe_open
+    config, weights = sorted(downloads)
+    with safe_open(weights, framework="pt") as f:
+        header = json.dumps(f.metadata())
+    for text in (Path(config).read_text(), header):
+        assert str(root) not in text and tempfile.gettempdir() + "/" not in text, text[:300]
 
 
 def test_a_full_server_refuses_before_training_and_a_job_it_cannot_keep_leaves_nothing(use_throwaway, tmp_path):
