@@ -44,7 +44,7 @@ from starlette.middleware import Middleware
 
 from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, client_key, short_of_disk
 from kaldn.cache import ModelCache
-from kaldn.choices import ResolvedVariant, default_variants, runnable_selection
+from kaldn.choices import ResolvedVariant, default_variants, runnable_selection, ticked
 from kaldn.choices import variant_choices as compare_choices
 from kaldn.comparison import (METRIC_HEADERS, check_device, check_work, compare_resolved, default_pair, metrics_table,
                               pair_choices, resolve_variants)
@@ -165,7 +165,8 @@ Compare three building blocks of the same tiny RDN backbone, nothing else change
 **DSConv** (depthwise → ReLU → pointwise → ReLU), **linear DSConv** (the "hasty" ReLU after the depthwise conv
 removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by an attention computed from
 each kernel's determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
-**KDSConv (det), small** is the same block in a larger RDN trained 5x longer: the best model here, ticked by default;
+**KDSConv (det), small** is the same block in a larger RDN trained longer (checkpoint at 12,000 of a 30,000-iteration
+run, 2x the tiny models' iterations on larger patches, averaged weights): the best model here, ticked by default;
 the seed papers' peers (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny zoo's budget, can
 be added.
 PSNR (dB) and SSIM, higher is better, as in the literature: Y channel, `scale` border pixels cropped, computed on
@@ -183,7 +184,8 @@ HOW_BLOCKS = """
 * **Linear DSConv** (paper 001, section II.A) drops the ReLU between the two: the depthwise output has not been
   mixed across channels yet, so zeroing its negative half may throw away what the pointwise conv would have
   combined ("hasty ReLU"). Same parameters, same cost.
-* **KDSConv** (paper 000) keeps the linear block and scales each depthwise kernel `W_c` by `1 + a_c`, where
+* **KDSConv** (paper 000: "kernel attention injection" into the depthwise kernel) keeps the linear block and scales
+  each depthwise kernel `W_c` by `1 + a_c` (the residual form of paper 001's eqs. 5-6), where
   `a = sigmoid(W_I ReLU(W_D z))` and `z_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
   of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight). Paper 001 writes the gate
   with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
@@ -220,7 +222,7 @@ the three anti-diagonals). So:
 * **It scales with the cube of the weights**: weights around 0.2 give det around 0.01, which is why raw
   determinants feed the gate almost nothing.
 * Transposing keeps det; a 90° rotation flips its sign (a transpose and a mirror).
-* The other poolings read other things: **avg** is the kernel's sum / 9, its response to a flat patch (0 for
+* The other poolings read other things: **avg** is the kernel's sum / 9, proportional to its response to a flat patch (0 for
   any edge or high-pass kernel whose weights sum to zero); **max** is its single largest weight (signed).
 * Worked example: `[[1, 0, 0], [0, 2, 0], [0, 0, 3]]` has det 1·2·3 = 6; its mirror `[[0, 0, 1], [0, 2, 0],
   [3, 0, 0]]` has det -6; `[[0, 1, 0], [1, -4, 1], [0, 1, 0]]` (a Laplacian) has det 0 (and avg 0).
@@ -286,13 +288,15 @@ trained by this project under the x4 zoo's iterations, batch, patch, schedule an
 the 80 images (8 held out to choose the checkpoint, where the first tiny zoo chose on BSD68). KDSConv (det) was
 trained again under exactly that recipe (the row validated on held-out images; its weights are not shipped), and
 the Results tab compares the peers with that row only. **Small** (the `small-…` rows, when listed) puts the same
-blocks in a larger RDN (G0 = 48, G = 32, 6 blocks of 5 layers) trained 5x longer (30,000 iterations, LR patch 48,
-an average of the weights) under the held-out recipe: what a block reaches with more capacity and time, compared
+blocks in a larger RDN (G0 = 48, G = 32, 6 blocks of 5 layers) trained longer (runs of 30,000 iterations, LR patch 48,
+an average of the weights; each row's checkpoint is the one validation chose, 12,000 for KDSConv (det)) under the
+held-out recipe: what a block reaches with more capacity and time, compared
 only with other `small` rows.
 
 **Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
 with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
-with `scale` pixels cropped from every border; each cell is the mean over Set5, Set14 or BSD68.
+with `scale` pixels cropped from every border; each cell is the mean over Set5, Set14 or BSD68. BSD68 is not the
+papers' B100 (a different, 68-image set): its column has no published counterpart.
 
 **Columns.** *Params*: trained parameters; *Params (fused)*: after KDSConv's weight-only attention is baked into
 the kernels, what inference costs (KDSConv = linear DSConv). *MACs*: multiply-adds of one forward pass on a
@@ -304,7 +308,8 @@ Written by `python -m kaldn.evaluate` (`results/x{scale}.json`).
 
 RESULTS_INTRO = """
 ### What the equal-budget comparison says
-Each claim of the papers checked on this project's models: the PSNR margin (mean over the seeds both sides were
+Each claim checked on this project's models, the papers' (linear DSConv beats DSConv; KDSConv beats both) and
+this project's own controls (the fixed 1.5x scale; the peers at an equal budget): the PSNR margin (mean over the seeds both sides were
 trained with) next to the largest seed-to-seed spread. A margin inside that spread is a tie: a rerun with another
 seed moves PSNR that much by itself.
 """
@@ -330,12 +335,15 @@ def cost_note(scale: int) -> str:
             "the machine was busy reads high); README's speed table times the models side by side in one run "
             "(`python -m benchmarks.speed`).")
     if scale != 4:
-        return text + f" The papers publish x4 only, so there are no published points at x{scale}."
+        return text + (f" The published references used here (DESIGN.md) are x4 Set5 / Set14 only, so there are no "
+                       f"published points at x{scale} (LESRCNN's paper also reports x2 / x3, on Urban100, which is "
+                       "not evaluated here).")
     return text + (f" **Published** points are the papers' numbers (source: {PUBLISHED_SOURCE}); on the CPU-time "
                    "plot only LESRCNN and FDIWN have a time: their released models measured on this CPU by an "
                    "independent harness (DESIGN.md, 2 threads), so compare them with each other: the same LESRCNN "
-                   "network reads slower in this project's own timing. The papers give no whole-model parameter "
-                   "counts, so the parameter plot has this project's models only. Hover a point for its name.")
+                   "network reads slower in this project's own timing. The references used here give no whole-model "
+                   "parameter counts (LESRCNN's paper gives 516K, not tied to a scale), so the parameter plot has "
+                   "this project's models only. Hover a point for its name.")
 
 
 # --- helpers ----------------------------------------------------------------------------------------------
@@ -714,7 +722,7 @@ def variant_choices(scale: Any, selected: list[str] | None, request: gr.Request 
 def add_checkpoint(file: Any, arch: str | None, scale: Any, selected: list[str] | None, request: gr.Request = None,
                    progress=gr.Progress()):
     """Convert an uploaded checkpoint into a model only this session sees; switch to its scale and tick it."""
-    upload = uploaded(file, "The checkpoint", kind="file")
+    upload, selected = uploaded(file, "The checkpoint", kind="file"), ticked(selected)
     if upload is None:
         raise UserError("Upload a .pt, .pth or .safetensors checkpoint first.")
     progress(0.2, desc="Converting (in a separate, capped process)")
@@ -729,7 +737,7 @@ def add_checkpoint(file: Any, arch: str | None, scale: Any, selected: list[str] 
              "redistribute them" if entry.third_party else "kaldn weights")
     status = (f"Added **{entry.label}** ({entry.model}, {whose}). It is ticked under Variants (scale x{model_scale}); "
               "only this session sees it, and it is deleted when the session ends.")
-    keep = runnable_selection([*(selected or []), entry.key], model_scale, available, mine)
+    keep = runnable_selection([*selected, entry.key], model_scale, available, mine)
     return (status, gr.update(value=model_scale),
             gr.update(choices=compare_choices(model_scale, available, mine), value=keep))
 

@@ -118,6 +118,12 @@ def variant_choices(scale: int, available: Sequence[str], registry: SessionModel
     return choices
 
 
+def ticked(selected: Any) -> list[str]:
+    """A client's ticked keys, as far as they are strings: they only carry ticks across a change, so anything
+    else is dropped, not refused."""
+    return [key for key in selected if isinstance(key, str)] if isinstance(selected, (list, tuple)) else []
+
+
 def runnable_selection(selected: Sequence[str] | None, scale: int, available: Sequence[str],
                        registry: SessionModels | None = None) -> list[str]:
     """The keys of ``selected`` that can run at ``scale`` (a scale switch unticks fine-tuned models and variants
@@ -126,7 +132,7 @@ def runnable_selection(selected: Sequence[str] | None, scale: int, available: Se
     runnable |= set(other_backbone_models(available, scale))
     runnable |= {e.key for e in (registry.items() if registry is not None else [])
                  if parse_model_name(e.model).scale == scale}
-    kept = [key for key in selected or [] if key in runnable]
+    kept = [key for key in ticked(selected) if key in runnable]
     return kept or default_variants(scale, available)
 
 

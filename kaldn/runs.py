@@ -43,7 +43,7 @@ DEFAULT_REGION_SIZE = 64
 def _finite(value: Any, what: str) -> float:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         number = math.nan
     if not math.isfinite(number):
         raise UserError(f"{what} must be a number, got {str(value)[:40]!r}.")
@@ -262,7 +262,11 @@ class RunStore:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(8)}"
         folder = self.root / run_id
         folder.mkdir()
-        run = ComparisonRun(comparison, folder, save_outputs(comparison, folder))
+        try:
+            run = ComparisonRun(comparison, folder, save_outputs(comparison, folder))
+        except BaseException:  # a full disk, say: no folder is left behind that nothing lists or prunes
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         with self._lock:
             ended = self._ended.ended(owner, since)  # its page closed while this ran: nobody will look at it
             if not ended:

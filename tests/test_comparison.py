@@ -333,6 +333,19 @@ def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
         store.save(nothing, owner="a")
 
 
+def test_a_run_whose_files_cannot_be_written_leaves_no_folder(tmp_path, monkeypatch):
+    import kaldn.runs
+    comparison = run_comparison(prepare_inputs(rng_image(40, 40), 2, "hr"), ["bicubic"])
+    store = RunStore(tmp_path / "runs")
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(kaldn.runs, "save_outputs", disk_full)
+    with pytest.raises(OSError):
+        store.save(comparison, owner="a")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 # --- where the outputs differ: maps, default zoom, captions, scale switches ---------------------------------
 
 def _synthetic_run(tmp_path, with_gt: bool = True) -> tuple[ComparisonRun, np.ndarray]:
@@ -420,6 +433,9 @@ def test_a_scale_switch_keeps_only_what_can_run_and_messages_name_each_variant_o
     registry = SessionModels()
     assert runnable_selection(["bicubic", "dsconv", "ldsconv"], 2, available, registry) == ["bicubic", "dsconv"]
     assert runnable_selection(["ldsconv"], 2, available, registry) == default_variants(2, available)
+    # A client's payload that is not a list of keys (it only carries ticks across) falls back, it does not crash.
+    assert runnable_selection(["bicubic", ["dsconv"], {"a": 1}, 7], 2, available, registry) == ["bicubic"]
+    assert runnable_selection(5, 2, available, registry) == default_variants(2, available)
     comparison = run_comparison(prepare_inputs(rng_image(32, 32), 3, "hr"), ["bicubic", "dsconv", "tiny-ldsconv-x2"])
     for warning in comparison.warnings:
         label, message = warning.split(": ", 1)
@@ -501,7 +517,7 @@ def test_zoom_refuses_sizes_and_centres_that_are_not_finite_numbers_in_range(tmp
                           (float("inf"), "must be a number"), (8, "from 16 to 256"), (1e9, "from 16 to 256")]:
         with pytest.raises(UserError, match=message):
             run.zoom((10, 10), size)
-    for centre in [(float("nan"), 3), (3, float("-inf")), ("x", 3), (None, 3)]:
+    for centre in [(float("nan"), 3), (3, float("-inf")), ("x", 3), (None, 3), (10**400, 0)]:  # too big a float
         with pytest.raises(UserError, match="must be a number"):
             run.zoom(centre, 64)
     from kaldn.models import check_scale
