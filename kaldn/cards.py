@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .checkpoint import CONFIG_NAME
-from .models import parse_model_name
+from .models import parse_model_name, variant_of
 from .registry import architecture
 from .results import format_metrics, format_precision, run_iterations, validation_set
 
@@ -47,8 +47,13 @@ def eval_results(metrics: dict[str, dict], scale: int) -> list[EvalResult]:
 def _describe(config: dict[str, Any]) -> str:
     spec = parse_model_name(config["model"])
     if spec.backbone is not None:
+        gated = getattr(variant_of(config["model"]), "kernel_pool", None)  # a learned gate reads the descriptors
+        norm = config.get("descriptor_norm") if gated else None
+        # Where it departs from the papers, which feed the raw pooled value to a gate with biases.
+        gate = (f" Its kernel descriptors are normalised (`descriptor_norm: {norm}`) before a bias-free gate;\n"
+                "the papers feed the raw pooled value to a gate with biases." if norm and norm != "none" else "")
         return (f"{architecture(spec.arch).label} backbone `{spec.backbone}` with the `{spec.conv}`\n"
-                f"convolution inside every residual dense block, x{spec.scale}.")
+                f"convolution inside every residual dense block, x{spec.scale}.{gate}")
     return (f"the {architecture(spec.arch).label} architecture of its paper, x{spec.scale}, implemented by this\n"
             "project (the authors' weights are not used: these were trained from scratch).")
 
@@ -65,6 +70,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
     if budget and "iterations_done" in budget:
         planned, done = run_iterations(budget)
         precision = format_precision(budget)
+        ema = f", EMA of the weights (decay {budget['ema']})" if budget.get("ema") else ""
         chosen = f" (this checkpoint from iteration {done}, chosen on validation)" if done < planned else ""
         lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",
@@ -72,7 +78,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
                   f"{budget['device']}",
                   f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
-                  f"{', ' + precision if precision else ''})"
+                  f"{', ' + precision if precision else ''}{ema})"
                   + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
                   "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
                   "numbers.", ""]

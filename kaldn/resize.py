@@ -1,9 +1,10 @@
 """MATLAB-compatible bicubic ``imresize``.
 
 Super-resolution papers make their low-resolution inputs with MATLAB's
-``imresize(hr, 1/s, 'bicubic')`` and report PSNR/SSIM on those; PIL's and
-torch's bicubic use a different kernel (a = -0.5 vs -0.75), no or different
-antialiasing and different rounding, which moves the numbers by tenths of a dB.
+``imresize(hr, 1/s, 'bicubic')`` and report PSNR/SSIM on those. torch's bicubic
+uses another kernel (a = -0.75 against MATLAB's -0.5) and no antialiasing, which
+moves the numbers by tenths of a dB; PIL's has MATLAB's kernel and antialiasing
+but rounds differently and differs at the borders (docs/benchmarks.md).
 This module reproduces MATLAB bit-exactly for 8-bit images (checked against
 MATLAB-made Set5 LR images at x2, x3, x4), so numbers here are comparable with
 published ones.

@@ -139,7 +139,7 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
             f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]) + " |")
     if scale == 4:
         lines.append("")
-        lines.append("Published (trained on DIV2K for hundreds of thousands of iterations; not comparable budgets):")
+        lines.append("Published (trained on DIV2K on the papers' full schedules, e.g. 300 epochs in paper 001; not comparable budgets):")
         lines.append("")
         lines.append("| model | set5 x4 | set14 x4 |")
         lines.append("|---|---|---|")
@@ -147,7 +147,8 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
             lines.append(f"| {name} (published) | {s5[0]:.2f} / {s5[1]:.4f} | {s14[0]:.2f} / {s14[1]:.4f} |")
     else:
         lines.append("")
-        lines.append(f"No published rows: the source papers report x4 only, so there is nothing to set x{scale} against.")
+        lines.append("No published rows: the published references used here (DESIGN.md) are x4 Set5 / Set14 only "
+                     "(LESRCNN's paper also reports x2 / x3, on Urban100, not evaluated here).")
     return "\n".join(lines)
 
 
@@ -167,7 +168,7 @@ def comparable_budget(training: dict | None) -> tuple:
 def claims(rows: list[dict], dataset_names: list[str]) -> str:
     """The papers' claims (each variant's registered :class:`~kaldn.registry.Claim`), checked on these rows:
     margins next to the seed spread. Only rows trained under the same budget are compared (a ``small``
-    model trained 5x longer is not evidence about a variant)."""
+    model trained longer is not evidence about a variant)."""
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}  # budget -> variant key -> seed -> row
     for row in rows:
         if row["model"] != BICUBIC:
@@ -377,7 +378,7 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
     published rows (x4 Set5/Set14 only) marked ``"source": "published"``.
 
     Each point: ``{"model", "label", "source", "psnr", "cpu_ms", "params"}``; ``cpu_ms``/``params`` are None
-    where unknown (bicubic has no CPU time here; the papers give no whole-model parameter counts; the CPU times
+    where unknown (bicubic has no CPU time here; the references used here give no whole-model parameter counts; the CPU times
     of the released LESRCNN and FDIWN are DESIGN.md's independent measurement). Every row of one model gets the
     least CPU time measured for it.
     """

@@ -33,7 +33,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert data["rows"][1]["params"] > 0 and 0 < data["rows"][1][str(images)]["ssim"] <= 1
     table = (tmp_path / "results.md").read_text()
     assert "| bicubic |" in table and "tiny-ldsconv-x2" in table
-    assert "(published)" not in table and "report x4 only" in table  # published rows are x4 only
+    assert "(published)" not in table and "x4 Set5 / Set14 only" in table  # published rows are x4 only
     # A model of the wrong scale is refused.
     with pytest.raises(ValueError, match="x2 model, not x4"):
         main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"])

@@ -149,6 +149,11 @@ def test_model_card_metadata_carries_the_measured_numbers(tmp_path):
     fp32 = _config("tiny-kdsconv-det-x2", metrics)
     fp32["training"]["precision"] = "fp32"
     assert "(1 thread, fp32)" in str(model_card(fp32))
+    assert "EMA" not in loaded.text and "descriptor_norm" not in loaded.text  # neither recorded
+    shown = str(model_card({**fp32, "descriptor_norm": "standardize",
+                            "training": {**fp32["training"], "ema": 0.999}}))
+    assert "(1 thread, fp32, EMA of the weights (decay 0.999))" in shown
+    assert "normalised (`descriptor_norm: standardize`)" in shown and "raw pooled value" in shown
     peer = _config("scnet-t-x4", metrics)
     peer["training"].update(precision="bf16", val="data: every 10th image held out (8 images)", val_images=8)
     text = str(model_card({**peer, "scale": 4}))
