@@ -657,6 +657,37 @@ def test_a_model_found_nowhere_is_not_looked_up_again_for_a_while(monkeypatch):
     assert len(calls) == 2
 
 
+def test_a_slow_load_does_not_hold_up_models_already_in_memory(monkeypatch):
+    """A load (maybe a Hub round trip) holds its own model's lock, not the cache's: a view or run of a model in
+    memory goes on meanwhile; two requests for the model being loaded share one load."""
+    import threading
+    from kaldn import cache as cache_module
+    from kaldn.cache import ModelCache
+    release, calls = threading.Event(), []
+
+    def slow(ref, source="auto"):
+        calls.append(ref)
+        if ref == "slow":
+            assert release.wait(30)
+        return torch.nn.Conv2d(1, 1, 1)
+
+    monkeypatch.setattr(cache_module, "load_model", slow)
+    cache = ModelCache()
+    fast = cache.raw("fast")
+    loaders = [threading.Thread(target=cache.raw, args=("slow",)) for _ in range(2)]
+    for t in loaders:
+        t.start()
+    while calls.count("slow") < 1:
+        time.sleep(0.01)
+    done = threading.Event()
+    threading.Thread(target=lambda: (cache.raw("fast"), cache.prepared("fast", "cpu"), done.set())).start()
+    assert done.wait(10)  # served while "slow" still loads
+    release.set()
+    for t in loaders:
+        t.join(10)
+    assert calls == ["fast", "slow"] and cache.raw("fast") is fast
+
+
 def test_names_remote_file_finds_a_url_path_at_any_depth_and_nothing_else():
     from kaldn.admission import names_remote_file
     assert names_remote_file({"data": [1, {"x": [{"path": "http://a/b.png"}]}]})
