@@ -576,7 +576,9 @@ def admit_checkpoint(file, arch, scale, selected, request: gr.Request):
 
 def process_cache() -> ModelCache:
     """This process's model cache. ZeroGPU forks its GPU worker from the threaded server: the worker's copy of
-    CACHE (and of its lock, which another thread may have held at the fork) is left for a cache of its own."""
+    CACHE (and of its lock, which another thread may have held at the fork) is left for a cache of its own.
+    Session models the server forgets stay in it until its LRU bound pushes them out (their folders' names are
+    never reused, so no one else is served them)."""
     if os.getpid() == SERVER_PID:
         return CACHE
     return WORKER_CACHES.setdefault(os.getpid(), ModelCache(source=SETTINGS.model_source))

@@ -22,6 +22,14 @@ from .inference import prepare_model
 MODEL_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, CheckpointError)
 
 
+class _Load:
+    """One model's load in flight: its lock, and how many requests hold or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.users = 0
+
+
 class ModelCache:
     """Loaded models (CPU, eval) and their fused, prepared copies per device; bounded LRU, thread-safe."""
 
@@ -34,39 +42,46 @@ class ModelCache:
         self._raw: OrderedDict[str, nn.Module] = OrderedDict()
         self._prepared: OrderedDict[tuple[str, str], nn.Module] = OrderedDict()
         self._lock = threading.RLock()  # the dicts only; a load holds its model's lock in _loading
-        self._loading: dict[str, threading.Lock] = {}
+        self._loading: dict[str, _Load] = {}  # loads in flight (and their waiters), by ref
 
     def raw(self, ref: str) -> nn.Module:
         """The model ``ref`` names (a model name or checkpoint path), as loaded: for inspection."""
         with self._lock:
-            if ref not in self._loading and len(self._loading) >= 4 * self.max_models:
-                for idle in [k for k, lock in self._loading.items() if not lock.locked()]:
-                    del self._loading[idle]  # bounded: session folders come and go
-            loading = self._loading.setdefault(ref, threading.Lock())
+            load = self._loading.get(ref)
+            if load is None:
+                load = self._loading[ref] = _Load()
+            load.users += 1
         # A load (disk, or a round trip to the Hub) holds this model's lock only: a request for a model in
         # memory is not kept waiting behind another's load; requests for the same model wait for one load.
-        with loading:
-            with self._lock:
-                if ref in self._raw:
-                    self._raw.move_to_end(ref)
-                    return self._raw[ref]
-                found_missing = self._missing.noted_at(ref)
-                if found_missing is not None:
-                    raise FileNotFoundError(f"no checkpoint for {ref} (not found "
-                                            f"{time.monotonic() - found_missing:.0f} s ago)")
-            try:
-                model = load_model(ref, source=self.source).eval()
-            except FileNotFoundError:
+        try:
+            with load.lock:
                 with self._lock:
-                    self._missing.note(ref)
-                raise
-            for p in model.parameters():
-                p.requires_grad_(False)
+                    if ref in self._raw:
+                        self._raw.move_to_end(ref)
+                        return self._raw[ref]
+                    found_missing = self._missing.noted_at(ref)
+                    if found_missing is not None:
+                        raise FileNotFoundError(f"no checkpoint for {ref} (not found "
+                                                f"{time.monotonic() - found_missing:.0f} s ago)")
+                try:
+                    model = load_model(ref, source=self.source).eval()
+                except FileNotFoundError:
+                    with self._lock:
+                        self._missing.note(ref)
+                    raise
+                for p in model.parameters():
+                    p.requires_grad_(False)
+                with self._lock:
+                    if self._loading.get(ref) is load:  # else forgotten while it loaded: not kept
+                        self._raw[ref] = model
+                        while len(self._raw) > self.max_models:
+                            self._raw.popitem(last=False)
+                return model
+        finally:
             with self._lock:
-                self._raw[ref] = model
-                while len(self._raw) > self.max_models:
-                    self._raw.popitem(last=False)
-            return model
+                load.users -= 1
+                if not load.users and self._loading.get(ref) is load:
+                    del self._loading[ref]  # only loads in flight are listed
 
     def prepared(self, ref: str, device: torch.device | str) -> nn.Module:
         """The fused, channels_last copy on ``device``: for upscaling."""
@@ -77,6 +92,8 @@ class ModelCache:
                 return self._prepared[key]
         model = prepare_model(self.raw(ref), device=device)  # outside the lock, as loads are
         with self._lock:
+            if ref not in self._raw:  # forgotten meanwhile: not kept
+                return model
             model = self._prepared.setdefault(key, model)  # a concurrent first use may have put one there
             self._prepared.move_to_end(key)
             while len(self._prepared) > self.max_models:

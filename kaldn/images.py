@@ -218,6 +218,7 @@ def load_image_with_notes(
     with im:
         _check_size(*_upright_size(im), limit, label)  # before any pixel is decoded
         notes = _frame_notes(im, label)
+        _check_size(*_upright_size(im), limit, label)  # the frame that decodes is the one checked
         raw_mode = _raw_mode(im)  # the file's own sample layout, gone once decoded
         try:
             with warnings.catch_warnings():
@@ -321,10 +322,13 @@ def _frame_notes(im: Image.Image, label: str) -> list[str]:
     """A note when only the first of several frames (animation) or pages (TIFF) is used."""
     try:
         frames, exact = _frame_count(im)
-        if frames > 1:
-            im.seek(0)
     except Exception:  # a damaged later frame: the first may still decode; say nothing about the rest
-        return []
+        frames, exact = 1, True
+    try:
+        if im.tell() != 0:
+            im.seek(0)  # counting moved on: back to the first frame, the one whose size was checked
+    except Exception as exc:
+        raise ImageError(f"{_cap(label)} is damaged: its first frame cannot be read again.") from exc
     if frames <= 1:
         return []
     fmt = im.format or "image"

@@ -35,8 +35,8 @@ RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn
 
 PUBLISHED_SOURCE = ("DESIGN.md, 'Published x4 references on Set5 / Set14' (papers 000/001 and the peers' "
                     "papers; trained on DIV2K)")
-# DESIGN.md: published x4 PSNR / SSIM on Set5, Set14 (models trained on DIV2K). The papers give no whole-model
-# parameter counts (paper 001's Table IV counts single blocks), so none are listed.
+# DESIGN.md: published x4 PSNR / SSIM on Set5, Set14 (models trained on DIV2K). No parameter counts are listed:
+# paper 001's Table IV counts single blocks, and LESRCNN's 516K names no scale and is below its released weights.
 PUBLISHED_X4 = {
     "bicubic": ((28.42, 0.8104), (26.00, 0.7027)),
     "KALDN": ((31.91, 0.8913), (28.43, 0.7778)),

@@ -85,7 +85,7 @@ class SessionModels:
                  on_forget: Callable[[str], None] | None = None, client_cap: int | None = None) -> None:
         self.cap = cap
         self.total_cap = total_cap
-        self.client_cap = total_cap // 4 if client_cap is None else client_cap  # 0: no per-address bound
+        self.client_cap = max(1, total_cap // 4) if client_cap is None else client_cap  # 0: no per-address bound
         self.max_idle_s = max_idle_s
         self.on_forget = on_forget  # told each forgotten model's path, so a model cache drops it too
         self._items: OrderedDict[str, SessionModel] = OrderedDict()
@@ -117,7 +117,7 @@ class SessionModels:
                 entry = SessionModel(key, Path(path), model, label, dict(info or {}, delete_dir=delete_dir), owner,
                                      client, kind)
                 self._items[key] = entry
-                # This owner's oldest, beyond its cap; deleted after the lock (forgetting may wait for a model load).
+                # This owner's oldest, beyond its cap; deleted after the lock (deleting a folder takes a while).
                 evicted = [self._items.pop(k) for k in mine[:max(0, len(mine) + 1 - self.cap)]]
         if ended:
             if delete_dir:

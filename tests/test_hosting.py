@@ -688,6 +688,31 @@ def test_a_slow_load_does_not_hold_up_models_already_in_memory(monkeypatch):
     assert calls == ["fast", "slow"] and cache.raw("fast") is fast
 
 
+def test_a_model_forgotten_while_it_loads_is_not_kept(monkeypatch):
+    """A session model forgotten (its session ended, its folder deleted) while a request loads it: the load
+    still answers that request but does not put the model back into the cache, nor its prepared copy."""
+    import threading
+    from kaldn import cache as cache_module
+    from kaldn.cache import ModelCache
+    started, release = threading.Event(), threading.Event()
+
+    def slow(ref, source="auto"):
+        started.set()
+        assert release.wait(30)
+        return torch.nn.Conv2d(1, 1, 1)
+
+    monkeypatch.setattr(cache_module, "load_model", slow)
+    cache = ModelCache()
+    results = []
+    loader = threading.Thread(target=lambda: results.append(cache.prepared("/runs/up-1/model", "cpu")))
+    loader.start()
+    assert started.wait(10)
+    cache.forget("/runs/up-1/model")  # does not wait for the load
+    release.set()
+    loader.join(10)
+    assert results and "/runs/up-1/model" not in cache._raw and not cache._prepared and not cache._loading
+
+
 def test_names_remote_file_finds_a_url_path_at_any_depth_and_nothing_else():
     from kaldn.admission import names_remote_file
     assert names_remote_file({"data": [1, {"x": [{"path": "http://a/b.png"}]}]})

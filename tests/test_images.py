@@ -473,6 +473,23 @@ def test_a_tiff_of_many_pages_is_counted_only_so_far(tmp_path: Path) -> None:
     assert f"with {MAX_COUNTED_PAGES - 1} pages" in load_image_with_notes(tmp_path / "few.tif")[1][0]
 
 
+def test_a_damaged_later_page_cannot_get_a_large_page_decoded(tmp_path: Path) -> None:
+    """Only the first page's size is checked, so the first page is what decodes: a TIFF whose small first page
+    is followed by a large page with a broken link to the next must not leave the large one selected."""
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="TIFF", save_all=True,
+                                  append_images=[Image.new("L", (600, 600))], compression="tiff_deflate")
+    data = bytearray(buf.getvalue())
+    with Image.open(io.BytesIO(bytes(data))) as im:
+        im.seek(1)
+        where = im._frame_pos[1]  # page 1's directory: its entry count, the entries, then the next one's offset
+    entries = struct.unpack_from("<H", data, where)[0]
+    struct.pack_into("<I", data, where + 2 + 12 * entries, len(data) + 1000)  # past the end of the file
+    (tmp_path / "broken.tif").write_bytes(bytes(data))
+    out, notes = load_image_with_notes(tmp_path / "broken.tif", max_pixels=64 * 64)
+    assert out.shape[:2] == (8, 8)
+
+
 def test_cmyk_and_exif_rotation_are_noted(tmp_path: Path) -> None:
     Image.new("CMYK", (16, 8), (0, 255, 255, 0)).save(tmp_path / "c.jpg", quality=95)
     out, notes = load_image_with_notes(tmp_path / "c.jpg")
