@@ -35,7 +35,7 @@ import struct
 import warnings
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -197,7 +197,7 @@ def load_image_with_notes(
     else:
         raise ImageError(f"Cannot load an image from a {type(source).__name__}.")
 
-    _refuse_gif_comments(opener, label)
+    gif = _scan_gif(opener, label)
     try:
         with warnings.catch_warnings():
             # We enforce our own pixel limit below; PIL's warning would only be noise.
@@ -217,7 +217,7 @@ def load_image_with_notes(
 
     with im:
         _check_size(*_upright_size(im), limit, label)  # before any pixel is decoded
-        notes = _frame_notes(im, label)
+        notes = _frame_notes(im, label, gif)
         _check_size(*_upright_size(im), limit, label)  # the frame that decodes is the one checked
         raw_mode = _raw_mode(im)  # the file's own sample layout, gone once decoded
         try:
@@ -240,39 +240,49 @@ MAX_COUNTED_PAGES = 100  # a TIFF with more says "over 99 pages"
 _GIF_BLOCK = re.compile(rb"[!,;]")
 
 
-def _refuse_gif_comments(opener: object, label: str) -> None:
-    """Pillow joins a GIF's comments piece by piece, in time quadratic in their number (every 255-byte piece,
+class GifScan(NamedTuple):
+    comment_bytes: int  # what Pillow's comments grow to over the frames scanned, counted to just over the limit
+    frames: int         # image blocks scanned, at most MAX_COUNTED_PAGES
+    complete: bool      # the scan reached the end: ``frames`` is every frame
+
+
+def _scan_gif(opener: object, label: str) -> GifScan | None:
+    """A GIF's first MAX_COUNTED_PAGES frames, scanned once; None for other files (not read).
+
+    Pillow joins a GIF's comments piece by piece, in time quadratic in their number (every 255-byte piece,
     and a newline for every further comment, even an empty one): a few MB of them hold the server for
-    minutes while the file is opened. Such a GIF is refused after one linear walk over its blocks; other
-    files are not read."""
-    comments = 0
+    minutes while the file is opened, so such a GIF is refused. Pillow's own frame count walks every frame
+    (seconds for a small file of many tiny frames), so the scan counts them instead, up to the bound: only
+    the first frame is used, and Pillow reads no comment past the second."""
+    scan = None
     try:
         f = open(opener, "rb") if isinstance(opener, Path) else opener
         try:
             start = f.tell()
             if f.read(4) == b"GIF8":
                 f.seek(start)
-                comments = _gif_comment_bytes(f.read())
+                scan = gif_scan(f.read())
             f.seek(start)
         finally:
             if f is not opener:
                 f.close()
     except (OSError, ValueError):
         pass  # unreadable here: Pillow says so, with the usual message
-    if comments > MAX_GIF_COMMENT_BYTES:
+    if scan is not None and scan.comment_bytes > MAX_GIF_COMMENT_BYTES:
         raise ImageError(f"{_cap(label)} is a GIF with over {MAX_GIF_COMMENT_BYTES // 1024} KiB of comments: "
                          "save it as PNG and upload that.")
+    return scan
 
 
-def _gif_comment_bytes(data: bytes) -> int:
-    """What Pillow's comments grow to in a GIF (their bytes plus one per comment), counted up to just over
-    MAX_GIF_COMMENT_BYTES. Reads the blocks in Pillow's own order (GifImagePlugin ``_seek``): a byte that
+def gif_scan(data: bytes) -> GifScan:
+    """A GIF's comment bytes as Pillow's comments grow (their bytes plus one per comment), counted up to just
+    over MAX_GIF_COMMENT_BYTES, and its frames, up to MAX_COUNTED_PAGES. Reads the blocks in Pillow's own order (GifImagePlugin ``_seek``): a byte that
     starts no block is skipped, a non-comment extension is read to the next empty sub-block *after* its
     first one (even when that first one was already empty), NETSCAPE2.0 reads one more, and an image's data
     is skipped sub-block by sub-block."""
     n = len(data)
     if n < 13:
-        return 0
+        return GifScan(0, 0, True)
     pos = 13 + (3 << ((data[10] & 7) + 1) if data[10] & 0x80 else 0)  # after the global colour table
 
     def sub_block() -> tuple[int, int]:
@@ -285,14 +295,14 @@ def _gif_comment_bytes(data: bytes) -> int:
         return start, min(pos, n) - start
 
     total, frame = 0, 0
-    while total <= MAX_GIF_COMMENT_BYTES:
+    while total <= MAX_GIF_COMMENT_BYTES and frame < MAX_COUNTED_PAGES:
         found = _GIF_BLOCK.search(data, pos)  # stray bytes are skipped (in C here, one by one in Pillow)
         if found is None or found.group() == b";":
-            break
+            return GifScan(total, frame, True)
         pos = found.end()
         if found.group() == b"!":
             if pos >= n:
-                break
+                return GifScan(total, frame, True)
             label = data[pos]
             pos += 1
             start, length = sub_block()
@@ -309,19 +319,19 @@ def _gif_comment_bytes(data: bytes) -> int:
                 pass
         else:  # an image: descriptor, local colour table, LZW code size, then its data
             if pos + 9 > n:
-                break
+                return GifScan(total, frame, True)
             flags = data[pos + 8]
             pos += 9 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0) + 1
             while sub_block()[1]:
                 pass
             frame += 1
-    return total
+    return GifScan(total, frame, False)  # stopped at a bound: more may follow
 
 
-def _frame_notes(im: Image.Image, label: str) -> list[str]:
+def _frame_notes(im: Image.Image, label: str, gif: GifScan | None = None) -> list[str]:
     """A note when only the first of several frames (animation) or pages (TIFF) is used."""
     try:
-        frames, exact = _frame_count(im)
+        frames, exact = (gif.frames, gif.complete) if gif is not None and im.format == "GIF" else _frame_count(im)
     except Exception:  # a damaged later frame: the first may still decode; say nothing about the rest
         frames, exact = 1, True
     try:

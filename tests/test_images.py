@@ -473,6 +473,24 @@ def test_a_tiff_of_many_pages_is_counted_only_so_far(tmp_path: Path) -> None:
     assert f"with {MAX_COUNTED_PAGES - 1} pages" in load_image_with_notes(tmp_path / "few.tif")[1][0]
 
 
+def test_a_gif_of_many_frames_is_counted_only_so_far(tmp_path: Path) -> None:
+    # Pillow's frame count walks every frame: a small file of many tiny frames held the checks worker for
+    # seconds per megabyte. The scan that guards comments counts the first MAX_COUNTED_PAGES instead.
+    from kaldn.images import MAX_COUNTED_PAGES, gif_scan
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, format="GIF")
+    head = buf.getvalue()[:buf.getvalue().index(b",")]  # header, colour table: the frames follow
+    frame = b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00"  # 1x1 at (0, 0), one sub-block
+    many = head + frame * (MAX_COUNTED_PAGES + 50) + b";"
+    (tmp_path / "many.gif").write_bytes(many)
+    out, notes = load_image_with_notes(tmp_path / "many.gif")
+    assert out.shape[:2] == (4, 4)
+    assert notes == [f"'many.gif' is an animated GIF with over {MAX_COUNTED_PAGES - 1} frames: only the first "
+                     "frame is used."]
+    few = head + frame * 7 + b";"
+    assert gif_scan(few).frames == Image.open(io.BytesIO(few)).n_frames == 7 and gif_scan(few).complete
+
+
 def test_a_damaged_later_page_cannot_get_a_large_page_decoded(tmp_path: Path) -> None:
     """Only the first page's size is checked, so the first page is what decodes: a TIFF whose small first page
     is followed by a large page with a broken link to the next must not leave the large one selected."""
@@ -549,7 +567,7 @@ def test_a_gif_with_a_huge_comment_is_refused_before_pillow_parses_it(tmp_path):
 def test_the_gif_scan_counts_at_least_the_comment_pillow_reads():
     """Random block sequences, each read by Pillow and by the scan: the scan never counts less."""
     import random
-    from kaldn.images import _gif_comment_bytes
+    from kaldn.images import gif_scan
     buffer = io.BytesIO()
     _palette_image().save(buffer, "GIF")
     gif = buffer.getvalue()
@@ -564,5 +582,5 @@ def test_the_gif_scan_counts_at_least_the_comment_pillow_reads():
         except Exception:  # noqa: BLE001 - a sequence Pillow refuses is not a question here
             continue
         compared += 1
-        assert _gif_comment_bytes(data) >= len(comment), data
+        assert gif_scan(data).comment_bytes >= len(comment), data
     assert compared > 100
