@@ -42,7 +42,7 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import BodyLimit, LocalFilesOnly, SessionSlots, SingleFlight, client_key, short_of_disk
+from kaldn.admission import BodyLimit, CheckedBodies, SessionSlots, SingleFlight, client_key, short_of_disk
 from kaldn.cache import ModelCache
 from kaldn.choices import ResolvedVariant, default_variants, runnable_selection, ticked
 from kaldn.choices import variant_choices as compare_choices
@@ -668,8 +668,9 @@ def status_after_change(image: Any, scale: Any, mode: str, request: gr.Request =
 def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = None):
     """The two chosen images in the slider, and where they differ."""
     run = need_run(run_id, request)
+    slider = run.slider(left, right)  # checks the two keys first
     pair, note = run.pair_view(left, right)
-    return run.slider(left, right), pair, note
+    return slider, pair, note
 
 
 @shows_user_errors
@@ -1053,7 +1054,7 @@ def kernel_view_of(model_ref: str | None, layer: str | None, request: gr.Request
     loaded from its folder)."""
     if not model_ref:
         raise UserError("Choose a model with depthwise layers first.")
-    if model_ref not in {value for _, value in how_choices(session_of(request))}:
+    if not isinstance(model_ref, str) or model_ref not in {value for _, value in how_choices(session_of(request))}:
         raise UserError("Unknown model: choose one from the list.")
     entry = SESSION_MODELS.for_owner(session_of(request)).get(model_ref)
     ref, label = (str(entry.path), entry.label) if entry is not None else (model_ref, model_ref)
@@ -1158,8 +1159,8 @@ def how_tab() -> SimpleNamespace:
 
 def _model_lists(scale: Any, selected: list[str] | None, base: str | None, how: str | None, session: str | None):
     bases, hows = base_choices(available_models(), SESSION_MODELS.for_owner(session)), how_choices(session)
-    base_value = base if base in {v for _, v in bases} else default_base(bases)
-    how_value = how if how in {v for _, v in hows} else (hows[0][1] if hows else None)
+    base_value = base if isinstance(base, str) and base in {v for _, v in bases} else default_base(bases)
+    how_value = how if isinstance(how, str) and how in {v for _, v in hows} else (hows[0][1] if hows else None)
     return (_variant_update(scale, selected, session), gr.update(choices=bases, value=base_value),
             gr.update(choices=hows, value=how_value))
 
@@ -1247,11 +1248,11 @@ def launch_kwargs() -> dict[str, Any]:
     return {
         "max_file_size": SETTINGS.max_file_size,
         "allowed_paths": [str(EXAMPLES_DIR)],
-        # Outermost first: the body is capped before LocalFilesOnly reads it whole.
+        # Outermost first: the body is capped before CheckedBodies reads it whole.
         "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body,
                                                  max_upload=SETTINGS.upload_cap,
                                                  min_free=SETTINGS.min_free_disk, disk=get_upload_folder()),
-                                      Middleware(LocalFilesOnly)]},
+                                      Middleware(CheckedBodies)]},
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not

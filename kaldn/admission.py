@@ -9,7 +9,9 @@ session's events the queue still holds, so a session is never locked out for goo
 a client says it is, so the same bounds also count per client address (:func:`client_key`).
 
 :class:`BodyLimit` admits request bodies only up to a size, before anything reads them;
-:class:`LocalFilesOnly` refuses a body that names a file by URL, which Gradio would otherwise download.
+:class:`CheckedBodies` refuses a body that names a file by URL, which Gradio would otherwise download, or
+that holds more or longer values than any of the app's events sends, which Gradio would keep in the
+session's state.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from typing import Callable
 
 from .expiring import ExpiringKeys
 
-__all__ = ["BodyLimit", "EndedSessions", "LocalFilesOnly", "SessionSlots", "SingleFlight", "client_key",
-           "names_remote_file", "short_of_disk"]
+__all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "client_key",
+           "names_remote_file", "oversized_values", "short_of_disk"]
 
 
 def client_key(host: str | None) -> str | None:
@@ -326,11 +328,39 @@ def names_remote_file(payload: object) -> bool:
     return False
 
 
-class LocalFilesOnly:
-    """ASGI middleware: a request body (other than an upload) that names a file by URL is refused (400).
+# The most JSON values (lists, dicts, their items) and the longest string one request body may hold: the
+# largest event (eight files to fine-tune on) sends about 100 values, and paths, names and choices are short.
+MAX_BODY_VALUES = 256
+MAX_BODY_STRING = 4096
+
+
+def oversized_values(payload: object) -> str | None:
+    """What is too large in a decoded request body (None: nothing): more than MAX_BODY_VALUES values, or a string
+    (a key too) over MAX_BODY_STRING characters. Gradio keeps every input's raw value in the session's state
+    before any component check or handler runs, and a compact JSON list grows twentyfold as Python objects."""
+    stack, seen = [payload], 0
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_BODY_VALUES:
+            return f"more than {MAX_BODY_VALUES} values"
+        if isinstance(value, dict):
+            stack.extend(value.values())
+            stack.extend(value.keys())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str) and len(value) > MAX_BODY_STRING:
+            return f"a string over {MAX_BODY_STRING} characters"
+    return None
+
+
+class CheckedBodies:
+    """ASGI middleware: a request body (other than an upload) that names a file by URL is refused (400), and one
+    with more or longer values than the app's events send (:func:`oversized_values`) too (413).
 
     Gradio downloads such a file, whatever its size, while it prepares an event's inputs, before the app's
-    validators or handlers can refuse it; a public Space would fetch what any caller names. Mounted inside
+    validators or handlers can refuse it; a public Space would fetch what any caller names. And it keeps every
+    input's value in the session's state first, for up to ``KALDN_APP_SESSIONS`` sessions. Mounted inside
     :class:`BodyLimit`, so the body it reads whole is already capped.
     """
 
@@ -349,12 +379,16 @@ class LocalFilesOnly:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            remote = names_remote_file(json.loads(body))
+            payload = json.loads(body)
         except (ValueError, RecursionError):
-            remote = False  # not JSON: Gradio refuses it on its own
-        if remote:
+            payload = None  # not JSON: Gradio refuses it on its own
+        if names_remote_file(payload):
             return await _answer(send, 400, "Files must be uploaded through the upload route; a file named by URL "
                                             "is not fetched.")
+        oversized = oversized_values(payload)
+        if oversized:
+            return await _answer(send, 413, f"Request body with {oversized}: no event of this app sends that "
+                                            "(files go through the upload route).")
         sent = False
 
         async def replay():

@@ -105,6 +105,8 @@ class ComparisonRun:
     def slider(self, left: str, right: str) -> tuple[str, str]:
         """Paths of the two images for the slider (``lr``: the LR input enlarged to the output size, written
         on first use)."""
+        if not all(isinstance(k, str) for k in (left, right)):
+            raise UserError("Choose two images of this comparison to compare.")
         missing = [k for k in (left, right) if k != "lr" and k not in self.paths]
         if missing:
             raise UserError(f"Not part of this comparison: {', '.join(missing)}.")

@@ -13,7 +13,7 @@ variable                           what                                        d
 ``KALDN_FINETUNE_MAX_ITERS``       iterations of one fine-tuning job           2000
 ``KALDN_APP_SESSION_JOBS``         jobs one session may have queued/running    1
 ``KALDN_APP_CLIENT_JOBS``          the same over one address's sessions        8 (0: off)
-``KALDN_APP_MAX_BODY``             largest request body besides uploads        64 KiB
+``KALDN_APP_MAX_BODY``             largest request body besides uploads        16 KiB
 ``KALDN_APP_SESSION_TTL``          seconds a session's results are kept        1800
 ``KALDN_APP_RUN_MEMORY``           bytes of results kept in memory (all)       256 MiB
 ``KALDN_FINETUNE_TIME_BUDGET_S``   wall-clock seconds of one fine-tuning job   600
@@ -84,7 +84,7 @@ class AppSettings:
     # Jobs over one address's sessions (admission.client_key), 0: no per-address bounds. A quarter of the queue:
     # no address holds more, and a class behind one NAT still has eight at once.
     client_jobs: int = 8
-    max_body: int = 64 << 10              # an API call's JSON (file payloads are paths): small
+    max_body: int = 16 << 10              # an API call's JSON (file payloads are paths): the largest is ~5 KiB
     session_ttl: int = 1800
     run_memory: int = 256 << 20  # with one comparison at the caps (~1.3 GiB) stays under 2 GiB
     finetune_time_budget_s: int = 600

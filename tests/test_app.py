@@ -293,6 +293,9 @@ def test_how_it_works_endpoints(served, client):
             assert no_gate["data"] == []  # no attention, no points
     with pytest.raises(AppError, match="not in the list of choices"):
         client.predict("paper-kdsconv-det-x4", None, api_name="/kernel_model")  # a name never shipped
+    if kds is not None:  # a list of a valid name passes the Dropdown's own check: a message, not a crash
+        with pytest.raises(AppError, match="Unknown model"):
+            client.predict([kds], None, api_name="/kernel_model")
 
     with pytest.raises(AppError, match="scale must be"):
         client.predict("hr", None, None, 5, api_name="/hasty_relu")

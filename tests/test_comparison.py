@@ -322,6 +322,9 @@ def test_a_saved_run_serves_the_slider_crops_and_downloads(tmp_path):
     assert "lr-nearest-x2.png" not in {Path(p).name for p in run.downloads()}
     with pytest.raises(UserError, match="Not part of this comparison: dsconv"):
         run.slider("dsconv", "gt")
+    for pair in ((None, None), (["gt"], "lr"), ("gt", {"a": 1})):  # what a Dropdown's own check lets through
+        with pytest.raises(UserError, match="Choose two images"):
+            run.slider(*pair)
     view = run.zoom((30, 10), 16)
     assert run.region == (22, 2, 16, 16) and view.center == (30, 10) and len(view.crops) == 3
     for _ in range(3):  # a session's new run replaces its last one; other sessions' runs stay

@@ -163,10 +163,14 @@ def test_4_the_rest_route_of_a_queued_endpoint_is_closed(served):
 
 def test_5_inline_files_and_oversized_bodies_are_refused(served):
     import httpx
-    png = png_bytes(rng_image(64, 64))
+    png = png_bytes(rng_image(8, 8))
     inline = {"url": "data:image/png;base64," + base64.b64encode(png).decode(), "meta": {"_type": "gradio.FileData"}}
     result = call(served["url"], "compare", compare_data(inline), session())
     assert "uploaded image file" in result["error"]
+    larger = {**inline, "url": "data:image/png;base64," + base64.b64encode(png_bytes(rng_image(64, 64))).decode()}
+    r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(larger), "session_hash": "x"},
+                   timeout=30)
+    assert r.status_code == 413 and "upload route" in r.text  # a string longer than any event sends
     big = {"url": "data:image/png;base64," + "A" * (3 << 20)}  # 3 MiB of base64: over the body cap, never decoded
     r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(big), "session_hash": "x"},
                    timeout=30)
@@ -794,10 +798,10 @@ def test_uploads_are_capped_and_wait_for_disk_declared_or_not(tmp_path, monkeypa
     assert code == 507 and b"disk space" in text
 
 
-def test_local_files_only_passes_the_body_on_intact_and_refuses_urls():
+def test_checked_bodies_pass_the_body_on_intact_and_refuse_urls_and_oversized_values():
     import json as _json
-    from kaldn.admission import BodyLimit, LocalFilesOnly
-    guard = BodyLimit(LocalFilesOnly(_echo), max_body=1 << 20)
+    from kaldn.admission import MAX_BODY_STRING, MAX_BODY_VALUES, BodyLimit, CheckedBodies
+    guard = BodyLimit(CheckedBodies(_echo), max_body=1 << 20)
     body = _json.dumps({"data": [{"path": "/tmp/gradio/a.png", "url": "http://host/gradio_api/file=a"}]}).encode()
     assert _asgi_call(guard, "/gradio_api/queue/join", [body[:10], body[10:]]) == (200, body)  # chunked, replayed
     assert _asgi_call(guard, "/gradio_api/queue/join", [b"not json"]) == (200, b"not json")  # Gradio's to refuse
@@ -806,6 +810,17 @@ def test_local_files_only_passes_the_body_on_intact_and_refuses_urls():
     assert code == 400 and b"named by URL" in text
     assert _asgi_call(guard, "/gradio_api/queue/join", [b"[" * 100_000])[0] == 200  # too deep to parse: passed on
     assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * (2 << 20)])[0] == 413  # the cap still holds inside
+    # Gradio keeps every input's value in the session's state before any check: no more than the app sends.
+    files = [{"path": f"/tmp/gradio/{i:064x}/photo.png", "url": "http://host/gradio_api/file=x", "size": 1,
+              "orig_name": "photo.png", "mime_type": "image/png", "is_stream": False,
+              "meta": {"_type": "gradio.FileData"}} for i in range(8)]
+    finetune = _json.dumps({"data": [files, False, "tiny-kdsconv-det-x4", 200, 2e-4, 16, 48], "fn_index": 3,
+                            "session_hash": "abc", "event_data": None, "trigger_id": 9}).encode()
+    assert _asgi_call(guard, "/gradio_api/queue/join", [finetune]) == (200, finetune)  # the largest event
+    for data, what in (([[]] * MAX_BODY_VALUES, b"more than"), (["x" * (MAX_BODY_STRING + 1)], b"a string over"),
+                       ([{"k" * (MAX_BODY_STRING + 1): 1}], b"a string over")):
+        code, text = _asgi_call(guard, "/gradio_api/run/zoo", [_json.dumps({"data": data}).encode()])
+        assert code == 413 and what in text, data[:2]
 
 
 def test_the_upload_cap_follows_the_file_size_cap_and_the_image_count(monkeypatch):
