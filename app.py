@@ -676,11 +676,8 @@ def show_pair(run_id: str | None, left: str, right: str, request: gr.Request = N
 @shows_user_errors
 @quick_view
 def select_region(run_id: str | None, crop_size: Any, evt: gr.SelectData, request: gr.Request = None):
-    """Zoom where the picker image was clicked (SelectData.index = [x, y] in image pixels)."""
-    index = getattr(evt, "index", None)
-    if not isinstance(index, (list, tuple)) or len(index) != 2:
-        raise UserError("Click a point on the picture to zoom there.")
-    view = need_run(run_id, request).zoom((index[0], index[1]), crop_size)
+    """Zoom where the picker image was clicked (SelectData.index = [x, y] in the picker's pixels)."""
+    view = need_run(run_id, request).zoom_at_click(getattr(evt, "index", None), crop_size)
     return view.picker, view.labelled(), *view.center
 
 

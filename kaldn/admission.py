@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import os
 import shutil
 import threading
@@ -26,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .expiring import ExpiringKeys
+
+log = logging.getLogger(__name__)
 
 __all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "client_key",
            "names_remote_file", "oversized_values", "short_of_disk"]
@@ -387,6 +390,7 @@ class CheckedBodies:
                                             "is not fetched.")
         oversized = oversized_values(payload)
         if oversized:
+            log.info("refused a request body to %s with %s", scope.get("path", "?")[:80], oversized)
             return await _answer(send, 413, f"Request body with {oversized}: no event of this app sends that "
                                             "(files go through the upload route).")
         sent = False

@@ -67,10 +67,23 @@ def crop_region(image: np.ndarray, region: tuple[int, int, int, int], factor: in
     return enlarge_nearest(to_display(image[y0:y0 + h, x0:x0 + w]), factor)
 
 
-def draw_region(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
-    """An 8-bit RGB copy of ``image`` with the region outlined (for the click-to-zoom picker)."""
+PICKER_SIDE = 1024  # the click-to-zoom picker's longest side at most, in its own pixels
+
+
+def picker_factor(shape: tuple[int, ...]) -> int:
+    """The whole factor the picker of an image of ``shape`` is reduced by, so its longest side is at most
+    PICKER_SIDE: every view draws and encodes it again, and a full 2048^2 one cost 1.7 s and 5.5 MB a call."""
+    return max(1, -(-max(int(shape[0]), int(shape[1])) // PICKER_SIDE))
+
+
+def draw_region(image: np.ndarray, region: tuple[int, int, int, int], factor: int = 1) -> np.ndarray:
+    """An 8-bit RGB copy of ``image`` with the region outlined (for the click-to-zoom picker), reduced
+    ``factor`` times (box filter); ``region`` is in the image's own pixels."""
     view = to_display(image)[..., :3]
     pil = Image.fromarray(np.ascontiguousarray(view))
+    if factor > 1:
+        pil = pil.reduce(factor)
+        region = tuple(v // factor for v in region[:2]) + tuple(max(1, -(-v // factor)) for v in region[2:])
     draw = ImageDraw.Draw(pil)
     x0, y0, w, h = region
     width = max(2, min(pil.size) // 200)

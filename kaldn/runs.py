@@ -24,7 +24,7 @@ import numpy as np
 from .admission import EndedSessions
 from .choices import BICUBIC, BICUBIC_LABEL, variant_label
 from .comparison import GROUND_TRUTH, LR_INPUT, Comparison, pair_image, pair_images, save_outputs, zoom_crops
-from .display import draw_region, label_above, tile_grid
+from .display import draw_region, label_above, picker_factor, tile_grid
 from .errors import UserError
 from .images import load_image, save_png
 from .maps import (NO_GROUND_TRUTH, PairDifference, default_zoom_center, error_colour_bar, error_maps,
@@ -65,7 +65,7 @@ def region_size(value: Any) -> int:
 
 @dataclass
 class ZoomView:
-    picker: np.ndarray                       # the reference image with the region outlined
+    picker: np.ndarray                       # the reference image with the region outlined, reduced (display)
     crops: list[tuple[np.ndarray, str]]      # (crop, caption): LR input, every output, ground truth
     center: tuple[int, int]                  # of the region, in output pixels
 
@@ -190,10 +190,27 @@ class ComparisonRun:
             center = self.default_center(size)
         crops, region = zoom_crops(self.comparison, center, size)
         self.region = region
-        inputs = self.comparison.inputs
-        reference = inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image
+        reference = self._picker_image()
         x0, y0, w, h = region
-        return ZoomView(draw_region(reference, region), crops, (x0 + w // 2, y0 + h // 2))
+        return ZoomView(draw_region(reference, region, picker_factor(reference.shape)), crops,
+                        (x0 + w // 2, y0 + h // 2))
+
+    def _picker_image(self) -> np.ndarray:
+        inputs = self.comparison.inputs
+        return inputs.gt if inputs.gt is not None else self.comparison.ok[-1].image
+
+    @property
+    def picker_factor(self) -> int:
+        """How many output pixels one picker pixel spans (a click's position times this is in output pixels)."""
+        return picker_factor(self._picker_image().shape)
+
+    def zoom_at_click(self, index: Any, size: Any) -> ZoomView:
+        """:meth:`zoom` centred where the picker was clicked (``index``: [x, y] in picker pixels)."""
+        if not isinstance(index, (list, tuple)) or len(index) != 2:
+            raise UserError("Click a point on the picture to zoom there.")
+        x, y = (_finite(v, "The clicked point") for v in index)
+        factor = self.picker_factor
+        return self.zoom((x * factor + factor // 2, y * factor + factor // 2), size)
 
 
 # --- the runs of this process: one live run per session, in memory within a byte budget, on disk until dropped --

@@ -103,11 +103,15 @@ def test_compare_tab(served, page):
 
     # A typed centre (Enter) moves the crops.
     before = page.locator("#kaldn-gallery img").first.get_attribute("src")
+    drawn = page.locator("#kaldn-picker img").get_attribute("src")
     cx = page.locator("#kaldn-cx input")
     cx.fill("40")
     cx.press("Enter")
     page.wait_for_function(
         "(b) => document.querySelector('#kaldn-gallery img').getAttribute('src') !== b", arg=before)
+    # The picker is drawn again with the new region: click it once it has loaded, not while it is replaced.
+    page.wait_for_function("(d) => { const img = document.querySelector('#kaldn-picker img');"
+                           " return img.getAttribute('src') !== d && img.complete; }", arg=drawn)
 
     # Click the zoom picker: the crops follow.
     before = page.locator("#kaldn-gallery img").first.get_attribute("src")

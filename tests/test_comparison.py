@@ -242,6 +242,22 @@ def test_zoom_crops_show_the_same_region_everywhere():
     assert picker.shape == inputs.gt.shape and not np.array_equal(picker, inputs.gt)
 
 
+def test_the_picker_of_a_large_output_is_reduced_and_a_click_maps_back_to_output_pixels(tmp_path):
+    """Each view draws and encodes the picker again: a large output's is reduced to PICKER_SIDE, and a click
+    on it zooms where it points in the output."""
+    from kaldn.display import PICKER_SIDE, picker_factor
+    assert picker_factor((1024, 600)) == 1 and picker_factor((2048, 2048)) == 2 and picker_factor((600, 1025)) == 2
+    comparison = run_comparison(prepare_inputs(rng_image(1200, 400), 4, "hr"), ["bicubic"])
+    _, run = RunStore(tmp_path / "runs").save(comparison, owner="a")
+    view = run.zoom_at_click([100, 300], 64)
+    assert max(view.picker.shape[:2]) <= PICKER_SIDE and view.picker.shape[:2] == (600, 200)
+    x0, y0, w, h = clamp_region((201, 601), 64, (1200, 400), 4)  # picker pixel (100, 300) spans output 200-201
+    assert view.center == (x0 + w // 2, y0 + h // 2) and run.region == (x0, y0, w, h)
+    for bad in (None, [1], ["x", 2], [float("nan"), 3]):
+        with pytest.raises(UserError):
+            run.zoom_at_click(bad, 64)
+
+
 def test_slider_pairs():
     comparison = run_comparison(prepare_inputs(rng_image(32, 32), 2, "hr"), ["bicubic"])
     keys = [k for _, k in pair_choices(comparison)]
