@@ -38,6 +38,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+import torch
 from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
@@ -588,6 +589,8 @@ def process_cache() -> ModelCache:
 def upscale_on_device(inputs: Inputs, resolved: list[ResolvedVariant], device: str, progress: Any = None):
     """The comparison's compute, alone under ``@spaces.GPU``: on ZeroGPU it runs in a forked worker process and
     only its result comes back, so it reads and writes no server state (runs, job slots, session models)."""
+    if os.getpid() != SERVER_PID:
+        torch.set_num_threads(1)  # OpenMP's pool does not survive a fork (as in DataLoader workers): the GPU works
     report = None if progress is None else (lambda f, d: progress(f, desc=d))
     return compare_resolved(inputs, resolved, device=device, cache=process_cache(), progress=report)
 

@@ -186,9 +186,12 @@ def _in_a_forked_process(fn):
 
         process = ctx.Process(target=child)
         process.start()
-        result = pickle.loads(receive.recv_bytes())
-        process.join()
-        return result
+        try:
+            assert receive.poll(120), "the forked compute did not answer (a thread pool that did not survive the fork?)"
+            return pickle.loads(receive.recv_bytes())
+        finally:
+            process.kill()
+            process.join()
     return call
 
 
