@@ -47,8 +47,8 @@ from kaldn.admission import BodyLimit, CheckedBodies, SessionSlots, SingleFlight
 from kaldn.cache import ModelCache
 from kaldn.choices import ResolvedVariant, default_variants, runnable_selection, ticked
 from kaldn.choices import variant_choices as compare_choices
-from kaldn.comparison import (METRIC_HEADERS, check_device, check_work, compare_resolved, default_pair, metrics_table,
-                              pair_choices, resolve_variants)
+from kaldn.comparison import (METRIC_HEADERS, admitted_variants, check_device, compare_resolved, default_pair,
+                              metrics_table, pair_choices)
 from kaldn.convert import published_architectures
 from kaldn.errors import BusyError, UserError
 from kaldn.finetune import (BATCH_RANGE, LR_RANGE, PATCH_RANGE, FineTuneManager, FineTuneSettings, base_choices,
@@ -603,8 +603,8 @@ def run_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants: 
     region_size(crop_size)  # refused before the run replaces the session's last one
     session, started, device = session_of(request), time.monotonic(), check_device(device)
     inputs = prepare_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
-    resolved = resolve_variants(variants or [], inputs.scale, SESSION_MODELS.for_owner(session))
-    check_work(resolved, inputs.lr.shape[:2], SETTINGS.max_compare_gmacs * 10**9)
+    resolved = admitted_variants(variants or [], inputs.scale, inputs.lr.shape[:2], SESSION_MODELS.for_owner(session),
+                                 SETTINGS.max_compare_gmacs * 10**9)
     progress(0.0, desc="Loading models")
     comparison = upscale_on_device(inputs, resolved, device, progress=progress)
     run_id, run = RUNS.save(comparison, owner=session, since=started)
@@ -628,8 +628,8 @@ def check_compare(mode: str, image: Any, ground_truth: Any, scale: Any, variants
     region_size(crop_size)
     check_device(device)
     checked = check_inputs(scale=scale, **compare_uploads(mode, image, ground_truth))
-    resolved = resolve_variants(variants or [], check_scale(scale), SESSION_MODELS.for_owner(session_of(request)))
-    check_work(resolved, checked.lr_size, SETTINGS.max_compare_gmacs * 10**9)
+    resolved = admitted_variants(variants or [], check_scale(scale), checked.lr_size,
+                                 SESSION_MODELS.for_owner(session_of(request)), SETTINGS.max_compare_gmacs * 10**9)
     if all(r.unavailable for r in resolved):
         raise UserError("None of the chosen variants can run at this scale: "
                         + "; ".join(f"{r.label}: {r.unavailable}" for r in resolved) + ".")

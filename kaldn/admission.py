@@ -24,7 +24,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from .expiring import ExpiringKeys
 
@@ -315,20 +315,25 @@ class _Refused(Exception):
         self.status = status
 
 
-def names_remote_file(payload: object) -> bool:
-    """Whether a decoded request body holds a file reference (a dict with a ``path``) whose path is an
-    http(s) URL: Gradio fetches such a file into its cache before any handler or validator runs."""
+def _json_values(payload: object) -> Iterator[object]:
+    """Every value of a decoded JSON document, containers and dict keys included, depth first."""
     stack = [payload]
     while stack:
         value = stack.pop()
+        yield value
         if isinstance(value, dict):
-            path = value.get("path")
-            if isinstance(path, str) and path.lstrip().lower().startswith(("http://", "https://")):
-                return True
             stack.extend(value.values())
+            stack.extend(value.keys())
         elif isinstance(value, list):
             stack.extend(value)
-    return False
+
+
+def names_remote_file(payload: object) -> bool:
+    """Whether a decoded request body holds a file reference (a dict with a ``path``) whose path is an
+    http(s) URL: Gradio fetches such a file into its cache before any handler or validator runs."""
+    return any(isinstance(value, dict) and isinstance(value.get("path"), str)
+               and value["path"].lstrip().lower().startswith(("http://", "https://"))
+               for value in _json_values(payload))
 
 
 # The most JSON values (lists, dicts, their items) and the longest string one request body may hold: the
@@ -341,18 +346,10 @@ def oversized_values(payload: object) -> str | None:
     """What is too large in a decoded request body (None: nothing): more than MAX_BODY_VALUES values, or a string
     (a key too) over MAX_BODY_STRING characters. Gradio keeps every input's raw value in the session's state
     before any component check or handler runs, and a compact JSON list grows twentyfold as Python objects."""
-    stack, seen = [payload], 0
-    while stack:
-        value = stack.pop()
-        seen += 1
+    for seen, value in enumerate(_json_values(payload), 1):
         if seen > MAX_BODY_VALUES:
             return f"more than {MAX_BODY_VALUES} values"
-        if isinstance(value, dict):
-            stack.extend(value.values())
-            stack.extend(value.keys())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str) and len(value) > MAX_BODY_STRING:
+        if isinstance(value, str) and len(value) > MAX_BODY_STRING:
             return f"a string over {MAX_BODY_STRING} characters"
     return None
 

@@ -182,9 +182,18 @@ def run_comparison(inputs: Inputs, variants: Sequence[str], device: str = "auto"
     and moved to the device before the clock starts). More than ``max_multiply_adds`` in all is refused
     before anything runs (:func:`check_work`).
     """
-    resolved = resolve_variants(variants, inputs.scale, registry)
-    check_work(resolved, inputs.lr.shape[:2], max_multiply_adds, tile)
+    resolved = admitted_variants(variants, inputs.scale, inputs.lr.shape[:2], registry, max_multiply_adds, tile)
     return compare_resolved(inputs, resolved, device, cache, progress, tile)
+
+
+def admitted_variants(variants: Sequence[str], scale: int, lr_size: tuple[int, int],
+                      registry: SessionModels | None = None, max_multiply_adds: int | None = None,
+                      tile: int | None = TILE_SIZE) -> list[ResolvedVariant]:
+    """A client's variant list resolved (:func:`resolve_variants`) and its work on an LR input of ``lr_size``
+    admitted (:func:`check_work`): what :func:`compare_resolved` may run."""
+    resolved = resolve_variants(variants, scale, registry)
+    check_work(resolved, lr_size, max_multiply_adds, tile)
+    return resolved
 
 
 def compare_resolved(inputs: Inputs, resolved: Sequence[ResolvedVariant], device: str = "auto",

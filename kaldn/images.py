@@ -236,7 +236,7 @@ def load_image_with_notes(
 
 
 MAX_GIF_COMMENT_BYTES = 64 << 10
-MAX_COUNTED_PAGES = 100  # a TIFF with more says "over 99 pages"
+MAX_COUNTED_PAGES = 100  # a TIFF or GIF with more says "over 99 pages / frames"
 _GIF_BLOCK = re.compile(rb"[!,;]")
 
 
@@ -276,7 +276,8 @@ def _scan_gif(opener: object, label: str) -> GifScan | None:
 
 def gif_scan(data: bytes) -> GifScan:
     """A GIF's comment bytes as Pillow's comments grow (their bytes plus one per comment), counted up to just
-    over MAX_GIF_COMMENT_BYTES, and its frames, up to MAX_COUNTED_PAGES. Reads the blocks in Pillow's own order (GifImagePlugin ``_seek``): a byte that
+    over MAX_GIF_COMMENT_BYTES, and its frames, up to MAX_COUNTED_PAGES. Reads the blocks in Pillow's own
+    order (GifImagePlugin ``_seek``): a byte that
     starts no block is skipped, a non-comment extension is read to the next empty sub-block *after* its
     first one (even when that first one was already empty), NETSCAPE2.0 reads one more, and an image's data
     is skipped sub-block by sub-block."""
@@ -331,7 +332,7 @@ def gif_scan(data: bytes) -> GifScan:
 def _frame_notes(im: Image.Image, label: str, gif: GifScan | None = None) -> list[str]:
     """A note when only the first of several frames (animation) or pages (TIFF) is used."""
     try:
-        frames, exact = (gif.frames, gif.complete) if gif is not None and im.format == "GIF" else _frame_count(im)
+        frames, exact = _frame_count(im, gif)
     except Exception:  # a damaged later frame: the first may still decode; say nothing about the rest
         frames, exact = 1, True
     try:
@@ -349,9 +350,12 @@ def _frame_notes(im: Image.Image, label: str, gif: GifScan | None = None) -> lis
     return [f"{_cap(label)} is an animated {kind} with {many} frames: only the first frame is used."]
 
 
-def _frame_count(im: Image.Image) -> tuple[int, bool]:
-    """(frames, exact). A TIFF's pages are counted up to MAX_COUNTED_PAGES only: Pillow's ``n_frames`` walks
-    every page in quadratic time (minutes for a small file of many tiny pages, on the one checks worker)."""
+def _frame_count(im: Image.Image, gif: GifScan | None = None) -> tuple[int, bool]:
+    """(frames, exact). A GIF's are its scan's (``gif``); a TIFF's pages are counted up to MAX_COUNTED_PAGES
+    only: Pillow's ``n_frames`` walks every page in quadratic time (minutes for a small file of many tiny
+    pages, on the one checks worker)."""
+    if gif is not None and im.format == "GIF":
+        return gif.frames, gif.complete
     if im.format != "TIFF":
         return int(getattr(im, "n_frames", 1)), True
     if not getattr(im, "is_animated", False):  # read from the first page's header at open

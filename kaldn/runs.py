@@ -190,9 +190,8 @@ class ComparisonRun:
             center = self.default_center(size)
         crops, region = zoom_crops(self.comparison, center, size)
         self.region = region
-        reference = self._picker_image()
         x0, y0, w, h = region
-        return ZoomView(draw_region(reference, region, picker_factor(reference.shape)), crops,
+        return ZoomView(draw_region(self._picker_image(), region, self.picker_factor), crops,
                         (x0 + w // 2, y0 + h // 2))
 
     def _picker_image(self) -> np.ndarray:

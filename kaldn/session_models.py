@@ -136,17 +136,18 @@ class SessionModels:
 
     def has_room(self, owner: str | None, client: str | None = None) -> bool:
         """Whether :meth:`add` for ``owner`` (from ``client``) would succeed now (asked before costly work)."""
-        self.expire()
-        with self._lock:
-            return self._refusal(owner, client) is None
+        return self._refusal_now(owner, client) is None
 
     def require_room(self, owner: str | None, client: str | None = None) -> None:
         """:meth:`has_room`, or the :class:`BusyError` :meth:`add` would raise."""
-        self.expire()
-        with self._lock:
-            refusal = self._refusal(owner, client)
+        refusal = self._refusal_now(owner, client)
         if refusal:
             raise BusyError(refusal)
+
+    def _refusal_now(self, owner: str | None, client: str | None) -> str | None:
+        self.expire()
+        with self._lock:
+            return self._refusal(owner, client)
 
     def _refusal(self, owner: str | None, client: str | None) -> str | None:
         """Why a new model of ``owner`` from ``client`` cannot be kept now; None when it can. (Under the lock.)"""
