@@ -72,7 +72,7 @@ PICKER_SIDE = 1024  # the click-to-zoom picker's longest side at most, in its ow
 
 def picker_factor(shape: tuple[int, ...]) -> int:
     """The whole factor the picker of an image of ``shape`` is reduced by, so its longest side is at most
-    PICKER_SIDE: every view draws and encodes it again, and a full 2048^2 one cost 1.7 s and 5.5 MB a call."""
+    PICKER_SIDE: every view draws and encodes it again, and a full 2048^2 one costs seconds and megabytes a call."""
     return max(1, -(-max(int(shape[0]), int(shape[1])) // PICKER_SIDE))
 
 
