@@ -38,10 +38,9 @@ from safetensors import SafetensorError, safe_open
 from kaldn.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
-from kaldn.hub import bundled_dir
 from kaldn.models import ModelSpec, model_label, parse_model_name, variants
 from kaldn.results import (LOG_NAME, comparable_budget, format_metrics, format_precision, log_events,
-                           validation_events)
+                           validation_curves, validation_events)
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
@@ -130,17 +129,15 @@ def ema_vs_raw(folder: str | Path) -> dict | None:
 def bundled_curves(folder: str | Path | None = None) -> list[dict]:
     """The bundled checkpoints as curves to compare with: ``{"run", "model", "training", "validations"}``;
     a folder without a readable config, a recorded budget or a validation log is left out."""
-    folder = Path(folder) if folder is not None else bundled_dir()
     curves = []
-    for model_dir in sorted(folder.glob(f"*/{CONFIG_NAME}")):
-        model_dir = model_dir.parent
+    for model_dir, validations in validation_curves(folder):
         try:
             config = read_config(model_dir / CONFIG_NAME)
         except CheckpointError:
             continue
-        validations = [(int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(model_dir / LOG_NAME)]
         if validations and isinstance(config.get("training"), dict) and config["training"]:
-            curves.append({"run": f"{folder.name}/{model_dir.name}", "model": config.get("model", model_dir.name),
+            curves.append({"run": f"{model_dir.parent.name}/{model_dir.name}",
+                           "model": config.get("model", model_dir.name),
                            "training": config["training"], "validations": validations})
     return curves
 

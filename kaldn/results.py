@@ -28,7 +28,7 @@ __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "R
            "claims", "comparable_budget", "format_budget", "format_count", "format_metrics", "format_precision",
            "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
-           "validation_events", "validation_set", "zoo_table"]
+           "validation_curves", "validation_events", "validation_set", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
@@ -344,6 +344,15 @@ def validation_events(log: str | Path) -> list[dict]:
     return [e for e in log_events(log, "validation") if "val_psnr" in e]
 
 
+def validation_curves(folder: str | Path | None = None) -> list[tuple[Path, list[tuple[int, float]]]]:
+    """Every checkpoint folder under ``folder`` (default: the bundled ones) with its validation PSNR by
+    iteration, sorted by iteration; empty for a folder without a readable log. A missing ``folder`` has none."""
+    folder = Path(folder) if folder is not None else bundled_dir()
+    return [(config.parent, sorted((int(e["iteration"]), float(e["val_psnr"]))
+                                   for e in validation_events(config.parent / LOG_NAME)))
+            for config in sorted(folder.glob(f"*/{CONFIG_NAME}")) if config.is_file()]
+
+
 def training_curves(folder: str | Path | None = None, scale: Any = None) -> tuple[list[dict], list[str]]:
     """Validation PSNR over training iterations of every bundled model with a ``log.jsonl`` beside it.
 
@@ -352,23 +361,19 @@ def training_curves(folder: str | Path | None = None, scale: Any = None) -> tupl
     line is skipped, not fatal.
     """
     scale = None if scale in (None, "", "all") else check_scale(scale)
-    folder = Path(folder) if folder is not None else bundled_dir()
     points: list[dict] = []
     missing: list[str] = []
-    for model_dir in sorted(p for p in folder.iterdir() if (p / CONFIG_NAME).is_file()):
+    for model_dir, validations in validation_curves(folder):
         try:
             spec = parse_model_name(model_dir.name)
         except ValueError:
             continue
         if scale is not None and spec.scale != scale:
             continue
-        found = [{"model": spec.name, "variant": model_label(spec.name),
-                  "iteration": int(event["iteration"]), "val_psnr": float(event["val_psnr"])}
-                 for event in validation_events(model_dir / LOG_NAME)]
-        if found:
-            points += sorted(found, key=lambda p: p["iteration"])
-        else:
+        if not validations:
             missing.append(spec.name)
+        points += [{"model": spec.name, "variant": model_label(spec.name), "iteration": it, "val_psnr": psnr}
+                   for it, psnr in validations]
     return points, missing
 
 
