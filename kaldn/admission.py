@@ -136,13 +136,6 @@ class SessionSlots:
         """:meth:`refusal` as a yes or no."""
         return self.refusal(session, what, client) is None
 
-    def client_held(self, client: str | None) -> int:
-        """How many jobs the sessions of ``client`` have waiting or running."""
-        if not client:
-            return 0
-        with self._lock:
-            return self._client_held(client)
-
     def holding(self, session: str | None) -> list[str]:
         """What ``session``'s jobs waiting or running are, oldest first."""
         with self._lock:
