@@ -40,7 +40,7 @@ from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
 from kaldn.models import ModelSpec, model_label, parse_model_name, variants
 from kaldn.results import (LOG_NAME, comparable_budget, format_metrics, format_precision, log_events,
-                           validation_curves, validation_events)
+                           validation_curves, validation_psnrs)
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
@@ -78,7 +78,7 @@ def run_progress(folder: str | Path) -> dict:
     config = next((read_config(folder / sub / CONFIG_NAME) for sub in ("last", "best")
                    if (folder / sub / CONFIG_NAME).is_file()), {})
     training = config.get("training") or {}
-    validations = [(int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(folder / LOG_NAME)]
+    validations = validation_psnrs(folder / LOG_NAME)
     done = max([int(s["iteration"]) for s in steps] + [it for it, _ in validations], default=0)
     speeds = [float(s["it_per_s"]) for s in steps[-SPEED_WINDOW:] if s.get("it_per_s")]
     speed = statistics.median(speeds) if speeds else None

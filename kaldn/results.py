@@ -28,7 +28,7 @@ __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "R
            "claims", "comparable_budget", "format_budget", "format_count", "format_metrics", "format_precision",
            "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
-           "validation_curves", "validation_events", "validation_set", "zoo_table"]
+           "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
 
 LOG_NAME = "log.jsonl"  # a training log (kaldn.train), shipped beside a checkpoint to draw its curve
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # python -m kaldn.evaluate writes x{s}.json here
@@ -344,12 +344,16 @@ def validation_events(log: str | Path) -> list[dict]:
     return [e for e in log_events(log, "validation") if "val_psnr" in e]
 
 
+def validation_psnrs(log: str | Path) -> list[tuple[int, float]]:
+    """A ``kaldn.train`` log's validation PSNR as (iteration, PSNR), by iteration."""
+    return sorted((int(e["iteration"]), float(e["val_psnr"])) for e in validation_events(log))
+
+
 def validation_curves(folder: str | Path | None = None) -> list[tuple[Path, list[tuple[int, float]]]]:
     """Every checkpoint folder under ``folder`` (default: the bundled ones) with its validation PSNR by
     iteration, sorted by iteration; empty for a folder without a readable log. A missing ``folder`` has none."""
     folder = Path(folder) if folder is not None else bundled_dir()
-    return [(config.parent, sorted((int(e["iteration"]), float(e["val_psnr"]))
-                                   for e in validation_events(config.parent / LOG_NAME)))
+    return [(config.parent, validation_psnrs(config.parent / LOG_NAME))
             for config in sorted(folder.glob(f"*/{CONFIG_NAME}")) if config.is_file()]
 
 
