@@ -678,10 +678,13 @@ def test_a_slow_load_does_not_hold_up_models_already_in_memory(monkeypatch):
     monkeypatch.setattr(cache_module, "load_model", slow)
     cache = ModelCache()
     fast = cache.raw("fast")
-    loaders = [threading.Thread(target=cache.raw, args=("slow",)) for _ in range(2)]
+    got: list = []
+    loaders = [threading.Thread(target=lambda: got.append(cache.raw("slow"))) for _ in range(2)]
     for t in loaders:
         t.start()
+    deadline = time.monotonic() + 30
     while calls.count("slow") < 1:
+        assert time.monotonic() < deadline, "the slow load never started"
         time.sleep(0.01)
     done = threading.Event()
     threading.Thread(target=lambda: (cache.raw("fast"), cache.prepared("fast", "cpu"), done.set())).start()
@@ -689,6 +692,7 @@ def test_a_slow_load_does_not_hold_up_models_already_in_memory(monkeypatch):
     release.set()
     for t in loaders:
         t.join(10)
+    assert not any(t.is_alive() for t in loaders) and len(got) == 2 and got[0] is got[1]  # one load, shared
     assert calls == ["fast", "slow"] and cache.raw("fast") is fast
 
 
