@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .inference import resolve_device
 from .models import create_model, options_taken
 
 WEIGHTS_NAME = "model.safetensors"
@@ -35,7 +36,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message names the file."""
 
 
-def atomic_write(path: Path, write: callable) -> None:
+def atomic_write(path: Path, write: Callable[[str], object]) -> None:
     """Write through a temporary file in the same folder and rename: a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +149,7 @@ def load_checkpoint_files(weights_path: str | Path, config_path: str | Path,
 
 
 def _load(weights_path: Path, config: dict[str, Any], config_source: str, device: str | torch.device) -> nn.Module:
+    device = resolve_device(device)  # "auto", or a bad device, is the caller's error, never the file's
     try:
         model = create_model(config["model"], **options_taken(config["model"], config))  # the rest: defaults
     except ValueError as exc:  # an unknown name, or a bad option value

@@ -23,11 +23,21 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .hub import ModelNotFoundError, load_model
 from .images import ImageError, load_image, save_png
-from .inference import prepare_model, upscale
+from .inference import TILE_SIZE, prepare_model, upscale
 
 # sub-command -> module with a ``main(argv) -> int``; imported only when used (training pulls in more).
 SUBCOMMANDS = {"train": "kaldn.train", "evaluate": "kaldn.evaluate", "convert": "kaldn.convert",
                "hub": "kaldn.hub", "cards": "kaldn.cards"}
+
+
+def _tile_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of LR pixels, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (whole image) or a positive number of LR pixels, got {value}")
+    return value
 
 
 def available_subcommands() -> dict[str, str]:
@@ -44,7 +54,7 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
     parser.add_argument("--out", default=".", help="output folder (files are written as NAME_xS.png)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="fp16/bf16: CUDA only")
-    parser.add_argument("--tile", type=int, default=256, help="LR tile side (0: whole image)")
+    parser.add_argument("--tile", type=_tile_size, default=TILE_SIZE, help="LR tile side (0: whole image)")
     args = parser.parse_args(argv)
     try:
         model = prepare_model(load_model(args.model), args.device, args.precision)
@@ -53,8 +63,22 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
         return 2
     scale, failures = model.config["scale"], 0
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
+    targets = [out_dir / f"{Path(path).stem}_x{scale}.png" for path in args.inputs]
+    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    if clashes:  # refused before any work: a second image must not silently overwrite the first one's result
+        print(f"error: several inputs would be written to {', '.join(clashes)}; upscale them in separate runs "
+              "or --out folders", file=sys.stderr)
+        return 2
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot make the output folder {out_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if args.tile and getattr(model, "global_context", False):
+        print(f"note: {model.config['model']} pools statistics over its whole input: an image over "
+              f"{args.tile} pixels a side is tiled, which moves its output by a few grey levels; --tile 0 runs "
+              "whole images (more memory)", file=sys.stderr)
+    for path, target in zip(args.inputs, targets):
         try:
             image = load_image(path)
         except ImageError as exc:
@@ -63,7 +87,6 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
             continue
         start = time.perf_counter()
         result = upscale(image, model, tile=args.tile or None)
-        target = out_dir / f"{Path(path).stem}_x{scale}.png"
         save_png(result, target)
         print(f"{path} -> {target} ({result.shape[1]}x{result.shape[0]}, {time.perf_counter() - start:.2f} s)")
     return 1 if failures else 0

@@ -222,6 +222,8 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     source, out_dir = Path(source), Path(out_dir)
     if not source.is_file():
         raise ConversionError(f"{source}: no such file")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConversionError(f"{out_dir}: exists and is not a folder; name a checkpoint folder to write")
     metadata: dict[str, str] = {}
     if source.suffix == ".safetensors":
         try:
@@ -256,8 +258,12 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
         options = {**options, **asked}
     where = (f" (read as {', '.join(f'{k} {v}' for k, v in options.items())}, from its tensor names)"
              if third_party and options else "")
-    mapped = map_state(state, name, str(source) + where, rename, options)
     model = _build(name, options, str(source))
+    if third_party and set(state) == set(model.state_dict()):
+        raise ConversionError(f"{source}: its tensors already carry kaldn's names for {name}, so it is not the "
+                              f"authors' release ({peer.published.url}); kaldn's own weights are converted from "
+                              ".safetensors only")
+    mapped = map_state(state, name, str(source) + where, rename, options)
     model.load_state_dict(mapped, strict=True)
     digest = sha256(source)
     command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"
@@ -272,8 +278,11 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
         weights = {**recorded, "repacked_from": source.name, "repacked_sha256": digest, "repacked_by": command}
     else:
         weights = {"origin": "kaldn", "source_file": source.name, "source_sha256": digest, "converted_by": command}
-    save_checkpoint(out_dir, model, {"weights": weights})
-    (out_dir / "README.md").write_text(model_card(name, weights))
+    try:
+        save_checkpoint(out_dir, model, {"weights": weights})
+        (out_dir / "README.md").write_text(model_card(name, weights))
+    except OSError as exc:
+        raise ConversionError(f"{out_dir}: cannot write the checkpoint there ({exc.strerror or exc})") from None
     return out_dir
 
 

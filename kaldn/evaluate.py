@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import write_json
+from .checkpoint import CheckpointError, write_json
 from .data import DATASETS, dataset_folder, load_pairs
-from .hub import load_model
+from .hub import ModelNotFoundError, load_model
 from .inference import TILE_SIZE, prepare_model, upscale
 from .metrics import mean_scores
-from .models import BICUBIC, count_parameters, multiply_adds
+from .models import BICUBIC, count_parameters, multiply_adds, scales
 from .release import replace_block, ship
 from .resize import imresize
 from .results import claims, format_metrics, markdown_table, row_key
@@ -50,10 +50,11 @@ def cpu_milliseconds(model: nn.Module, size: int = 256, repeats: int = 5) -> flo
     return 1000 * statistics.median(times)
 
 
-def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: bool = True) -> dict:
-    model = load_model(spec)
-    if model.config["scale"] != scale:
-        raise ValueError(f"{spec} is a x{model.config['scale']} model, not x{scale}")
+def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: bool = True,
+                   model: nn.Module | None = None) -> dict:
+    """One results row: ``spec``'s model (or ``model``, loaded from ``spec`` already) on every dataset."""
+    model = load_model(spec) if model is None else model
+    _check_model_scale(spec, model, scale)
     fast = prepare_model(model, device="cpu")
     row = {"model": model.config["model"], "source": spec, "params": count_parameters(model),
            "multiply_adds_256": multiply_adds(fast, 256, 256),
@@ -70,6 +71,11 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
     return row
 
 
+def _check_model_scale(spec: str, model: nn.Module, scale: int) -> None:
+    if model.config["scale"] != scale:
+        raise ValueError(f"{spec} is a x{model.config['scale']} model, not x{scale}")
+
+
 def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
     row = {"model": BICUBIC, "source": "imresize", "params": 0}
     for name, pairs in datasets.items():
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="*", default=[], help="model names or checkpoint folders")
     parser.add_argument("--datasets", nargs="+", default=["set5", "set14", "bsd68"],
                         help=f"{', '.join(DATASETS)} (under ../shared/data) or folders of HR images")
-    parser.add_argument("--scale", type=int, default=4)
+    parser.add_argument("--scale", type=int, default=4, choices=scales())
     parser.add_argument("--out", help="write OUT.json and OUT.md")
     parser.add_argument("--no-timing", action="store_true")
     parser.add_argument("--ship", metavar="DIR", help="copy seed-0 checkpoints with model cards into DIR")
@@ -113,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: give --models (or --append to rewrite the tables of an existing results file)", file=sys.stderr)
         return 2
 
+    models = {}
+    for spec in args.models:  # every model loads before any measuring: a typo must not cost the rows before it
+        try:
+            models[spec] = load_model(spec)
+            _check_model_scale(spec, models[spec], args.scale)
+        except (ModelNotFoundError, CheckpointError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     datasets = {}
     for name in args.datasets if args.models else []:  # a rewrite measures nothing
         folder = dataset_folder(name)
@@ -122,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets[name] = load_pairs(folder, args.scale)
     rows = [bicubic_row(datasets, args.scale)] if args.models else []
     for spec in args.models:
-        rows.append(evaluate_model(spec, datasets, args.scale, timing=not args.no_timing))
+        rows.append(evaluate_model(spec, datasets, args.scale, timing=not args.no_timing, model=models[spec]))
         print(f"{rows[-1]['model']} (seed {rows[-1]['seed']}): "
               + ", ".join(f"{d} {format_metrics(rows[-1][d])}" for d in datasets), flush=True)
     names = list(datasets)

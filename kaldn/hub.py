@@ -59,6 +59,7 @@ from typing import Sequence
 from torch import nn
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint_files, load_safetensors_file
+from .models import parse_model_name
 
 logger = logging.getLogger("kaldn.hub")
 
@@ -362,8 +363,10 @@ def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str
     ``source``: ``"auto"`` (local dir if given, then Hub, then bundled), or only one of ``"local"``, ``"hub"``,
     ``"bundled"``. Availability problems of the Hub fall back (auto) or raise ``ModelNotFoundError`` (hub, and
     ``hf-hub:`` names, which name one repository); a bad file raises ``CheckpointError`` whatever the source, so
-    tampering is never papered over.
+    tampering is never papered over. ``device``: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when present).
     """
+    if not isinstance(name_or_path, (str, Path)):
+        raise TypeError(f"load_model takes a model name or path (str or Path), got {type(name_or_path).__name__}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(name_or_path, str) and name_or_path.startswith(HF_HUB_PREFIX):
@@ -416,7 +419,12 @@ def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str
             return model
         tried.append(f"bundled: no {candidate}")
 
-    raise ModelNotFoundError(f"model {name!r} not found ({'; '.join(tried)})")
+    try:
+        parse_model_name(name)
+        unknown = ""
+    except ValueError as exc:  # a typo reads as one, not only as files that are missing
+        unknown = f"; {exc}"
+    raise ModelNotFoundError(f"model {name!r} not found ({'; '.join(tried)}){unknown}")
 
 
 # --- CLI: push / pull ---------------------------------------------------------------------------------------

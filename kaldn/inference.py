@@ -26,7 +26,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" picks CUDA when present; asking for CUDA without it is a clear error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):  # torch lists a dozen backends this project never runs on
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {str(device)!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but CUDA is not available")
     return device
@@ -39,6 +44,8 @@ def prepare_model(model: nn.Module, device: str | torch.device = "auto", precisi
     KDSConv model then costs exactly a LinearDSConv model; weight norm (FDIWN)
     is folded into plain weights the same way. fp16/bf16 only on CUDA.
     """
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {', '.join(DTYPES)}, got {precision!r}")
     device = resolve_device(device)
     if precision != "fp32" and device.type != "cuda":
         raise ValueError(f"precision {precision} needs CUDA; use fp32 on CPU")
@@ -90,17 +97,40 @@ def tiled_pixels(h: int, w: int, tile: int | None = TILE_SIZE, overlap: int = TI
     return sum((py1 - py0) * (px1 - px0) for _, (py0, py1, px0, px1) in _tiles(h, w, tile, overlap))
 
 
+def _checked_image(image: np.ndarray) -> np.ndarray:
+    """``image`` as an HxW, HxWx3 or HxWx4 array :func:`upscale` can run, or a ValueError that says what it got."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"upscale expects a numpy image array (HxW, HxWx3 or HxWx4), got {type(image).__name__}; "
+                         "kaldn.load_image reads files, np.asarray converts a PIL image")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"upscale expects an HxW, HxWx3 or HxWx4 image array, got shape {image.shape}"
+                         + (" (channels first? use image.transpose(1, 2, 0))" if image.ndim == 3
+                            and image.shape[0] in (1, 3, 4) else ""))
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f"upscale got an empty image (shape {image.shape})")
+    if not (image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating)):
+        raise ValueError(f"upscale expects uint8, uint16 or float (in [0, 1]) pixels, got {image.dtype}")
+    return image
+
+
 @torch.inference_mode()
 def upscale(image: np.ndarray, model: nn.Module, tile: int | None = TILE_SIZE, overlap: int = TILE_OVERLAP,
             progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Upscale an image array by the model's scale; the model comes from ``prepare_model``.
 
-    Accepts HxW, HxWx3 or HxWx4 arrays (uint8, uint16 or float in [0, 1]) and
-    returns the same layout and dtype. Alpha is upscaled separately with the
+    Accepts HxW, HxWx1, HxWx3 or HxWx4 arrays (uint8, uint16 or float in [0, 1]) and
+    returns the same layout (HxWx1 as HxW) and dtype; anything else is a ValueError. Alpha is upscaled separately with the
     project's bicubic ``imresize``; grayscale goes through the RGB model and
     comes back as its mean. Each tile is converted to the output dtype as it
     comes, so peak memory is one tile's activations plus the output image.
     """
+    image = _checked_image(image)
+    if tile is not None and (isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 1):
+        raise ValueError(f"tile must be a positive number of LR pixels or None (whole image), got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        raise ValueError(f"overlap must be a number of LR pixels >= 0, got {overlap!r}")
     scale = model.config["scale"]
     device, dtype = _model_device_dtype(model)
     gray = image.ndim == 2

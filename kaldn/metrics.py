@@ -22,6 +22,19 @@ from skimage.metrics import structural_similarity
 __all__ = ["rgb_to_y", "psnr_y", "psnr_of_y", "ssim_y", "evaluate_pair", "mean_scores"]
 
 
+# Float images are in [0, 1]; a model's raw output overshoots a little and is clipped, as its PNG would be.
+# Beyond this margin the caller has passed another range (0-255 floats): a clear error, not inf or nonsense.
+FLOAT_MARGIN = 0.5
+
+
+def _check_float_range(img: np.ndarray, label: str) -> None:
+    if np.issubdtype(img.dtype, np.floating) and img.size:
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        if lo < -FLOAT_MARGIN or hi > 1.0 + FLOAT_MARGIN:
+            raise ValueError(f"{label} is float with values {lo:g}..{hi:g}; float images must lie in [0, 1] "
+                             "(divide 0-255 values by 255, or pass uint8)")
+
+
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
     img = np.asarray(image)
     if img.dtype == np.uint8:
@@ -29,6 +42,7 @@ def _to_unit_float(image: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         return img.astype(np.float64) / 65535.0
     if np.issubdtype(img.dtype, np.floating):
+        _check_float_range(img, "the image")
         return img.astype(np.float64)
     raise ValueError(f"unsupported image dtype {img.dtype} (use uint8, uint16 or float in [0, 1])")
 
@@ -51,10 +65,11 @@ def rgb_to_y(image: np.ndarray) -> np.ndarray:
         + 24.966 * _to_unit_float(img[:, :, 2])
 
 
-def _as_8bit(image: np.ndarray) -> np.ndarray:
-    """Round float outputs (assumed in [0, 1]) to 8 bits, as the outputs saved to PNG would be."""
+def _as_8bit(image: np.ndarray, label: str = "the image") -> np.ndarray:
+    """Round float outputs (in [0, 1]) to 8 bits, as the outputs saved to PNG would be."""
     img = np.asarray(image)
     if np.issubdtype(img.dtype, np.floating):
+        _check_float_range(img, label)
         return np.round(np.clip(np.nan_to_num(img.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
     return img
 
@@ -76,7 +91,8 @@ def _prepare(output: np.ndarray, reference: np.ndarray, border: int) -> tuple[np
     if out.shape != ref.shape:
         raise ValueError(f"output and reference shapes differ: output {out.shape} vs reference {ref.shape}")
     crop_border(out, border)  # checks the border before any conversion work
-    return crop_border(rgb_to_y(_as_8bit(out)), border), crop_border(rgb_to_y(_as_8bit(ref)), border)
+    return (crop_border(rgb_to_y(_as_8bit(out, "the output")), border),
+            crop_border(rgb_to_y(_as_8bit(ref, "the reference")), border))
 
 
 def psnr_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
@@ -96,9 +112,16 @@ def psnr_of_y(y_out: np.ndarray, y_ref: np.ndarray, border: int = 0) -> float:
     return 10.0 * math.log10(255.0**2 / mse)
 
 
+SSIM_WINDOW = 11  # the Gaussian window (sigma 1.5, truncated at 3.5 sigma): SSIM needs this many pixels a side
+
+
 def ssim_y(output: np.ndarray, reference: np.ndarray, border: int) -> float:
     """Y-channel SSIM (Gaussian 11x11 window, sigma 1.5, data range 255) after the border crop."""
     y_out, y_ref = _prepare(output, reference, border)
+    if min(y_out.shape) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels after cropping {border} from "
+                         f"every border; a {np.asarray(output).shape[1]}x{np.asarray(output).shape[0]} image "
+                         f"leaves {y_out.shape[1]}x{y_out.shape[0]}")
     return float(
         structural_similarity(
             y_out,

@@ -24,6 +24,26 @@ def test_upscale_cli(tmp_path, capsys):
     assert main(["x.png", "--model", "tiny-nothing-x9"]) == 2
 
 
+def test_upscale_cli_refuses_before_writing(tmp_path, capsys):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model", create_model("tiny-ldsconv-x2"))
+    for name in ("p.png", "p.jpg"):
+        Image.fromarray(np.full((10, 12, 3), 100, np.uint8)).save(tmp_path / name)
+    (tmp_path / "a-file").write_text("")
+    common = ["--model", str(tmp_path / "model"), "--device", "cpu"]
+    # Two inputs with one stem used to write one result over the other, exit 0.
+    assert main([str(tmp_path / "p.png"), str(tmp_path / "p.jpg"), *common, "--out", str(tmp_path / "o")]) == 2
+    assert "several inputs would be written to" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert main([str(tmp_path / "p.png"), *common, "--out", str(tmp_path / "a-file" / "sub")]) == 2
+    assert "cannot make the output folder" in capsys.readouterr().err
+    assert main([str(tmp_path / "p.png"), "--model", str(tmp_path / "model"), "--device", "gpu"]) == 2
+    assert "device must be auto, cpu or cuda" in capsys.readouterr().err
+    # A negative tile used to skip the model and write uninitialised memory.
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "p.png"), *common, "--tile", "-1"])
+    assert info.value.code == 2 and "must be 0 (whole image) or a positive" in capsys.readouterr().err
+
+
 def test_sub_commands_dispatch(capsys, monkeypatch):
     from kaldn import cli
     for sub in ("train", "evaluate", "hub", "cards", "upscale"):

@@ -34,9 +34,16 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     table = (tmp_path / "results.md").read_text()
     assert "| bicubic |" in table and "tiny-ldsconv-x2" in table
     assert "(published)" not in table and "x4 Set5 / Set14 only" in table  # published rows are x4 only
-    # A model of the wrong scale is refused.
-    with pytest.raises(ValueError, match="x2 model, not x4"):
-        main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"])
+    # A model of the wrong scale, or a mistyped name, is refused with a message before anything is measured
+    # (a traceback after the earlier models' rows before).
+    capsys.readouterr()
+    assert main(["--models", str(tmp_path / "ckpt"), "--datasets", str(images), "--scale", "4", "--no-timing"]) == 2
+    assert "x2 model, not x4" in capsys.readouterr().err
+    assert main(["--models", str(tmp_path / "ckpt"), "tiny-ldsconv-xx2", "--datasets", str(images), "--scale", "2",
+                 "--out", str(tmp_path / "typo"), "--no-timing"]) == 2
+    err = capsys.readouterr()
+    assert "unknown model 'tiny-ldsconv-xx2'; valid names:" in err.err and "tiny-ldsconv-x2" not in err.out
+    assert not (tmp_path / "typo.json").exists()
 
     # --append: a second model joins the rows (bicubic once), the same model again replaces its row, and a
     # README block lists every command that made the table.

@@ -453,6 +453,12 @@ def test_sources_and_paths(env, fake_hub):
         load_model(str(env / "nowhere" / NAMES[0]))
     with pytest.raises(ValueError, match="source"):
         load_model(NAMES[0], "internet")
+    # A typo says it is not a model name; "auto" is a device (it was read as a corrupt file before).
+    with pytest.raises(ModelNotFoundError, match=r"bundled: no .*; unknown model 'tiny-ldsconv-xx2'; valid names"):
+        load_model("tiny-ldsconv-xx2", "bundled")
+    _assert_weights(load_model(NAMES[0], "bundled", device="auto").cpu(), bundled)
+    with pytest.raises(TypeError, match="model name or path"):
+        load_model(4)
 
 
 def test_hf_hub_names_load_that_repository_only(env, monkeypatch):

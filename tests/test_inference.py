@@ -94,6 +94,34 @@ def test_devices():
             resolve_device("cuda")
         with pytest.raises(ValueError, match="needs CUDA"):
             prepare_model(create_model("tiny-ldsconv-x2"), device="cpu", precision="fp16")
+    for device in ("gpu", "mps", 3.5):  # not torch's list of a dozen backends: what this project runs on
+        with pytest.raises(ValueError, match=r"auto, cpu or cuda\[:N\]"):
+            resolve_device(device)
+    with pytest.raises(ValueError, match="precision must be one of fp32, fp16, bf16"):
+        prepare_model(create_model("tiny-ldsconv-x2"), device="cpu", precision="fp8")
+
+
+@pytest.mark.parametrize("image, kwargs, message", [
+    (np.zeros((3, 20, 20), np.float32), {}, r"got shape \(3, 20, 20\) \(channels first"),
+    (np.zeros((20, 20, 8), np.float32), {}, r"got shape \(20, 20, 8\)"),
+    (np.zeros((0, 0, 3), np.uint8), {}, "empty image"),
+    ([[0, 1], [2, 3]], {}, "numpy image array .* got list"),
+    (np.zeros((8, 8, 3), np.int32), {}, "got int32"),
+    (np.zeros((8, 8, 3), np.uint8), {"tile": 0}, "tile must be a positive"),
+    (np.zeros((8, 8, 3), np.uint8), {"tile": -1}, "tile must be a positive"),
+    (np.zeros((8, 8, 3), np.uint8), {"overlap": -4}, "overlap must be"),
+])
+def test_bad_inputs_are_refused_by_name(model, image, kwargs, message):
+    # Before: a negative tile returned uninitialised memory, a CHW array came back as a 6x80x3 "image".
+    with pytest.raises(ValueError, match=message):
+        upscale(image, model, **kwargs)
+
+
+def test_single_channel_image_is_grayscale(model):
+    image = _image(20, 24, channels=1)
+    out = upscale(image, model)
+    np.testing.assert_array_equal(out, upscale(image[:, :, 0], model))
+    assert out.shape == (40, 48)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -88,3 +88,22 @@ def test_evaluate_pair_uses_scale_as_border() -> None:
     res2 = evaluate_pair(out, ref, scale=2)
     assert res2["psnr"] == pytest.approx(psnr_y(out, ref, border=2))
     assert res2["ssim"] == pytest.approx(ssim_y(out, ref, border=2))
+
+
+def test_float_images_outside_unit_range_are_refused() -> None:
+    # 0-255 floats used to be clipped to 1 silently: two different images then scored inf.
+    with pytest.raises(ValueError, match=r"200\.\.200.*divide 0-255 values by 255"):
+        psnr_y(np.full((8, 8, 3), 200.0), np.full((8, 8, 3), 10.0), border=2)
+    with pytest.raises(ValueError, match="the reference"):
+        ssim_y(np.zeros((20, 20, 3)), np.full((20, 20, 3), 255.0), border=2)
+    with pytest.raises(ValueError, match="float images must lie in"):
+        rgb_to_y(np.full((4, 4, 3), 3.0))
+    # A model's raw output overshoots [0, 1] a little: clipped as its saved PNG would be.
+    assert psnr_y(np.full((8, 8, 3), 1.2), np.full((8, 8, 3), 1.0), border=2) == math.inf
+
+
+def test_ssim_names_the_size_it_needs() -> None:
+    small = np.zeros((17, 17, 3), np.uint8)
+    assert ssim_y(small, small, border=3) == pytest.approx(1.0)  # 11x11 left: enough
+    with pytest.raises(ValueError, match=r"at least 11x11 .* 17x17 image leaves 9x9"):
+        ssim_y(small, small, border=4)

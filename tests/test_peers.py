@@ -229,6 +229,13 @@ def test_wrong_architecture_scale_and_shape_are_each_refused(tmp_path):
     with pytest.raises(ConversionError, match=r"missing tensors: tail\.weight"):
         convert(tmp_path / "missing.pth", tmp_path / "d", arch="lesrcnn", scale=4)
     assert not any((tmp_path / d).exists() for d in "abcd")
+    # kaldn's own LESRCNN saved with torch.save: the same names were listed as both missing and unexpected.
+    torch.save(create_model("lesrcnn-x4").state_dict(), tmp_path / "own.pth")
+    with pytest.raises(ConversionError, match="already carry kaldn's names for lesrcnn-x4, so it is not the authors'"):
+        convert(tmp_path / "own.pth", tmp_path / "e", arch="lesrcnn", scale=4)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ConversionError, match="a-file: exists and is not a folder"):
+        convert(tmp_path / "lesrcnn_x4.pth", tmp_path / "a-file", arch="lesrcnn", scale=4)
 
 
 def _scnet_published_layout(model: torch.nn.Module, pixelshuffle: bool) -> dict[str, torch.Tensor]:
