@@ -40,6 +40,20 @@ def _tile_size(text: str) -> int:
     return value
 
 
+def _file_identity(path: Path) -> object:
+    """The file on disk (device, inode) when it exists, else its resolved path: links and ``..`` name one file."""
+    try:
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    except OSError:
+        return str(path.resolve())
+
+
+def _output_key(path: Path) -> str:
+    """Case-folded, as macOS and Windows folders ignore case: A_x4.png and a_x4.png would be one file there."""
+    return str(path.resolve()).casefold()
+
+
 def available_subcommands() -> dict[str, str]:
     return {name: module for name, module in SUBCOMMANDS.items() if importlib.util.find_spec(module) is not None}
 
@@ -63,11 +77,21 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
         return 2
     scale, failures = model.config["scale"], 0
     out_dir = Path(args.out)
-    targets = [out_dir / f"{Path(path).stem}_x{scale}.png" for path in args.inputs]
-    clashes = sorted({str(t) for t in targets if targets.count(t) > 1})
+    unique: dict[object, str] = {}
+    for path in args.inputs:  # the same file named twice (or through a link) is upscaled once
+        unique.setdefault(_file_identity(Path(path)), path)
+    inputs = list(unique.values())
+    targets = [out_dir / f"{Path(path).stem}_x{scale}.png" for path in inputs]
+    keys = [_output_key(t) for t in targets]
+    clashes = sorted({str(t) for t, k in zip(targets, keys) if keys.count(k) > 1})
     if clashes:  # refused before any work: a second image must not silently overwrite the first one's result
         print(f"error: several inputs would be written to {', '.join(clashes)}; upscale them in separate runs "
               "or --out folders", file=sys.stderr)
+        return 2
+    overwritten = [str(t) for t in targets if _file_identity(t) in unique]
+    if overwritten:  # e.g. a.png and a_x4.png in one run: a's result would replace a_x4.png before it is read
+        print(f"error: {', '.join(overwritten)} is both an input and an output; use another --out folder",
+              file=sys.stderr)
         return 2
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +102,7 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
         print(f"note: {model.config['model']} pools statistics over its whole input: an image over "
               f"{args.tile} pixels a side is tiled, which moves its output by a few grey levels; --tile 0 runs "
               "whole images (more memory)", file=sys.stderr)
-    for path, target in zip(args.inputs, targets):
+    for path, target in zip(inputs, targets):
         try:
             image = load_image(path)
         except ImageError as exc:

@@ -356,7 +356,7 @@ def _looks_like_path(name: str) -> bool:
 
 # --- the loader ---------------------------------------------------------------------------------------------
 
-def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str | Path | None = None,
+def load_model(name_or_path: str | os.PathLike, source: str = "auto", *, local_dir: str | Path | None = None,
                repo_id: str | None = None, revision: str | None = None, device: str = "cpu") -> nn.Module:
     """Load a model by checkpoint directory, ``.safetensors`` file, ``hf-hub:`` name or model name.
 
@@ -365,8 +365,11 @@ def load_model(name_or_path: str | Path, source: str = "auto", *, local_dir: str
     ``hf-hub:`` names, which name one repository); a bad file raises ``CheckpointError`` whatever the source, so
     tampering is never papered over. ``device``: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when present).
     """
+    if isinstance(name_or_path, os.PathLike) and not isinstance(name_or_path, Path):
+        name_or_path = os.fspath(name_or_path)  # any path object counts as a path, as in open()
+        name_or_path = Path(name_or_path.decode() if isinstance(name_or_path, bytes) else name_or_path)
     if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"load_model takes a model name or path (str or Path), got {type(name_or_path).__name__}")
+        raise TypeError(f"load_model takes a model name or path (str or os.PathLike), got {type(name_or_path).__name__}")
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if isinstance(name_or_path, str) and name_or_path.startswith(HF_HUB_PREFIX):

@@ -50,6 +50,7 @@ __all__ = [
     "load_image",
     "load_image_with_notes",
     "save_png",
+    "check_float_range",
     "image_to_tensor",
     "tensor_to_image",
 ]
@@ -520,10 +521,24 @@ def save_png(image: np.ndarray, path: str | os.PathLike) -> None:
         Image.fromarray(arr).save(path, format="PNG")
 
 
+# Float images are in [0, 1]; a model's raw output overshoots a little and is clipped, as its PNG would be.
+# Beyond this margin the caller has passed another range (0-255 floats): a clear error, not inf or nonsense.
+FLOAT_MARGIN = 0.5
+
+
+def check_float_range(img: np.ndarray, label: str = "the image") -> None:
+    """Refuse a float image whose values are not (about) in [0, 1], naming the range it has."""
+    if np.issubdtype(img.dtype, np.floating) and img.size:
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        if lo < -FLOAT_MARGIN or hi > 1.0 + FLOAT_MARGIN:
+            raise ValueError(f"{label} is float with values {lo:g}..{hi:g}; float images must lie in [0, 1] "
+                             "(divide 0-255 values by 255, or pass uint8)")
+
+
 def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8/uint16/float array -> 1x3xHxW float32 tensor in [0, 1] (the model's input).
 
-    Floats are taken as already in [0, 1]. Alpha is the caller's business:
+    Floats must be in [0, 1] (0-255 floats are refused). Alpha is the caller's business:
     split it off before and reattach it after.
     """
     arr = np.asarray(rgb)
@@ -534,6 +549,7 @@ def image_to_tensor(rgb: np.ndarray) -> torch.Tensor:
     elif arr.dtype == np.uint16:
         x = arr.astype(np.float32) / 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
+        check_float_range(arr)
         x = arr.astype(np.float32)
     else:
         raise ValueError(f"image_to_tensor expects uint8, uint16 or float, got {arr.dtype}")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .images import image_to_tensor, tensor_to_image
+from .images import check_float_range, image_to_tensor, tensor_to_image
 from .layers import fuse
 from .resize import imresize
 
@@ -112,6 +112,7 @@ def _checked_image(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"upscale got an empty image (shape {image.shape})")
     if not (image.dtype in (np.uint8, np.uint16) or np.issubdtype(image.dtype, np.floating)):
         raise ValueError(f"upscale expects uint8, uint16 or float (in [0, 1]) pixels, got {image.dtype}")
+    check_float_range(image)  # alpha included: 0-255 floats would come out white, not refused
     return image
 
 

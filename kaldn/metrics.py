@@ -19,20 +19,9 @@ from collections.abc import Sequence
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from .images import check_float_range
+
 __all__ = ["rgb_to_y", "psnr_y", "psnr_of_y", "ssim_y", "evaluate_pair", "mean_scores"]
-
-
-# Float images are in [0, 1]; a model's raw output overshoots a little and is clipped, as its PNG would be.
-# Beyond this margin the caller has passed another range (0-255 floats): a clear error, not inf or nonsense.
-FLOAT_MARGIN = 0.5
-
-
-def _check_float_range(img: np.ndarray, label: str) -> None:
-    if np.issubdtype(img.dtype, np.floating) and img.size:
-        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
-        if lo < -FLOAT_MARGIN or hi > 1.0 + FLOAT_MARGIN:
-            raise ValueError(f"{label} is float with values {lo:g}..{hi:g}; float images must lie in [0, 1] "
-                             "(divide 0-255 values by 255, or pass uint8)")
 
 
 def _to_unit_float(image: np.ndarray) -> np.ndarray:
@@ -42,7 +31,7 @@ def _to_unit_float(image: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         return img.astype(np.float64) / 65535.0
     if np.issubdtype(img.dtype, np.floating):
-        _check_float_range(img, "the image")
+        check_float_range(img, "the image")
         return img.astype(np.float64)
     raise ValueError(f"unsupported image dtype {img.dtype} (use uint8, uint16 or float in [0, 1])")
 
@@ -69,7 +58,7 @@ def _as_8bit(image: np.ndarray, label: str = "the image") -> np.ndarray:
     """Round float outputs (in [0, 1]) to 8 bits, as the outputs saved to PNG would be."""
     img = np.asarray(image)
     if np.issubdtype(img.dtype, np.floating):
-        _check_float_range(img, label)
+        check_float_range(img, label)
         return np.round(np.clip(np.nan_to_num(img.astype(np.float64)), 0.0, 1.0) * 255.0).astype(np.uint8)
     return img
 

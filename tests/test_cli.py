@@ -34,6 +34,16 @@ def test_upscale_cli_refuses_before_writing(tmp_path, capsys):
     # Two inputs with one stem used to write one result over the other, exit 0.
     assert main([str(tmp_path / "p.png"), str(tmp_path / "p.jpg"), *common, "--out", str(tmp_path / "o")]) == 2
     assert "several inputs would be written to" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    # Names differing only in case are one file on macOS and Windows: refused everywhere.
+    Image.fromarray(np.full((10, 12, 3), 50, np.uint8)).save(tmp_path / "P.bmp")
+    assert main([str(tmp_path / "p.png"), str(tmp_path / "P.bmp"), *common, "--out", str(tmp_path / "o")]) == 2
+    assert "several inputs would be written to" in capsys.readouterr().err
+    # p.png's result is p_x2.png: when that is also an input it would be overwritten before it is read.
+    Image.fromarray(np.full((10, 12, 3), 60, np.uint8)).save(tmp_path / "p_x2.png")
+    before = (tmp_path / "p_x2.png").read_bytes()
+    assert main([str(tmp_path / "p_x2.png"), str(tmp_path / "p.png"), *common, "--out", str(tmp_path)]) == 2
+    assert "is both an input and an output" in capsys.readouterr().err
+    assert (tmp_path / "p_x2.png").read_bytes() == before
     assert main([str(tmp_path / "p.png"), *common, "--out", str(tmp_path / "a-file" / "sub")]) == 2
     assert "cannot make the output folder" in capsys.readouterr().err
     assert main([str(tmp_path / "p.png"), "--model", str(tmp_path / "model"), "--device", "gpu"]) == 2
@@ -42,6 +52,16 @@ def test_upscale_cli_refuses_before_writing(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / "p.png"), *common, "--tile", "-1"])
     assert info.value.code == 2 and "must be 0 (whole image) or a positive" in capsys.readouterr().err
+
+
+def test_the_same_input_twice_is_upscaled_once(tmp_path, capsys):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "model", create_model("tiny-ldsconv-x2"))
+    Image.fromarray(np.full((10, 12, 3), 100, np.uint8)).save(tmp_path / "p.png")
+    (tmp_path / "sub").mkdir()
+    same = [str(tmp_path / "p.png"), str(tmp_path / "sub" / ".." / "p.png"), str(tmp_path / "p.png")]
+    assert main([*same, "--model", str(tmp_path / "model"), "--device", "cpu", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.count(" -> ") == 1 and (tmp_path / "o" / "p_x2.png").is_file()
 
 
 def test_sub_commands_dispatch(capsys, monkeypatch):

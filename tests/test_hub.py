@@ -460,6 +460,12 @@ def test_sources_and_paths(env, fake_hub):
     with pytest.raises(TypeError, match="model name or path"):
         load_model(4)
 
+    class PathObject:  # any os.PathLike is a path, as open() takes it (not only pathlib.Path)
+        def __fspath__(self) -> str:
+            return str(env / "local" / NAMES[0])
+
+    _assert_weights(load_model(PathObject()), local)
+
 
 def test_hf_hub_names_load_that_repository_only(env, monkeypatch):
     """``hf-hub:ORG/REPO[/SUBFOLDER][@REVISION]``: another repository than KALDN_HUB_REPO, never the bundled copy."""

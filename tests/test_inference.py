@@ -107,6 +107,8 @@ def test_devices():
     (np.zeros((0, 0, 3), np.uint8), {}, "empty image"),
     ([[0, 1], [2, 3]], {}, "numpy image array .* got list"),
     (np.zeros((8, 8, 3), np.int32), {}, "got int32"),
+    (np.full((8, 8, 3), 200.0, np.float32), {}, r"float with values 200\.\.200; float images must lie in \[0, 1\]"),
+    (np.dstack([np.zeros((8, 8, 3)), np.full((8, 8), 255.0)]), {}, r"values 0\.\.255"),  # alpha counts too
     (np.zeros((8, 8, 3), np.uint8), {"tile": 0}, "tile must be a positive"),
     (np.zeros((8, 8, 3), np.uint8), {"tile": -1}, "tile must be a positive"),
     (np.zeros((8, 8, 3), np.uint8), {"overlap": -4}, "overlap must be"),
