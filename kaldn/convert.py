@@ -199,9 +199,16 @@ def _recorded_options(name: str, metadata: Mapping[str, str], source: Path) -> d
 
 def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, source: Path) -> str:
     if arch is not None or scale is not None:
-        if arch is None or scale is None:
-            raise ConversionError("give --arch and --scale together")
-        name = f"{arch}-x{scale}"
+        if arch is not None and scale is None and re.search(r"-x\d+$", arch):
+            name = arch  # a whole model name: its scale is in it
+        elif arch is None or scale is None:
+            raise ConversionError("give --arch and --scale together (or --arch with a whole model name, "
+                                  "e.g. tiny-kdsconv-det-x4)")
+        elif re.search(r"-x\d+$", arch):
+            raise ConversionError(f"--arch {arch} already names a scale: give --arch {re.sub(r'-x[0-9]+$', '', arch)} "
+                                  f"--scale {scale}, or --arch {arch} alone")
+        else:
+            name = f"{arch}-x{scale}"
         if metadata_name is not None and metadata_name != name:
             raise ConversionError(f"{source}: its metadata says {_short(metadata_name)}, not {name}")
     elif metadata_name is not None:
@@ -266,7 +273,8 @@ def convert(source: str | Path, out_dir: str | Path, arch: str | None = None, sc
     mapped = map_state(state, name, str(source) + where, rename, options)
     model.load_state_dict(mapped, strict=True)
     digest = sha256(source)
-    command = "python -m kaldn.convert" + (f" --arch {arch} --scale {scale}" if arch else "") + f" {source.name} OUT_DIR"
+    command = ("python -m kaldn.convert" + (f" --arch {arch}" if arch else "") + (f" --scale {scale}" if scale else "")
+               + f" {source.name} OUT_DIR")
     recorded = _recorded_weights(metadata, source)
     if third_party:
         weights = {"origin": "third-party", "architecture": peer.label, "paper": peer.published.paper,
@@ -318,7 +326,8 @@ def convert_isolated(source: str | Path, out_dir: str | Path, arch: str | None =
     source, out_dir = Path(source), Path(out_dir)
     shown = display_name or source.name
     cmd = [sys.executable, "-c", _ISOLATED, str(int(memory_bytes)), str(source), str(out_dir)]
-    cmd += ["--arch", arch, "--scale", str(scale)] if arch is not None else []
+    cmd += ["--arch", arch] if arch is not None else []
+    cmd += ["--scale", str(scale)] if scale is not None else []
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
@@ -368,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("source", help="a published .pt/.pth state dict, or a kaldn .safetensors file")
     parser.add_argument("out_dir", help="checkpoint folder to write")
     parser.add_argument("--arch", help=f"peer ({', '.join(published_architectures())}) or kaldn architecture "
-                                       "(e.g. tiny-kdsconv-det); with --scale")
+                                       "(e.g. tiny-kdsconv-det) with --scale, or a whole model name (tiny-kdsconv-det-x4)")
     parser.add_argument("--scale", type=int, choices=SCALES)
     parser.add_argument("--key", help="entry of the file holding the state dict, when it holds several")
     parser.add_argument("--descriptor-norm", choices=DESCRIPTOR_NORMS, help="KDSConv models only")

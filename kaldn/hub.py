@@ -424,7 +424,7 @@ def load_model(name_or_path: str | os.PathLike, source: str = "auto", *, local_d
 
     try:
         parse_model_name(name)
-        unknown = ""
+        unknown = f"; kaldn.available_models() lists the {len(available_models(local_dir))} with weights here"
     except ValueError as exc:  # a typo reads as one, not only as files that are missing
         unknown = f"; {exc}"
     raise ModelNotFoundError(f"model {name!r} not found ({'; '.join(tried)}){unknown}")

@@ -10,6 +10,7 @@ backbone, ``tiny``) or a single network; :func:`variants` lists them in display 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -71,7 +72,11 @@ def parse_model_name(name: str) -> ModelSpec:
         for spec in _specs(arch):
             if spec.name == name:
                 return spec
-    raise ValueError(f"unknown model {quoted(name)}; valid names: {', '.join(model_names())}")
+    names = model_names()
+    close = difflib.get_close_matches(str(name), names, n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close[:-1])}{' or ' if len(close) > 1 else ''}{close[-1]}?" if close else ""
+    raise ValueError(f"unknown model {quoted(name)}{hint} (kaldn.model_names() lists all {len(names)}, "
+                     f"such as {names[0]})")
 
 
 def scales() -> tuple[int, ...]:

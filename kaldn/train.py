@@ -384,6 +384,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     val_pairs = load_validation(val_source, scale) if val_source else []
     if config.val_limit:
         val_pairs = val_pairs[:config.val_limit]
+    if not val_pairs:  # e.g. a fine-tune on under val_holdout photos: nothing held out, nothing to choose by
+        log.warning("no validation images (%s): best/ will be the last weights, not chosen by validation; "
+                    "give --val DIR or a smaller --val-holdout", val_description)
 
     out = Path(config.out)
     state_path = out / STATE_NAME

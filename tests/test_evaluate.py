@@ -42,7 +42,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert main(["--models", str(tmp_path / "ckpt"), "tiny-ldsconv-xx2", "--datasets", str(images), "--scale", "2",
                  "--out", str(tmp_path / "typo"), "--no-timing"]) == 2
     err = capsys.readouterr()
-    assert "unknown model 'tiny-ldsconv-xx2'; valid names:" in err.err and "tiny-ldsconv-x2" not in err.out
+    assert "unknown model 'tiny-ldsconv-xx2'; did you mean tiny-ldsconv-x2" in err.err and "tiny-ldsconv-x2" not in err.out
     assert not (tmp_path / "typo.json").exists()
 
     # --append: a second model joins the rows (bicubic once), the same model again replaces its row, and a

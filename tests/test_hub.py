@@ -449,12 +449,15 @@ def test_sources_and_paths(env, fake_hub):
     assert fake_hub.requests == []  # "bundled" never touches the network
     with pytest.raises(ModelNotFoundError, match="local: no"):
         load_model(NAMES[1], "local", local_dir=env / "local")
+    # A valid name without weights anywhere points to the names that have them.
+    with pytest.raises(ModelNotFoundError, match=r"bundled: no .*\); kaldn.available_models\(\) lists the \d+ "):
+        load_model("paper-dsconv-x3", "bundled")
     with pytest.raises(ModelNotFoundError, match="no such checkpoint directory"):
         load_model(str(env / "nowhere" / NAMES[0]))
     with pytest.raises(ValueError, match="source"):
         load_model(NAMES[0], "internet")
     # A typo says it is not a model name; "auto" is a device (it was read as a corrupt file before).
-    with pytest.raises(ModelNotFoundError, match=r"bundled: no .*; unknown model 'tiny-ldsconv-xx2'; valid names"):
+    with pytest.raises(ModelNotFoundError, match=r"bundled: no .*; unknown model 'tiny-ldsconv-xx2'; did you mean tiny-ldsconv-x2"):
         load_model("tiny-ldsconv-xx2", "bundled")
     _assert_weights(load_model(NAMES[0], "bundled", device="auto").cpu(), bundled)
     with pytest.raises(TypeError, match="model name or path"):

@@ -30,10 +30,11 @@ def test_every_paper_name_builds():
         assert create_model(name).config["backbone"] == "paper"
 
 
-def test_unknown_name_lists_valid_names():
+def test_unknown_name_suggests_the_close_valid_names():
     with pytest.raises(ValueError) as info:
         create_model("tiny-kdsconv-median-x4")
-    assert "tiny-kdsconv-det-x4" in str(info.value) and "paper-conv-x2" in str(info.value)
+    assert "did you mean tiny-kdsconv-" in str(info.value) and "kaldn.model_names() lists all" in str(info.value)
+    assert "paper-conv-x2" not in str(info.value)  # not all 72 names
     with pytest.raises(ValueError):
         create_model("tiny-ldsconv-x5")
 

@@ -323,6 +323,12 @@ def test_kaldn_safetensors_file_becomes_a_folder(tmp_path):
         convert(folder / "model.safetensors", tmp_path / "c", arch="tiny-conv", scale=3)
     convert(tmp_path / "bare.safetensors", tmp_path / "d", arch="tiny-kdsconv-det", scale=3)
     assert load_model(tmp_path / "d").config["model"] == "tiny-kdsconv-det-x3"
+    # A whole model name carries its scale (it used to become tiny-kdsconv-det-x3-x3, "unknown model").
+    convert(tmp_path / "bare.safetensors", tmp_path / "e", arch="tiny-kdsconv-det-x3")
+    assert load_model(tmp_path / "e").config["model"] == "tiny-kdsconv-det-x3"
+    assert "--arch tiny-kdsconv-det-x3 bare.safetensors" in (tmp_path / "e" / "config.json").read_text()
+    with pytest.raises(ConversionError, match="already names a scale: give --arch tiny-kdsconv-det --scale 3"):
+        convert(tmp_path / "bare.safetensors", tmp_path / "f", arch="tiny-kdsconv-det-x3", scale=3)
 
 
 def test_third_party_mark_survives_repacking(tmp_path):

@@ -334,12 +334,18 @@ def test_holdout_split_is_every_tenth_image_and_never_trained_on():
     assert set(training) | set(held) == set(paths) and not set(training) & set(held)
 
 
-def test_default_validation_is_the_held_out_images(tmp_path):
+def test_default_validation_is_the_held_out_images(tmp_path, caplog):
     write_images(tmp_path / "data", count=10)
-    train(_quick(tmp_path, "run", val_every=3))
+    with caplog.at_level("WARNING", logger="kaldn.train"):
+        train(_quick(tmp_path, "run", val_every=3))
     budget = json.loads((tmp_path / "run" / "last" / "config.json").read_text())["training"]
     assert budget["train_images"] == 9 and budget["val_images"] == 1
-    assert "every 10th image held out" in budget["val"]
+    assert "every 10th image held out" in budget["val"] and "no validation images" not in caplog.text
+    # Under ten photos nothing is held out: said, since best/ is then simply the last weights.
+    write_images(tmp_path / "few", count=4)
+    with caplog.at_level("WARNING", logger="kaldn.train"):
+        train(_quick(tmp_path, "few-run", data=str(tmp_path / "few")))
+    assert "no validation images" in caplog.text and "--val-holdout" in caplog.text
 
 
 def test_bf16_autocast_and_ema_train_and_resume_exactly(tmp_path):
