@@ -197,18 +197,19 @@ def _recorded_options(name: str, metadata: Mapping[str, str], source: Path) -> d
     return options
 
 
+_SCALE_SUFFIX = re.compile(r"-x\d+$")  # a whole model name ends in its scale
+
+
 def _model_name(arch: str | None, scale: int | None, metadata_name: str | None, source: Path) -> str:
     if arch is not None or scale is not None:
-        if arch is not None and scale is None and re.search(r"-x\d+$", arch):
-            name = arch  # a whole model name: its scale is in it
-        elif arch is None or scale is None:
+        named_scale = arch is not None and _SCALE_SUFFIX.search(arch)
+        if arch is None or (scale is None and not named_scale):
             raise ConversionError("give --arch and --scale together (or --arch with a whole model name, "
                                   "e.g. tiny-kdsconv-det-x4)")
-        elif re.search(r"-x\d+$", arch):
-            raise ConversionError(f"--arch {arch} already names a scale: give --arch {re.sub(r'-x[0-9]+$', '', arch)} "
+        if named_scale and scale is not None:
+            raise ConversionError(f"--arch {arch} already names a scale: give --arch {_SCALE_SUFFIX.sub('', arch)} "
                                   f"--scale {scale}, or --arch {arch} alone")
-        else:
-            name = f"{arch}-x{scale}"
+        name = arch if named_scale else f"{arch}-x{scale}"
         if metadata_name is not None and metadata_name != name:
             raise ConversionError(f"{source}: its metadata says {_short(metadata_name)}, not {name}")
     elif metadata_name is not None:

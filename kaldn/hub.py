@@ -366,8 +366,7 @@ def load_model(name_or_path: str | os.PathLike, source: str = "auto", *, local_d
     tampering is never papered over. ``device``: ``"cpu"``, ``"cuda[:N]"`` or ``"auto"`` (CUDA when present).
     """
     if isinstance(name_or_path, os.PathLike) and not isinstance(name_or_path, Path):
-        name_or_path = os.fspath(name_or_path)  # any path object counts as a path, as in open()
-        name_or_path = Path(name_or_path.decode() if isinstance(name_or_path, bytes) else name_or_path)
+        name_or_path = Path(os.fsdecode(name_or_path))  # any path object counts as a path, as in open()
     if not isinstance(name_or_path, (str, Path)):
         raise TypeError(f"load_model takes a model name or path (str or os.PathLike), got {type(name_or_path).__name__}")
     if source not in SOURCES:
