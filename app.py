@@ -60,9 +60,9 @@ from kaldn.inputs import Inputs, check_inputs, measurement_input, prepare_inputs
 from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, KERNEL_HEADERS, Z_A_HEADERS,
                               depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report, inspection_choices,
                               kernel_view)
-from kaldn.models import check_scale, parse_model_name, scales, variant_of
-from kaldn.results import (PUBLISHED_SOURCE, claims, load_results, psnr_cost_points, training_curves,
-                           zoo_table)
+from kaldn.models import check_scale, model_label, parse_model_name, scales, variant_of
+from kaldn.results import (PUBLISHED_SOURCE, claims, featured_budget, load_results, psnr_cost_points,
+                           training_curves, zoo_table)
 from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStore, region_size
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
@@ -166,13 +166,34 @@ Compare three building blocks of the same tiny RDN backbone, nothing else change
 **DSConv** (depthwise → ReLU → pointwise → ReLU), **linear DSConv** (the "hasty" ReLU after the depthwise conv
 removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by an attention computed from
 each kernel's determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
-**KDSConv (det), small** is the same block in a larger RDN trained longer (checkpoint at 12,000 of a 30,000-iteration
-run, 2x the tiny models' iterations on larger patches, averaged weights): the best model here, ticked by default;
-the seed papers' peers (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny zoo's budget, can
+{featured}seed papers' peers (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny zoo's budget, can
 be added.
 PSNR (dB) and SSIM, higher is better, as in the literature: Y channel, `scale` border pixels cropped, computed on
 the server's arrays.
 """
+
+
+def _featured_intro(budget: dict | None) -> str:
+    # Numbers from the bundled config, so shipping another checkpoint cannot leave this sentence stale.
+    if budget is None:
+        return "The "
+    return (f"**{model_label(budget['model'])}** is the same block in a larger RDN trained longer (checkpoint at "
+            f"{budget['iterations_done']:,} of a {budget['iterations']:,}-iteration run, {budget['times_base']:g}x the "
+            f"tiny models' iterations on larger patches{', averaged weights' if budget['ema'] else ''}): the best "
+            "model here, ticked by default;\nthe ")
+
+
+def _featured_zoo(budget: dict | None) -> str:
+    if budget is None:
+        return ""
+    backbone = parse_model_name(budget["model"]).backbone
+    return (f" **{backbone.capitalize()}** (the `{backbone}-…` rows) puts the same blocks in a larger RDN "
+            f"(G0 = {budget['num_features']}, G = {budget['growth']}, {budget['num_blocks']} blocks of "
+            f"{budget['num_layers']} layers) trained longer (runs of {budget['iterations']:,} iterations, LR patch "
+            f"{budget['patch']}{', an average of the weights' if budget['ema'] else ''}; each row's checkpoint is "
+            "the one validation chose, in its Budget cell) under the held-out recipe: what a block reaches with more "
+            f"capacity and time, compared only with other `{backbone}` rows.")
+
 
 HOW_BLOCKS = """
 ### Three blocks, one backbone
@@ -288,11 +309,7 @@ The budget is far below the papers' DIV2K training: compare the rows with each o
 trained by this project under the x4 zoo's iterations, batch, patch, schedule and seed, with bf16 autocast and 72 of
 the 80 images (8 held out to choose the checkpoint, where the first tiny zoo chose on BSD68). KDSConv (det) was
 trained again under exactly that recipe (the row validated on held-out images; its weights are not shipped), and
-the Results tab compares the peers with that row only. **Small** (the `small-…` rows, when listed) puts the same
-blocks in a larger RDN (G0 = 48, G = 32, 6 blocks of 5 layers) trained longer (runs of 30,000 iterations, LR patch 48,
-an average of the weights; each row's checkpoint is the one validation chose, 12,000 for KDSConv (det)) under the
-held-out recipe: what a block reaches with more capacity and time, compared
-only with other `small` rows.
+the Results tab compares the peers with that row only.{featured}
 
 **Protocol** (as in the papers): the HR test image is cropped to a multiple of the scale, the LR input is made
 with MATLAB-compatible bicubic, and PSNR / SSIM are computed on the Y channel (ITU-R BT.601) of 8-bit outputs
@@ -865,7 +882,7 @@ def zoo(scale_filter: Any, request: gr.Request = None) -> pd.DataFrame:
 
 def zoo_tab() -> None:
     """Every evaluated model's measured numbers, cost and training budget, with the protocol explained."""
-    gr.Markdown(ZOO_INTRO)
+    gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured_budget())))
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
                           column_widths=["12%", "4%", "9%", "4%", "7%", "7%", "6%", "5%", "8%", "8%", "8%", "13%",
@@ -1192,7 +1209,7 @@ def build_demo() -> gr.Blocks:
     available = available_models()
     # No usage reports to Gradio's servers from a page users upload their images to (and the app may run offline).
     with gr.Blocks(title="KALDN super-resolution", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        gr.Markdown(INTRO)
+        gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured_budget())))
         if not available:
             gr.Markdown("**No bundled checkpoint was found** (`checkpoints/`, or `KALDN_CHECKPOINTS`): only bicubic "
                         "can run until models are added or the Hub can be reached.")

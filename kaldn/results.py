@@ -19,13 +19,13 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import (BICUBIC, check_scale, count_parameters, create_model, model_label, parse_model_name,
-                     scales, variants)
+from .models import (BACKBONES, BICUBIC, DEFAULT_BACKBONE, check_scale, count_parameters, create_model, is_featured,
+                     model_label, parse_model_name, scales, variants)
 
 log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
-           "claims", "comparable_budget", "format_budget", "format_count", "format_metrics", "format_precision",
+           "claims", "comparable_budget", "featured_budget", "format_budget", "format_count", "format_metrics", "format_precision",
            "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
@@ -68,6 +68,30 @@ def run_iterations(training: dict) -> tuple[int, int]:
     for, and validation may have chosen an earlier checkpoint of it."""
     done = training["iterations_done"]
     return training.get("iterations") or done, done
+
+
+def featured_budget(folder: str | Path | None = None) -> dict | None:
+    """The bundled featured model (the app's default, on a larger backbone) in numbers for prose: its name,
+    backbone preset (:data:`~kaldn.models.BACKBONES`), run length, chosen checkpoint, LR patch and weight average,
+    and how many times the iterations of the same block on the default backbone its checkpoint had. None when
+    no featured model is bundled, so the text says nothing rather than something stale."""
+    folder = Path(folder) if folder is not None else bundled_dir()
+    for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
+        try:
+            if not is_featured(config_path.parent.name):
+                continue
+            config = read_config(config_path)
+            spec = parse_model_name(config["model"])
+            iterations, done = run_iterations(config["training"])
+            base = read_config(folder / f"{DEFAULT_BACKBONE}-{spec.conv}-x{spec.scale}" / CONFIG_NAME)
+            base_done = run_iterations(base["training"])[1]
+        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+            log.warning("featured model %s: %s", config_path.parent.name, exc)
+            continue
+        return {"model": config["model"], **BACKBONES[spec.backbone], "iterations": iterations,
+                "iterations_done": done, "patch": config["training"].get("patch"),
+                "ema": config["training"].get("ema"), "times_base": done / base_done}
+    return None
 
 
 def format_precision(training: dict) -> str:

@@ -11,7 +11,7 @@ from kaldn.cards import model_card, repo_card, write_cards
 from kaldn.checkpoint import save_checkpoint
 from kaldn.hub import bundled_dir
 from kaldn.models import count_parameters, create_model
-from kaldn.results import PUBLISHED_X4, format_budget, format_count, psnr_cost_points, training_curves, zoo_table
+from kaldn.results import PUBLISHED_X4, featured_budget, format_budget, format_count, psnr_cost_points, training_curves, zoo_table
 
 
 def test_zoo_table_lists_measured_numbers_and_budgets(tmp_path):
@@ -181,3 +181,22 @@ def test_shipped_cards_are_what_the_configs_give():
         config = json.loads((root / name / "config.json").read_text())
         assert (root / name / "README.md").read_text() == str(model_card(config)), name
     assert (root / "README.md").read_text() == str(repo_card(root))
+
+
+def test_featured_budget_reads_the_bundled_featured_model_and_its_tiny_sibling(tmp_path, caplog):
+    def save(name: str, training: dict) -> None:
+        save_checkpoint(tmp_path / name, create_model(name), {"training": training})
+
+    assert featured_budget(tmp_path) is None  # nothing featured bundled: the app says nothing about it
+    save("small-kdsconv-det-x4", {"iterations": 30000, "iterations_done": 9000, "patch": 48, "ema": 0.999})
+    assert featured_budget(tmp_path) is None  # no tiny sibling to compare the iterations with
+    assert "small-kdsconv-det-x4" in caplog.text
+    save("tiny-kdsconv-det-x4", {"iterations_done": 6000, "patch": 32})
+    save("small-ldsconv-x4", {"iterations": 30000, "iterations_done": 11000, "patch": 48})  # not featured
+    budget = featured_budget(tmp_path)
+    assert budget["model"] == "small-kdsconv-det-x4"
+    assert (budget["iterations"], budget["iterations_done"], budget["times_base"]) == (30000, 9000, 1.5)
+    assert (budget["num_features"], budget["num_blocks"], budget["patch"], budget["ema"]) == (48, 6, 48, 0.999)
+    bundled = featured_budget()  # the app's sentence about the bundled default model
+    training = json.loads((bundled_dir() / bundled["model"] / "config.json").read_text())["training"]
+    assert (bundled["iterations"], bundled["iterations_done"]) == (training["iterations"], training["iterations_done"])
