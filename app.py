@@ -1201,6 +1201,8 @@ def refresh_on_load(scale: Any, selected: list[str] | None, base: str | None, ho
 CSS = """
 #kaldn-status ul { margin: 0; }
 #kaldn-gallery .caption-label { font-size: 0.8rem; }
+/* The map's title lines are drawn into its top edge: keep them clear of the download / fullscreen buttons. */
+#kaldn-pair-map img { margin-top: 2.25rem; }
 """
 
 

@@ -282,7 +282,8 @@ def colour_bar(colours: np.ndarray, left: str, right: str, middle: str | None = 
     label_font = font(12)
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     widths = [measure.textlength(t, font=label_font) for t in (left, right, middle or "", title or "")]
-    need = max(widths[0] + widths[1] + (widths[2] + 24 if middle else 12), widths[3])
+    # The middle label is centred, so each end label needs half the bar beside it, the longer end included.
+    need = max(2 * max(widths[0], widths[1]) + widths[2] + 24 if middle else widths[0] + widths[1] + 12, widths[3])
     length = max(int(length), math.ceil(need), 2)
     top = _PAD + (_LINE if title else 0)
     canvas = Image.new("RGB", (length + 2 * _PAD, top + _BAR_H + 4 + _LINE + _PAD), "white")

@@ -194,6 +194,21 @@ def test_colour_bars_are_labelled_at_both_ends() -> None:
     assert not _font_has_glyphs("≥")                       # why the drawn labels are ASCII
 
 
+def _text_runs(label_row: np.ndarray, gap: int = 8) -> int:
+    """How many blocks of text a label row holds: columns with dark pixels, split where >= gap are blank."""
+    inked = np.flatnonzero((label_row < 128).any(axis=(0, 2)))
+    return 1 + int((np.diff(inked) > gap).sum()) if inked.size else 0
+
+
+def test_a_centred_label_never_runs_into_a_long_end_label() -> None:
+    # A long model name at one end only: the centre label must stay apart from it (left, middle, right).
+    for left, right in (("KDSConv (det), small closer by >= 12", "Bicubic closer by >= 12"),
+                        ("Bicubic closer by >= 12", "KDSConv (det), small closer by >= 12")):
+        bar = colour_bar(np.zeros((2, 3), np.uint8), left.replace(" ", "_"), right.replace(" ", "_"),
+                         middle="equal", length=256)
+        assert _text_runs(bar[6 + 14 + 4:, :]) == 3, (left, right)
+
+
 def test_pair_bar_and_renderings() -> None:
     gt = _gt()
     a = _shift(gt, 4, (slice(0, 24), slice(None)))
