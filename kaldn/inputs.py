@@ -212,7 +212,7 @@ def measurement_input(scale: Any, last: Inputs | None = None, upload: Any = None
             return prepare_inputs(source, scale, mode, max_pixels=max_pixels, max_output_pixels=max_output_pixels,
                                   image_name=upload_name).lr, "the image on the Compare tab"
         except (UserError, ImageError) as exc:
-            why = f" (the image on the Compare tab cannot be used: {exc})"
+            why = f" (the image on the Compare tab cannot be used: {str(exc).rstrip('.')})"
         if reusable:
             return last.lr, "the LR input of your last comparison" + why
     else:

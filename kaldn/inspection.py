@@ -201,7 +201,7 @@ def hasty_relu_report(lr: np.ndarray, scale: int, cache: ModelCache | None = Non
         maps.append((render_heatmap(st["map"], f"{labels[conv]}: {verb}, mean {100 * mean:.1f}%", lo, hi),
                      f"{labels[conv]}: {100 * st['zeroed_fraction']:.1f}% of values, "
                      f"{100 * st['zeroed_energy']:.1f}% of energy"))
-    lines = [f"On {where} (x{scale}):"] if where else []
+    lines = [f"At x{scale}, on {where}:"] if where else []
     for conv, st in stats.items():
         if st["relu_after_depthwise"]:
             lines.append(f"**{labels[conv]}** (ReLU right after the depthwise conv) zeroes "

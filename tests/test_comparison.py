@@ -145,6 +145,7 @@ def test_measurement_input_prefers_the_last_comparison_then_the_upload_then_the_
     junk.write_text("not an image")
     lr, where = measurement_input(2, compared, str(junk), "hr", EXAMPLE)
     assert lr is compared.lr and "cannot be used" in where and "not an image" in where
+    assert where.endswith(")") and ".)" not in where  # one sentence around the reason, whatever it ends with
     lr, where = measurement_input(4, compared, str(junk), "hr", EXAMPLE)
     assert lr.shape == (64, 64, 3) and where.startswith("the example astronaut.png (the image on the Compare")
     with pytest.raises(UserError, match="Upload an image"):

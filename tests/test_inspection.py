@@ -28,7 +28,7 @@ def test_hasty_relu_statistic_is_a_fraction(use_throwaway):
     lr = prepare_inputs(load_image(EXAMPLE), 2, "hr").lr
     report = hasty_relu_report(lr, 2, ModelCache(), where="the example")
     assert set(report.stats) == {"dsconv", "ldsconv"} and not report.missing
-    assert report.summary.startswith("On the example (x2):")
+    assert report.summary.startswith("At x2, on the example:")
     ds, lin = report.stats["dsconv"], report.stats["ldsconv"]
     assert ds["relu_after_depthwise"] and not lin["relu_after_depthwise"]
     for st in (ds, lin):
