@@ -162,12 +162,14 @@ PAPERS = """
 INTRO = """
 # KALDN: lightweight super-resolution with depthwise convolutions
 
-Compare three building blocks of the same tiny RDN backbone, nothing else changed:
+Compare three building blocks in the same tiny RDN (residual dense network) backbone, nothing else changed between
+them:
 **DSConv** (depthwise → ReLU → pointwise → ReLU), **linear DSConv** (the "hasty" ReLU after the depthwise conv
 removed) and **KDSConv** (linear DSConv whose depthwise kernels are re-weighted by an attention computed from
-each kernel's determinant, average or maximum), plus the **fixed 1.5x** control and MATLAB-compatible **bicubic**.
-{featured}seed papers' peers (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny zoo's budget, can
-be added.
+each kernel's determinant, average or maximum), plus the **fixed 1.5x** control (the same block with every kernel
+scaled by a constant 1.5 instead of a learned attention) and MATLAB-compatible **bicubic**.
+{featured}networks the papers compare with (LESRCNN, FDIWN, SCNet-T), trained by this project under the x4 tiny
+zoo's budget, can be added.
 PSNR (dB) and SSIM, higher is better, as in the literature: Y channel, `scale` border pixels cropped, computed on
 the server's arrays.
 """
@@ -192,7 +194,9 @@ def _featured_zoo(budget: dict | None) -> str:
             f"{budget['num_layers']} layers) trained longer (runs of {budget['iterations']:,} iterations, LR patch "
             f"{budget['patch']}{', an average of the weights' if budget['ema'] else ''}; each row's checkpoint is "
             "the one validation chose, in its Budget cell) under the held-out recipe: what a block reaches with more "
-            f"capacity and time, compared only with other `{backbone}` rows.")
+            f"capacity and time, compared only with other `{backbone}` rows"
+            + (" (none is shipped yet, so for now it shows what capacity and training give, not which block is "
+               "better)." if not budget["same_backbone"] else "."))
 
 
 HOW_BLOCKS = """
@@ -208,8 +212,9 @@ HOW_BLOCKS = """
   combined ("hasty ReLU"). Same parameters, same cost.
 * **KDSConv** (paper 000: "kernel attention injection" into the depthwise kernel) keeps the linear block and scales
   each depthwise kernel `W_c` by `1 + a_c` (the residual form of paper 001's eqs. 5-6), where
-  `a = sigmoid(W_I ReLU(W_D z))` and `z_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
-  of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight). Paper 001 writes the gate
+  `a = sigmoid(W_I ReLU(W_D z))`: `p_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
+  of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight) and the *descriptor* `z` is
+  what the gate reads: the papers feed `z = p`, this implementation standardises it (last point below). Paper 001 writes the gate
   with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
   same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = {reductions}:
   for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny model's first
@@ -220,10 +225,10 @@ HOW_BLOCKS = """
   linear DSConv cannot. Whatever it gains comes from *how it trains*: the kernel it applies starts about 1.5x
   larger and its weights move at another effective rate. The **fixed 1.5x** control (`W' = 1.5 W`, no gate)
   isolates that part: the gap between KDSConv and the control is what the learned attention adds.
-* Raw determinants of trained 3x3 kernels are tiny (about 0.01), so a gate fed raw determinants sees almost 0 and
-  gives about sigmoid(0) = 0.5 to every channel: the fixed 1.5x control again (with the paper's biases, a
-  constant per channel instead, which the kernels absorb just the same). This implementation standardises
-  `z` across a layer's channels first (the *descriptor* below).
+* Raw determinants of this project's trained 3x3 kernels are tiny (about 0.01), so a gate fed raw determinants
+  (`z = p`) sees almost 0 and gives about sigmoid(0) = 0.5 to every channel: the fixed 1.5x control again (with the
+  paper's biases, a constant per channel instead, which the kernels absorb just the same). This implementation
+  standardises the pooled values across a layer's channels first: `z = (p - mean p) / std p`.
 """
 
 
@@ -240,7 +245,7 @@ the three anti-diagonals). So:
   So does a kernel with a zero row or column, and a kernel whose four corners are 0 (a plus shape, such as a
   Laplacian or a sharpening kernel) whatever its centre. Many classic filters look alike to det.
 * **Mirroring flips its sign**: swapping the left and right columns (or the top and bottom rows) negates det, so
-  a kernel and its mirror image get opposite descriptors although they do the same job mirrored.
+  a kernel and its mirror image get opposite pooled values although they do the same job mirrored.
 * **It scales with the cube of the weights**: weights around 0.2 give det around 0.01, which is why raw
   determinants feed the gate almost nothing.
 * Transposing keeps det; a 90° rotation flips its sign (a transpose and a mirror).
@@ -262,7 +267,9 @@ the shipped trained ones; under {near_constant} the gate is **near-constant**, a
 exactly 0 is a **dead** gate, every gate ReLU off and a = 0.5) and `corr(z, a)`, whether kernels with a larger descriptor got
 more attention (+1), less (-1) or neither (near 0); `median |pooled|` is the layer's typical raw det / avg / max
 before normalisation (a det near 0.01 is why raw determinants starve the gate). The tiles' frames are thin: read
-`1 + a` under each tile.
+`1 + a` under each tile. A gate that spreads `a` is not thereby a useful one: `corr(z, a)` near 0 means the
+attention does not follow the descriptor, and whether the learned attention beats the fixed 1.5x control at all
+is on the Results tab.
 
 **See the raw-determinant collapse yourself** (the papers feed raw determinants to the gate; the shipped models
 standardise them): train a few hundred iterations with `python -m kaldn train --model tiny-kdsconv-det-x4
@@ -282,11 +289,15 @@ areas.
 Read it with care: DSConv was *trained* with that ReLU, so its weights have adapted to it (what it zeroes is not
 necessarily information it needed), and the two models are trained separately, so their maps differ for more reasons
 than the ReLU. Whether removing it helps is a question for PSNR: see below and the Results tab.
+For the PSNR line on one image as well: on the Compare tab, run a comparison with a ground truth (an HR upload or
+an example) and both DSConv and Linear DSConv ticked, then press **Measure** here; to see where their outputs
+differ, put DSConv and Linear DSConv on the two sides of the Compare tab's slider.
 """
 
 HOW_EVIDENCE = """
 ### What the papers found, and what this project measured
-**Paper 001** (full DIV2K training, x4; its Tables I-III): removing the hasty ReLU gained **+0.07 dB** on Set5,
+**Paper 001** (full DIV2K training, x4; its Tables I-III; its DW-RDN is DSConv here, LDW-RDN linear DSConv and
+ALD-RDN the attention block, written with biases and scaling the output): removing the hasty ReLU gained **+0.07 dB** on Set5,
 **+0.01 dB** on Set14 and **+0.08 dB** on Urban100 (DW-RDN 32.10 / 28.59 / 26.06 against LDW-RDN 32.17 / 28.60 /
 26.14); the attention then added **+0.01**, **+0.02** and **+0.09 dB** (ALD-RDN 32.18 / 28.62 / 26.23); among
 poolings, det had the *lowest* PSNR on Set5 and Set14 (Set5: det 32.18, avg 32.20, max 32.23) and the best or tied

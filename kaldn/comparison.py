@@ -39,7 +39,8 @@ from .images import save_png
 from .inference import TILE_SIZE, prepare_model, resolve_device, tiled_pixels, upscale
 from .inputs import Inputs
 from .metrics import evaluate_pair
-from .models import count_parameters, create_model, multiply_adds
+from .models import count_parameters, create_model, multiply_adds, variants
+from .registry import Architecture, architectures
 from .resize import imresize
 from .session_models import SessionModels
 
@@ -99,10 +100,30 @@ class Comparison:
             best = max(scored, key=lambda r: r.psnr)
             gain = f" ({best.psnr - bicubic.psnr:+.2f} dB vs bicubic)" if bicubic is not None and bicubic.psnr else ""
             lines.append(f"Best PSNR: **{best.label}**, {best.psnr:.2f} dB{gain}.")
+        blocks = [r for r in scored if r.key in _block_keys()]
+        if len(blocks) > 1:  # the equal-budget block comparison, apart from larger models and fine-tunes
+            top = max(blocks, key=lambda r: r.psnr)
+            span = top.psnr - min(r.psnr for r in blocks)
+            lines.append(f"The {len(blocks)} blocks in the {_block_backbone()} backbone span {span:.2f} dB on this "
+                         f"image (best: **{top.label}**, {top.psnr:.2f} dB): one image and one training run each; "
+                         "how much a rerun alone moves PSNR is on the Results tab.")
         unavailable = [f"{r.label} ({r.message})" for r in self.results if r.status != "ok"]
         if unavailable:
             lines.append("Not run: " + "; ".join(unavailable))
         return "\n\n".join(f"- {line}" for line in lines)
+
+
+def _family() -> Architecture:
+    return next(a for a in architectures() if a.family)
+
+
+def _block_keys() -> set[str]:
+    """The conv variants of the family on its default backbone: one training budget per scale."""
+    return {v.key for v in variants() if v.arch == _family().name}
+
+
+def _block_backbone() -> str:
+    return str(_family().default_backbone)
 
 
 def check_device(device: Any) -> str:

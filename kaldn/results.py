@@ -73,7 +73,8 @@ def run_iterations(training: dict) -> tuple[int, int]:
 def featured_budget(folder: str | Path | None = None) -> dict | None:
     """The bundled featured model (the app's default, on a larger backbone) in numbers for prose: its name,
     backbone preset (:data:`~kaldn.models.BACKBONES`), run length, chosen checkpoint, LR patch and weight average,
-    and how many times the iterations of the same block on the default backbone its checkpoint had. None when
+    how many times the iterations of the same block on the default backbone its checkpoint had, and the other
+    bundled models on its backbone at its scale (``same_backbone``). None when
     no featured model is bundled, so the text says nothing rather than something stale."""
     folder = Path(folder) if folder is not None else bundled_dir()
     for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
@@ -88,9 +89,12 @@ def featured_budget(folder: str | Path | None = None) -> dict | None:
         except (CheckpointError, ValueError, KeyError, TypeError) as exc:
             log.warning("featured model %s: %s", config_path.parent.name, exc)
             continue
+        # Bundled models on the same backbone and scale: what this one can be compared with at its budget.
+        peers = sorted(p.parent.name for p in folder.glob(f"{spec.backbone}-*-x{spec.scale}/{CONFIG_NAME}")
+                       if p.parent.name != config["model"])
         return {"model": config["model"], **BACKBONES[spec.backbone], "iterations": iterations,
                 "iterations_done": done, "patch": config["training"].get("patch"),
-                "ema": config["training"].get("ema"), "times_base": done / base_done}
+                "ema": config["training"].get("ema"), "times_base": done / base_done, "same_backbone": peers}
     return None
 
 
@@ -233,20 +237,26 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
         if not seeds:
             continue
         margin = mean_psnr(better, seeds) - mean_psnr(worse, seeds)
-        verdict = "yes" if margin > 0 else "no"
-        if spread is not None and abs(margin) <= spread:
-            verdict += ", but within the seed spread"
         seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
-        lines.append(f"  - {claim}{budget}: {verdict} ({margin:+.3f} dB, {seed_text})")
+        # A margin a rerun alone can produce is a tie, said first: a reader who stops at the verdict is not misled.
+        if spread is not None and abs(margin) <= spread:
+            lines.append(f"  - {claim}{budget}: tie ({margin:+.3f} dB, inside the {spread:.3f} dB seed spread; "
+                         f"{seed_text})")
+        else:
+            lines.append(f"  - {claim}{budget}: {'yes' if margin > 0 else 'no'} ({margin:+.3f} dB, {seed_text})")
     pools = {v.kernel_pool: v.key for v in variants() if v.kernel_pool and v.key in by_conv}
     seeds = common_seeds(*pools.values()) if len(pools) > 1 else set()
     if seeds:
         values = {p: mean_psnr(key, seeds) for p, key in pools.items()}
         ranked = sorted(values, key=values.get, reverse=True)
-        tie = spread is not None and values[ranked[0]] - values[ranked[-1]] <= spread
-        lines.append("  - pooling ranking" + budget + ": " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
-                     + (f" (seed {min(seeds)})" if len(seeds) == 1 else "")
-                     + (", all within the seed spread" if tie else ""))
+        seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
+        if spread is not None and values[ranked[0]] - values[ranked[-1]] <= spread:
+            lines.append(f"  - pooling{budget}: tie, no ranking ("
+                         + ", ".join(f"{p} {values[p]:.3f}" for p in ranked)
+                         + f"; {seed_text}; all inside the {spread:.3f} dB seed spread)")
+        else:
+            lines.append("  - pooling ranking" + budget + ": " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
+                         + f" ({seed_text})")
     return lines
 
 

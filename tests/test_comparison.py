@@ -174,6 +174,17 @@ def test_unavailable_variant_is_reported_not_raised(use_throwaway):
     assert rows[1][headers.index("PSNR (dB)")] is None
 
 
+def test_the_status_sets_the_equal_budget_blocks_apart_from_other_models(use_throwaway):
+    inputs = prepare_inputs(rng_image(48, 48), 2, "hr")
+    both = run_comparison(inputs, ["bicubic", "dsconv", "ldsconv", "tiny-ldsconv-x2"], device="cpu")
+    psnr = {r.key: r.psnr for r in both.results}
+    # The same model asked for by name is not one more block: only the variants of the default backbone count.
+    span = abs(psnr["dsconv"] - psnr["ldsconv"])
+    assert f"The 2 blocks in the tiny backbone span {span:.2f} dB on this image" in both.status_markdown()
+    alone = run_comparison(inputs, ["bicubic", "dsconv", "tiny-ldsconv-x2"], device="cpu")
+    assert "blocks in the tiny backbone" not in alone.status_markdown()  # one block: no span to speak of
+
+
 def test_a_model_that_pools_over_its_whole_input_is_said_to_have_run_in_tiles():
     """FDIWN's statistics span its input, so tiles change its output (README "Peers"): the comparison says when
     it tiled one, since the Model zoo measures whole images."""

@@ -197,6 +197,7 @@ def test_featured_budget_reads_the_bundled_featured_model_and_its_tiny_sibling(t
     assert budget["model"] == "small-kdsconv-det-x4"
     assert (budget["iterations"], budget["iterations_done"], budget["times_base"]) == (30000, 9000, 1.5)
     assert (budget["num_features"], budget["num_blocks"], budget["patch"], budget["ema"]) == (48, 6, 48, 0.999)
+    assert budget["same_backbone"] == ["small-ldsconv-x4"]  # what the small row can be compared with
     bundled = featured_budget()  # the app's sentence about the bundled default model
     training = json.loads((bundled_dir() / bundled["model"] / "config.json").read_text())["training"]
     assert (bundled["iterations"], bundled["iterations_done"]) == (training["iterations"], training["iterations_done"])
