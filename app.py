@@ -271,11 +271,14 @@ before normalisation (a det near 0.01 is why raw determinants starve the gate). 
 attention does not follow the descriptor, and whether the learned attention beats the fixed 1.5x control at all
 is on the Results tab.
 
-**See the raw-determinant collapse yourself** (the papers feed raw determinants to the gate; the shipped models
-standardise them): train a few hundred iterations with `python -m kaldn train --model tiny-kdsconv-det-x4
---descriptor-norm none --data ../shared/data/train/sun_hays80 --out raw-det --iters 300`, upload
-`raw-det/best/model.safetensors` under "Compare with your own checkpoint" on the Compare tab, and choose it here:
-nearly every gate is near-constant or dead.
+**See the raw-determinant gate yourself** (the papers feed raw determinants to the gate; the shipped models
+standardise them): with a folder of your own photos, train a few hundred iterations with `python -m kaldn train
+--model tiny-kdsconv-det-x4 --descriptor-norm none --data PHOTOS --out raw-det --iters 300`, and the same with
+`--descriptor-norm standardize --out std-det`; upload each `best/model.safetensors` under "Compare with your own
+checkpoint" on the Compare tab and choose it here. The raw-determinant gates are near-constant (`a std` far under
+{near_constant}) from the start: the determinants of freshly initialised kernels are already near 0, so the gate
+begins flat and a short run does not move it, while the standardised gates spread `a` from the first iteration
+(`python -m benchmarks.gate_census raw-det std-det` prints both).
 """
 
 HOW_RELU = """
@@ -685,8 +688,8 @@ def check_upload(run_id: str | None, mode: str, image: Any, ground_truth: Any, s
 
 @light_call
 def status_after_change(image: Any, scale: Any, mode: str, request: gr.Request = None) -> str:
-    """After a change of scale or mode the last verdict on the upload no longer holds: say what happens next
-    instead (the checks run again when the comparison starts)."""
+    """After a change of scale or mode, or a file removed, the last verdict on the upload no longer holds: say
+    what happens next instead (the checks run again when the comparison starts)."""
     if image is None:
         return UPLOAD_PROMPT
     what = f"x{scale}" if scale in scales() else "this scale"
@@ -865,7 +868,8 @@ def compare_tab(state: gr.State, available: list[str], scale0: int = 4) -> Simpl
         concurrency_id="compute", validator=admit_compare)
     gr.on([image.upload, gt.upload], check_upload, [state, mode, image, gt, scale], [status], api_name="check_upload",
           preprocess=False, concurrency_id=CHECKS, concurrency_limit=1, validator=admit_upload)
-    gr.on([scale.input, mode.input], status_after_change, [image, scale, mode], [status],
+    # Removing a file (a refused one included) must not leave its verdict standing.
+    gr.on([scale.input, mode.input, image.clear, gt.clear], status_after_change, [image, scale, mode], [status],
           api_name="status_after_change", queue=False, preprocess=False, show_progress="hidden")
     gr.on([left.input, right.input], show_pair, [state, left, right], [slider, pair_map, pair_note],
           api_name="slider_pair", queue=False)

@@ -2,8 +2,8 @@
 
     python -m benchmarks.gate_census [checkpoints runs/zoo/x4 ...]
 
-Each folder is a checkpoint, a folder of checkpoints, or a folder of training runs
-(their ``best/`` checkpoints are used). ``--init-seeds N`` also counts dead gates in N
+Each folder is a checkpoint, a training run, a folder of checkpoints, or a folder of training runs
+(a run's ``best/`` checkpoint is used). ``--init-seeds N`` also counts dead gates in N
 freshly initialised models, to tell gates born dead from gates that died in training.
 
 Per model: how many KDSConv layers, how widely the attention a spreads across a
@@ -25,7 +25,19 @@ import torch
 
 from kaldn.checkpoint import load_checkpoint
 from kaldn.gates import NEAR_CONSTANT_STD, gate_report, gate_state
+from kaldn.layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from kaldn.models import create_model
+
+
+def checkpoints_in(folder: Path) -> list[Path]:
+    """A checkpoint; a training run (its ``best/``); or a folder of either, each once."""
+    def is_checkpoint(path: Path) -> bool:
+        return (path / "model.safetensors").is_file()
+    for one in (folder, folder / "best"):
+        if is_checkpoint(one):
+            return [one]
+    return [child if is_checkpoint(child) else child / "best" for child in sorted(folder.iterdir())
+            if is_checkpoint(child) or is_checkpoint(child / "best")]
 
 
 def main() -> None:
@@ -33,13 +45,10 @@ def main() -> None:
     parser.add_argument("folders", nargs="*", default=["checkpoints"])
     parser.add_argument("--init-seeds", type=int, default=0, metavar="N")
     parser.add_argument("--init-model", default="tiny-kdsconv-det-x4")
+    parser.add_argument("--init-descriptor-norm", default=DEFAULT_DESCRIPTOR_NORM, choices=DESCRIPTOR_NORMS,
+                        help="the descriptor of the freshly initialised models (none: raw pooled values, as the papers)")
     args = parser.parse_args()
-    found = []
-    for folder in map(Path, args.folders):
-        for candidate in [folder, *sorted(folder.iterdir())]:
-            for checkpoint in (candidate, candidate / "best"):
-                if (checkpoint / "model.safetensors").is_file():
-                    found.append(checkpoint)
+    found = [checkpoint for folder in map(Path, args.folders) for checkpoint in checkpoints_in(folder)]
 
     print(f"{'model':<26} {'layers':>6} {'a std':>7} {'a range':>7} {'flat':>5} {'dead':>5}  dead layers (a)")
     trained: list[float] = []
@@ -63,10 +72,12 @@ def main() -> None:
         stds: list[float] = []
         for seed in range(args.init_seeds):
             torch.manual_seed(seed)
-            stds += [r["a_std"] for r in gate_report(create_model(args.init_model))]
+            stds += [r["a_std"] for r in gate_report(create_model(args.init_model,
+                                                                  descriptor_norm=args.init_descriptor_norm))]
         dead = sum(gate_state(s) == "dead" for s in stds)
         flat = sum(gate_state(s) == "near-constant" for s in stds)
-        print(f"\nat initialisation ({args.init_model}, seeds 0-{args.init_seeds - 1}): "
+        print(f"\nat initialisation ({args.init_model}, descriptor {args.init_descriptor_norm}, "
+              f"seeds 0-{args.init_seeds - 1}): "
               f"{dead} of {len(stds)} KDSConv layers dead ({100 * dead / len(stds):.1f} %), {flat} near-constant; "
               f"per-layer a std median {np.median(stds):.3f}, 10th percentile {np.percentile(stds, 10):.3f}")
 

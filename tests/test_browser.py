@@ -137,7 +137,7 @@ def test_a_bad_upload_is_reported_at_once(served, page, tmp_path):
     page.wait_for_function("document.querySelector('#kaldn-status').innerText.includes('cannot be used')")
     assert "not an image" in _text(page, "#kaldn-status")
     # Clearing it asks for an image again (and the later tabs measure the last comparison's input, not this).
-    page.locator("#kaldn-input button[aria-label='Clear']").click()
+    page.locator("#kaldn-input button[aria-label='Remove Image']").click()
     page.wait_for_function("document.querySelector('#kaldn-status').innerText.includes('Upload an image')")
 
 
