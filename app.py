@@ -61,7 +61,7 @@ from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, 
                               depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report, inspection_choices,
                               kernel_view)
 from kaldn.models import check_scale, model_label, parse_model_name, scales, variant_of
-from kaldn.results import (PUBLISHED_SOURCE, claims, featured_budget, load_results, psnr_cost_points,
+from kaldn.results import (PUBLISHED_SOURCE, claims, claims_table, featured_budget, load_results, psnr_cost_points,
                            training_curves, zoo_table)
 from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStore, region_size
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
@@ -918,14 +918,17 @@ def _padded(values: list[float], pad: float = 0.15) -> list[float] | None:
     return [round(lo - margin, 3), round(hi + margin, 3)]
 
 
-def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.DataFrame, str]:
-    """(claims Markdown, curves, curves note, PSNR by CPU time, PSNR by parameters, cost note) for one scale."""
+def results_data(scale: Any) -> tuple[str, pd.DataFrame, pd.DataFrame, str, pd.DataFrame, pd.DataFrame, str]:
+    """(claims Markdown, claims at a glance, curves, curves note, PSNR by CPU time, PSNR by parameters, cost note)
+    for one scale."""
     scale = check_scale(scale)
     data = load_results(scale, ROOT / "results")
     if data is None:
         claims_md = f"No `results/x{scale}.json` here: run `python -m kaldn.evaluate --scale {scale}` to make it."
+        glance = table(["Claim", "Budget"], [])
     else:
-        claims_md = RESULTS_INTRO + "\n" + claims(data["rows"], data["datasets"])
+        claims_md = "In full:\n\n" + claims(data["rows"], data["datasets"])
+        glance = table(*claims_table(data["rows"], data["datasets"]))
     points, missing = training_curves(scale=scale)
     # Numeric columns typed even when empty: the plot fixes its axis types from the first value it gets.
     curves = pd.DataFrame(points, columns=["model", "variant", "iteration", "val_psnr"]).astype(
@@ -941,8 +944,8 @@ def results_data(scale: Any) -> tuple[str, pd.DataFrame, str, pd.DataFrame, pd.D
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
     cost_md = cost_note(scale)
-    return (claims_md, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]), cost.dropna(subset=["parameters"]),
-            cost_md)
+    return (claims_md, glance, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]),
+            cost.dropna(subset=["parameters"]), cost_md)
 
 
 def _x_range(values: list[float]) -> list[float] | None:
@@ -953,8 +956,8 @@ def _x_range(values: list[float]) -> list[float] | None:
 @light_call
 def results_view(scale: Any, request: gr.Request = None):
     """The claims with seed spreads, the training curves and PSNR against cost, for one scale."""
-    claims_md, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
-    return (claims_md, gr.LinePlot(curves, y_lim=_padded(curves["validation PSNR (dB)"].tolist())), curves_md,
+    claims_md, glance, curves, curves_md, by_cpu, by_params, cost_md = results_data(scale)
+    return (claims_md, glance, gr.LinePlot(curves, y_lim=_padded(curves["validation PSNR (dB)"].tolist())), curves_md,
             gr.ScatterPlot(by_cpu, y_lim=_padded(by_cpu["Set5 PSNR (dB)"].tolist()),
                            x_lim=_x_range(by_cpu["CPU ms (256x256)"].tolist())),
             gr.ScatterPlot(by_params, y_lim=_padded(by_params["Set5 PSNR (dB)"].tolist())), cost_md)
@@ -962,8 +965,13 @@ def results_view(scale: Any, request: gr.Request = None):
 
 def results_tab() -> SimpleNamespace:
     """The equal-budget claims, training curves and PSNR against cost: readable without README."""
-    claims0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # reads two small files, no models
+    claims0, glance0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # two small files, no models
     scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
+    gr.Markdown(RESULTS_INTRO)
+    glance = gr.Dataframe(glance0, label="At a glance: each claim's verdict and PSNR margin per test set (tie: inside "
+                          "the seed-to-seed spread)", interactive=False, wrap=True, elem_id="kaldn-glance",
+                          column_widths=["34%", "24%"] + [f"{42 / max(1, len(glance0.columns) - 2):.1f}%"]
+                          * (len(glance0.columns) - 2), max_height=2000)  # every claim visible, no inner scroll
     claims_md = gr.Markdown(claims0, elem_id="kaldn-claims")
     with gr.Row():
         psnr = "Set5 PSNR (dB)"
@@ -979,7 +987,7 @@ def results_tab() -> SimpleNamespace:
                               title="Validation PSNR during training", height=340, elem_id="kaldn-curves",
                               y_lim=_padded(curves0["validation PSNR (dB)"].tolist()))
     curves_md = gr.Markdown(curves_md0, elem_id="kaldn-curves-note")
-    outputs = [claims_md, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
+    outputs = [claims_md, glance, curves_plot, curves_md, cpu_plot, params_plot, cost_md]
     scale.change(results_view, [scale], outputs, api_name="results", queue=False)
     return SimpleNamespace(scale=scale, outputs=outputs)
 
@@ -1150,7 +1158,7 @@ def how_tab() -> SimpleNamespace:
     gr.Markdown(HOW_KERNELS.format(near_constant=NEAR_CONSTANT_STD))
     with gr.Row():
         model = gr.Dropdown(hows, value=hows[0][1] if hows else None, label="Model")
-        layer = gr.Dropdown([], label="Layer (RDB block . layer)")
+        layer = gr.Dropdown([], label="Layer (residual dense block . layer)")
     kernel_img = gr.Image(label="Depthwise kernels", show_label=False, format="png", interactive=False,
                           elem_id="kaldn-kernels", buttons=["download", "fullscreen"])
     with gr.Row():

@@ -25,7 +25,7 @@ from .models import (BACKBONES, BICUBIC, DEFAULT_BACKBONE, check_scale, count_pa
 log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
-           "claims", "comparable_budget", "featured_budget", "format_budget", "format_count", "format_metrics", "format_precision",
+           "claims", "claims_table", "comparable_budget", "featured_budget", "format_budget", "format_count", "format_metrics", "format_precision",
            "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
@@ -197,6 +197,30 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     """The papers' claims (each variant's registered :class:`~kaldn.registry.Claim`), checked on these rows:
     margins next to the seed spread. Only rows trained under the same budget are compared (a ``small``
     model trained longer is not evidence about a variant)."""
+    lines = []
+    for d, spread, verdicts in _verdicts(rows, dataset_names):
+        spread_text = f"largest seed-to-seed spread {spread:.3f} dB" if spread is not None else (
+            "no second seed, so the seed-to-seed noise is unmeasured here: read small margins as ties")
+        lines.append(f"- **{d}** ({spread_text}):")
+        lines += [f"  - {v.get('heading', v['claim'])}{v['budget'] and ' ' + v['budget']}: {v['line']}"
+                  for v in verdicts]
+    return "\n".join(lines)
+
+
+def claims_table(rows: list[dict], dataset_names: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The same verdicts at a glance: one row per claim (and budget), one column per dataset, each cell the
+    verdict and its margin ("tie, +0.032"), so a claim that holds on one set and not another shows."""
+    table: dict[tuple[str, str], dict[str, str]] = {}
+    for d, _, verdicts in _verdicts(rows, dataset_names):
+        for v in verdicts:
+            table.setdefault((v["claim"], v["budget"]), {})[d] = v["short"]
+    return (["Claim", "Budget", *dataset_names],
+            [[claim, budget.strip("[]") or "-", *[cells.get(d, "-") for d in dataset_names]]
+             for (claim, budget), cells in table.items()])
+
+
+def _verdicts(rows: list[dict], dataset_names: list[str]) -> list[tuple[str, float | None, list[dict]]]:
+    """Per dataset: (name, largest seed-to-seed spread or None, the verdict of every claim in every budget)."""
     groups: dict[tuple, dict[str, dict[int, dict]]] = {}  # budget -> variant key -> seed -> row
     for row in rows:
         if row["model"] != BICUBIC:
@@ -204,22 +228,18 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
             budget = comparable_budget(row.get("training"))
             groups.setdefault(budget, {}).setdefault(key, {})[row.get("seed") or 0] = row
     several = len(groups) > 1
-    lines = []
+    out = []
     for d in dataset_names:
         spreads = [abs(runs[0][d]["psnr"] - runs[1][d]["psnr"])
                    for by_conv in groups.values() for runs in by_conv.values() if 0 in runs and 1 in runs]
         spread = max(spreads) if spreads else None
-        spread_text = f"largest seed-to-seed spread {spread:.3f} dB" if spread is not None else (
-            "no second seed, so the seed-to-seed noise is unmeasured here: read small margins as ties")
-        lines.append(f"- **{d}** ({spread_text}):")
-        for by_conv in groups.values():
-            lines += _group_claims(by_conv, d, spread, several)
-    return "\n".join(lines)
+        out.append((d, spread, [v for by_conv in groups.values() for v in _group_claims(by_conv, d, spread, several)]))
+    return out
 
 
 def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | None, label_budget: bool
-                  ) -> list[str]:
-    """The claim lines of one budget group on dataset ``d``."""
+                  ) -> list[dict]:
+    """The verdicts of one budget group on dataset ``d``: claim, budget label, the full line and a short cell."""
     def mean_psnr(conv: str, seeds: set[int]) -> float:
         return float(np.mean([by_conv[conv][seed][d]["psnr"] for seed in seeds]))
 
@@ -227,37 +247,42 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
         # Compare like with like: only the seeds every side was trained with.
         return set.intersection(*(set(by_conv.get(c, {})) for c in convs))
 
+    def seed_text(seeds: set[int]) -> str:
+        return f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
+
     budget = ""
     if label_budget:
         t = next(iter(next(iter(by_conv.values())).values())).get("training") or {}
-        budget = f" [{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}{_validation(t)}]"
-    lines = []
+        budget = f"[{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}{_validation(t)}]"
+    verdicts = []
     for better, worse, claim in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
         seeds = common_seeds(better, worse)
         if not seeds:
             continue
         margin = mean_psnr(better, seeds) - mean_psnr(worse, seeds)
-        seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
         # A margin a rerun alone can produce is a tie, said first: a reader who stops at the verdict is not misled.
         if spread is not None and abs(margin) <= spread:
-            lines.append(f"  - {claim}{budget}: tie ({margin:+.3f} dB, inside the {spread:.3f} dB seed spread; "
-                         f"{seed_text})")
+            word, line = "tie", (f"tie ({margin:+.3f} dB, inside the {spread:.3f} dB seed spread; "
+                                 f"{seed_text(seeds)})")
         else:
-            lines.append(f"  - {claim}{budget}: {'yes' if margin > 0 else 'no'} ({margin:+.3f} dB, {seed_text})")
+            word = "yes" if margin > 0 else "no"
+            line = f"{word} ({margin:+.3f} dB, {seed_text(seeds)})"
+        verdicts.append({"claim": claim, "budget": budget, "line": line, "short": f"{word}, {margin:+.3f} dB"})
     pools = {v.kernel_pool: v.key for v in variants() if v.kernel_pool and v.key in by_conv}
     seeds = common_seeds(*pools.values()) if len(pools) > 1 else set()
     if seeds:
         values = {p: mean_psnr(key, seeds) for p, key in pools.items()}
         ranked = sorted(values, key=values.get, reverse=True)
-        seed_text = f"seed {min(seeds)}" if len(seeds) == 1 else f"mean of seeds {', '.join(map(str, sorted(seeds)))}"
         if spread is not None and values[ranked[0]] - values[ranked[-1]] <= spread:
-            lines.append(f"  - pooling{budget}: tie, no ranking ("
-                         + ", ".join(f"{p} {values[p]:.3f}" for p in ranked)
-                         + f"; {seed_text}; all inside the {spread:.3f} dB seed spread)")
+            line = (f"tie, no ranking ({', '.join(f'{p} {values[p]:.3f}' for p in ranked)}; {seed_text(seeds)}; "
+                    f"all inside the {spread:.3f} dB seed spread)")
+            verdicts.append({"claim": "pooling", "budget": budget, "line": line, "short": "tie"})
         else:
-            lines.append("  - pooling ranking" + budget + ": " + " > ".join(f"{p} ({values[p]:.3f})" for p in ranked)
-                         + f" ({seed_text})")
-    return lines
+            order = " > ".join(ranked)
+            line = " > ".join(f"{p} ({values[p]:.3f})" for p in ranked) + f" ({seed_text(seeds)})"
+            verdicts.append({"claim": "pooling", "heading": "pooling ranking", "budget": budget, "line": line,
+                             "short": order})
+    return verdicts
 
 
 # --- the model zoo, as the app shows it -------------------------------------------------------------------

@@ -266,13 +266,16 @@ def test_zoo_tab_through_the_api(served, client):
 
 
 def test_results_view_through_the_api(served, client):
-    claims_md, curves, curves_md, by_cpu, by_params, cost_md = client.predict(4, api_name="/results")
+    claims_md, glance, curves, curves_md, by_cpu, by_params, cost_md = client.predict(4, api_name="/results")
     assert "log.jsonl" in curves_md and "Published" in cost_md
+    assert glance["headers"][:2] == ["Claim", "Budget"]
     cpu_sources = {row[2] for row in by_cpu["value"]["data"]}
     assert "published" in cpu_sources  # the released LESRCNN / FDIWN, marked apart from this project's models
     assert {row[2] for row in by_params["value"]["data"]} <= {"this project"}
     if served["real"]:
         assert "seed-to-seed spread" in claims_md and "KDSConv (det) beats linear DSConv" in claims_md
+        glanced = {row[0]: row[2:] for row in glance["data"]}  # one verdict per test set, as in the full list
+        assert len(glanced["KDSConv (det) beats linear DSConv"]) == len(glance["headers"]) - 2
         assert "this project" in cpu_sources and len(by_params["value"]["data"]) >= len(served["real"])
 
 

@@ -14,7 +14,7 @@ from kaldn.data import dataset_folder, load_pairs
 from kaldn.evaluate import bicubic_row, evaluate_model, main
 from kaldn.hub import available_models, bundled_dir, load_model
 from kaldn.models import create_model, variant
-from kaldn.results import claims
+from kaldn.results import claims, claims_table
 
 
 def test_cli_writes_json_and_markdown(tmp_path, capsys):
@@ -118,6 +118,13 @@ def test_claims_compare_margins_with_seed_spread():
             in claims(close, ["set5"]))  # 0.100 dB from first to last: a tie, so no ">" is printed
     # With one seed per model the noise is unknown, and the text says so.
     assert "no second seed" in claims([r for r in rows if r["seed"] == 0], ["set5"])
+    # At a glance: the same verdicts, one cell per test set; a ranking only where it is not a tie.
+    headers, glance = claims_table(rows, ["set5"])
+    by_claim = {row[0]: row[1:] for row in glance}
+    assert headers == ["Claim", "Budget", "set5"]
+    assert by_claim["KDSConv (det) beats linear DSConv"] == ["-", "tie, +0.010 dB"]
+    assert by_claim["linear DSConv beats DSConv"] == ["-", "yes, +0.270 dB"]
+    assert by_claim["pooling"] == ["-", "max > det > avg"] and claims_table(close, ["set5"])[1][-1][-1] == "tie"
 
 
 def test_claims_compare_only_rows_trained_under_the_same_budget():
