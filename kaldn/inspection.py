@@ -230,8 +230,8 @@ def hasty_outcome(comparison: Comparison) -> str:
     (ds, lin) = scored
     return (f"\n\n**On this image** (your last comparison, against its ground truth): {ds.label} "
             f"{ds.psnr:.2f} dB, {lin.label} {lin.psnr:.2f} dB ({lin.psnr - ds.psnr:+.2f} dB without the ReLU; one "
-            "image and one training run each: a difference under about 0.1 dB is within what another seed moves, "
-            "see Results).")
+            "image and one training run each: how much another seed alone moves PSNR, a set's mean at this scale, is "
+            "on the Results tab).")
 
 
 # --- kernels and kernel attention -------------------------------------------------------------------------
