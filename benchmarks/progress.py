@@ -46,6 +46,7 @@ from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
 SPEED_WINDOW = 50
 SPIKE_FACTOR, SPIKE_WINDOW = 3.0, 100
+PRECURSOR_STEPS = 5  # logged steps (every 10th iteration) before a spike whose gradient norms are reported
 
 
 def loss_spikes(steps: list[dict], factor: float = SPIKE_FACTOR, window: int = SPIKE_WINDOW) -> list[tuple[int, float, float]]:
@@ -59,6 +60,25 @@ def loss_spikes(steps: list[dict], factor: float = SPIKE_FACTOR, window: int = S
         if len(before) >= 10 and loss > factor * (median := statistics.median(before)):
             spikes.append((iteration, loss, loss / median))
     return spikes
+
+
+def gradient_at_spikes(steps: list[dict], spikes: list[tuple[int, float, float]], window: int = SPIKE_WINDOW,
+                       lookback: int = PRECURSOR_STEPS) -> list[tuple[int, float, float]]:
+    """(iteration, gradient norm / its running median at the spike, the largest such ratio over the ``lookback``
+    logged steps before it) for the first spike of each burst, where the log has gradient norms: how sudden the
+    blow-up was, and what a clipping threshold would have had to be to touch the steps leading into it."""
+    norms = sorted({int(s["iteration"]): float(s["grad_norm"]) for s in steps if s.get("grad_norm")}.items())
+    index = {iteration: i for i, (iteration, _) in enumerate(norms)}
+    spiked = {iteration for iteration, _, _ in spikes}
+    out = []
+    for iteration, _, _ in spikes:
+        i = index.get(iteration)
+        if i is None or i < 10 + lookback or spiked & {it for it, _ in norms[i - lookback:i]}:
+            continue  # too little history, or the tail of the spike just before it
+        median = statistics.median(value for _, value in norms[max(0, i - lookback - window):i - lookback])
+        before = max(value for _, value in norms[i - lookback:i])
+        out.append((iteration, norms[i][1] / median, before / median))
+    return out
 
 
 def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:
@@ -90,7 +110,8 @@ def run_progress(folder: str | Path) -> dict:
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
             "training": training, "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
-            "validations": validations, "slope_per_1000": slope, "spikes": loss_spikes(steps),
+            "validations": validations, "slope_per_1000": slope, "spikes": (spikes := loss_spikes(steps)),
+            "spike_gradients": gradient_at_spikes(steps, spikes),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
@@ -206,6 +227,10 @@ def describe(progress: dict) -> str:
     if progress.get("spikes"):
         listed = ", ".join(f"{it:,} ({loss:.3f}, {ratio:.0f}x)" for it, loss, ratio in progress["spikes"])
         lines.append(f"  loss spikes (over {SPIKE_FACTOR:g}x the running median): {listed}")
+    if progress.get("spike_gradients"):
+        listed = ", ".join(f"{it:,} ({at:,.0f}x; up to {before:.1f}x in the {PRECURSOR_STEPS} logged steps before)"
+                           for it, at, before in progress["spike_gradients"])
+        lines.append(f"  gradient norm at those spikes, over its running median: {listed}")
     if progress.get("so_far"):
         lines.append("  claims on the validation curves so far (better side minus worse, same budget):")
         lines += ["  " + line for line in progress["so_far"]]

@@ -580,6 +580,15 @@ def test_progress_lists_loss_spikes_once_per_iteration():
     text = describe({"model": "m", "run": "r", "target": 300, "done": 290, "resumes_at": 290, "it_per_s": None,
                      "hours_left": None, "validations": [], "slope_per_1000": None, "spikes": loss_spikes(steps)})
     assert "loss spikes (over 3x the running median): 200 (0.300, 14x)" in text
+    # The gradient norm into and at a spike: flat at 0.01, 0.04 two logged steps before, 2.0 at it.
+    from benchmarks.progress import gradient_at_spikes
+    for step in steps:
+        step["grad_norm"] = {180: 0.04, 200: 2.0}.get(step["iteration"], 0.01)
+    assert [(it, round(at), round(before, 1)) for it, at, before in gradient_at_spikes(steps, loss_spikes(steps))
+            ] == [(200, 200, 4.0)]
+    assert gradient_at_spikes([{"iteration": 200, "loss": 0.3}], [(200, 0.3, 14.0)]) == []  # no norms logged
+    burst = loss_spikes(steps) + [(210, 0.3, 14.0)]  # a second spike right after: the same burst, reported once
+    assert [it for it, _, _ in gradient_at_spikes(steps, burst)] == [200]
 
 
 def test_progress_validates_raw_weights_beside_their_ema(tmp_path):
