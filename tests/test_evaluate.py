@@ -60,6 +60,7 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("end\n") and "old" not in text
     assert ", then `python -m kaldn.evaluate --models" in text and "| tiny-dsconv-x2 |" in text
+    assert "| linear DSConv beats DSConv | - |" in text and "In full:" in text  # the claims at a glance, then all
     # The same model rerun with another validation set joins the rows instead of replacing its first run.
     save_checkpoint(tmp_path / "rerun", create_model("tiny-dsconv-x2"),
                     {"training": {"seed": 0, "iterations": 1, "iterations_done": 1, "batch": 2, "patch": 12,
