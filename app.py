@@ -900,8 +900,8 @@ def zoo_tab() -> None:
     gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured_budget())))
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["12%", "4%", "9%", "4%", "7%", "7%", "6%", "5%", "8%", "8%", "8%", "13%",
-                                         "7%"],
+                          column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "6%", "5%", "7.5%", "7.5%", "7.5%",
+                                         "16%", "7%"],  # "Scale", "Seed", "bundled" on one line; the budget wider
                           max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo", queue=False)
 
