@@ -25,8 +25,8 @@ from .models import (BACKBONES, BICUBIC, DEFAULT_BACKBONE, check_scale, count_pa
 log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
-           "claims", "claims_table", "comparable_budget", "featured_budget", "format_budget", "format_count", "format_metrics", "format_precision",
-           "load_results", "markdown_table",
+           "claims", "claims_table", "comparable_budget", "featured_budget", "format_budget", "format_count",
+           "format_metrics", "format_precision", "load_results", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
 
@@ -74,8 +74,8 @@ def featured_budget(folder: str | Path | None = None) -> dict | None:
     """The bundled featured model (the app's default, on a larger backbone) in numbers for prose: its name,
     backbone preset (:data:`~kaldn.models.BACKBONES`), run length, chosen checkpoint, LR patch and weight average,
     how many times the iterations of the same block on the default backbone its checkpoint had, and the other
-    bundled models on its backbone at its scale (``same_backbone``). None when
-    no featured model is bundled, so the text says nothing rather than something stale."""
+    bundled models on its backbone at its scale (``same_backbone``). None when no featured model is bundled, so
+    the text says nothing rather than something stale."""
     folder = Path(folder) if folder is not None else bundled_dir()
     for config_path in sorted(folder.glob(f"*/{CONFIG_NAME}")):
         try:
