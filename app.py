@@ -214,8 +214,8 @@ HOW_BLOCKS = """
   each depthwise kernel `W_c` by `1 + a_c` (the residual form of paper 001's eqs. 5-6), where
   `a = sigmoid(W_I ReLU(W_D z))`: `p_c` pools kernel `W_c` to one number (**det**: its determinant, by the rule
   of Sarrus as written after paper 001's eq. 2; **avg**; **max**, the largest weight) and the *descriptor* `z` is
-  what the gate reads: the papers feed `z = p`, this implementation standardises it (last point below). Paper 001 writes the gate
-  with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
+  what the gate reads: the papers feed `z = p`, this implementation standardises it (last point below). Paper 001
+  writes the gate with biases (eq. 3) and scales the depthwise *output*, `(1 + r_c) f_c` (eqs. 4-6); scaling the kernel is the
   same except that the depthwise bias is not scaled. Here the gate is bias-free, reduction r = {reductions}:
   for a layer of C channels `W_D` maps C numbers to C / r and `W_I` maps them back to C (the tiny model's first
   layer, C = {first_channels}, has {first_hidden} hidden units). Each `a_c` depends on every kernel's `z` (the
@@ -300,9 +300,9 @@ differ, put DSConv and Linear DSConv on the two sides of the Compare tab's slide
 HOW_EVIDENCE = """
 ### What the papers found, and what this project measured
 **Paper 001** (full DIV2K training, x4; its Tables I-III; its DW-RDN is DSConv here, LDW-RDN linear DSConv and
-ALD-RDN the attention block, written with biases and scaling the output): removing the hasty ReLU gained **+0.07 dB** on Set5,
-**+0.01 dB** on Set14 and **+0.08 dB** on Urban100 (DW-RDN 32.10 / 28.59 / 26.06 against LDW-RDN 32.17 / 28.60 /
-26.14); the attention then added **+0.01**, **+0.02** and **+0.09 dB** (ALD-RDN 32.18 / 28.62 / 26.23); among
+ALD-RDN the attention block, written with biases and scaling the output): removing the hasty ReLU gained
+**+0.07 dB** on Set5, **+0.01 dB** on Set14 and **+0.08 dB** on Urban100 (DW-RDN 32.10 / 28.59 / 26.06 against
+LDW-RDN 32.17 / 28.60 / 26.14); the attention then added **+0.01**, **+0.02** and **+0.09 dB** (ALD-RDN 32.18 / 28.62 / 26.23); among
 poolings, det had the *lowest* PSNR on Set5 and Set14 (Set5: det 32.18, avg 32.20, max 32.23) and the best or tied
 SSIM on every set but Set5. On Set5 and Set14 the effects are hundredths of a dB, larger on Urban100; the
 paper reports no seed spread.
