@@ -179,10 +179,11 @@ def _featured_intro(budget: dict | None) -> str:
     # Numbers from the bundled config, so shipping another checkpoint cannot leave this sentence stale.
     if budget is None:
         return "The "
+    times = f", {budget['times_base']:.2g}x the tiny model's iterations" if budget["times_base"] else ""
     return (f"**{model_label(budget['model'])}** is the same block in a larger RDN trained longer (checkpoint at "
-            f"{budget['iterations_done']:,} of a {budget['iterations']:,}-iteration run, {budget['times_base']:g}x the "
-            f"tiny models' iterations on larger patches{', averaged weights' if budget['ema'] else ''}): the best "
-            "model here, ticked by default;\nthe ")
+            f"{budget['iterations_done']:,} of a {budget['iterations']:,}-iteration run{times}, LR patch "
+            f"{budget['patch']}{', averaged weights' if budget['ema'] else ''}): the best model here, ticked by "
+            "default;\nthe ")
 
 
 def _featured_zoo(budget: dict | None) -> str:

@@ -26,7 +26,7 @@ import torch
 from kaldn.checkpoint import load_checkpoint
 from kaldn.gates import NEAR_CONSTANT_STD, gate_report, gate_state
 from kaldn.layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
-from kaldn.models import create_model
+from kaldn.models import create_model, options_taken
 
 
 def checkpoints_in(folder: Path) -> list[Path]:
@@ -72,8 +72,10 @@ def main() -> None:
         stds: list[float] = []
         for seed in range(args.init_seeds):
             torch.manual_seed(seed)
-            stds += [r["a_std"] for r in gate_report(create_model(args.init_model,
-                                                                  descriptor_norm=args.init_descriptor_norm))]
+            options = options_taken(args.init_model, {"descriptor_norm": args.init_descriptor_norm})
+            stds += [r["a_std"] for r in gate_report(create_model(args.init_model, **options))]
+        if not stds:
+            raise SystemExit(f"{args.init_model} has no KDSConv layer: nothing to count at initialisation")
         dead = sum(gate_state(s) == "dead" for s in stds)
         flat = sum(gate_state(s) == "near-constant" for s in stds)
         print(f"\nat initialisation ({args.init_model}, descriptor {args.init_descriptor_norm}, "

@@ -19,8 +19,8 @@ from .checkpoint import CONFIG_NAME, CheckpointError, read_config
 from .data import DATASETS
 from .hub import bundled_dir
 from .layers import fuse
-from .models import (BACKBONES, BICUBIC, DEFAULT_BACKBONE, check_scale, count_parameters, create_model, is_featured,
-                     model_label, parse_model_name, scales, variants)
+from .models import (BACKBONES, BICUBIC, DEFAULT_BACKBONE, ModelSpec, check_scale, count_parameters, create_model,
+                     is_featured, model_label, parse_model_name, scales, variants)
 
 log = logging.getLogger("kaldn.results")
 
@@ -84,8 +84,8 @@ def featured_budget(folder: str | Path | None = None) -> dict | None:
             config = read_config(config_path)
             spec = parse_model_name(config["model"])
             iterations, done = run_iterations(config["training"])
-            base = read_config(folder / f"{DEFAULT_BACKBONE}-{spec.conv}-x{spec.scale}" / CONFIG_NAME)
-            base_done = run_iterations(base["training"])[1]
+            if not all(isinstance(n, int) and n > 0 for n in (iterations, done)):
+                raise ValueError(f"iterations {iterations!r}, checkpoint at {done!r}")
         except (CheckpointError, ValueError, KeyError, TypeError) as exc:
             log.warning("featured model %s: %s", config_path.parent.name, exc)
             continue
@@ -94,8 +94,19 @@ def featured_budget(folder: str | Path | None = None) -> dict | None:
                        if p.parent.name != config["model"])
         return {"model": config["model"], **BACKBONES[spec.backbone], "iterations": iterations,
                 "iterations_done": done, "patch": config["training"].get("patch"),
-                "ema": config["training"].get("ema"), "times_base": done / base_done, "same_backbone": peers}
+                "ema": config["training"].get("ema"), "times_base": _times_base(folder, spec, done),
+                "same_backbone": peers}
     return None
+
+
+def _times_base(folder: Path, spec: ModelSpec, done: int) -> float | None:
+    """How many times the iterations of the same block's bundled model on the default backbone; None without one."""
+    try:
+        base_done = run_iterations(read_config(folder / f"{DEFAULT_BACKBONE}-{spec.conv}-x{spec.scale}" /
+                                               CONFIG_NAME)["training"])[1]
+    except (CheckpointError, KeyError, TypeError):
+        return None
+    return done / base_done if isinstance(base_done, int) and base_done > 0 else None
 
 
 def format_precision(training: dict) -> str:
@@ -210,13 +221,17 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
 def claims_table(rows: list[dict], dataset_names: list[str]) -> tuple[list[str], list[list[str]]]:
     """The same verdicts at a glance: one row per claim (and budget), one column per dataset, each cell the
     verdict and its margin ("tie, +0.032"), so a claim that holds on one set and not another shows."""
-    table: dict[tuple[str, str], dict[str, str]] = {}
-    for d, _, verdicts in _verdicts(rows, dataset_names):
+    table: dict[tuple[str, tuple], dict[str, str]] = {}  # keyed on the whole budget: labels can coincide
+    labels: dict[tuple, str] = {}
+    headers = ["Claim", "Budget"]
+    for d, spread, verdicts in _verdicts(rows, dataset_names):
+        # Where no second seed was trained, nothing says how big a margin must be: the header warns.
+        headers.append(f"{d} (seed spread {spread:.3f} dB)" if spread is not None else f"{d} (one seed: no spread)")
         for v in verdicts:
-            table.setdefault((v["claim"], v["budget"]), {})[d] = v["short"]
-    return (["Claim", "Budget", *dataset_names],
-            [[claim, budget.strip("[]") or "-", *[cells.get(d, "-") for d in dataset_names]]
-             for (claim, budget), cells in table.items()])
+            table.setdefault((v["claim"], v["group"]), {})[d] = v["short"]
+            labels[v["group"]] = v["budget"].strip("[]") or "-"
+    return headers, [[claim, labels[group], *[cells.get(d, "-") for d in dataset_names]]
+                     for (claim, group), cells in table.items()]
 
 
 def _verdicts(rows: list[dict], dataset_names: list[str]) -> list[tuple[str, float | None, list[dict]]]:
@@ -233,7 +248,8 @@ def _verdicts(rows: list[dict], dataset_names: list[str]) -> list[tuple[str, flo
         spreads = [abs(runs[0][d]["psnr"] - runs[1][d]["psnr"])
                    for by_conv in groups.values() for runs in by_conv.values() if 0 in runs and 1 in runs]
         spread = max(spreads) if spreads else None
-        out.append((d, spread, [v for by_conv in groups.values() for v in _group_claims(by_conv, d, spread, several)]))
+        out.append((d, spread, [{**v, "group": group} for group, by_conv in groups.items()
+                                for v in _group_claims(by_conv, d, spread, several)]))
     return out
 
 

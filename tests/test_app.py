@@ -275,7 +275,7 @@ def test_results_view_through_the_api(served, client):
     if served["real"]:
         assert "seed-to-seed spread" in claims_md and "KDSConv (det) beats linear DSConv" in claims_md
         glanced = {row[0]: row[2:] for row in glance["data"]}  # one verdict per test set, as in the full list
-        assert len(glanced["KDSConv (det) beats linear DSConv"]) == len(glance["headers"]) - 2
+        assert all(cell.split(",")[0] in {"yes", "no", "tie"} for cell in glanced["KDSConv (det) beats linear DSConv"])
         assert "this project" in cpu_sources and len(by_params["value"]["data"]) >= len(served["real"])
 
 

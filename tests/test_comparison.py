@@ -178,7 +178,7 @@ def test_the_status_sets_the_equal_budget_blocks_apart_from_other_models(use_thr
     inputs = prepare_inputs(rng_image(48, 48), 2, "hr")
     both = run_comparison(inputs, ["bicubic", "dsconv", "ldsconv", "tiny-ldsconv-x2"], device="cpu")
     psnr = {r.key: r.psnr for r in both.results}
-    # The same model asked for by name is not one more block: only the variants of the default backbone count.
+    # The same model asked for twice (by variant and by name) is run and counted once.
     span = abs(psnr["dsconv"] - psnr["ldsconv"])
     assert f"The 2 blocks in the tiny backbone span {span:.2f} dB on this image" in both.status_markdown()
     alone = run_comparison(inputs, ["bicubic", "dsconv", "tiny-ldsconv-x2"], device="cpu")

@@ -188,9 +188,11 @@ def test_featured_budget_reads_the_bundled_featured_model_and_its_tiny_sibling(t
         save_checkpoint(tmp_path / name, create_model(name), {"training": training})
 
     assert featured_budget(tmp_path) is None  # nothing featured bundled: the app says nothing about it
-    save("small-kdsconv-det-x4", {"iterations": 30000, "iterations_done": 9000, "patch": 48, "ema": 0.999})
-    assert featured_budget(tmp_path) is None  # no tiny sibling to compare the iterations with
+    save("small-kdsconv-det-x4", {"iterations": 30000, "iterations_done": 0, "patch": 48, "ema": 0.999})
+    assert featured_budget(tmp_path) is None  # a config no sentence can be made from is skipped, with a warning
     assert "small-kdsconv-det-x4" in caplog.text
+    save("small-kdsconv-det-x4", {"iterations": 30000, "iterations_done": 9000, "patch": 48, "ema": 0.999})
+    assert featured_budget(tmp_path)["times_base"] is None  # no tiny sibling to compare the iterations with
     save("tiny-kdsconv-det-x4", {"iterations_done": 6000, "patch": 32})
     save("small-ldsconv-x4", {"iterations": 30000, "iterations_done": 11000, "patch": 48})  # not featured
     budget = featured_budget(tmp_path)
