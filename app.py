@@ -896,9 +896,9 @@ def zoo(scale_filter: Any, request: gr.Request = None) -> pd.DataFrame:
     return table(*zoo_table(scale=scale_filter))
 
 
-def zoo_tab() -> None:
+def zoo_tab(featured: dict | None) -> None:
     """Every evaluated model's measured numbers, cost and training budget, with the protocol explained."""
-    gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured_budget())))
+    gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured)))
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
                           column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "6%", "5%", "7.5%", "7.5%", "7.5%",
@@ -1235,7 +1235,8 @@ def build_demo() -> gr.Blocks:
     available = available_models()
     # No usage reports to Gradio's servers from a page users upload their images to (and the app may run offline).
     with gr.Blocks(title="KALDN super-resolution", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
-        gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured_budget())))
+        featured = featured_budget()  # read once: the intro and the zoo tab describe the same model
+        gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured)))
         if not available:
             gr.Markdown("**No bundled checkpoint was found** (`checkpoints/`, or `KALDN_CHECKPOINTS`): only bicubic "
                         "can run until models are added or the Hub can be reached.")
@@ -1244,7 +1245,7 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Compare", id="compare"):
             compare = compare_tab(state, available)
         with gr.Tab("Model zoo", id="zoo"):
-            zoo_tab()
+            zoo_tab(featured)
         with gr.Tab("Results", id="results"):
             results_tab()
         with gr.Tab("Fine-tune", id="finetune"):

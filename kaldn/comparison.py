@@ -40,7 +40,7 @@ from .inference import TILE_SIZE, prepare_model, resolve_device, tiled_pixels, u
 from .inputs import Inputs
 from .metrics import evaluate_pair
 from .models import count_parameters, create_model, multiply_adds, variants
-from .registry import Architecture, architectures
+from .registry import architecture
 from .resize import imresize
 from .session_models import SessionModels
 
@@ -100,11 +100,12 @@ class Comparison:
             best = max(scored, key=lambda r: r.psnr)
             gain = f" ({best.psnr - bicubic.psnr:+.2f} dB vs bicubic)" if bicubic is not None and bicubic.psnr else ""
             lines.append(f"Best PSNR: **{best.label}**, {best.psnr:.2f} dB{gain}.")
-        blocks = [r for r in scored if r.key in _block_keys()]
+        backbone_of = _block_backbones()
+        blocks = [r for r in scored if r.key in backbone_of]
         if len(blocks) > 1:  # the equal-budget block comparison, apart from larger models and fine-tunes
             top = max(blocks, key=lambda r: r.psnr)
             span = top.psnr - min(r.psnr for r in blocks)
-            lines.append(f"The {len(blocks)} blocks in the {_block_backbone()} backbone span {span:.2f} dB on this "
+            lines.append(f"The {len(blocks)} blocks in the {backbone_of[top.key]} backbone span {span:.2f} dB on this "
                          f"image (best: **{top.label}**, {top.psnr:.2f} dB): one image and one training run each; "
                          "how much a rerun alone moves PSNR is on the Results tab.")
         unavailable = [f"{r.label} ({r.message})" for r in self.results if r.status != "ok"]
@@ -113,17 +114,9 @@ class Comparison:
         return "\n\n".join(f"- {line}" for line in lines)
 
 
-def _family() -> Architecture:
-    return next(a for a in architectures() if a.family)
-
-
-def _block_keys() -> set[str]:
-    """The conv variants of the family on its default backbone: one training budget per scale."""
-    return {v.key for v in variants() if v.arch == _family().name}
-
-
-def _block_backbone() -> str:
-    return str(_family().default_backbone)
+def _block_backbones() -> dict[str, str]:
+    """Each conv variant (a family's block on its default backbone: one training budget per scale) -> that backbone."""
+    return {v.key: str(architecture(v.arch).default_backbone) for v in variants() if architecture(v.arch).family}
 
 
 def check_device(device: Any) -> str:

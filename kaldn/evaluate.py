@@ -31,7 +31,7 @@ from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds, scales
 from .release import replace_block, ship
 from .resize import imresize
-from .results import claims, claims_table, format_metrics, markdown_table, row_key
+from .results import claims, claims_table, format_metrics, markdown_grid, markdown_table, row_key
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table"]
@@ -164,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print("shipped:", ", ".join(ship(evaluated, names, args.scale, Path(args.ship))))  # this run's rows only
     if args.readme:
         made_by = ", then ".join(f"`{c}`" for c in commands)
-        headers, glance = claims_table(rows, names)
-        glance_md = "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-                              + ["| " + " | ".join(cells) + " |" for cells in glance])
+        glance_md = markdown_grid(*claims_table(rows, names))
         replace_block(Path(args.readme), f"results:x{args.scale}",
                       f"Made by {made_by}:\n\n{table}\n\nClaims under equal budgets, at a glance (a tie is a margin "
                       f"inside the seed-to-seed spread):\n\n{glance_md}\n\nIn full:\n\n{claim_text}")

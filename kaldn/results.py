@@ -26,7 +26,7 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "claims_table", "comparable_budget", "featured_budget", "format_budget", "format_count",
-           "format_metrics", "format_precision", "load_results", "markdown_table",
+           "format_metrics", "format_precision", "load_results", "markdown_grid", "markdown_table",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
 
@@ -165,17 +165,22 @@ def run_identity(seed: int | None, training: dict | None) -> tuple[int, str]:
     return seed or 0, validation_set(training)
 
 
+def markdown_grid(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: a header row, its separator and one line per row."""
+    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+                     + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
 def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> str:
     head = ["model", "seed", *[f"{d} x{scale}" for d in dataset_names], "params", "MACs (256x256)",
             "CPU ms (256x256)", "training budget"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        lines.append("| " + " | ".join([
-            row["model"], "-" if row.get("seed") is None else str(row["seed"]),
-            *[format_metrics(row.get(d)) for d in dataset_names],
-            f"{row['params']:,}" if row.get("params") else "-",
-            f"{row['multiply_adds_256'] / 1e9:.2f} G" if row.get("multiply_adds_256") else "-",
-            f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]) + " |")
+    lines = [markdown_grid(head, [[
+        row["model"], "-" if row.get("seed") is None else str(row["seed"]),
+        *[format_metrics(row.get(d)) for d in dataset_names],
+        f"{row['params']:,}" if row.get("params") else "-",
+        f"{row['multiply_adds_256'] / 1e9:.2f} G" if row.get("multiply_adds_256") else "-",
+        f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]
+        for row in rows])]
     if scale == 4:
         lines.append("")
         lines.append("Published (trained on DIV2K on the papers' full schedules, e.g. 300 epochs in paper 001; not comparable budgets):")
