@@ -2,8 +2,8 @@
 
     python app.py            # http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
 
-Runs offline on the bundled checkpoints (the Hugging Face Hub is tried first and skipped quickly when
-unreachable, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space: the comparison's compute
+Runs offline on the bundled checkpoints (``KALDN_APP_MODEL_SOURCE=auto`` tries the Hugging Face Hub first and
+falls back to them, see ``kaldn/hub.py``) and deploys unchanged as a Hugging Face Space: the comparison's compute
 (``upscale_on_device``) runs under ``@spaces.GPU`` when the ``spaces`` package is importable, as a plain call
 otherwise.
 
@@ -61,8 +61,8 @@ from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, 
                               depthwise_savings, gate_sizes, hasty_outcome, hasty_relu_report, inspection_choices,
                               kernel_view)
 from kaldn.models import check_scale, model_label, parse_model_name, scales, variant_of
-from kaldn.results import (PUBLISHED_SOURCE, claims, claims_table, featured_budget, load_results, psnr_cost_points,
-                           training_curves, zoo_table)
+from kaldn.results import (GLANCE_NOTE, PUBLISHED_SOURCE, claims, claims_table, featured_budget, load_results,
+                           psnr_cost_points, training_curves, zoo_table)
 from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStore, region_size
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
@@ -901,8 +901,8 @@ def zoo_tab(featured: dict | None) -> None:
     gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured)))
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "6%", "5%", "7.5%", "7.5%", "7.5%",
-                                         "16%", "7%"],  # "Scale", "Seed", "bundled" on one line; the budget wider
+                          column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "7.5%", "5%", "7.5%", "7.5%", "7.5%",
+                                         "14.5%", "7%"],  # "Scale", "Seed", "(256x256)", "bundled" unbroken
                           max_height=4000)  # every row rendered: no scrolling inside the table
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo", queue=False)
 
@@ -969,8 +969,7 @@ def results_tab() -> SimpleNamespace:
     claims0, glance0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # two small files, no models
     scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
     gr.Markdown(RESULTS_INTRO)
-    glance = gr.Dataframe(glance0, label="At a glance: each claim's verdict and PSNR margin per test set (tie: inside "
-                          "the seed-to-seed spread)", interactive=False, wrap=True, elem_id="kaldn-glance",
+    glance = gr.Dataframe(glance0, label=f"At a glance: each claim's verdict and PSNR margin per test set ({GLANCE_NOTE})", interactive=False, wrap=True, elem_id="kaldn-glance",
                           column_widths=["34%", "24%"] + [f"{42 / max(1, len(glance0.columns) - 2):.1f}%"]
                           * (len(glance0.columns) - 2), max_height=2000)  # every claim visible, no inner scroll
     claims_md = gr.Markdown(claims0, elem_id="kaldn-claims")
@@ -1239,7 +1238,7 @@ def build_demo() -> gr.Blocks:
         gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured)))
         if not available:
             gr.Markdown("**No bundled checkpoint was found** (`checkpoints/`, or `KALDN_CHECKPOINTS`): only bicubic "
-                        "can run until models are added or the Hub can be reached.")
+                        "can run until models are added.")
         # The id of this session's last comparison (its arrays and files stay on the server, in RUNS).
         state = gr.State(None, time_to_live=SETTINGS.session_ttl, delete_callback=drop_run)
         with gr.Tab("Compare", id="compare"):

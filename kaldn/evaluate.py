@@ -31,7 +31,7 @@ from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds, scales
 from .release import replace_block, ship
 from .resize import imresize
-from .results import claims, claims_table, format_metrics, markdown_grid, markdown_table, row_key
+from .results import GLANCE_NOTE, claims, claims_table, format_metrics, markdown_grid, markdown_table, row_key
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table"]
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         made_by = ", then ".join(f"`{c}`" for c in commands)
         glance_md = markdown_grid(*claims_table(rows, names))
         replace_block(Path(args.readme), f"results:x{args.scale}",
-                      f"Made by {made_by}:\n\n{table}\n\nClaims under equal budgets, at a glance (a tie is a margin "
-                      f"inside the seed-to-seed spread):\n\n{glance_md}\n\nIn full:\n\n{claim_text}")
+                      f"Made by {made_by}:\n\n{table}\n\nClaims under equal budgets, at a glance ({GLANCE_NOTE}):"
+                      f"\n\n{glance_md}\n\nIn full:\n\n{claim_text}")
     return 0
 
 

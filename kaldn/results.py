@@ -223,6 +223,10 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+GLANCE_NOTE = ("a tie is a margin inside the seed-to-seed spread; under one seed, no verdict: the margin alone, "
+               "or the ranking, which no spread backs")
+
+
 def claims_table(rows: list[dict], dataset_names: list[str]) -> tuple[list[str], list[list[str]]]:
     """The same verdicts at a glance: one row per claim (and budget), one column per dataset, each cell the
     verdict and its margin ("tie, +0.032"), so a claim that holds on one set and not another shows."""
@@ -288,7 +292,9 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
         else:
             word = "yes" if margin > 0 else "no"
             line = f"{word} ({margin:+.3f} dB, {seed_text(seeds)})"
-        verdicts.append({"claim": claim, "budget": budget, "line": line, "short": f"{word}, {margin:+.3f} dB"})
+        # At a glance a bare "yes" would read as settled; with no spread to judge by, the cell is the margin alone.
+        short = f"{margin:+.3f} dB" if spread is None else f"{word}, {margin:+.3f} dB"
+        verdicts.append({"claim": claim, "budget": budget, "line": line, "short": short})
     pools = {v.kernel_pool: v.key for v in variants() if v.kernel_pool and v.key in by_conv}
     seeds = common_seeds(*pools.values()) if len(pools) > 1 else set()
     if seeds:

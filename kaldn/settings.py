@@ -9,7 +9,7 @@ variable                           what                                        d
 ``KALDN_APP_CONCURRENCY``          comparisons at a time                       1
 ``KALDN_APP_QUEUE_SIZE``           queued requests                             32
 ``KALDN_APP_GPU_SECONDS``          ZeroGPU duration of one comparison          120
-``KALDN_APP_MODEL_SOURCE``         ``auto``, ``bundled`` or ``hub``            ``auto``
+``KALDN_APP_MODEL_SOURCE``         ``bundled``, ``auto`` or ``hub``            ``bundled``
 ``KALDN_FINETUNE_MAX_ITERS``       iterations of one fine-tuning job           2000
 ``KALDN_APP_SESSION_JOBS``         jobs one session may have queued/running    1
 ``KALDN_APP_CLIENT_JOBS``          the same over one address's sessions        8 (0: off)
@@ -56,6 +56,18 @@ def env_int(name: str, default: int, minimum: int = 1) -> int:
     return value if value >= minimum else default
 
 
+MODEL_SOURCES = ("bundled", "auto", "hub")  # kaldn.hub's sources but "local", which needs a folder the app lacks
+
+
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` from the environment, ``default`` when unset or not one of them."""
+    value = os.environ.get(name, "").strip() or default
+    if value not in choices:
+        log.warning("%s=%r is not one of %s; using %r", name, value, ", ".join(choices), default)
+        return default
+    return value
+
+
 _SIZE_UNITS = {"b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
 
 
@@ -78,7 +90,8 @@ class AppSettings:
     concurrency: int = 1
     queue_size: int = 32
     gpu_seconds: int = 120
-    model_source: str = "auto"
+    # The weights the results describe; ``auto``/``hub`` read ``KALDN_HUB_REPO`` first (see kaldn.hub).
+    model_source: str = "bundled"
     finetune_max_iters: int = 2000
     session_jobs: int = 1
     # Jobs over one address's sessions (admission.client_key), 0: no per-address bounds. A quarter of the queue:
@@ -119,7 +132,7 @@ class AppSettings:
                    concurrency=env_int("KALDN_APP_CONCURRENCY", d.concurrency),
                    queue_size=env_int("KALDN_APP_QUEUE_SIZE", d.queue_size),
                    gpu_seconds=env_int("KALDN_APP_GPU_SECONDS", d.gpu_seconds),
-                   model_source=os.environ.get("KALDN_APP_MODEL_SOURCE", d.model_source),
+                   model_source=env_choice("KALDN_APP_MODEL_SOURCE", d.model_source, MODEL_SOURCES),
                    finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters),
                    session_jobs=env_int("KALDN_APP_SESSION_JOBS", d.session_jobs),
                    client_jobs=env_int("KALDN_APP_CLIENT_JOBS", d.client_jobs, minimum=0),

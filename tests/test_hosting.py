@@ -845,6 +845,19 @@ def test_the_upload_cap_follows_the_file_size_cap_and_the_image_count(monkeypatc
     assert settings.min_free_disk == 0 and settings.finetune_turn_s == 0 and settings.views == AppSettings().views
 
 
+def test_the_app_serves_the_bundled_weights_unless_told_otherwise(monkeypatch):
+    """The results the app shows describe the bundled files, so it reads no repository unless the owner names
+    one; an unknown source falls back to that default instead of failing every load later."""
+    from kaldn.settings import AppSettings
+    monkeypatch.delenv("KALDN_APP_MODEL_SOURCE", raising=False)
+    assert AppSettings.from_env().model_source == "bundled"
+    monkeypatch.setenv("KALDN_APP_MODEL_SOURCE", "hub")
+    assert AppSettings.from_env().model_source == "hub"
+    for bad in ("local", "/etc", "HUB"):
+        monkeypatch.setenv("KALDN_APP_MODEL_SOURCE", bad)
+        assert AppSettings.from_env().model_source == "bundled", bad
+
+
 def test_a_busy_server_keeps_the_page_load_quiet_and_says_so_elsewhere(served):
     """With the lists' limiter full for a session, the page-load refresh leaves the lists as built (no error
     toast on every visit); a list asked for explicitly says the server is busy."""
