@@ -81,6 +81,18 @@ def gradient_at_spikes(steps: list[dict], spikes: list[tuple[int, float, float]]
     return out
 
 
+def gradient_norms(steps: list[dict]) -> dict | None:
+    """The logged gradient norms' median, 99th percentile and largest (with its iteration): the scale a
+    ``--clip-grad`` threshold is chosen on; None for a log without them."""
+    norms = {int(s["iteration"]): float(s["grad_norm"]) for s in steps if s.get("grad_norm")}
+    if len(norms) < 2:
+        return None
+    values = sorted(norms.values())
+    top = max(norms, key=norms.get)
+    return {"count": len(values), "median": statistics.median(values),
+            "p99": statistics.quantiles(values, n=100)[98], "max": norms[top], "max_at": top}
+
+
 def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:
     """Folders ``ROOT/x<scale>/<run>`` holding a resumable state; a run name found under two roots is taken
     from the first."""
@@ -111,7 +123,7 @@ def run_progress(folder: str | Path) -> dict:
             "training": training, "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope, "spikes": (spikes := loss_spikes(steps)),
-            "spike_gradients": gradient_at_spikes(steps, spikes),
+            "spike_gradients": gradient_at_spikes(steps, spikes), "gradient_norms": gradient_norms(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
@@ -231,6 +243,10 @@ def describe(progress: dict) -> str:
         listed = ", ".join(f"{it:,} ({at:,.0f}x; up to {before:.1f}x in the {PRECURSOR_STEPS} logged steps before)"
                            for it, at, before in progress["spike_gradients"])
         lines.append(f"  gradient norm at those spikes, over its running median: {listed}")
+    if progress.get("gradient_norms"):
+        g = progress["gradient_norms"]
+        lines.append(f"  gradient norm over the {g['count']:,} logged steps: median {g['median']:.4f}, "
+                     f"99th percentile {g['p99']:.4f}, largest {g['max']:.3f} at {g['max_at']:,}")
     if progress.get("so_far"):
         lines.append("  claims on the validation curves so far (better side minus worse, same budget):")
         lines += ["  " + line for line in progress["so_far"]]

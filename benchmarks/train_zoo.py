@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--val", help="validation folder (default: every 10th training image, held out)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the saved weights (0: off)")
+    parser.add_argument("--clip-grad", type=float, default=0.0, help="largest gradient L2 norm of a step (0: off)")
     parser.add_argument("--val-every", type=int, default=1000)
     parser.add_argument("--out", default="runs/zoo")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: one run at a time on the GPU)")
@@ -111,6 +112,7 @@ def main() -> None:
                "--lr", str(args.lr), "--seed", str(seed), "--val-every", str(args.val_every),
                "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
                "--threads", str(threads), "--save-every", "200", "--out", str(out),
+               *(["--clip-grad", str(args.clip_grad)] if args.clip_grad else []),
                *(["--resume"] if resume else []), *(["--time-budget", str(time_budget)] if time_budget else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:

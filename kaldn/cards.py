@@ -71,6 +71,7 @@ def model_card(config: dict[str, Any]) -> ModelCard:
         planned, done = run_iterations(budget)
         precision = format_precision(budget)
         ema = f", EMA of the weights (decay {budget['ema']})" if budget.get("ema") else ""
+        ema += f", gradients clipped at L2 norm {budget['clip_grad']:g}" if budget.get("clip_grad") else ""
         chosen = f" (this checkpoint from iteration {done}, chosen on validation)" if done < planned else ""
         lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",

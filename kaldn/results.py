@@ -128,8 +128,9 @@ def format_budget(training: dict | None, with_seed: bool = False) -> str:
     planned, done = run_iterations(training)
     chosen = f" (checkpoint from {done}, {training['wall_time_s'] / 60:.0f} min in)" if done < planned else ""
     minutes = "" if chosen else f"{training['wall_time_s'] / 60:.0f} min "
+    clip = f"gradients clipped at {training['clip_grad']:g}, " if training.get("clip_grad") else ""
     return (f"{planned} it{chosen}, batch {training['batch']}, patch {training['patch']}, "
-            f"{seed}{minutes}on {training['device']}{_validation(training)}")
+            f"{clip}{seed}{minutes}on {training['device']}{_validation(training)}")
 
 
 def validation_set(training: dict | None) -> str:
@@ -199,14 +200,15 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
 def comparable_budget(training: dict | None) -> tuple:
     """What makes two runs' training comparable (a checkpoint config's "training" entry): iterations, batch,
     LR patch, schedule, the training images (by folder name, wherever the data sat) and the validation set
-    (held-out images are not trained on), the weight average and the starting weights. Not the seed, nor the
-    precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
+    (held-out images are not trained on), the weight average, gradient clipping and the starting weights. Not
+    the seed, nor the precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
     run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
     t = training if isinstance(training, dict) else {}
     schedule = tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
                      for k in ("iterations", "batch", "patch", "lr", "lr_halve_at"))
     data = Path(str(t["data"])).name if t.get("data") else None
-    return schedule + (data, validation_set(t), t.get("ema") or None, str(t["init"]) if t.get("init") else None)
+    return schedule + (data, validation_set(t), t.get("ema") or None, str(t["init"]) if t.get("init") else None,
+                       t.get("clip_grad") or None)
 
 
 def claims(rows: list[dict], dataset_names: list[str]) -> str:
@@ -278,7 +280,8 @@ def _group_claims(by_conv: dict[str, dict[int, dict]], d: str, spread: float | N
     budget = ""
     if label_budget:
         t = next(iter(next(iter(by_conv.values())).values())).get("training") or {}
-        budget = f"[{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}{_validation(t)}]"
+        clip = f", clipped at {t['clip_grad']:g}" if t.get("clip_grad") else ""
+        budget = f"[{t.get('iterations')} it, batch {t.get('batch')}, patch {t.get('patch')}{clip}{_validation(t)}]"
     verdicts = []
     for better, worse, claim in [(v.key, c.other, c.text) for v in variants() for c in v.claims]:
         seeds = common_seeds(better, worse)

@@ -13,6 +13,8 @@ Validation is never a benchmark: unless ``--val`` names a folder, every
 held out of training and validated on. ``--precision bf16`` trains under
 autocast with fp32 master weights; ``--ema D`` keeps an exponential moving
 average of the weights, and the average is what is validated and saved.
+``--clip-grad N`` rescales a step's gradients whose L2 norm exceeds N (off by
+default; the long runs' loss spikes grew from gradients 1,000x their median).
 
 Output folder:
     last/, best/             checkpoints (model.safetensors + config.json)
@@ -88,6 +90,7 @@ class TrainConfig:
     precision: str = "auto"         # "bf16": autocast (CPU or CUDA), "fp16": autocast + loss scaling (CUDA);
                                     # "auto": bf16 where the hardware computes it natively, else fp32
     ema: float = 0.0                # EMA decay of the weights (e.g. 0.999); 0: off
+    clip_grad: float = 0.0          # largest L2 norm of one step's gradients (all parameters); 0: off
     time_budget_s: float | None = None  # stop (and save) after this many seconds of this process
     threads: int | None = None
     log_every: int = 10
@@ -283,8 +286,11 @@ def _grad_norm(model: nn.Module) -> float | None:
     """The L2 norm of the last step's gradients (already unscaled: ``GradScaler.step`` unscales in place), logged
     beside the loss so that a loss spike can be told from a gradient blow-up before it."""
     norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
-    norm = float(torch.stack(norms).norm()) if norms else 0.0
-    return norm if math.isfinite(norm) else None  # an fp16 step the scaler skipped; JSON has no inf
+    return _finite(float(torch.stack(norms).norm()) if norms else 0.0)  # None: an fp16 step the scaler skipped
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no inf
 
 
 def _append_log(out: Path, record: dict) -> None:
@@ -314,7 +320,9 @@ def _resume_key(config: TrainConfig) -> dict:
     """What a resumed run must share with the saved one (device, threads and precision may change)."""
     return {"model": config.model, "init": config.init, "iters": config.iters, "batch": config.batch,
             "patch": config.patch, "lr": config.lr, "lr_halve_at": list(config.lr_halve_at), "seed": config.seed,
-            "val": config.val, "val_holdout": config.val_holdout, "ema": config.ema}
+            "val": config.val, "val_holdout": config.val_holdout, "ema": config.ema,
+            # Only when on: states saved before the option existed resume unchanged.
+            **({"clip_grad": config.clip_grad} if config.clip_grad else {})}
 
 
 def _recorded_precision(out: Path) -> str | None:
@@ -372,6 +380,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
                     "--precision auto trains in fp32 here", "GPU" if device.type == "cuda" else "CPU")
     if not 0 <= config.ema < 1:
         raise ValueError(f"ema must be a decay in [0, 1), got {config.ema}")
+    if not (math.isfinite(config.clip_grad) and config.clip_grad >= 0):
+        raise ValueError(f"clip_grad must be a norm >= 0 (0: off), got {config.clip_grad}")
 
     # Everything that can fail on input fails here, before any training work.
     torch.manual_seed(config.seed)
@@ -431,6 +441,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         "world_size": world, "threads": torch.get_num_threads(),
         **({"precision": precision} if len(precisions) == 1 else {"precision": "mixed", "precisions": precisions}),
         "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
+        **({"clip_grad": config.clip_grad} if config.clip_grad else {}),  # unclipped budgets read as before
         **(config.recorded_as or {}),
     }
 
@@ -453,6 +464,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        grad_norm = None  # the norm before clipping, the one a spike shows in
+        if config.clip_grad:
+            scaler.unscale_(optimizer)  # clip the true gradients, not fp16's scaled ones
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad))
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
@@ -464,7 +479,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
             window_start, window_iter = time.perf_counter(), done
             record = {"event": "step", "iteration": done, "loss": loss.item(), "lr": learning_rate(config, iteration),
-                      "grad_norm": _grad_norm(model), "it_per_s": speed, "wall_time_s": wall}
+                      "grad_norm": _grad_norm(model) if grad_norm is None else _finite(grad_norm), "it_per_s": speed, "wall_time_s": wall}
             _append_log(out, record)
             if progress:
                 progress(record)
@@ -531,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="auto (default): bf16 where the hardware has it natively, else fp32; bf16: autocast "
                              "with fp32 master weights (CPU or CUDA); fp16: CUDA only")
     parser.add_argument("--ema", type=float, default=defaults.ema, help="EMA decay of the saved weights (0: off)")
+    parser.add_argument("--clip-grad", type=float, default=defaults.clip_grad,
+                        help="largest L2 norm of one step's gradients (0: off)")
     parser.add_argument("--time-budget", dest="time_budget_s", type=float, help="stop and save after S seconds")
     parser.add_argument("--threads", type=int, help="CPU threads")
     args = parser.parse_args(argv)

@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import create_model
-from kaldn.train import TrainConfig, TrainStateError, train
+from kaldn.results import comparable_budget, format_budget
+from kaldn.train import STATE_NAME, TrainConfig, TrainStateError, train
 from kaldn.train import main as train_main
 from synthetic import write_images
 
@@ -325,6 +326,30 @@ def test_resume_with_other_settings_is_refused(tmp_path):
         train(_quick(tmp_path, "run", iters=4, patch=16, resume=True))
 
 
+def test_clipping_bounds_every_gradient_the_optimizer_sees(tmp_path):
+    # Adam's second moment is an average of squared gradients: with every step's gradient norm at most c, no
+    # entry can exceed c^2. Without clipping the same run's entries do, so the bound is the clip's doing.
+    clip = 1e-4
+    train(_quick(tmp_path, "clipped", clip_grad=clip))
+    train(_quick(tmp_path, "free"))
+
+    def second_moments(run: str) -> float:
+        state = load_file(str(tmp_path / run / STATE_NAME))
+        return max(float(v.max()) for k, v in state.items() if k.endswith(".exp_avg_sq"))
+    assert second_moments("clipped") <= clip ** 2 < second_moments("free")
+    steps = [json.loads(line) for line in (tmp_path / "clipped" / "log.jsonl").read_text().splitlines()]
+    assert all(s["grad_norm"] > clip for s in steps if s["event"] == "step")  # logged before clipping
+    budgets = [json.loads((tmp_path / run / "last" / "config.json").read_text())["training"]
+               for run in ("clipped", "free")]
+    assert budgets[0]["clip_grad"] == clip and "clip_grad" not in budgets[1]  # unclipped budgets unchanged
+    assert comparable_budget(budgets[0]) != comparable_budget(budgets[1])
+    assert "gradients clipped at 0.0001" in format_budget(budgets[0])
+    with pytest.raises(TrainStateError, match="clip_grad"):
+        train(_quick(tmp_path, "free", clip_grad=clip, resume=True))
+    with pytest.raises(ValueError, match="clip_grad"):
+        train(_quick(tmp_path, "bad", clip_grad=-1.0))
+
+
 # --- held-out validation, bf16 autocast, EMA ---
 
 def test_holdout_split_is_every_tenth_image_and_never_trained_on():
@@ -590,6 +615,14 @@ def test_progress_lists_loss_spikes_once_per_iteration():
     assert gradient_at_spikes(unlogged, loss_spikes(unlogged)) == []  # a log without gradient norms: nothing
     burst = loss_spikes(steps) + [(210, 0.3, 14.0)]  # a second spike right after: the same burst, reported once
     assert [it for it, _, _ in gradient_at_spikes(steps, burst)] == [200]
+    # The scale a clipping threshold is chosen on: the spike is the largest, the median ignores it.
+    from benchmarks.progress import gradient_norms
+    norms = gradient_norms(steps)
+    assert (norms["median"], norms["max"], norms["max_at"]) == (0.01, 2.0, 200) and norms["count"] == 30  # one per iteration
+    assert gradient_norms(unlogged) is None
+    text = describe({"model": "m", "run": "r", "target": 300, "done": 290, "resumes_at": 290, "it_per_s": None,
+                     "hours_left": None, "validations": [], "slope_per_1000": None, "gradient_norms": norms})
+    assert "gradient norm over the 30 logged steps: median 0.0100, 99th percentile" in text
 
 
 def test_progress_validates_raw_weights_beside_their_ema(tmp_path):
