@@ -62,7 +62,7 @@ from kaldn.inspection import (GATE_HEADERS, HASTY_HEADERS, HASTY_LAYER_HEADERS, 
                               kernel_view)
 from kaldn.models import check_scale, model_label, parse_model_name, scales, variant_of
 from kaldn.results import (GLANCE_NOTE, PUBLISHED_SOURCE, claims, claims_table, featured_budget, load_results,
-                           psnr_cost_points, training_curves, zoo_table)
+                           psnr_cost_points, timing_note, training_curves, zoo_table)
 from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStore, region_size
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
@@ -944,7 +944,7 @@ def results_data(scale: Any) -> tuple[str, pd.DataFrame, pd.DataFrame, str, pd.D
         {"psnr": float, "cpu_ms": float, "params": float})
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
-    cost_md = cost_note(scale)
+    cost_md = cost_note(scale) + (f" {timing_note(data['rows'])}" if data and timing_note(data["rows"]) else "")
     return (claims_md, glance, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]),
             cost.dropna(subset=["parameters"]), cost_md)
 

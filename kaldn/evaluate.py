@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import sys
 import time
@@ -50,6 +51,21 @@ def cpu_milliseconds(model: nn.Module, size: int = 256, repeats: int = 5) -> flo
     return 1000 * statistics.median(times)
 
 
+def timing_machine() -> str:
+    """What timed a row, in words: the CPU's name, the vector kernels torch chose on it and the threads. CPU ms
+    from machines with other kernels (AVX2 against AVX512) differ up to ~2x and must not be read as one column."""
+    name = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        name = platform.processor() or name
+    threads = torch.get_num_threads()
+    return f"{name}, {torch.backends.cpu.get_cpu_capability()} kernels, {threads} thread{'s' * (threads != 1)}"
+
+
 def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: bool = True,
                    model: nn.Module | None = None) -> dict:
     """One results row: ``spec``'s model (or ``model``, loaded from ``spec`` already) on every dataset."""
@@ -68,6 +84,7 @@ def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: boo
         row[name] = mean_scores([upscale(lr, fast, tile=tile) for _, lr in pairs], [hr for hr, _ in pairs], scale)
     if timing:
         row["cpu_ms_256"] = cpu_milliseconds(fast)
+        row["cpu_timed_on"] = timing_machine()
     return row
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger("kaldn.results")
 
 __all__ = ["LOG_NAME", "PUBLISHED_SOURCE", "PUBLISHED_X4", "RELEASED_X4_CPU", "RESULTS_DIR", "ZOO_DATASETS",
            "claims", "claims_table", "comparable_budget", "featured_budget", "format_budget", "format_count",
-           "format_metrics", "format_precision", "load_results", "markdown_grid", "markdown_table",
+           "format_metrics", "format_precision", "load_results", "markdown_grid", "markdown_table", "timing_note",
            "held_out", "log_events", "psnr_cost_points", "row_key", "run_identity", "run_iterations", "training_curves",
            "validation_curves", "validation_events", "validation_psnrs", "validation_set", "zoo_table"]
 
@@ -182,6 +182,7 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
         f"{row['multiply_adds_256'] / 1e9:.2f} G" if row.get("multiply_adds_256") else "-",
         f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]
         for row in rows])]
+    lines += ["", timing_note(rows)] if timing_note(rows) else []
     if scale == 4:
         lines.append("")
         lines.append("Published (trained on DIV2K on the papers' full schedules, e.g. 300 epochs in paper 001; not comparable budgets):")
@@ -195,6 +196,24 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
         lines.append("No published rows: the published references used here (DESIGN.md) are x4 Set5 / Set14 only "
                      "(LESRCNN's paper also reports x2 / x3, on Urban100, not evaluated here).")
     return "\n".join(lines)
+
+
+def timing_note(rows: list[dict]) -> str:
+    """Which machines timed a table's CPU ms column ("" where nothing was timed): rows timed apart can only be
+    compared where the machine is the same."""
+    machines: dict[str | None, list[str]] = {}
+    for row in rows:
+        if row.get("cpu_ms_256"):
+            machines.setdefault(row.get("cpu_timed_on"), []).append(row["model"])
+    if not machines:
+        return ""
+    if list(machines) == [None]:
+        return "CPU ms: the machine that timed these rows was not recorded (`kaldn.evaluate` records it since)."
+    if len(machines) == 1:
+        return f"CPU ms timed on {next(iter(machines))}."
+    return ("CPU ms come from more than one machine; compare them only within one: "
+            + "; ".join(f"{machine or 'not recorded'}: {', '.join(dict.fromkeys(models))}"
+                        for machine, models in machines.items()) + ".")
 
 
 def comparable_budget(training: dict | None) -> tuple:

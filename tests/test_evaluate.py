@@ -94,6 +94,23 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys):
     assert "not shipped" in capsys.readouterr().err
 
 
+def test_timed_rows_name_their_machine_and_a_mixed_table_says_so(tmp_path):
+    from kaldn.evaluate import timing_machine
+    from kaldn.results import markdown_table, timing_note
+    images = tmp_path / "hr"
+    images.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(images / "a.png")
+    row = evaluate_model("tiny-ldsconv-x2", {"hr": load_pairs(images, 2)}, 2)
+    assert row["cpu_ms_256"] > 0 and row["cpu_timed_on"] == timing_machine()
+    assert torch.backends.cpu.get_cpu_capability() in row["cpu_timed_on"]  # the kernels, which set the speed
+    old = {**row, "model": "tiny-dsconv-x2", "cpu_timed_on": None}  # a row from before the machine was recorded
+    assert timing_note([row]) == f"CPU ms timed on {row['cpu_timed_on']}."
+    assert "not recorded" in timing_note([old]) and timing_note([{**row, "cpu_ms_256": None}]) == ""
+    mixed = timing_note([row, old])
+    assert mixed.startswith("CPU ms come from more than one machine") and "not recorded: tiny-dsconv-x2" in mixed
+    assert mixed in markdown_table([row, old], ["hr"], 2)
+
+
 def _row(model, seed, psnr):
     return {"model": model, "seed": seed, "set5": {"psnr": psnr, "ssim": 0.8}}
 
