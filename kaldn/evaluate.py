@@ -53,7 +53,7 @@ def cpu_milliseconds(model: nn.Module, size: int = 256, repeats: int = 5) -> flo
 
 def timing_machine() -> str:
     """What timed a row, in words: the CPU's name, the vector kernels torch chose on it and the threads. CPU ms
-    from machines with other kernels (AVX2 against AVX512) differ up to ~2x and must not be read as one column."""
+    from machines with other kernels (AVX2, AVX512) or thread counts are not one column."""
     name = "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
