@@ -97,7 +97,7 @@ SESSION_MODELS = SessionModels(max_idle_s=SETTINGS.session_ttl, on_forget=CACHE.
 FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters,
                            time_budget_s=SETTINGS.finetune_time_budget_s, max_images=SETTINGS.finetune_max_images,
                            max_total_pixels=SETTINGS.finetune_max_total_pixels,
-                           max_batch_pixels=SETTINGS.finetune_max_batch_pixels)
+                           max_batch_pixels=SETTINGS.finetune_max_batch_pixels, model_source=SETTINGS.model_source)
 # Every session's last comparison; a run lives as long as the session's state (+ a minute), never longer.
 RUNS = RunStore(instance_root(OUT_ROOT), memory_bytes=SETTINGS.run_memory, max_age_s=SETTINGS.session_ttl + 60)
 _DEMOS: "weakref.WeakSet[gr.Blocks]" = weakref.WeakSet()  # the built apps, whose queues SLOTS looks into

@@ -54,14 +54,13 @@ def cpu_milliseconds(model: nn.Module, size: int = 256, repeats: int = 5) -> flo
 def timing_machine() -> str:
     """What timed a row, in words: the CPU's name, the vector kernels torch chose on it and the threads. CPU ms
     from machines with other kernels (AVX2, AVX512) or thread counts are not one column."""
-    name = "unknown CPU"
+    name = None
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
+        name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), None)
     except OSError:  # not Linux
-        name = platform.processor() or name
+        pass
+    name = name or platform.processor() or platform.machine() or "unknown CPU"  # e.g. ARM: no "model name"
     threads = torch.get_num_threads()
     return f"{name}, {torch.backends.cpu.get_cpu_capability()} kernels, {threads} thread{'s' * (threads != 1)}"
 

@@ -155,8 +155,9 @@ class FineTuneJob:
 
     def __init__(self, settings: FineTuneSettings, folder: Path, owner: str | None,
                  time_budget_s: float | None = None, client: str | None = None,
-                 recorded: dict[str, str] | None = None) -> None:
+                 recorded: dict[str, str] | None = None, model_source: str = "auto") -> None:
         self.settings = settings
+        self.model_source = model_source    # where a base named by model name loads from (kaldn.hub's sources)
         self.time_budget_s = time_budget_s  # wall-clock cap of the training itself: stops and saves
         self.folder = folder                # deleted when the registry forgets the model
         self.data = folder / "data"
@@ -182,9 +183,9 @@ class FineTuneJob:
                                  iters=s.iters, batch=s.batch, patch=s.patch, lr=s.lr, seed=s.seed,
                                  device=s.device, time_budget_s=self.time_budget_s, val_every=max(10, s.iters // 10),
                                  save_every=max(50, s.iters), log_every=max(1, min(10, s.iters // 20)),
-                                 recorded_as=self.recorded)
+                                 recorded_as=self.recorded, init_source=self.model_source)
             # Iteration 0 of the curves: the base model on the same images.
-            base = load_model(s.base)
+            base = load_model(s.base, source=self.model_source)
             dev = resolve_device(s.device)
             pairs = load_pairs(self.val, base.config["scale"], 4, "validation")
             before = validate(base.to(dev), pairs, base.config["scale"], dev)
@@ -234,9 +235,11 @@ class FineTuneManager:
     def __init__(self, registry: SessionModels, root: str | Path | None = None,
                  max_iters: int | None = None, time_budget_s: float | None = None,
                  max_images: int | None = None, max_total_pixels: int | None = None,
-                 max_batch_pixels: int | None = None, turn_s: float | None = None) -> None:
+                 max_batch_pixels: int | None = None, turn_s: float | None = None,
+                 model_source: str | None = None) -> None:
         d = AppSettings.from_env()
         self.registry = registry
+        self.model_source = model_source or d.model_source  # the bases are the weights Compare shows
         self._base = Path(root) if root else None
         self.root = self._base  # set on first use (the per-process folder is made only when needed)
         self.max_iters = max_iters or d.finetune_max_iters
@@ -333,7 +336,7 @@ class FineTuneManager:
             recorded = {"data": f"{count} uploaded image(s), fine-tuned in the kaldn app",
                         "val": f"the centres of the same {count} image(s)", "init": base_label}
             job = FineTuneJob(settings, folder, owner, time_budget_s=self.time_budget_s, client=client,
-                              recorded=recorded)
+                              recorded=recorded, model_source=self.model_source)
             self.job = job
             job.thread = threading.Thread(target=job._run, args=(lambda: self._ended(job),), daemon=True,
                                           name=f"kaldn-finetune-{n}")

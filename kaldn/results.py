@@ -244,8 +244,8 @@ def claims(rows: list[dict], dataset_names: list[str]) -> str:
     return "\n".join(lines)
 
 
-GLANCE_NOTE = ("a tie is a margin inside the seed-to-seed spread; under one seed, no verdict: the margin alone, "
-               "or the ranking, which no spread backs")
+GLANCE_NOTE = ("a tie is a margin inside the largest seed-to-seed spread measured on that test set, in any "
+               "budget; where no second seed was trained at all, no verdict: the margin alone, or the ranking")
 
 
 def claims_table(rows: list[dict], dataset_names: list[str]) -> tuple[list[str], list[list[str]]]:

@@ -81,6 +81,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init: str | None = None         # model name or checkpoint directory to fine-tune from
+    init_source: str = "auto"       # where an init given by model name loads from (kaldn.hub.load_model's source)
     resume: bool = False            # continue out/train_state.safetensors (an error if there is none)
     force: bool = False             # start over in an out folder that already holds a run
     val_every: int = 250
@@ -338,7 +339,7 @@ def _recorded_precision(out: Path) -> str | None:
 
 def _build_model(config: TrainConfig) -> nn.Module:
     if config.init:
-        model = load_model(config.init)  # the one loader: names, directories, Hub, bundled
+        model = load_model(config.init, source=config.init_source)  # the one loader: names, folders, Hub, bundled
         if config.model and config.model != model.config["model"]:
             raise ValueError(f"--init {config.init} is a {model.config['model']}, not {config.model}")
         return model
@@ -419,7 +420,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         precisions = meta.get("precisions") or [[0, _recorded_precision(out)]]  # states from before the record
         saved_key, key = meta.get("config"), _resume_key(config)
         if saved_key is not None and saved_key != key:
-            differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {v!r}" for k, v in key.items() if saved_key.get(k) != v)
+            differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {key.get(k)!r}"  # either side may lack a key
+                               for k in dict.fromkeys([*saved_key, *key]) if saved_key.get(k) != key.get(k))
             raise TrainStateError(f"{state_path}: the saved run differs ({differ}); resume with the same settings")
         if rank == 0:
             _truncate_log(out, start)

@@ -108,6 +108,25 @@ def test_a_job_streams_updates_refuses_a_second_one_and_registers_its_model(use_
     assert read_config(again.entry.path / "config.json")["training"]["init"] == last.entry.label
 
 
+@pytest.mark.parametrize("source, asks_hub", [("bundled", False), ("auto", True)])
+def test_a_base_loads_from_the_apps_model_source(use_throwaway, tmp_path, monkeypatch, source, asks_hub):
+    """The app serves the bundled weights by default: the base a job trains from (and measures first) is the
+    model Compare shows, never a Hub copy of the same name unless the owner chose the Hub."""
+    import kaldn.hub as hub
+    asked = []
+
+    def no_hub(name, *args):
+        asked.append(name)
+        raise hub._HubUnavailable("offline", "no Hub in this test")
+    monkeypatch.setattr(hub, "_load_from_hub", no_hub)
+    save_png(rng_image(64, 64, seed=0), tmp_path / "a.png")
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs", max_iters=50, model_source=source)
+    *_, last = manager.run([tmp_path / "a.png"], FineTuneSettings("tiny-ldsconv-x2", iters=2, lr=2e-4, batch=2,
+                                                                  patch=16, device="cpu"), min_interval=0.0)
+    assert last.entry is not None  # trained either way: auto falls back to the bundled copy
+    assert asked == (["tiny-ldsconv-x2"] * 2 if asks_hub else [])  # the measured base, then the trained one
+
+
 def assert_no_server_path(downloads: list[str], root: Path) -> None:
     """A fine-tuned model's files (config and safetensors header) name no server folder."""
     from safetensors import safe_open

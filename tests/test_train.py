@@ -344,8 +344,10 @@ def test_clipping_bounds_every_gradient_the_optimizer_sees(tmp_path):
     assert budgets[0]["clip_grad"] == clip and "clip_grad" not in budgets[1]  # unclipped budgets unchanged
     assert comparable_budget(budgets[0]) != comparable_budget(budgets[1])
     assert "gradients clipped at 0.0001" in format_budget(budgets[0])
-    with pytest.raises(TrainStateError, match="clip_grad"):
+    with pytest.raises(TrainStateError, match="clip_grad None -> 0.0001"):
         train(_quick(tmp_path, "free", clip_grad=clip, resume=True))
+    with pytest.raises(TrainStateError, match="clip_grad 0.0001 -> None"):  # and the other way round
+        train(_quick(tmp_path, "clipped", resume=True))
     with pytest.raises(ValueError, match="clip_grad"):
         train(_quick(tmp_path, "bad", clip_grad=-1.0))
 
