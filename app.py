@@ -364,8 +364,8 @@ UPLOAD_PROMPT = (f"Upload an image (or click an example) and press **Run compari
 def cost_note(scale: int) -> str:
     """What the PSNR-against-cost plots show at ``scale``."""
     text = (f"Set5 x{scale} PSNR against cost, every evaluated model (both seeds). CPU time is one 256x256 input "
-            "timed by `kaldn.evaluate`; a model evaluated more than once shows its least time (a run timed while "
-            "the machine was busy reads high); README's speed table times the models side by side in one run "
+            "timed by `kaldn.evaluate`; a model evaluated more than once on one machine shows its least time there (a "
+            "run timed while the machine was busy reads high); README's speed table times the models side by side in one run "
             "(`python -m benchmarks.speed`).")
     if scale != 4:
         return text + (f" The published references used here (DESIGN.md) are x4 Set5 / Set14 only, so there are no "

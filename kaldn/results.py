@@ -497,17 +497,19 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
     Each point: ``{"model", "label", "source", "psnr", "cpu_ms", "params"}``; ``cpu_ms``/``params`` are None
     where unknown (bicubic has no CPU time here; the references used here give no whole-model parameter counts; the CPU times
     of the released LESRCNN and FDIWN are DESIGN.md's independent measurement). Every row of one model gets the
-    least CPU time measured for it.
+    least CPU time measured for it on the machine that timed that row (``cpu_timed_on``; rows from before it was
+    recorded count as one machine): a faster machine's time is not lent to another's row.
     """
     scale = check_scale(scale)
     points = []
     rows = (load_results(scale, results_dir) or {}).get("rows", [])
     # A network's time is one number: each run's timing picks up whatever else the machine was doing (a
     # seed's rerun measured 628 ms beside its first run's 357), so every row of a model shows the least.
-    fastest: dict[str, float] = {}
+    fastest: dict[tuple[str, str | None], float] = {}
     for row in rows:
         if row.get("cpu_ms_256") is not None:
-            fastest[row["model"]] = min(fastest.get(row["model"], math.inf), float(row["cpu_ms_256"]))
+            key = (row["model"], row.get("cpu_timed_on"))
+            fastest[key] = min(fastest.get(key, math.inf), float(row["cpu_ms_256"]))
     for row in rows:
         if not row.get(dataset):
             continue
@@ -520,7 +522,7 @@ def psnr_cost_points(scale: int = 4, dataset: str = "set5", results_dir: str | P
         held_out_label = ", held-out validation" if held_out(row.get("training")) else ""
         points.append({"model": name if seed is None else f"{name} (seed {seed}{held_out_label})", "label": label,
                        "source": "this project", "psnr": float(row[dataset]["psnr"]),
-                       "cpu_ms": fastest.get(name), "params": row.get("params")})
+                       "cpu_ms": fastest.get((name, row.get("cpu_timed_on"))), "params": row.get("params")})
     index = {"set5": 0, "set14": 1}.get(dataset)
     if scale == 4 and index is not None:
         for name, cells in PUBLISHED_X4.items():

@@ -124,6 +124,11 @@ def test_psnr_cost_points_mark_the_published_rows(tmp_path):
     assert len(published) == len(PUBLISHED_X4) and all(p["params"] is None for p in published)
     assert {p["model"]: p["psnr"] for p in published}["KALDN (published)"] == PUBLISHED_X4["KALDN"][0][0]
     assert [p["model"] for p in published if p["cpu_ms"]] == ["LESRCNN (published)", "FDIWN (published)"]
+    # ... on one machine: a row timed on another keeps its own machine's time.
+    rows.append({**rows[1], "seed": 2, "cpu_ms_256": 450.0, "cpu_timed_on": "another CPU, AVX2 kernels, 2 threads"})
+    (tmp_path / "x4.json").write_text(json.dumps({"scale": 4, "datasets": ["set5"], "rows": rows}))
+    times = {p["model"]: p["cpu_ms"] for p in psnr_cost_points(4, "set5", tmp_path)}
+    assert times["tiny-dsconv-x4 (seed 2)"] == 450.0 and times["tiny-dsconv-x4 (seed 0)"] == 300.0
     (tmp_path / "x2.json").write_text(json.dumps({"scale": 2, "datasets": ["set5"], "rows": rows[:1]}))
     assert [p["source"] for p in psnr_cost_points(2, "set5", tmp_path)] == ["this project"]  # x4 only published
 
