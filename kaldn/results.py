@@ -220,8 +220,8 @@ def comparable_budget(training: dict | None) -> tuple:
     """What makes two runs' training comparable (a checkpoint config's "training" entry): iterations, batch,
     LR patch, schedule, the training images (by folder name, wherever the data sat) and the validation set
     (held-out images are not trained on), the weight average, gradient clipping and the starting weights. Not
-    the seed, nor the precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within 0.01 dB), and a
-    run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
+    the seed, nor the precision: bf16 autocast reaches fp32's validation PSNR (``benchmarks.calibrate``: within
+    0.01 dB), and a run resumed on a CPU without native bf16 continues in fp32 (``kaldn.train`` records where)."""
     t = training if isinstance(training, dict) else {}
     schedule = tuple(t.get(k) if not isinstance(t.get(k), list) else tuple(t[k])
                      for k in ("iterations", "batch", "patch", "lr", "lr_halve_at"))
