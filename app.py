@@ -904,7 +904,15 @@ def zoo_tab(featured: dict | None) -> None:
                           column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "7.5%", "5%", "7.5%", "7.5%", "7.5%",
                                          "14.5%", "7%"],  # "Scale", "Seed", "(256x256)", "bundled" unbroken
                           max_height=4000)  # every row rendered: no scrolling inside the table
+    gr.Markdown(_zoo_timing(), elem_id="kaldn-zoo-timing")
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo", queue=False)
+
+
+def _zoo_timing() -> str:
+    """Which machine timed each scale's CPU ms: read once, the results files do not change while serving."""
+    notes = [f"- x{s}: {timing_note(data['rows'])}" for s in scales()
+             if (data := load_results(s, ROOT / "results")) and timing_note(data["rows"])]
+    return "**CPU ms, by machine**\n\n" + "\n".join(notes) if notes else ""
 
 
 # --- Results tab ------------------------------------------------------------------------------------------

@@ -268,6 +268,7 @@ def test_zoo_tab_through_the_api(served, client):
 def test_results_view_through_the_api(served, client):
     claims_md, glance, curves, curves_md, by_cpu, by_params, cost_md = client.predict(4, api_name="/results")
     assert "log.jsonl" in curves_md and "Published" in cost_md
+    assert "CPU ms" in cost_md  # which machine timed the plotted CPU ms (results/x4.json rows are timed)
     assert glance["headers"][:2] == ["Claim", "Budget"]
     cpu_sources = {row[2] for row in by_cpu["value"]["data"]}
     assert "published" in cpu_sources  # the released LESRCNN / FDIWN, marked apart from this project's models

@@ -171,6 +171,7 @@ def test_zoo_tab(served, page):
         assert name in table, name
     if served["real"]:
         assert re.search(r"\b\d{2}\.\d{2} / 0\.\d{4}\b", table), table
+    assert "x4: CPU ms" in _text(page, "#kaldn-zoo-timing")  # which machine timed the CPU ms column
     assert not page.errors, page.errors
 
 
