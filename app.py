@@ -901,8 +901,8 @@ def zoo_tab(featured: dict | None) -> None:
     gr.Markdown(ZOO_INTRO.replace("{featured}", _featured_zoo(featured)))
     zoo_scale = gr.Radio([("All", "all"), *[(f"x{s}", str(s)) for s in scales()]], value="all", label="Scale")
     zoo_df = gr.Dataframe(table(*zoo_table(scale="all")), interactive=False, wrap=True, elem_id="kaldn-zoo",
-                          column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "7.5%", "5%", "7.5%", "7.5%", "7.5%",
-                                         "14.5%", "7%"],  # "Scale", "Seed", "(256x256)", "bundled" unbroken
+                          column_widths=["12%", "5%", "9%", "4.5%", "6.5%", "6.5%", "6.5%", "6%", "7.5%", "7.5%", "7.5%",
+                                         "14.5%", "7%"],  # "Scale", "Seed", "(256²)", "bundled" unbroken
                           max_height=4000)  # every row rendered: no scrolling inside the table
     gr.Markdown(_zoo_timing(), elem_id="kaldn-zoo-timing")
     zoo_scale.change(zoo, [zoo_scale], [zoo_df], api_name="zoo", queue=False)

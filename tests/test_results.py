@@ -67,7 +67,7 @@ def test_zoo_table_from_evaluate_results_has_bicubic_second_seeds_fused_counts_a
     kds = got[1]
     fused = format_count(count_parameters(create_model("tiny-ldsconv-x4")))  # fused KDSConv = linear DSConv
     assert kds["Params"] == "142,992" and kds["Params (fused)"] == fused != kds["Params"]
-    assert kds["MACs (256x256)"] == "7.22 G" and kds["CPU ms (256x256)"] == "1,357"
+    assert kds["MACs (256²)"] == "7.22 G" and kds["CPU ms (256²)"] == "1,357"
     assert kds["Weights"] == "bundled" and got[2]["Weights"].startswith("not shipped")
 
 
