@@ -910,8 +910,8 @@ def zoo_tab(featured: dict | None) -> None:
 
 def _zoo_timing() -> str:
     """Which machine timed each scale's CPU ms: read once, the results files do not change while serving."""
-    notes = [f"- x{s}: {timing_note(data['rows'])}" for s in scales()
-             if (data := load_results(s, ROOT / "results")) and timing_note(data["rows"])]
+    notes = [f"- x{s}: {note}" for s in scales()
+             if (data := load_results(s, ROOT / "results")) and (note := timing_note(data["rows"]))]
     return "**CPU ms, by machine**\n\n" + "\n".join(notes) if notes else ""
 
 
@@ -952,7 +952,8 @@ def results_data(scale: Any) -> tuple[str, pd.DataFrame, pd.DataFrame, str, pd.D
         {"psnr": float, "cpu_ms": float, "params": float})
     cost = cost.rename(columns={"psnr": "Set5 PSNR (dB)", "cpu_ms": "CPU ms (256x256)", "params": "parameters",
                                 "label": "model / published"})
-    cost_md = cost_note(scale) + (f" {timing_note(data['rows'])}" if data and timing_note(data["rows"]) else "")
+    timing = timing_note(data["rows"]) if data else ""
+    cost_md = cost_note(scale) + (f" {timing}" if timing else "")
     return (claims_md, glance, curves, curves_md, cost.dropna(subset=["CPU ms (256x256)"]),
             cost.dropna(subset=["parameters"]), cost_md)
 
@@ -977,7 +978,8 @@ def results_tab() -> SimpleNamespace:
     claims0, glance0, curves0, curves_md0, cpu0, params0, cost_md0 = results_data(4)  # two small files, no models
     scale = gr.Radio([(f"x{s}", s) for s in scales()], value=4, label="Scale")
     gr.Markdown(RESULTS_INTRO)
-    glance = gr.Dataframe(glance0, label=f"At a glance: each claim's verdict and PSNR margin per test set ({GLANCE_NOTE})", interactive=False, wrap=True, elem_id="kaldn-glance",
+    glance = gr.Dataframe(glance0, label=f"At a glance: each claim's verdict and PSNR margin per test set ({GLANCE_NOTE})",
+                          interactive=False, wrap=True, elem_id="kaldn-glance",
                           column_widths=["34%", "24%"] + [f"{42 / max(1, len(glance0.columns) - 2):.1f}%"]
                           * (len(glance0.columns) - 2), max_height=2000)  # every claim visible, no inner scroll
     claims_md = gr.Markdown(claims0, elem_id="kaldn-claims")

@@ -62,12 +62,17 @@ def loss_spikes(steps: list[dict], factor: float = SPIKE_FACTOR, window: int = S
     return spikes
 
 
+def _logged_norms(steps: list[dict]) -> dict[int, float]:
+    """Iteration -> logged gradient norm, once per iteration (a resumed run logs some twice)."""
+    return {int(s["iteration"]): float(s["grad_norm"]) for s in steps if s.get("grad_norm")}
+
+
 def gradient_at_spikes(steps: list[dict], spikes: list[tuple[int, float, float]], window: int = SPIKE_WINDOW,
                        lookback: int = PRECURSOR_STEPS) -> list[tuple[int, float, float]]:
     """(iteration, gradient norm / its running median at the spike, the largest such ratio over the ``lookback``
     logged steps before it) for the first spike of each burst, where the log has gradient norms: how sudden the
     blow-up was, and what a clipping threshold would have had to be to touch the steps leading into it."""
-    norms = sorted({int(s["iteration"]): float(s["grad_norm"]) for s in steps if s.get("grad_norm")}.items())
+    norms = sorted(_logged_norms(steps).items())
     index = {iteration: i for i, (iteration, _) in enumerate(norms)}
     spiked = {iteration for iteration, _, _ in spikes}
     out = []
@@ -84,7 +89,7 @@ def gradient_at_spikes(steps: list[dict], spikes: list[tuple[int, float, float]]
 def gradient_norms(steps: list[dict]) -> dict | None:
     """The logged gradient norms' median, 99th percentile and largest (with its iteration): the scale a
     ``--clip-grad`` threshold is chosen on; None for a log without them."""
-    norms = {int(s["iteration"]): float(s["grad_norm"]) for s in steps if s.get("grad_norm")}
+    norms = _logged_norms(steps)
     if len(norms) < 2:
         return None
     values = sorted(norms.values())

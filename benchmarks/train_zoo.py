@@ -56,7 +56,8 @@ def main() -> None:
     parser.add_argument("--convs", nargs="*", default=CONVS)
     parser.add_argument("--models", nargs="*",
                         help="full model names (e.g. the peers: scnet-t-x4) instead of --backbone/--convs/--scale")
-    parser.add_argument("--second-seed", nargs="*", default=SECOND_SEED, help="convs trained again with seed 1 (default: %(default)s; the flag with no names: no seed-1 run)")
+    parser.add_argument("--second-seed", nargs="*", default=SECOND_SEED,
+                        help="convs trained again with seed 1 (default: %(default)s; the flag with no names: no seed-1 run)")
     parser.add_argument("--data", default="../shared/data/train/sun_hays80")
     parser.add_argument("--val", help="validation folder (default: every 10th training image, held out)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])

@@ -182,7 +182,7 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
         f"{row['multiply_adds_256'] / 1e9:.2f} G" if row.get("multiply_adds_256") else "-",
         f"{row['cpu_ms_256']:.0f}" if row.get("cpu_ms_256") else "-", format_budget(row.get("training"))]
         for row in rows])]
-    lines += ["", timing_note(rows)] if timing_note(rows) else []
+    lines += ["", note] if (note := timing_note(rows)) else []
     if scale == 4:
         lines.append("")
         lines.append("Published (trained on DIV2K on the papers' full schedules, e.g. 300 epochs in paper 001; not comparable budgets):")

@@ -466,10 +466,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        grad_norm = None  # the norm before clipping, the one a spike shows in
+        grad_norm = None  # the norm before clipping, the one a spike shows in (a tensor: read only when logged)
         if config.clip_grad:
             scaler.unscale_(optimizer)  # clip the true gradients, not fp16's scaled ones
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad))
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
         scaler.step(optimizer)
         scaler.update()
         if ema is not None:
@@ -481,7 +481,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
             window_start, window_iter = time.perf_counter(), done
             record = {"event": "step", "iteration": done, "loss": loss.item(), "lr": learning_rate(config, iteration),
-                      "grad_norm": _grad_norm(model) if grad_norm is None else _finite(grad_norm), "it_per_s": speed, "wall_time_s": wall}
+                      "grad_norm": _grad_norm(model) if grad_norm is None else _finite(float(grad_norm)),
+                      "it_per_s": speed, "wall_time_s": wall}
             _append_log(out, record)
             if progress:
                 progress(record)
