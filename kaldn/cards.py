@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import CONFIG_NAME
 from .models import parse_model_name, variant_of
 from .registry import architecture
-from .results import format_metrics, format_precision, run_iterations, validation_set
+from .results import format_metrics, format_precision, markdown_grid, run_iterations, validation_set
 
 CARD_NAME = "README.md"
 TAGS = ["super-resolution", "depthwise-convolution", "kdsconv", "kaldn", "safetensors"]
@@ -93,14 +93,14 @@ def repo_card(folder: str | Path) -> ModelCard:
     """The repository's card: every model of ``folder`` with its metrics, one row each."""
     configs = [json.loads(p.read_text()) for p in sorted(Path(folder).glob(f"*/{CONFIG_NAME}"))]
     datasets = list(dict.fromkeys(d for c in configs for d in c.get("metrics") or {}))
-    rows = [f"| `{c['model']}` | " + " | ".join(format_metrics((c.get("metrics") or {}).get(d)) for d in datasets)
-            + " |" for c in configs]
+    table = markdown_grid(["model", *datasets], [[f"`{c['model']}`", *(format_metrics((c.get("metrics") or {}).get(d))
+                                                                 for d in datasets)] for c in configs])
     body = ("# kaldn model zoo\n\nOne subfolder per model: `model.safetensors`, `config.json` (architecture, "
             "training budget, measured metrics) and a model card with its results. Load with "
             "`kaldn.hub.load_model(NAME)`; numbers are Y-channel PSNR dB / SSIM by the protocol in the kaldn "
             "README, made by `python -m kaldn.evaluate`. Trained on a small CPU budget: compare the models with "
             "each other, not with published DIV2K-trained numbers.\n\n"
-            f"| model | {' | '.join(datasets)} |\n|---|{'---|' * len(datasets)}\n" + "\n".join(rows) + "\n")
+            f"{table}\n")
     return ModelCard(f"---\n{_card_data().to_yaml()}\n---\n\n{body}")
 
 

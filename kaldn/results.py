@@ -187,10 +187,9 @@ def markdown_table(rows: list[dict], dataset_names: list[str], scale: int) -> st
         lines.append("")
         lines.append("Published (trained on DIV2K on the papers' full schedules, e.g. 300 epochs in paper 001; not comparable budgets):")
         lines.append("")
-        lines.append("| model | set5 x4 | set14 x4 |")
-        lines.append("|---|---|---|")
-        for name, (s5, s14) in PUBLISHED_X4.items():
-            lines.append(f"| {name} (published) | {s5[0]:.2f} / {s5[1]:.4f} | {s14[0]:.2f} / {s14[1]:.4f} |")
+        lines.append(markdown_grid(["model", "set5 x4", "set14 x4"], [
+            [f"{name} (published)", f"{s5[0]:.2f} / {s5[1]:.4f}", f"{s14[0]:.2f} / {s14[1]:.4f}"]
+            for name, (s5, s14) in PUBLISHED_X4.items()]))
     else:
         lines.append("")
         lines.append("No published rows: the published references used here (DESIGN.md) are x4 Set5 / Set14 only "
