@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .hub import ModelNotFoundError, load_model
+from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE, ModelNotFoundError, load_model
 from .images import ImageError, load_image, save_png
 from .inference import TILE_SIZE, prepare_model, upscale
 
@@ -65,13 +65,16 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
     parser.add_argument("inputs", nargs="+", help="image files")
     parser.add_argument("--model", default="tiny-kdsconv-det-x4",
                         help="model name, checkpoint folder, .safetensors file or hf-hub:ORG/REPO[/SUBFOLDER][@REV]")
+    parser.add_argument("--source", default=DEFAULT_COMMAND_SOURCE, choices=COMMAND_SOURCES,
+                        help="where a model name loads from: the bundled checkpoints (default), auto (the Hub's "
+                             "KALDN_HUB_REPO, then bundled) or hub")
     parser.add_argument("--out", default=".", help="output folder (files are written as NAME_xS.png)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="fp16/bf16: CUDA only")
     parser.add_argument("--tile", type=_tile_size, default=TILE_SIZE, help="LR tile side (0: whole image)")
     args = parser.parse_args(argv)
     try:
-        model = prepare_model(load_model(args.model), args.device, args.precision)
+        model = prepare_model(load_model(args.model, args.source), args.device, args.precision)
     except (ModelNotFoundError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, write_json
 from .data import DATASETS, dataset_folder, load_pairs
-from .hub import ModelNotFoundError, load_model
+from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE, ModelNotFoundError, load_model
 from .inference import TILE_SIZE, prepare_model, upscale
 from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds, scales
@@ -66,9 +66,9 @@ def timing_machine() -> str:
 
 
 def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: bool = True,
-                   model: nn.Module | None = None) -> dict:
+                   model: nn.Module | None = None, source: str = DEFAULT_COMMAND_SOURCE) -> dict:
     """One results row: ``spec``'s model (or ``model``, loaded from ``spec`` already) on every dataset."""
-    model = load_model(spec) if model is None else model
+    model = load_model(spec, source) if model is None else model
     _check_model_scale(spec, model, scale)
     fast = prepare_model(model, device="cpu")
     row = {"model": model.config["model"], "source": spec, "params": count_parameters(model),
@@ -102,6 +102,9 @@ def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=[], help="model names or checkpoint folders")
+    parser.add_argument("--source", default=DEFAULT_COMMAND_SOURCE, choices=COMMAND_SOURCES,
+                        help="where model names load from: the bundled checkpoints (default, what README's tables "
+                             "describe), auto (the Hub's KALDN_HUB_REPO, then bundled) or hub")
     parser.add_argument("--datasets", nargs="+", default=["set5", "set14", "bsd68"],
                         help=f"{', '.join(DATASETS)} (under ../shared/data) or folders of HR images")
     parser.add_argument("--scale", type=int, default=4, choices=scales())
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     models = {}
     for spec in args.models:  # every model loads before any measuring: a typo must not cost the rows before it
         try:
-            models[spec] = load_model(spec)
+            models[spec] = load_model(spec, args.source)
             _check_model_scale(spec, models[spec], args.scale)
         except (ModelNotFoundError, CheckpointError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -43,6 +43,8 @@ import logging
 import os
 from dataclasses import dataclass
 
+from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE
+
 log = logging.getLogger("kaldn.settings")
 
 
@@ -54,9 +56,6 @@ def env_int(name: str, default: int, minimum: int = 1) -> int:
         log.warning("%s=%r is not an integer; using %d", name, os.environ.get(name), default)
         return default
     return value if value >= minimum else default
-
-
-MODEL_SOURCES = ("bundled", "auto", "hub")  # kaldn.hub's sources but "local", which needs a folder the app lacks
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -91,7 +90,7 @@ class AppSettings:
     queue_size: int = 32
     gpu_seconds: int = 120
     # The weights the results describe; ``auto``/``hub`` read ``KALDN_HUB_REPO`` first (see kaldn.hub).
-    model_source: str = "bundled"
+    model_source: str = DEFAULT_COMMAND_SOURCE
     finetune_max_iters: int = 2000
     session_jobs: int = 1
     # Jobs over one address's sessions (admission.client_key), 0: no per-address bounds. A quarter of the queue:
@@ -132,7 +131,7 @@ class AppSettings:
                    concurrency=env_int("KALDN_APP_CONCURRENCY", d.concurrency),
                    queue_size=env_int("KALDN_APP_QUEUE_SIZE", d.queue_size),
                    gpu_seconds=env_int("KALDN_APP_GPU_SECONDS", d.gpu_seconds),
-                   model_source=env_choice("KALDN_APP_MODEL_SOURCE", d.model_source, MODEL_SOURCES),
+                   model_source=env_choice("KALDN_APP_MODEL_SOURCE", d.model_source, COMMAND_SOURCES),
                    finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters),
                    session_jobs=env_int("KALDN_APP_SESSION_JOBS", d.session_jobs),
                    client_jobs=env_int("KALDN_APP_CLIENT_JOBS", d.client_jobs, minimum=0),

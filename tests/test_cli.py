@@ -75,3 +75,28 @@ def test_sub_commands_dispatch(capsys, monkeypatch):
     monkeypatch.setitem(cli.SUBCOMMANDS, "nothing", "kaldn.no_such_module")
     assert cli.main(["nothing", "x"]) == 2
     assert "not part of this installation" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["upscale", "evaluate", "train"])
+@pytest.mark.parametrize("source, asks_hub", [(None, False), ("auto", True)])
+def test_commands_load_the_bundled_weights_unless_told_otherwise(tmp_path, monkeypatch, command, source, asks_hub):
+    """README's numbers describe the bundled files: a model name given to a command reads no Hub repository
+    unless --source (--init-source for train) asks; auto then falls back to the bundled copy."""
+    import kaldn.hub as hub
+    asked = []
+
+    def no_hub(name, *args):
+        asked.append(name)
+        raise hub._HubUnavailable("offline", "no Hub in this test")
+    monkeypatch.setattr(hub, "_load_from_hub", no_hub)
+    for i in range(2):
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (24, 24, 3), np.uint8)).save(tmp_path / f"{i}.png")
+    name, out = "tiny-ldsconv-x2", str(tmp_path / "out")
+    argv = {"upscale": [str(tmp_path / "0.png"), "--model", name, "--out", out, "--device", "cpu"],
+            "evaluate": ["evaluate", "--models", name, "--datasets", str(tmp_path), "--scale", "2", "--no-timing",
+                         "--threads", "1"],
+            "train": ["train", "--init", name, "--data", str(tmp_path), "--val", str(tmp_path), "--iters", "1",
+                      "--batch", "1", "--patch", "8", "--device", "cpu", "--out", out]}[command]
+    flag = "--init-source" if command == "train" else "--source"
+    assert main(argv + ([flag, source] if source else [])) == 0
+    assert asked == ([name] if asks_hub else [])
