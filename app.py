@@ -472,7 +472,7 @@ def uploaded(payload: Any, what: str, kind: str = "image file") -> tuple[str, st
         raise refused
     path = Path(os.path.abspath(payload["path"]))
     root = Path(os.path.abspath(get_upload_folder()))
-    if root not in path.parents:
+    if root not in path.parents or not path.is_file():  # a folder or an expired upload: the same refusal
         raise refused
     name = payload.get("orig_name") if isinstance(payload.get("orig_name"), str) else None
     return str(path), name or path.name
@@ -1305,7 +1305,7 @@ def launch_kwargs() -> dict[str, Any]:
         "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body,
                                                  max_upload=SETTINGS.upload_cap,
                                                  min_free=SETTINGS.min_free_disk, disk=get_upload_folder()),
-                                      Middleware(CheckedBodies)]},
+                                      Middleware(CheckedBodies, uploads=get_upload_folder())]},
         "theme": gr.themes.Soft(),
         "css": CSS,
         "show_error": False,  # gr.Error messages are shown; an unexpected error's text (paths, internals) is not

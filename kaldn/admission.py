@@ -10,7 +10,7 @@ a client says it is, so the same bounds also count per client address (:func:`cl
 
 :class:`BodyLimit` admits request bodies only up to a size, before anything reads them;
 :class:`CheckedBodies` refuses a body that names a file by URL, which Gradio would otherwise download, or
-that holds more or longer values than any of the app's events sends, which Gradio would keep in the
+a file that is not an upload (Gradio's cache cleanup would trip on it), or that holds more or longer values than any of the app's events sends, which Gradio would keep in the
 session's state.
 """
 
@@ -31,7 +31,7 @@ from .expiring import ExpiringKeys
 log = logging.getLogger(__name__)
 
 __all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "client_key",
-           "names_remote_file", "oversized_values", "short_of_disk"]
+           "names_remote_file", "oversized_values", "short_of_disk", "stray_file_reference"]
 
 
 def client_key(host: str | None) -> str | None:
@@ -329,6 +329,23 @@ def names_remote_file(payload: object) -> bool:
                for value in _json_values(payload))
 
 
+def stray_file_reference(payload: object, uploads: str | os.PathLike) -> bool:
+    """Whether a decoded request body holds a file reference (a dict with a string ``path``) that is not an
+    existing regular file inside ``uploads``. Gradio adds every such path under its cache to the set its
+    hourly cleanup walks, before any handler runs: a folder there stops that cleanup for good (``os.remove``
+    raises), and made-up paths stay in the set forever."""
+    root = os.path.realpath(uploads)
+    for value in _json_values(payload):
+        if isinstance(value, dict) and isinstance(value.get("path"), str):
+            try:
+                path = os.path.realpath(value["path"])
+            except (ValueError, OSError):  # e.g. a NUL in the name
+                return True
+            if os.path.dirname(path) == path or not path.startswith(root + os.sep) or not os.path.isfile(path):
+                return True
+    return False
+
+
 # The most JSON values (lists, dicts, their items) and the longest string one request body may hold: the
 # largest event (eight files to fine-tune on) sends about 100 values, and paths, names and choices are short.
 MAX_BODY_VALUES = 256
@@ -348,7 +365,8 @@ def oversized_values(payload: object) -> str | None:
 
 
 class CheckedBodies:
-    """ASGI middleware: a request body (other than an upload) that names a file by URL is refused (400), and one
+    """ASGI middleware: a request body (other than an upload) that names a file by URL is refused (400), one that
+    names a file other than an upload held in ``uploads`` (when given; :func:`stray_file_reference`) too, and one
     with more or longer values than the app's events send (:func:`oversized_values`) too (413).
 
     Gradio downloads such a file, whatever its size, while it prepares an event's inputs, before the app's
@@ -357,8 +375,8 @@ class CheckedBodies:
     :class:`BodyLimit`, so the body it reads whole is already capped.
     """
 
-    def __init__(self, app: Callable) -> None:
-        self.app = app
+    def __init__(self, app: Callable, uploads: str | os.PathLike | None = None) -> None:
+        self.app, self.uploads = app, uploads
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH") or _upload_route(scope):
@@ -378,6 +396,9 @@ class CheckedBodies:
         if names_remote_file(payload):
             return await _answer(send, 400, "Files must be uploaded through the upload route; a file named by URL "
                                             "is not fetched.")
+        if self.uploads is not None and stray_file_reference(payload, self.uploads):
+            return await _answer(send, 400, "A file this request names is not an upload this server holds "
+                                            "(uploads expire after an hour: upload it again).")
         oversized = oversized_values(payload)
         if oversized:
             log.info("refused a request body to %s with %s", scope.get("path", "?")[:80], oversized)

@@ -94,7 +94,7 @@ def running_app(fallback_checkpoints: Path) -> Iterator[dict]:
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False,
                 quiet=True, **app.launch_kwargs())
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "real": real, "app": app}
+        yield {"url": f"http://127.0.0.1:{port}/", "real": real, "app": app, "demo": demo}
     finally:
         demo.close()
         for k, v in saved.items():

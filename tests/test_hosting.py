@@ -126,6 +126,11 @@ def test_1_no_endpoint_reads_a_server_file_outside_the_upload_folder(served, tmp
     # The answer does not depend on whether the path exists (nothing to learn about the server's files).
     a = call(served["url"], "compare", compare_data({"path": str(path)}), session())
     b = call(served["url"], "compare", compare_data({"path": str(missing)}), session())
+    assert a == b and a["status"] == 400 and "not an upload this server holds" in a["refused"]
+    assert str(tmp_path) not in a["refused"]
+    # Without a path (only a URL) the handler refuses it, in the same words whatever the URL names.
+    a = call(served["url"], "compare", compare_data({"url": f"file://{path}"}), session())
+    b = call(served["url"], "compare", compare_data({"url": f"file://{missing}"}), session())
     assert a["error"] == b["error"] and "uploaded image file" in a["error"] and str(tmp_path) not in a["error"]
 
 
@@ -924,3 +929,43 @@ def test_only_a_session_with_work_in_flight_is_remembered_as_ended():
     ended = EndedSessions()
     ended.end("x" * 65)
     assert not ended.ended("x" * 65)  # no session of Gradio's is that long
+
+
+def test_checked_bodies_refuse_file_references_that_are_not_held_uploads(tmp_path):
+    """Gradio adds every path under its cache that a body names to the set its hourly cleanup removes, before any
+    handler runs: a folder there stopped that cleanup for good, made-up paths stayed in the set forever."""
+    import json as _json
+    from kaldn.admission import BodyLimit, CheckedBodies, stray_file_reference
+    uploads = tmp_path / "gradio"
+    (uploads / "abc").mkdir(parents=True)
+    (uploads / "abc" / "a.png").write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (uploads / "abc" / "link.png").symlink_to(tmp_path / "outside.png")
+    held = {"path": str(uploads / "abc" / "a.png"), "meta": {"_type": "gradio.FileData"}}
+    assert not stray_file_reference({"data": [held, None, "x", {"url": "u"}]}, uploads)
+    for path in (uploads, uploads / "abc", uploads / "abc" / "gone.png", uploads / "abc" / "link.png",
+                 uploads / "abc" / ".." / ".." / "outside.png", tmp_path / "outside.png", "a\x00b", "/"):
+        assert stray_file_reference({"data": [[held, {"path": str(path)}]]}, uploads), path
+    guard = BodyLimit(CheckedBodies(_echo, uploads=uploads), max_body=1 << 20)
+    body = _json.dumps({"data": [held, 4, "hr"]}).encode()
+    assert _asgi_call(guard, "/gradio_api/queue/join", [body]) == (200, body)
+    code, text = _asgi_call(guard, "/gradio_api/queue/join", [_json.dumps({"data": [{"path": str(uploads)}]}).encode()])
+    assert code == 400 and b"not an upload this server holds" in text
+
+
+def test_a_folder_named_as_a_file_is_refused_before_gradio_sees_it(served, tmp_path):
+    """Through the served app: the upload folder itself, named as an image, never reaches Gradio's file set."""
+    import httpx
+    from gradio.utils import get_upload_folder
+    demo = served["demo"]
+    png = tmp_path / "fine.png"
+    save_png(rng_image(48, 48), png)
+    held = upload(served["url"], png)
+    before = {f for s in demo.temp_file_sets for f in s}
+    folder = {**held, "path": str(Path(held["path"]).parent)}
+    for bad in (folder, {**held, "path": get_upload_folder()}, {**held, "path": held["path"] + ".gone"}):
+        r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(bad), "session_hash": "x"},
+                       timeout=30)
+        assert r.status_code == 400 and "not an upload this server holds" in r.text, bad
+    assert {f for s in demo.temp_file_sets for f in s} == before
+    assert "data" in call(served["url"], "compare", compare_data(held), session())
