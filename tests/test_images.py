@@ -584,3 +584,43 @@ def test_the_gif_scan_counts_at_least_the_comment_pillow_reads():
         compared += 1
         assert gif_scan(data).comment_bytes >= len(comment), data
     assert compared > 100
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of a JPEG's segments, a scan's coded data included."""
+    out, pos = [], 2
+    while data[pos + 1] != 0xD9:
+        end = pos + 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+        if data[pos + 1] == 0xDA:  # coded data runs to the next marker that is not stuffing or a restart
+            while data[(end := data.index(b"\xff", end)) + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 2
+        out.append((data[pos + 1], pos, end))
+        pos = end
+    return out
+
+
+def test_a_jpeg_of_many_scans_is_refused_before_decoding():
+    """A progressive JPEG decodes one scan at a time over the whole image, and a scan can take 16 bytes: repeated,
+    a 41 kB file of 4 MP held a worker 6 s, 25 MB would hold it for hours, uninterruptibly."""
+    from kaldn.images import MAX_JPEG_SCANS, jpeg_scans
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(64, 64)).save(buf, "JPEG", progressive=True, quality=90)
+    progressive = buf.getvalue()
+    buf = io.BytesIO()
+    Image.fromarray(_rgb(64, 64)).save(buf, "JPEG", quality=90)
+    assert jpeg_scans(progressive) == 10 and jpeg_scans(buf.getvalue()) == 1
+    assert jpeg_scans(b"\xff\xd8" + b"\x00" * 20) == 0
+    _, start, end = [s for s in _jpeg_segments(progressive) if s[0] == 0xDA][-1]
+    for extra, refused in ((MAX_JPEG_SCANS - 10, False), (MAX_JPEG_SCANS - 9, True)):
+        data = progressive[:end] + progressive[start:end] * extra + progressive[end:]
+        assert jpeg_scans(data) == min(10 + extra, MAX_JPEG_SCANS + 1)
+        if refused:
+            with pytest.raises(ImageError, match="over 100 scans"):
+                load_image(data, name="x.jpg")
+        else:
+            assert load_image(data).shape == (64, 64, 3)  # repeated scans decode (libjpeg warns only)
+    # Bytes 0xFFDA inside a segment before the first scan (an ICC profile, EXIF) are no scans.
+    payload = b"\xff\xda" * 1000
+    app = b"\xff\xe5" + (len(payload) + 2).to_bytes(2, "big") + payload
+    with_app = progressive[:2] + app + progressive[2:]
+    assert jpeg_scans(with_app) == 10 and load_image(with_app).shape == (64, 64, 3)
