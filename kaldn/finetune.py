@@ -27,7 +27,7 @@ from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_config
 from .data import load_pairs
 from .display import centre_crop, to_display
 from .errors import BusyError, UserError, quoted
-from .hub import load_model
+from .hub import available_models, load_model
 from .images import ImageError, load_image, save_png
 from .inference import resolve_device
 from .models import parse_model_name, variant, variant_of
@@ -297,6 +297,11 @@ class FineTuneManager:
             spec = parse_model_name(entry.model)
             settings = replace(settings, base=str(entry.path))  # the job trains from its folder
             base_label = entry.label
+        sizes = trainable_backbones(available_models())
+        if spec.backbone not in sizes:
+            raise UserError(f"{base_label} is a {spec.backbone or spec.arch} model: this server fine-tunes the sizes "
+                            f"it ships ({', '.join(sorted(sizes))}), whose memory at the batch limit is known. Train it "
+                            "on your own machine with `kaldn train --init`.")
         self.registry.require_room(owner, client)  # asked before training, not after
         turn = client or owner
         wait = self._turn_after.get(turn or "", 0.0) - time.monotonic()
@@ -468,12 +473,22 @@ class FineTuneManager:
 PREFERRED_BASES = ("kdsconv-det", "ldsconv")  # the default base: the first of these shipped at x4
 
 
+def trainable_backbones(available: Sequence[str]) -> set[str]:
+    """The backbones of the ``available`` (bundled) models: the sizes fine-tuned here. A step's memory grows with
+    its base's size: at the batch-pixel cap, autograd keeps 13-18 GiB for the paper's backbone against 0.6-1.8 for
+    tiny and small (``python -m benchmarks.finetune_memory``)."""
+    return {spec.backbone for spec in map(parse_model_name, available) if spec.backbone is not None}
+
+
 def base_choices(available: Sequence[str], registry: SessionModels | None = None) -> list[tuple[str, str]]:
-    """(label, value) choices for the base model: every available model of a variant, then the session's own
-    (by key; uploads of a peer's released weights are for comparing only, not for training further)."""
+    """(label, value) choices for the base model: every available model of a variant, then the session's own of
+    a size fine-tuned here (by key; uploads of a peer's released weights are for comparing only, not for training
+    further)."""
     choices = [(f"{v.label} x{parse_model_name(name).scale} ({name})", name)
                for name in available if (v := variant_of(name)) is not None]
-    return choices + [(e.label, e.key) for e in (registry.items() if registry is not None else []) if not e.third_party]
+    sizes = trainable_backbones(available)
+    return choices + [(e.label, e.key) for e in (registry.items() if registry is not None else [])
+                      if not e.third_party and parse_model_name(e.model).backbone in sizes]
 
 
 def default_base(choices: Sequence[tuple[str, str]]) -> str | None:

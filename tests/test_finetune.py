@@ -201,3 +201,22 @@ def test_an_abandoned_job_leaves_nothing_even_if_its_thread_wrote_after_the_clea
     manager._lock.acquire()
     manager._ended(kept)
     assert kept.out.exists()  # a job someone follows keeps its files for registering
+
+
+def test_a_base_larger_than_the_shipped_sizes_is_refused_before_training(use_throwaway, tmp_path):
+    """An uploaded paper-size model passed every other check, and at the batch-pixel cap autograd keeps 13-18 GiB a
+    step for it (tiny's 0.6-0.7): one job could take the server's memory. Only the shipped sizes are fine-tuned,
+    and the list offers no other."""
+    from kaldn.hub import available_models
+    save_png(rng_image(64, 64), tmp_path / "a.png")
+    registry = SessionModels()
+    big = registry.add(tmp_path / "big", "paper-ldsconv-x2", owner="a", kind="Uploaded")
+    fits = registry.add(tmp_path / "fits", "tiny-ldsconv-x2", owner="a", kind="Uploaded")
+    manager = FineTuneManager(registry, root=tmp_path / "jobs", max_iters=50)
+    for base in (big.key, "paper-ldsconv-x2"):
+        with pytest.raises(UserError, match=r"fine-tunes the sizes it ships \(tiny\)"):
+            manager.start([tmp_path / "a.png"], FineTuneSettings(base, iters=2, lr=2e-4, batch=2, patch=16,
+                                                                 device="cpu"), owner="a")
+    assert not manager.busy and not any((tmp_path / "jobs").glob("*"))
+    keys = [value for _, value in base_choices(available_models(), registry.for_owner("a"))]
+    assert fits.key in keys and big.key not in keys
