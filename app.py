@@ -87,6 +87,8 @@ ON_ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
+# Gradio's cache sweep (every hour, files over an hour old): an upload stays at most two hours.
+UPLOAD_CACHE = (3600, 3600)
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
 CACHE = ModelCache(source=SETTINGS.model_source)
@@ -1243,7 +1245,7 @@ def build_demo() -> gr.Blocks:
     """The whole app (queue configured); ``launch()`` it."""
     available = available_models()
     # No usage reports to Gradio's servers from a page users upload their images to (and the app may run offline).
-    with gr.Blocks(title="KALDN super-resolution", delete_cache=(3600, 3600), analytics_enabled=False) as demo:
+    with gr.Blocks(title="KALDN super-resolution", delete_cache=UPLOAD_CACHE, analytics_enabled=False) as demo:
         featured = featured_budget()  # read once: the intro and the zoo tab describe the same model
         gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured)))
         if not available:
@@ -1304,7 +1306,9 @@ def launch_kwargs() -> dict[str, Any]:
         # Outermost first: the body is capped before CheckedBodies reads it whole.
         "app_kwargs": {"middleware": [Middleware(BodyLimit, max_body=SETTINGS.max_body,
                                                  max_upload=SETTINGS.upload_cap,
-                                                 min_free=SETTINGS.min_free_disk, disk=get_upload_folder()),
+                                                 min_free=SETTINGS.min_free_disk, disk=get_upload_folder(),
+                                                 client_upload=SETTINGS.client_upload,
+                                                 upload_window_s=sum(UPLOAD_CACHE)),
                                       Middleware(CheckedBodies, uploads=get_upload_folder())]},
         "theme": gr.themes.Soft(),
         "css": CSS,

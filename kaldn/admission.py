@@ -23,6 +23,7 @@ import os
 import shutil
 import threading
 import time
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -30,8 +31,8 @@ from .expiring import ExpiringKeys
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "client_key",
-           "names_remote_file", "oversized_values", "short_of_disk", "stray_file_reference"]
+__all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "UploadLedger",
+           "client_key", "names_remote_file", "oversized_values", "short_of_disk", "stray_file_reference"]
 
 
 def client_key(host: str | None) -> str | None:
@@ -209,11 +210,48 @@ def _upload_route(scope) -> bool:
     return scope.get("path", "").rstrip("/") in (upload, "/gradio_api/upload")
 
 
+class UploadLedger:
+    """Bytes each client address uploaded within the last ``window_s`` seconds, counted as they arrive (so uploads
+    running at once count against each other) in buckets of ``bucket_s``, for at most ``cap`` addresses (the
+    longest quiet forgotten first). Used from the event loop only, so unlocked."""
+
+    def __init__(self, window_s: float, cap: int = 100_000, bucket_s: float = 60.0) -> None:
+        self.window_s, self.cap, self.bucket_s = window_s, cap, bucket_s
+        self._sent: OrderedDict[str, tuple[list[int], deque[list[float]]]] = OrderedDict()  # (total, [[t, n]])
+
+    def used(self, client: str) -> int:
+        if client not in self._sent:
+            return 0
+        total, buckets = self._sent[client]
+        while buckets and time.monotonic() - buckets[0][0] > self.window_s:
+            total[0] -= int(buckets.popleft()[1])
+        if not buckets:
+            del self._sent[client]
+        return total[0]
+
+    def add(self, client: str, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        now = time.monotonic()
+        total, buckets = self._sent.setdefault(client, ([0], deque()))
+        if buckets and now - buckets[-1][0] < self.bucket_s:
+            buckets[-1][1] += nbytes
+        else:
+            buckets.append([now, nbytes])
+        total[0] += nbytes
+        self._sent.move_to_end(client)
+        while len(self._sent) > self.cap:
+            self._sent.popitem(last=False)
+
+
 class BodyLimit:
     """ASGI middleware: request bodies over ``max_body`` bytes are refused (413); uploads (Gradio's upload
     route, several files per request) over ``max_upload``, and uploads while the disk holding ``disk`` has
     under ``min_free`` bytes free (507). Without it, a file sent inline (a ``data:`` URL) or junk JSON would
-    be read into memory whole, and uploads could fill the disk, whatever their size.
+    be read into memory whole, and uploads could fill the disk, whatever their size. Given ``client_upload``,
+    one client address (:func:`client_key`) may upload at most that many bytes within ``upload_window_s``, the
+    time Gradio keeps an upload at most (429): else one client could fill the disk down to the floor, which
+    refuses everyone's uploads, and keep it there.
 
     An upload that declares its length (browsers and gradio_client do) is judged on it before a byte is
     read, so a refused one leaves nothing behind; every body is also counted as it arrives (a chunked
@@ -224,9 +262,10 @@ class BodyLimit:
     DISK_CHECK_BYTES = 8 << 20  # an arriving upload re-checks the free disk every this many bytes
 
     def __init__(self, app: Callable, max_body: int, max_upload: int | None = None, min_free: int = 0,
-                 disk: str | None = None) -> None:
+                 disk: str | None = None, client_upload: int = 0, upload_window_s: float = 7200.0) -> None:
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
         self.min_free, self.disk = min_free, disk
+        self.client_upload, self.ledger = client_upload, UploadLedger(upload_window_s)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -241,6 +280,9 @@ class BodyLimit:
             return await self._refuse(send, 413, upload)
         if upload and self._short_of_disk(declared or 0):
             return await self._refuse(send, 507, upload)
+        client = client_key((scope.get("client") or (None,))[0]) if upload and self.client_upload else None
+        if client and self.ledger.used(client) + (declared or 0) > self.client_upload:
+            return await self._refuse(send, 429, upload)
         received, checked, started = 0, 0, False
 
         async def counted_receive():
@@ -250,6 +292,10 @@ class BodyLimit:
                 received += len(message.get("body", b""))
                 if limit and received > limit:
                     raise _Refused(413)
+                if client:  # counted as it arrives, kept or not: a refused upload was written up to here too
+                    self.ledger.add(client, len(message.get("body", b"")))
+                    if self.ledger.used(client) > self.client_upload:
+                        raise _Refused(429)
                 if upload and received - checked >= self.DISK_CHECK_BYTES:
                     checked = received
                     if self._short_of_disk(0):
@@ -273,6 +319,9 @@ class BodyLimit:
     async def _refuse(self, send, status: int, upload: bool) -> None:
         if status == 507:
             text = "The server is short of disk space for uploads; try again later."
+        elif status == 429:
+            text = (f"Your address uploaded close to {self.client_upload >> 20} MiB within "
+                    f"{self.ledger.window_s / 3600:g} hours, this server's limit per address; try again later.")
         elif upload:
             text = f"Upload over {self.max_upload} bytes in one request."
         else:

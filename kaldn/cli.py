@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE, ModelNotFoundError, load_model
+from .hub import ModelNotFoundError, load_model
 from .images import ImageError, load_image, save_png
 from .inference import TILE_SIZE, prepare_model, upscale
+from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
 
 # sub-command -> module with a ``main(argv) -> int``; imported only when used (training pulls in more).
 SUBCOMMANDS = {"train": "kaldn.train", "evaluate": "kaldn.evaluate", "convert": "kaldn.convert",
@@ -65,7 +66,7 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
     parser.add_argument("inputs", nargs="+", help="image files")
     parser.add_argument("--model", default="tiny-kdsconv-det-x4",
                         help="model name, checkpoint folder, .safetensors file or hf-hub:ORG/REPO[/SUBFOLDER][@REV]")
-    parser.add_argument("--source", default=DEFAULT_COMMAND_SOURCE, choices=COMMAND_SOURCES,
+    parser.add_argument("--source", default=DEFAULT_MODEL_SOURCE, choices=MODEL_SOURCES,
                         help="where a model name loads from: the bundled checkpoints (default), auto (the Hub's "
                              "KALDN_HUB_REPO, then bundled) or hub")
     parser.add_argument("--out", default=".", help="output folder (files are written as NAME_xS.png)")

@@ -26,13 +26,14 @@ from torch import nn
 
 from .checkpoint import CheckpointError, write_json
 from .data import DATASETS, dataset_folder, load_pairs
-from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE, ModelNotFoundError, load_model
+from .hub import ModelNotFoundError, load_model
 from .inference import TILE_SIZE, prepare_model, upscale
 from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds, scales
 from .release import replace_block, ship
 from .resize import imresize
 from .results import GLANCE_NOTE, claims, claims_table, format_metrics, markdown_grid, markdown_table, row_key
+from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table"]
@@ -66,7 +67,7 @@ def timing_machine() -> str:
 
 
 def evaluate_model(spec: str, datasets: dict[str, list], scale: int, timing: bool = True,
-                   model: nn.Module | None = None, source: str = DEFAULT_COMMAND_SOURCE) -> dict:
+                   model: nn.Module | None = None, source: str = DEFAULT_MODEL_SOURCE) -> dict:
     """One results row: ``spec``'s model (or ``model``, loaded from ``spec`` already) on every dataset."""
     model = load_model(spec, source) if model is None else model
     _check_model_scale(spec, model, scale)
@@ -102,7 +103,7 @@ def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=[], help="model names or checkpoint folders")
-    parser.add_argument("--source", default=DEFAULT_COMMAND_SOURCE, choices=COMMAND_SOURCES,
+    parser.add_argument("--source", default=DEFAULT_MODEL_SOURCE, choices=MODEL_SOURCES,
                         help="where model names load from: the bundled checkpoints (default, what README's tables "
                              "describe), auto (the Hub's KALDN_HUB_REPO, then bundled) or hub")
     parser.add_argument("--datasets", nargs="+", default=["set5", "set14", "bsd68"],

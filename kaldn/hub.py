@@ -68,10 +68,6 @@ DEFAULT_REVISION = "main"
 DEFAULT_TIMEOUT_S = 3.0
 DEFAULT_RETRY_AFTER_S = 60.0
 SOURCES = ("auto", "local", "hub", "bundled")
-# What the commands and the app may be told to load names from ("local" needs a folder they lack). Bundled by
-# default: those files are what README's numbers describe, and nobody vouches for DEFAULT_REPO_ID's contents.
-COMMAND_SOURCES = ("bundled", "auto", "hub")
-DEFAULT_COMMAND_SOURCE = "bundled"
 # What a model repository holds (log.jsonl: the training curve shown beside a model); anything else (pickles,
 # optimizer states, stdout logs) never leaves or enters.
 HUB_FILE_PATTERNS = ["*.safetensors", "*.json", "*.md", "*.jsonl"]

@@ -27,6 +27,8 @@ variable                           what                                        d
 ``KALDN_APP_MAX_UPLOAD_BODY``      one upload request (several files)         file size x images
 ``KALDN_APP_MIN_FREE_DISK``        uploads, jobs, views refused below this     1 GiB (0: off)
                                    much free disk
+``KALDN_APP_CLIENT_UPLOAD``        upload bytes of one address within the      2 GiB (0: off)
+                                   time Gradio keeps uploads (2 h)
 ``KALDN_APP_VIEWS``                views (slider pair, zoom, kernels) at once  4
 ``KALDN_APP_MAX_COMPARE_GMACS``    G multiply-adds of one comparison           1000
 ``KALDN_APP_SESSIONS``             sessions whose input values Gradio keeps    2000
@@ -43,8 +45,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE
-
 log = logging.getLogger("kaldn.settings")
 
 
@@ -56,6 +56,13 @@ def env_int(name: str, default: int, minimum: int = 1) -> int:
         log.warning("%s=%r is not an integer; using %d", name, os.environ.get(name), default)
         return default
     return value if value >= minimum else default
+
+
+# What the commands and the app may be told to load names from (kaldn.hub's sources but "local", which needs a
+# folder they lack). Bundled by default: those files are what README's numbers describe, and nobody vouches for
+# the default Hub repository's contents.
+MODEL_SOURCES = ("bundled", "auto", "hub")
+DEFAULT_MODEL_SOURCE = "bundled"
 
 
 def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -90,7 +97,7 @@ class AppSettings:
     queue_size: int = 32
     gpu_seconds: int = 120
     # The weights the results describe; ``auto``/``hub`` read ``KALDN_HUB_REPO`` first (see kaldn.hub).
-    model_source: str = DEFAULT_COMMAND_SOURCE
+    model_source: str = DEFAULT_MODEL_SOURCE
     finetune_max_iters: int = 2000
     session_jobs: int = 1
     # Jobs over one address's sessions (admission.client_key), 0: no per-address bounds. A quarter of the queue:
@@ -108,6 +115,9 @@ class AppSettings:
     convert_seconds: int = 120
     max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30
+    # Upload bytes one address (admission.client_key) may send within the time Gradio keeps uploads, 0: off. Ten
+    # full fine-tune uploads; a class behind one NAT still has 13 photos of 5 MB each for 30 people.
+    client_upload: int = 2 << 30
     finetune_turn_s: int = 60
     views: int = 4                        # a pair view of a 2048^2 run peaks at ~200 MiB (benchmarks.view_memory)
     # One comparison's work, whatever is chosen or uploaded: the default variants on a 2048^2 upload need
@@ -131,7 +141,7 @@ class AppSettings:
                    concurrency=env_int("KALDN_APP_CONCURRENCY", d.concurrency),
                    queue_size=env_int("KALDN_APP_QUEUE_SIZE", d.queue_size),
                    gpu_seconds=env_int("KALDN_APP_GPU_SECONDS", d.gpu_seconds),
-                   model_source=env_choice("KALDN_APP_MODEL_SOURCE", d.model_source, COMMAND_SOURCES),
+                   model_source=env_choice("KALDN_APP_MODEL_SOURCE", d.model_source, MODEL_SOURCES),
                    finetune_max_iters=env_int("KALDN_FINETUNE_MAX_ITERS", d.finetune_max_iters),
                    session_jobs=env_int("KALDN_APP_SESSION_JOBS", d.session_jobs),
                    client_jobs=env_int("KALDN_APP_CLIENT_JOBS", d.client_jobs, minimum=0),
@@ -147,6 +157,7 @@ class AppSettings:
                    convert_seconds=env_int("KALDN_APP_CONVERT_SECONDS", d.convert_seconds),
                    max_upload_body=env_int("KALDN_APP_MAX_UPLOAD_BODY", 0) or None,
                    min_free_disk=env_int("KALDN_APP_MIN_FREE_DISK", d.min_free_disk, minimum=0),  # 0: off
+                   client_upload=env_int("KALDN_APP_CLIENT_UPLOAD", d.client_upload, minimum=0),  # 0: off
                    views=env_int("KALDN_APP_VIEWS", d.views),
                    max_compare_gmacs=env_int("KALDN_APP_MAX_COMPARE_GMACS", d.max_compare_gmacs),
                    sessions=env_int("KALDN_APP_SESSIONS", d.sessions),

@@ -48,13 +48,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import CONFIG_NAME, CheckpointError, atomic_write, read_config, save_checkpoint
 from .data import TrainingDataError, list_images, load_pairs, split_holdout
-from .hub import COMMAND_SOURCES, DEFAULT_COMMAND_SOURCE, load_model
+from .hub import load_model
 from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
 from .gates import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import mean_scores
 from .models import create_model, options_taken
+from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
 
 log = logging.getLogger("kaldn.train")
 
@@ -81,7 +82,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     init: str | None = None         # model name or checkpoint directory to fine-tune from
-    init_source: str = DEFAULT_COMMAND_SOURCE  # where an init given by model name loads from (kaldn.hub's sources)
+    init_source: str = DEFAULT_MODEL_SOURCE  # where an init given by model name loads from (kaldn.hub's sources)
     resume: bool = False            # continue out/train_state.safetensors (an error if there is none)
     force: bool = False             # start over in an out folder that already holds a run
     val_every: int = 250
@@ -537,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-halve-at", type=float, nargs="*", default=list(defaults.lr_halve_at),
                         help="fractions of --iters where the learning rate halves")
     parser.add_argument("--init", help="model name or checkpoint folder to fine-tune from")
-    parser.add_argument("--init-source", default=defaults.init_source, choices=COMMAND_SOURCES,
+    parser.add_argument("--init-source", default=defaults.init_source, choices=MODEL_SOURCES,
                         help="where an --init model name loads from: bundled (default), auto (the Hub's "
                              "KALDN_HUB_REPO, then bundled) or hub")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")

@@ -754,8 +754,9 @@ def test_a_quiet_server_still_deletes_expired_runs_and_session_models(served, tm
     assert not run.folder.exists() and app.RUNS.get(run_id, "quiet") is None
 
 
-def _asgi_call(app, path: str, chunks: list[bytes], headers: list | None = None) -> tuple[int, bytes]:
-    """One POST through an ASGI app, the body in ``chunks``: (status, body)."""
+def _asgi_call(app, path: str, chunks: list[bytes], headers: list | None = None,
+               client: str | None = None) -> tuple[int, bytes]:
+    """One POST through an ASGI app, the body in ``chunks``, from ``client``'s address: (status, body)."""
     import asyncio
     messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
     sent = []
@@ -766,7 +767,8 @@ def _asgi_call(app, path: str, chunks: list[bytes], headers: list | None = None)
     async def send(message):
         sent.append(message)
 
-    asyncio.run(app({"type": "http", "method": "POST", "path": path, "headers": headers or []}, receive, send))
+    scope = {"type": "http", "method": "POST", "path": path, "headers": headers or [], "client": (client, 5000)}
+    asyncio.run(app(scope, receive, send))
     return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
@@ -969,3 +971,32 @@ def test_a_folder_named_as_a_file_is_refused_before_gradio_sees_it(served, tmp_p
         assert r.status_code == 400 and "not an upload this server holds" in r.text, bad
     assert {f for s in demo.temp_file_sets for f in s} == before
     assert "data" in call(served["url"], "compare", compare_data(held), session())
+
+
+def test_one_address_uploads_a_bounded_amount_within_the_time_uploads_are_kept(monkeypatch):
+    """Each upload under the caps, one client could still fill the disk down to the floor that refuses everyone's
+    uploads, and keep it there: an address has a byte budget over the time Gradio keeps uploads (two hours)."""
+    from kaldn import admission
+    from kaldn.admission import BodyLimit
+    clock = [1000.0]
+    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+    length = lambda n: [(b"content-length", str(n).encode())]  # noqa: E731
+    guard = BodyLimit(_echo, max_body=10, max_upload=100, client_upload=250, upload_window_s=7200)
+    a, b = "8.8.4.4", "9.9.9.9"  # global addresses (documentation ranges are not)
+    for _ in range(2):
+        assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 90], length(90), client=a)[0] == 200
+    code, text = _asgi_call(guard, "/gradio_api/upload", [b"x" * 90], length(90), client=a)  # declared: at once
+    assert code == 429 and b"Your address uploaded" in text
+    # Undeclared, it is stopped where it crosses the budget; what arrived counts (it was written too).
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 50, b"x" * 50], client=b)[0] == 200
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 50, b"x" * 50], client=b)[0] == 200
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 40, b"x" * 40], client=b)[0] == 429
+    assert guard.ledger.used(b) == 280  # both chunks of the refused one arrived
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 5], length(5), client=a)[0] == 200  # 180 + 5: the refused one sent nothing
+    assert _asgi_call(guard, "/gradio_api/queue/join", [b"x" * 5], client=a)[0] == 200  # only uploads count
+    # Addresses that may be many clients' (a proxy uvicorn does not trust, a LAN) keep the other bounds only.
+    for _ in range(4):
+        assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 90], length(90), client="10.0.0.2")[0] == 200
+    clock[0] += 7201  # the window passed: its uploads are gone from the disk, and from the count
+    assert _asgi_call(guard, "/gradio_api/upload", [b"x" * 90], length(90), client=a)[0] == 200
+    assert guard.ledger.used(a) == 90 and guard.ledger.used(b) == 0
