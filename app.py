@@ -67,7 +67,7 @@ from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStor
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
-from kaldn.workdirs import instance_root
+from kaldn.workdirs import delete_expired_files, instance_root
 
 SETTINGS = AppSettings.from_env()
 log = logging.getLogger("kaldn.app")
@@ -87,8 +87,6 @@ ON_ZERO_GPU = bool(os.environ.get("SPACES_ZERO_GPU"))
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "examples"
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.png"))
-# Gradio's cache sweep (every hour, files over an hour old): an upload stays at most two hours.
-UPLOAD_CACHE = (3600, 3600)
 OUT_ROOT = Path(tempfile.gettempdir()) / "kaldn-app"  # this process works in OUT_ROOT/<pid>-<token>
 
 CACHE = ModelCache(source=SETTINGS.model_source)
@@ -104,13 +102,21 @@ FINETUNE = FineTuneManager(SESSION_MODELS, max_iters=SETTINGS.finetune_max_iters
 RUNS = RunStore(instance_root(OUT_ROOT), memory_bytes=SETTINGS.run_memory, max_age_s=SETTINGS.session_ttl + 60)
 _DEMOS: "weakref.WeakSet[gr.Blocks]" = weakref.WeakSet()  # the built apps, whose queues SLOTS looks into
 SWEEP_INTERVAL_S = 60.0
+# Uploads (and the images views saved) are deleted an hour after they arrived, checked with every sweep: the
+# app's sweep, not Gradio's delete_cache, which ended for good when an upload arrived during it.
+UPLOAD_MAX_AGE_S = 3600.0
 
 
 def sweep_expired() -> None:
-    """Delete expired runs and unused session models now. Saving a run or adding a model sweeps too, but a quiet
-    server does neither, and a session whose state Gradio evicts never calls its delete callback."""
+    """Delete expired runs, unused session models and old files of Gradio's cache now. Saving a run or adding a
+    model sweeps too, but a quiet server does neither, and a session whose state Gradio evicts never calls its
+    delete callback."""
     RUNS.prune()
     SESSION_MODELS.expire()
+    for demo in list(_DEMOS):
+        keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}  # examples
+        for files in list(demo.temp_file_sets):
+            delete_expired_files(files, UPLOAD_MAX_AGE_S, keep)
 
 
 SWEEP_NOW = threading.Event()  # set: sweep at once (tests), else every SWEEP_INTERVAL_S
@@ -1245,7 +1251,7 @@ def build_demo() -> gr.Blocks:
     """The whole app (queue configured); ``launch()`` it."""
     available = available_models()
     # No usage reports to Gradio's servers from a page users upload their images to (and the app may run offline).
-    with gr.Blocks(title="KALDN super-resolution", delete_cache=UPLOAD_CACHE, analytics_enabled=False) as demo:
+    with gr.Blocks(title="KALDN super-resolution", delete_cache=None, analytics_enabled=False) as demo:
         featured = featured_budget()  # read once: the intro and the zoo tab describe the same model
         gr.Markdown(INTRO.replace("{featured}", _featured_intro(featured)))
         if not available:
@@ -1308,7 +1314,7 @@ def launch_kwargs() -> dict[str, Any]:
                                                  max_upload=SETTINGS.upload_cap,
                                                  min_free=SETTINGS.min_free_disk, disk=get_upload_folder(),
                                                  client_upload=SETTINGS.client_upload,
-                                                 upload_window_s=sum(UPLOAD_CACHE)),
+                                                 upload_window_s=UPLOAD_MAX_AGE_S + SWEEP_INTERVAL_S),
                                       Middleware(CheckedBodies, uploads=get_upload_folder())]},
         "theme": gr.themes.Soft(),
         "css": CSS,

@@ -250,7 +250,7 @@ class BodyLimit:
     under ``min_free`` bytes free (507). Without it, a file sent inline (a ``data:`` URL) or junk JSON would
     be read into memory whole, and uploads could fill the disk, whatever their size. Given ``client_upload``,
     one client address (:func:`client_key`) may upload at most that many bytes within ``upload_window_s``, the
-    time Gradio keeps an upload at most (429): else one client could fill the disk down to the floor, which
+    time an upload is kept at most (429): else one client could fill the disk down to the floor, which
     refuses everyone's uploads, and keep it there.
 
     An upload that declares its length (browsers and gradio_client do) is judged on it before a byte is
@@ -262,7 +262,7 @@ class BodyLimit:
     DISK_CHECK_BYTES = 8 << 20  # an arriving upload re-checks the free disk every this many bytes
 
     def __init__(self, app: Callable, max_body: int, max_upload: int | None = None, min_free: int = 0,
-                 disk: str | None = None, client_upload: int = 0, upload_window_s: float = 7200.0) -> None:
+                 disk: str | None = None, client_upload: int = 0, upload_window_s: float = 3600.0) -> None:
         self.app, self.max_body, self.max_upload = app, max_body, max_upload
         self.min_free, self.disk = min_free, disk
         self.client_upload, self.ledger = client_upload, UploadLedger(upload_window_s)

@@ -28,7 +28,7 @@ variable                           what                                        d
 ``KALDN_APP_MIN_FREE_DISK``        uploads, jobs, views refused below this     1 GiB (0: off)
                                    much free disk
 ``KALDN_APP_CLIENT_UPLOAD``        upload bytes of one address within the      2 GiB (0: off)
-                                   time Gradio keeps uploads (2 h)
+                                   time uploads are kept (an hour)
 ``KALDN_APP_VIEWS``                views (slider pair, zoom, kernels) at once  4
 ``KALDN_APP_MAX_COMPARE_GMACS``    G multiply-adds of one comparison           1000
 ``KALDN_APP_SESSIONS``             sessions whose input values Gradio keeps    2000
@@ -115,7 +115,7 @@ class AppSettings:
     convert_seconds: int = 120
     max_upload_body: int | None = None    # None: the fine-tune tab's images at the file size cap, plus framing
     min_free_disk: int = 1 << 30
-    # Upload bytes one address (admission.client_key) may send within the time Gradio keeps uploads, 0: off. Ten
+    # Upload bytes one address (admission.client_key) may send within the time uploads are kept, 0: off. Ten
     # full fine-tune uploads; a class behind one NAT still has 13 photos of 5 MB each for 30 people.
     client_upload: int = 2 << 30
     finetune_turn_s: int = 60

@@ -2,7 +2,8 @@
 
 Several app instances may share a temporary directory (a Space restarts, two local runs): each works in
 a root of its own, so one never prunes another's files, and a new instance removes what a killed one left
-behind (half-written ``*.tmp`` checkpoint files included), but never a folder of a process still alive.
+behind (half-written ``*.tmp`` checkpoint files included), but never a folder of a process still alive. :func:`delete_expired_files` empties a set of temporary files
+that requests keep adding to (Gradio's cache of uploads) safely.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import threading
+import time
+from collections.abc import Collection
 from pathlib import Path
 
 log = logging.getLogger("kaldn.workdirs")
 
-__all__ = ["instance_root", "sweep_dead_instances"]
+__all__ = ["delete_expired_files", "instance_root", "sweep_dead_instances"]
 
 _ROOT_NAME = re.compile(r"^(\d+)-[0-9a-f]{8}$")
 _roots: dict[str, Path] = {}
@@ -69,3 +73,30 @@ def instance_root(base: str | Path) -> Path:
         _roots[key] = root
         atexit.register(shutil.rmtree, root, True)
         return root
+
+
+def delete_expired_files(paths: set[str], max_age_s: float, keep: Collection[str] = ()) -> int:
+    """Delete the files named in ``paths`` that are older than ``max_age_s`` (by ctime) and forget them, and forget
+    those already gone or that are no regular file (never deleted); ``keep`` stays. Returns how many were deleted.
+
+    Other threads may add to ``paths`` meanwhile: it walks a copy and never raises. Gradio's own sweep walks the
+    live set, so an upload arriving during it ("Set changed size during iteration"), or one folder named in it,
+    ended the sweeping for good, and uploads then filled the disk.
+    """
+    deleted = 0
+    for path in list(paths):  # one atomic copy
+        if path in keep:
+            continue
+        try:
+            info = os.lstat(path)
+            if time.time() - info.st_ctime <= max_age_s:
+                continue
+            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
+                os.remove(path)
+                deleted += 1
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:  # unreadable, or a NUL in the name: forgotten, never retried
+            log.warning("cannot delete the cached file %r: %s", path[:200], exc)
+        paths.discard(path)
+    return deleted
