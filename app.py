@@ -22,6 +22,7 @@ Settings come from the environment (``KALDN_APP_MAX_PIXELS``, ``KALDN_FINETUNE_M
 
 from __future__ import annotations
 
+import atexit
 import functools
 import inspect
 import logging
@@ -67,7 +68,7 @@ from kaldn.runs import DEFAULT_REGION_SIZE, REGION_SIZES, ComparisonRun, RunStor
 from kaldn.session_models import SessionModels, import_checkpoint, upload_archs
 from kaldn.settings import AppSettings
 from kaldn.train import TrainConfig
-from kaldn.workdirs import delete_expired_files, instance_root
+from kaldn.workdirs import delete_abandoned_uploads, delete_expired_files, instance_root
 
 SETTINGS = AppSettings.from_env()
 log = logging.getLogger("kaldn.app")
@@ -113,10 +114,17 @@ def sweep_expired() -> None:
     delete callback."""
     RUNS.prune()
     SESSION_MODELS.expire()
+    sweep_cache(UPLOAD_MAX_AGE_S)
+    delete_abandoned_uploads(get_upload_folder(), UPLOAD_MAX_AGE_S)
+
+
+def sweep_cache(max_age_s: float) -> None:
+    """Delete the files the built apps put in Gradio's cache over ``max_age_s`` ago (negative: all), but the
+    examples."""
     for demo in list(_DEMOS):
-        keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}  # examples
+        keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
         for files in list(demo.temp_file_sets):
-            delete_expired_files(files, UPLOAD_MAX_AGE_S, keep)
+            delete_expired_files(files, max_age_s, keep)
 
 
 SWEEP_NOW = threading.Event()  # set: sweep at once (tests), else every SWEEP_INTERVAL_S
@@ -1289,6 +1297,7 @@ def build_demo() -> gr.Blocks:
     _DEMOS.add(demo)
     if not _SWEEPER.is_alive():
         _SWEEPER.start()
+        atexit.register(sweep_cache, -1.0)  # as Gradio's delete_cache did at shutdown
     return demo
 
 

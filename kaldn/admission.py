@@ -10,7 +10,7 @@ a client says it is, so the same bounds also count per client address (:func:`cl
 
 :class:`BodyLimit` admits request bodies only up to a size, before anything reads them;
 :class:`CheckedBodies` refuses a body that names a file by URL, which Gradio would otherwise download, or
-a file that is not an upload (Gradio's cache cleanup would trip on it), or that holds more or longer values than any of the app's events sends, which Gradio would keep in the
+a file that is not an upload held (Gradio would add it to its file sets), or that holds more or longer values than any of the app's events sends, which Gradio would keep in the
 session's state.
 """
 
@@ -321,12 +321,12 @@ class BodyLimit:
             text = "The server is short of disk space for uploads; try again later."
         elif status == 429:
             text = (f"Your address uploaded close to {self.client_upload >> 20} MiB within "
-                    f"{self.ledger.window_s / 3600:g} hours, this server's limit per address; try again later.")
+                    f"{self.ledger.window_s / 60:.0f} minutes, this server's limit per address; try again later.")
         elif upload:
             text = f"Upload over {self.max_upload} bytes in one request."
         else:
             text = f"Request body over {self.max_body} bytes; send files through the upload route."
-        await _answer(send, status, text)
+        await _answer(send, status, text, as_json=not upload)
 
 
 def short_of_disk(paths: list[str | os.PathLike], min_free: int, incoming: int = 0) -> bool:
@@ -344,10 +344,13 @@ def _free_bytes(path: str) -> int:
     return shutil.disk_usage(path).free
 
 
-async def _answer(send, status: int, text: str) -> None:
-    body = text.encode()
+async def _answer(send, status: int, text: str, as_json: bool = False) -> None:
+    """A refusal: plain text, or (``as_json``, for an event's request) ``{"detail": text}``, which the page shows;
+    it reports any other answer to an event as a server response it could not parse."""
+    body = json.dumps({"detail": text}).encode() if as_json else text.encode()
+    kind = b"application/json" if as_json else b"text/plain"
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -380,9 +383,10 @@ def names_remote_file(payload: object) -> bool:
 
 def stray_file_reference(payload: object, uploads: str | os.PathLike) -> bool:
     """Whether a decoded request body holds a file reference (a dict with a string ``path``) that is not an
-    existing regular file inside ``uploads``. Gradio adds every such path under its cache to the set its
-    hourly cleanup walks, before any handler runs: a folder there stops that cleanup for good (``os.remove``
-    raises), and made-up paths stay in the set forever."""
+    existing regular file inside ``uploads``. Gradio adds every such path under its cache to a component's set
+    of files to delete, before any handler runs: its own sweep stopped for good on a folder there (``os.remove``
+    raises), and made-up paths stayed in the set. The app's sweep copes with both; refused here, they never
+    reach a handler or a set at all."""
     root = os.path.realpath(uploads)
     for value in _json_values(payload):
         if isinstance(value, dict) and isinstance(value.get("path"), str):
@@ -444,15 +448,15 @@ class CheckedBodies:
             payload = None  # not JSON: Gradio refuses it on its own
         if names_remote_file(payload):
             return await _answer(send, 400, "Files must be uploaded through the upload route; a file named by URL "
-                                            "is not fetched.")
+                                            "is not fetched.", as_json=True)
         if self.uploads is not None and stray_file_reference(payload, self.uploads):
             return await _answer(send, 400, "A file this request names is not an upload this server holds "
-                                            "(uploads expire after an hour: upload it again).")
+                                            "(uploads are deleted after an hour: upload it again).", as_json=True)
         oversized = oversized_values(payload)
         if oversized:
             log.info("refused a request body to %s with %s", scope.get("path", "?")[:80], oversized)
             return await _answer(send, 413, f"Request body with {oversized}: no event of this app sends that "
-                                            "(files go through the upload route).")
+                                            "(files go through the upload route).", as_json=True)
         sent = False
 
         async def replay():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 log = logging.getLogger("kaldn.workdirs")
 
-__all__ = ["delete_expired_files", "instance_root", "sweep_dead_instances"]
+__all__ = ["delete_abandoned_uploads", "delete_expired_files", "instance_root", "sweep_dead_instances"]
 
 _ROOT_NAME = re.compile(r"^(\d+)-[0-9a-f]{8}$")
 _roots: dict[str, Path] = {}
@@ -75,6 +75,24 @@ def instance_root(base: str | Path) -> Path:
         return root
 
 
+def _delete_if_old(path: str, max_age_s: float) -> bool | None:
+    """Delete the regular file (or link) ``path`` if its ctime is over ``max_age_s`` ago. True: deleted; False:
+    too young; None: gone, no regular file (never deleted) or not deletable (logged)."""
+    try:
+        info = os.lstat(path)
+        if time.time() - info.st_ctime <= max_age_s:
+            return False
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode)):
+            return None
+        os.remove(path)
+        return True
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # unreadable, or a NUL in the name
+        log.warning("cannot delete the cached file %r: %s", path[:200], exc)
+        return None
+
+
 def delete_expired_files(paths: set[str], max_age_s: float, keep: Collection[str] = ()) -> int:
     """Delete the files named in ``paths`` that are older than ``max_age_s`` (by ctime) and forget them, and forget
     those already gone or that are no regular file (never deleted); ``keep`` stays. Returns how many were deleted.
@@ -85,18 +103,18 @@ def delete_expired_files(paths: set[str], max_age_s: float, keep: Collection[str
     """
     deleted = 0
     for path in list(paths):  # one atomic copy
-        if path in keep:
-            continue
-        try:
-            info = os.lstat(path)
-            if time.time() - info.st_ctime <= max_age_s:
-                continue
-            if stat.S_ISREG(info.st_mode) or stat.S_ISLNK(info.st_mode):
-                os.remove(path)
-                deleted += 1
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:  # unreadable, or a NUL in the name: forgotten, never retried
-            log.warning("cannot delete the cached file %r: %s", path[:200], exc)
-        paths.discard(path)
+        if path not in keep and (outcome := _delete_if_old(path, max_age_s)) is not False:
+            deleted += bool(outcome)
+            paths.discard(path)
     return deleted
+
+
+def delete_abandoned_uploads(folder: str | Path, max_age_s: float) -> int:
+    """Delete the ``tmp*`` files directly in Gradio's upload ``folder`` untouched for ``max_age_s``: the parts of
+    uploads that never finished (refused while arriving, or the client went away), which Gradio's parser keeps on
+    disk and in no file set. A finished upload lives in a subfolder, and another app's files are left alone."""
+    try:
+        names = [e.path for e in os.scandir(folder) if e.name.startswith("tmp")]
+    except OSError:  # no uploads yet
+        return 0
+    return sum(bool(_delete_if_old(path, max_age_s)) for path in names)

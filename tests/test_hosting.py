@@ -754,19 +754,6 @@ def test_a_quiet_server_still_deletes_expired_runs_and_session_models(served, tm
     assert not run.folder.exists() and app.RUNS.get(run_id, "quiet") is None
 
 
-def test_the_sweep_deletes_gradios_cached_uploads_once_they_are_an_hour_old(served, monkeypatch):
-    """The app's sweep empties Gradio's cache (its own delete_cache is off: it stopped for good on a busy server),
-    sparing the examples."""
-    app, demo = served["app"], served["demo"]
-    calls = []
-    monkeypatch.setattr(app, "delete_expired_files", lambda files, age, keep: calls.append((files, age, keep)))
-    app.sweep_expired()
-    assert calls and all(age == app.UPLOAD_MAX_AGE_S == 3600 for _, age, _ in calls)
-    assert {id(files) for files, _, _ in calls} == {id(files) for files in demo.temp_file_sets}
-    keep = calls[0][2]
-    assert keep and all(Path(f).name.startswith(tuple(p.stem for p in app.EXAMPLES)) for f in keep), keep
-
-
 def _asgi_call(app, path: str, chunks: list[bytes], headers: list | None = None,
                client: str | None = None) -> tuple[int, bytes]:
     """One POST through an ASGI app, the body in ``chunks``, from ``client``'s address: (status, body)."""
@@ -981,7 +968,7 @@ def test_a_folder_named_as_a_file_is_refused_before_gradio_sees_it(served, tmp_p
     for bad in (folder, {**held, "path": get_upload_folder()}, {**held, "path": held["path"] + ".gone"}):
         r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(bad), "session_hash": "x"},
                        timeout=30)
-        assert r.status_code == 400 and "not an upload this server holds" in r.text, bad
+        assert r.status_code == 400 and "not an upload this server holds" in r.json()["detail"], bad  # shown
     assert {f for s in demo.temp_file_sets for f in s} == before
     assert "data" in call(served["url"], "compare", compare_data(held), session())
 
@@ -1053,3 +1040,52 @@ def test_the_cache_sweep_survives_uploads_arriving_during_it_and_folders_in_it(t
                                                      real_lstat(self))[1])
     with pytest.raises(RuntimeError, match="changed size during iteration"):
         delete_files_created_by_app(Blocks, age=0)
+
+
+def test_abandoned_uploads_are_deleted_once_untouched_for_the_age():
+    """Gradio's parser writes an upload to a tmp* file in the upload folder and deletes it only on its own parse
+    errors: an upload refused while arriving (over a cap, the disk, the address's budget) or dropped by its
+    client stayed on disk in no file set. Finished uploads (subfolders) and other files are left alone."""
+    import tempfile as _tempfile
+    from kaldn import workdirs
+    from kaldn.workdirs import delete_abandoned_uploads
+    with _tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        for name in ("tmpabandoned", "notes.txt"):
+            (root / name).write_bytes(b"x")
+        (root / "tmpfolder").mkdir()
+        (root / "0123abcd").mkdir()
+        (root / "0123abcd" / "tmpphoto.png").write_bytes(b"x")
+        assert delete_abandoned_uploads(root, 60) == 0  # all young
+        real_time = time.time
+        try:
+            workdirs.time.time = lambda: real_time() + 61
+            assert delete_abandoned_uploads(root, 60) == 1
+        finally:
+            workdirs.time.time = real_time
+        assert sorted(p.name for p in root.iterdir()) == ["0123abcd", "notes.txt", "tmpfolder"]
+        assert delete_abandoned_uploads(root / "missing", 60) == 0
+
+
+def test_the_sweep_deletes_gradios_cached_uploads_once_they_are_an_hour_old(served, monkeypatch):
+    """The app's sweep empties Gradio's cache (its own delete_cache is off: it stopped for good on a busy server)
+    and the upload folder's abandoned parts, sparing the examples. Last in this module: it empties the cache."""
+    from gradio.utils import get_upload_folder
+    app, demo = served["app"], served["demo"]
+    png = Path(get_upload_folder()) / "kaldn-test.png"
+    save_png(rng_image(48, 48), png)
+    held = upload(served["url"], png)
+    png.unlink()
+    result = call(served["url"], "compare", compare_data(held), session())
+    shown = output_files(result["data"])
+    abandoned = Path(get_upload_folder()) / "tmpkaldn-test-abandoned"
+    abandoned.write_bytes(b"x")
+    examples = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
+    assert examples and shown and all(Path(f).is_file() for f in [held["path"], *shown, *examples])
+    app.sweep_expired()  # nothing is an hour old
+    assert all(Path(f).is_file() for f in [held["path"], *shown, abandoned])
+    monkeypatch.setattr(app, "UPLOAD_MAX_AGE_S", -1.0)
+    app.sweep_expired()
+    assert not any(Path(f).exists() for f in [held["path"], *shown, abandoned])
+    assert all(Path(f).is_file() for f in examples)
+    assert not {held["path"], *shown} & {f for files in demo.temp_file_sets for f in files}

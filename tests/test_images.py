@@ -619,8 +619,16 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding():
                 load_image(data, name="x.jpg")
         else:
             assert load_image(data).shape == (64, 64, 3)  # repeated scans decode (libjpeg warns only)
-    # Bytes 0xFFDA inside a segment before the first scan (an ICC profile, EXIF) are no scans.
+    many = progressive[:end] + progressive[start:end] * 500 + progressive[end:]
+    # A stray byte before a marker, which libjpeg skips, hides no scan.
+    assert jpeg_scans(many[:2] + b"\x00" + many[2:]) == MAX_JPEG_SCANS + 1
+    with pytest.raises(ImageError, match="over 100 scans"):
+        load_image(many[:2] + b"\x00" + many[2:])
+    # Bytes 0xFFDA in a segment (an ICC profile, EXIF, a comment between scans) or after the end of the image (a
+    # motion photo's video) are no scans.
     payload = b"\xff\xda" * 1000
-    app = b"\xff\xe5" + (len(payload) + 2).to_bytes(2, "big") + payload
-    with_app = progressive[:2] + app + progressive[2:]
-    assert jpeg_scans(with_app) == 10 and load_image(with_app).shape == (64, 64, 3)
+    segment = b"\xff\xe5" + (len(payload) + 2).to_bytes(2, "big") + payload
+    comment = b"\xff\xfe" + (len(payload) + 2).to_bytes(2, "big") + payload
+    for data in (progressive[:2] + segment + progressive[2:], progressive[:end] + comment + progressive[end:],
+                 progressive + payload * 1000):
+        assert jpeg_scans(data) == 10 and load_image(data).shape == (64, 64, 3)
