@@ -1,6 +1,6 @@
 """What one training step keeps for the backward pass, per backbone: why Fine-tune takes only the shipped sizes.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.finetune_memory [--convs dsconv kdsconv-det] [--scale 4]
+    OMP_NUM_THREADS=1 python -m benchmarks.finetune_memory [--convs dsconv kdsconv-det ...] [--scale 4]
 
 Sums the bytes of every tensor autograd saves during the forward pass of one 48x48 LR patch (through
 ``torch.autograd.graph.saved_tensors_hooks``; a tensor saved twice counts twice, so an upper bound), and scales
@@ -14,6 +14,7 @@ import argparse
 import torch
 
 from kaldn.models import BACKBONES, ModelSpec, count_parameters, create_model, variant
+from kaldn.registry import conv_entries
 from kaldn.settings import AppSettings
 
 
@@ -32,7 +33,7 @@ def saved_bytes(name: str, patch: int = 48) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--convs", nargs="+", default=["dsconv", "kdsconv-det"])
+    parser.add_argument("--convs", nargs="+", default=[c.name for c in conv_entries()], help="default: every one")
     parser.add_argument("--scale", type=int, default=4)
     args = parser.parse_args()
     torch.manual_seed(0)

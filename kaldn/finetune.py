@@ -475,7 +475,7 @@ PREFERRED_BASES = ("kdsconv-det", "ldsconv")  # the default base: the first of t
 
 def trainable_backbones(available: Sequence[str]) -> set[str]:
     """The backbones of the ``available`` (bundled) models: the sizes fine-tuned here. A step's memory grows with
-    its base's size: at the batch-pixel cap, autograd keeps 13-18 GiB for the paper's backbone against 0.6-1.8 for
+    its base's size: at the batch-pixel cap, autograd keeps 9-18 GiB for the paper's backbone against 0.4-1.8 for
     tiny and small (``python -m benchmarks.finetune_memory``)."""
     return {spec.backbone for spec in map(parse_model_name, available) if spec.backbone is not None}
 

@@ -204,8 +204,8 @@ def test_an_abandoned_job_leaves_nothing_even_if_its_thread_wrote_after_the_clea
 
 
 def test_a_base_larger_than_the_shipped_sizes_is_refused_before_training(use_throwaway, tmp_path):
-    """An uploaded paper-size model passed every other check, and at the batch-pixel cap autograd keeps 13-18 GiB a
-    step for it (tiny's 0.6-0.7): one job could take the server's memory. Only the shipped sizes are fine-tuned,
+    """An uploaded paper-size model passed every other check, and at the batch-pixel cap autograd keeps 9-18 GiB a
+    step for it (tiny's 0.4-0.7): one job could take the server's memory. Only the shipped sizes are fine-tuned,
     and the list offers no other."""
     from kaldn.hub import available_models
     save_png(rng_image(64, 64), tmp_path / "a.png")
