@@ -632,3 +632,25 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding():
     for data in (progressive[:2] + segment + progressive[2:], progressive[:end] + comment + progressive[end:],
                  progressive + payload * 1000):
         assert jpeg_scans(data) == 10 and load_image(data).shape == (64, 64, 3)
+
+
+def test_a_jpeg_of_many_scans_inside_a_tiff_is_stopped_by_libtiff():
+    """No scan count for TIFFs (their strips are many JPEG streams): libtiff refuses a stream of over 100 scans
+    itself. If this fails, libtiff no longer does, and TIFFs need the JPEG check per strip."""
+    image = Image.fromarray(_rgb(64, 64))
+    buf = io.BytesIO()
+    image.save(buf, "TIFF", compression="jpeg", tiffinfo={278: 64})  # one strip
+    tiff = bytearray(buf.getvalue())
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", progressive=True, quality=90, subsampling=0)
+    stream = buf.getvalue()
+    start, end = stream.rindex(b"\xff\xda"), len(stream) - 2
+    stream = stream[:end] + stream[start:end] * 500 + stream[end:]
+    ifd = struct.unpack_from("<I", tiff, 4)[0]
+    for k in range(struct.unpack_from("<H", tiff, ifd)[0]):  # the strip now points at the many-scan stream
+        entry = ifd + 2 + 12 * k
+        tag, kind = struct.unpack_from("<HH", tiff, entry)
+        if tag in (273, 279):
+            struct.pack_into("<I" if kind == 4 else "<H", tiff, entry + 8, len(tiff) if tag == 273 else len(stream))
+    with pytest.raises(ImageError, match="damaged or truncated"):
+        load_image(bytes(tiff) + stream)
