@@ -345,9 +345,10 @@ def _free_bytes(path: str) -> int:
 
 
 async def _answer(send, status: int, text: str, as_json: bool = False) -> None:
-    """A refusal: plain text, or (``as_json``, for an event's request) ``{"detail": text}``, which the page shows;
-    it reports any other answer to an event as a server response it could not parse."""
-    body = json.dumps({"detail": text}).encode() if as_json else text.encode()
+    """A refusal: plain text, or (``as_json``, for an event's request) JSON the page shows (``detail`` for a queued
+    event, ``error`` for one outside the queue); it reports any other answer to an event as a server response it
+    could not parse."""
+    body = json.dumps({"detail": text, "error": text}).encode() if as_json else text.encode()
     kind = b"application/json" if as_json else b"text/plain"
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode())]})

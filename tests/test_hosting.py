@@ -969,6 +969,8 @@ def test_a_folder_named_as_a_file_is_refused_before_gradio_sees_it(served, tmp_p
         r = httpx.post(f"{served['url']}gradio_api/call/compare", json={"data": compare_data(bad), "session_hash": "x"},
                        timeout=30)
         assert r.status_code == 400 and "not an upload this server holds" in r.json()["detail"], bad  # shown
+    r = httpx.post(f"{served['url']}gradio_api/run/status_after_change", json={"data": [folder, 4, "hr"]}, timeout=30)
+    assert r.status_code == 400 and "not an upload this server holds" in r.json()["error"]  # outside the queue
     assert {f for s in demo.temp_file_sets for f in s} == before
     assert "data" in call(served["url"], "compare", compare_data(held), session())
 
