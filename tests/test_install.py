@@ -65,7 +65,11 @@ def test_the_installed_command_upscales_offline_from_another_directory(installed
                            "--out", "out/"], cwd=work, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(work / "out" / "photo_x4.png").size == (96, 80)
-    assert "using bundled " + str(installed / "kaldn" / "bundled") in proc.stderr
+    assert "hub" not in proc.stderr  # the bundled weights by default: no Hub asked
+    proc = subprocess.run([str(installed / "bin" / "kaldn"), "photo.png", "--model", "tiny-kdsconv-det-x4",
+                           "--out", "out/", "--source", "auto"], cwd=work, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "using bundled " + str(installed / "kaldn" / "bundled") in proc.stderr
 
     code = ("import kaldn, kaldn.hub; m = kaldn.load_model('tiny-kdsconv-det-x4'); "
             "print(kaldn.__file__); print(kaldn.hub.bundled_dir()); print(m.config['model'])")
