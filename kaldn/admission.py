@@ -11,8 +11,8 @@ a client says it is, so the same bounds also count per client address (:func:`cl
 :class:`BodyLimit` admits request bodies only up to a size, before anything reads them, and uploads only up to
 a byte budget per client address (:class:`UploadLedger`);
 :class:`CheckedBodies` refuses a body that names a file by URL, which Gradio would otherwise download, or
-a file that is not an upload held (Gradio would add it to its file sets), or that holds more or longer values than any of the app's events sends, which Gradio would keep in the
-session's state.
+a file that is not an upload held (Gradio would add it to its file sets), or that holds more or longer
+values than any of the app's events sends, which Gradio would keep in the session's state.
 """
 
 from __future__ import annotations
