@@ -22,7 +22,6 @@ Settings come from the environment (``KALDN_APP_MAX_PIXELS``, ``KALDN_FINETUNE_M
 
 from __future__ import annotations
 
-import atexit
 import functools
 import inspect
 import logging
@@ -119,8 +118,9 @@ def sweep_expired() -> None:
 
 
 def sweep_cache(max_age_s: float) -> None:
-    """Delete the files the built apps put in Gradio's cache over ``max_age_s`` ago (negative: all), but the
-    examples."""
+    """Delete the files the built apps put in Gradio's cache over ``max_age_s`` ago, but the examples. Nothing at
+    exit (Gradio's delete_cache deleted all): another process sharing the folder may serve the same files, which
+    Gradio names by their content."""
     for demo in list(_DEMOS):
         keep = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
         for files in list(demo.temp_file_sets):
@@ -1297,7 +1297,6 @@ def build_demo() -> gr.Blocks:
     _DEMOS.add(demo)
     if not _SWEEPER.is_alive():
         _SWEEPER.start()
-        atexit.register(sweep_cache, -1.0)  # as Gradio's delete_cache did at shutdown
     return demo
 
 

@@ -238,8 +238,11 @@ def load_image_with_notes(
 
 MAX_GIF_COMMENT_BYTES = 64 << 10
 MAX_COUNTED_PAGES = 100  # a TIFF or GIF with more says "over 99 pages / frames"
-# A marker's 0xFF: not followed by 0x00 (stuffing in coded data), a restart marker or another 0xFF (fill).
-_JPEG_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+# The markers libjpeg reads with a length (frames, tables, scans, APPn, comments) and the end of the image. Any
+# other (a restart, stuffing, fill, or one libjpeg skips while resyncing after a restart) is searched past, so no
+# length can be made to hide a scan: the count can only be too high.
+_JPEG_MARKER = re.compile(rb"\xff(?=[\xc0-\xcf\xd9-\xef\xfe])")
+MAX_JPEG_SEGMENTS = 4096  # photos have tens; the walk stays in C but for one step per segment
 MAX_JPEG_SCANS = 100  # libjpeg's progressive default is 10 (YCbCr); a scan of 4 MP decodes in ~6 ms here
 _GIF_BLOCK = re.compile(rb"[!,;]")
 
@@ -281,8 +284,9 @@ def _prescan(opener: object, label: str) -> GifScan | None:
         raise ImageError(f"{_cap(label)} is a GIF with over {MAX_GIF_COMMENT_BYTES // 1024} KiB of comments: "
                          "save it as PNG and upload that.")
     if scans > MAX_JPEG_SCANS:
-        raise ImageError(f"{_cap(label)} is a progressive JPEG of over {MAX_JPEG_SCANS} scans (each one is decoded "
-                         "over the whole image; photos have about 10): save it as PNG and upload that.")
+        raise ImageError(f"{_cap(label)} is a progressive JPEG of over {MAX_JPEG_SCANS} scans or {MAX_JPEG_SEGMENTS:,} "
+                         "segments (each scan is decoded over the whole image; photos have about 10): save it as PNG "
+                         "and upload that.")
     return scan
 
 
@@ -290,18 +294,17 @@ def jpeg_scans(data: bytes) -> int:
     """A JPEG's start-of-scan markers up to its end-of-image marker, counted to just over MAX_JPEG_SCANS. It is
     walked as libjpeg reads it: segments by their lengths (EXIF and its thumbnail, an ICC profile, tables and
     comments between scans are skipped whole), coded data to the next marker, other bytes skipped; nothing after
-    the end of the image (a motion photo's video) is decoded, so nothing there counts."""
+    the end of the image (a motion photo's video) is decoded, so nothing there counts. Over MAX_JPEG_SEGMENTS
+    segments count as too many scans."""
     count, pos = 0, 2
-    while count <= MAX_JPEG_SCANS and (found := _JPEG_MARKER.search(data, pos)) is not None:
-        pos, marker = found.start(), data[found.start() + 1]
-        if marker == 0xD9:  # end of image
-            break
-        if marker in (0x01, 0xD8):  # no length
-            pos += 2
-            continue
-        count += marker == 0xDA  # its coded data follows the header; the search skips it
-        pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
-    return count
+    for _ in range(MAX_JPEG_SEGMENTS):
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None or count > MAX_JPEG_SCANS or data[found.start() + 1] == 0xD9:  # D9: end of image
+            return count
+        pos = found.start()
+        count += data[pos + 1] == 0xDA  # its coded data follows the header; the search skips it
+        pos += 2 + max(2, int.from_bytes(data[pos + 2:pos + 4], "big"))  # under 2: libjpeg stops with an error
+    return MAX_JPEG_SCANS + 1  # so many segments: refused as if scans
 
 
 def gif_scan(data: bytes) -> GifScan:

@@ -25,6 +25,7 @@ log = logging.getLogger("kaldn.workdirs")
 __all__ = ["delete_abandoned_uploads", "delete_expired_files", "instance_root", "sweep_dead_instances"]
 
 _ROOT_NAME = re.compile(r"^(\d+)-[0-9a-f]{8}$")
+_PARTIAL_UPLOAD = re.compile(r"tmp[a-z0-9_]{8}")  # tempfile.NamedTemporaryFile's names, no suffix
 _roots: dict[str, Path] = {}
 _lock = threading.Lock()
 
@@ -110,11 +111,13 @@ def delete_expired_files(paths: set[str], max_age_s: float, keep: Collection[str
 
 
 def delete_abandoned_uploads(folder: str | Path, max_age_s: float) -> int:
-    """Delete the ``tmp*`` files directly in Gradio's upload ``folder`` untouched for ``max_age_s``: the parts of
-    uploads that never finished (refused while arriving, or the client went away), which Gradio's parser keeps on
-    disk and in no file set. A finished upload lives in a subfolder, and another app's files are left alone."""
+    """Delete the files directly in Gradio's upload ``folder`` named as its parser names an arriving upload
+    (``tempfile``'s ``tmpXXXXXXXX``) and untouched for ``max_age_s``: the parts of uploads that never finished
+    (refused while arriving, or the client went away), which the parser keeps on disk and in no file set. A
+    finished upload lives in a subfolder; the folder may be shared, and another app's upload stalled that long
+    is deleted too, nothing else of it."""
     try:
-        names = [e.path for e in os.scandir(folder) if e.name.startswith("tmp")]
+        names = [e.path for e in os.scandir(folder) if _PARTIAL_UPLOAD.fullmatch(e.name)]
     except OSError:  # no uploads yet
         return 0
     return sum(bool(_delete_if_old(path, max_age_s)) for path in names)

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -981,7 +982,7 @@ def test_one_address_uploads_a_bounded_amount_within_the_time_uploads_are_kept(m
     from kaldn import admission
     from kaldn.admission import BodyLimit
     clock = [1000.0]
-    monkeypatch.setattr(admission.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(admission, "time", SimpleNamespace(monotonic=lambda: clock[0]))  # not the server's clock
     length = lambda n: [(b"content-length", str(n).encode())]  # noqa: E731
     guard = BodyLimit(_echo, max_body=10, max_upload=100, client_upload=250, upload_window_s=7200)
     a, b = "8.8.4.4", "9.9.9.9"  # global addresses (documentation ranges are not)
@@ -1026,8 +1027,8 @@ def test_the_cache_sweep_survives_uploads_arriving_during_it_and_folders_in_it(t
     def arriving(path):  # an upload lands while the sweep reads the disk
         files.add(str(tmp_path / f"new-{len(files)}.png"))
         return real_lstat(path)
-    monkeypatch.setattr(workdirs.os, "lstat", arriving)
-    monkeypatch.setattr(workdirs.time, "time", lambda: middle + 100)  # old is over 100 s old, young under
+    monkeypatch.setattr(workdirs, "os", SimpleNamespace(lstat=arriving, remove=_os.remove))  # this module's only
+    monkeypatch.setattr(workdirs, "time", SimpleNamespace(time=lambda: middle + 100))  # old over 100 s, young under
     assert delete_expired_files(files, max_age_s=100, keep={str(kept)}) == 1
     assert not old.exists() and young.exists() and kept.exists() and (tmp_path / "folder").is_dir()
     assert not {str(old), str(tmp_path / "folder"), str(tmp_path / "gone.png")} & files
@@ -1038,10 +1039,10 @@ def test_the_cache_sweep_survives_uploads_arriving_during_it_and_folders_in_it(t
     class Blocks:
         blocks: dict = {}
         temp_file_sets = [{str(young), str(kept)}]
-    monkeypatch.setattr(Path, "lstat", lambda self: (Blocks.temp_file_sets[0].add(str(self) + "+"),
-                                                     real_lstat(self))[1])
-    with pytest.raises(RuntimeError, match="changed size during iteration"):
-        delete_files_created_by_app(Blocks, age=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "lstat", lambda self: (Blocks.temp_file_sets[0].add(str(self) + "+"), real_lstat(self))[1])
+        with pytest.raises(RuntimeError, match="changed size during iteration"):
+            delete_files_created_by_app(Blocks, age=0)
 
 
 def test_abandoned_uploads_are_deleted_once_untouched_for_the_age():
@@ -1053,19 +1054,16 @@ def test_abandoned_uploads_are_deleted_once_untouched_for_the_age():
     from kaldn.workdirs import delete_abandoned_uploads
     with _tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        for name in ("tmpabandoned", "notes.txt"):
+        for name in ("tmpab_12cd3", "tmpab_12cd3.png", "notes.txt"):  # the parser's name, and others
             (root / name).write_bytes(b"x")
         (root / "tmpfolder").mkdir()
         (root / "0123abcd").mkdir()
         (root / "0123abcd" / "tmpphoto.png").write_bytes(b"x")
         assert delete_abandoned_uploads(root, 60) == 0  # all young
-        real_time = time.time
-        try:
-            workdirs.time.time = lambda: real_time() + 61
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(workdirs, "time", SimpleNamespace(time=lambda: time.time() + 61))  # this module's only
             assert delete_abandoned_uploads(root, 60) == 1
-        finally:
-            workdirs.time.time = real_time
-        assert sorted(p.name for p in root.iterdir()) == ["0123abcd", "notes.txt", "tmpfolder"]
+        assert sorted(p.name for p in root.iterdir()) == ["0123abcd", "notes.txt", "tmpab_12cd3.png", "tmpfolder"]
         assert delete_abandoned_uploads(root / "missing", 60) == 0
 
 
@@ -1080,7 +1078,7 @@ def test_the_sweep_deletes_gradios_cached_uploads_once_they_are_an_hour_old(serv
     png.unlink()
     result = call(served["url"], "compare", compare_data(held), session())
     shown = output_files(result["data"])
-    abandoned = Path(get_upload_folder()) / "tmpkaldn-test-abandoned"
+    abandoned = Path(get_upload_folder()) / "tmpkaldn_te"  # as Gradio's parser names an arriving upload
     abandoned.write_bytes(b"x")
     examples = {f for block in demo.blocks.values() for f in getattr(block, "keep_in_cache", ())}
     assert examples and shown and all(Path(f).is_file() for f in [held["path"], *shown, *examples])

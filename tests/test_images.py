@@ -615,13 +615,20 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding():
         data = progressive[:end] + progressive[start:end] * extra + progressive[end:]
         assert jpeg_scans(data) == min(10 + extra, MAX_JPEG_SCANS + 1)
         if refused:
-            with pytest.raises(ImageError, match="over 100 scans"):
+            with pytest.raises(ImageError, match="over 100 scans or 4,096 segments"):
                 load_image(data, name="x.jpg")
         else:
             assert load_image(data).shape == (64, 64, 3)  # repeated scans decode (libjpeg warns only)
     many = progressive[:end] + progressive[start:end] * 500 + progressive[end:]
-    # A stray byte before a marker, which libjpeg skips, hides no scan.
+    # A stray byte before a marker, which libjpeg skips, hides no scan; nor does a marker libjpeg reads without a
+    # length (after a restart interval it resyncs past an unknown one), whatever bytes follow it.
     assert jpeg_scans(many[:2] + b"\x00" + many[2:]) == MAX_JPEG_SCANS + 1
+    hidden = progressive[:start] + b"\xff\x05\xff\xf0" + progressive[start:end] * 60 + progressive[end:]
+    assert jpeg_scans(hidden) == 9 + 60  # the last scan, repeated 60 times
+    # Endless empty segments are refused as well (a step each); so are under-length ones.
+    from kaldn.images import MAX_JPEG_SEGMENTS
+    for empty in (b"\xff\xe0\x00\x02", b"\xff\xe0\x00\x00"):
+        assert jpeg_scans(progressive[:2] + empty * MAX_JPEG_SEGMENTS + progressive[2:]) == MAX_JPEG_SCANS + 1
     with pytest.raises(ImageError, match="over 100 scans"):
         load_image(many[:2] + b"\x00" + many[2:])
     # Bytes 0xFFDA in a segment (an ICC profile, EXIF, a comment between scans) or after the end of the image (a
@@ -634,23 +641,30 @@ def test_a_jpeg_of_many_scans_is_refused_before_decoding():
         assert jpeg_scans(data) == 10 and load_image(data).shape == (64, 64, 3)
 
 
-def test_a_jpeg_of_many_scans_inside_a_tiff_is_stopped_by_libtiff():
+def test_a_jpeg_of_many_scans_inside_a_tiff_is_stopped_by_libtiff(monkeypatch):
     """No scan count for TIFFs (their strips are many JPEG streams): libtiff refuses a stream of over 100 scans
-    itself. If this fails, libtiff no longer does, and TIFFs need the JPEG check per strip."""
+    itself (unless LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER raises it). If this fails, libtiff no longer does, and TIFFs
+    need the JPEG check per strip."""
+    monkeypatch.delenv("LIBTIFF_JPEG_MAX_ALLOWED_SCAN_NUMBER", raising=False)
     image = Image.fromarray(_rgb(64, 64))
     buf = io.BytesIO()
     image.save(buf, "TIFF", compression="jpeg", tiffinfo={278: 64})  # one strip
-    tiff = bytearray(buf.getvalue())
+    tiff = buf.getvalue()
     buf = io.BytesIO()
     image.save(buf, "JPEG", progressive=True, quality=90, subsampling=0)
     stream = buf.getvalue()
     start, end = stream.rindex(b"\xff\xda"), len(stream) - 2
-    stream = stream[:end] + stream[start:end] * 500 + stream[end:]
-    ifd = struct.unpack_from("<I", tiff, 4)[0]
-    for k in range(struct.unpack_from("<H", tiff, ifd)[0]):  # the strip now points at the many-scan stream
-        entry = ifd + 2 + 12 * k
-        tag, kind = struct.unpack_from("<HH", tiff, entry)
-        if tag in (273, 279):
-            struct.pack_into("<I" if kind == 4 else "<H", tiff, entry + 8, len(tiff) if tag == 273 else len(stream))
+
+    def with_scans(repeats: int) -> bytes:  # the strip pointed at a progressive stream with its last scan repeated
+        strip, patched = stream[:end] + stream[start:end] * repeats + stream[end:], bytearray(tiff)
+        ifd = struct.unpack_from("<I", patched, 4)[0]
+        for k in range(struct.unpack_from("<H", patched, ifd)[0]):
+            entry = ifd + 2 + 12 * k
+            tag, kind = struct.unpack_from("<HH", patched, entry)
+            if tag in (273, 279):
+                struct.pack_into("<I" if kind == 4 else "<H", patched, entry + 8,
+                                 len(patched) if tag == 273 else len(strip))
+        return bytes(patched) + strip
+    assert load_image(with_scans(0)).shape == (64, 64, 3)  # 10 scans decode
     with pytest.raises(ImageError, match="damaged or truncated"):
-        load_image(bytes(tiff) + stream)
+        load_image(with_scans(500))
