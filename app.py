@@ -43,7 +43,8 @@ from gradio.utils import get_upload_folder
 from gradio_client.utils import is_file_obj_with_meta
 from starlette.middleware import Middleware
 
-from kaldn.admission import BodyLimit, CheckedBodies, SessionSlots, SingleFlight, client_key, short_of_disk
+from kaldn.admission import (BodyLimit, CheckedBodies, SessionSlots, SingleFlight, client_key, held_upload,
+                             short_of_disk)
 from kaldn.cache import ModelCache
 from kaldn.choices import ResolvedVariant, default_variants, runnable_selection, ticked
 from kaldn.choices import variant_choices as compare_choices
@@ -487,8 +488,7 @@ def uploaded(payload: Any, what: str, kind: str = "image file") -> tuple[str, st
     if not (isinstance(payload, dict) and is_file_obj_with_meta(payload)):
         raise refused
     path = Path(os.path.abspath(payload["path"]))
-    root = Path(os.path.abspath(get_upload_folder()))
-    if root not in path.parents or not path.is_file():  # a folder or an expired upload: the same refusal
+    if not held_upload(str(path), get_upload_folder()):  # also a folder or an expired upload: the same refusal
         raise refused
     name = payload.get("orig_name") if isinstance(payload.get("orig_name"), str) else None
     return str(path), name or path.name

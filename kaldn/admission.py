@@ -33,7 +33,8 @@ from .expiring import ExpiringKeys
 log = logging.getLogger(__name__)
 
 __all__ = ["BodyLimit", "CheckedBodies", "EndedSessions", "SessionSlots", "SingleFlight", "UploadLedger",
-           "client_key", "names_remote_file", "oversized_values", "short_of_disk", "stray_file_reference"]
+           "client_key", "held_upload", "names_remote_file", "oversized_values", "short_of_disk",
+           "stray_file_reference"]
 
 
 def client_key(host: str | None) -> str | None:
@@ -383,22 +384,24 @@ def names_remote_file(payload: object) -> bool:
                for value in _json_values(payload))
 
 
+def held_upload(path: str, uploads: str | os.PathLike) -> bool:
+    """Whether ``path`` is an existing regular file inside the upload folder ``uploads`` (links resolved: none
+    leads out of it)."""
+    try:
+        real = os.path.realpath(path)
+    except (ValueError, OSError):  # e.g. a NUL in the name
+        return False
+    return real.startswith(os.path.realpath(uploads) + os.sep) and os.path.isfile(real)
+
+
 def stray_file_reference(payload: object, uploads: str | os.PathLike) -> bool:
-    """Whether a decoded request body holds a file reference (a dict with a string ``path``) that is not an
-    existing regular file inside ``uploads``. Gradio adds every such path under its cache to a component's set
-    of files to delete, before any handler runs: its own sweep stopped for good on a folder there (``os.remove``
-    raises), and made-up paths stayed in the set. The app's sweep copes with both; refused here, they never
-    reach a handler or a set at all."""
-    root = os.path.realpath(uploads)
-    for value in _json_values(payload):
-        if isinstance(value, dict) and isinstance(value.get("path"), str):
-            try:
-                path = os.path.realpath(value["path"])
-            except (ValueError, OSError):  # e.g. a NUL in the name
-                return True
-            if os.path.dirname(path) == path or not path.startswith(root + os.sep) or not os.path.isfile(path):
-                return True
-    return False
+    """Whether a decoded request body holds a file reference (a dict with a string ``path``) that is not a
+    :func:`held_upload`. Gradio adds every such path under its cache to a component's set of files to delete,
+    before any handler runs: its own sweep stopped for good on a folder there (``os.remove`` raises), and
+    made-up paths stayed in the set. The app's sweep copes with both; refused here, they never reach a handler
+    or a set at all."""
+    return any(isinstance(value, dict) and isinstance(value.get("path"), str)
+               and not held_upload(value["path"], uploads) for value in _json_values(payload))
 
 
 # The most JSON values (lists, dicts, their items) and the longest string one request body may hold: the

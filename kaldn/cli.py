@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 from .checkpoint import CheckpointError
-from .hub import ModelNotFoundError, load_model
+from .hub import ModelNotFoundError, add_source_option, load_model
 from .images import ImageError, load_image, save_png
 from .inference import TILE_SIZE, prepare_model, upscale
-from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
 
 # sub-command -> module with a ``main(argv) -> int``; imported only when used (training pulls in more).
 SUBCOMMANDS = {"train": "kaldn.train", "evaluate": "kaldn.evaluate", "convert": "kaldn.convert",
@@ -66,9 +65,7 @@ def upscale_main(argv: list[str] | None = None, prog: str = "kaldn") -> int:
     parser.add_argument("inputs", nargs="+", help="image files")
     parser.add_argument("--model", default="tiny-kdsconv-det-x4",
                         help="model name, checkpoint folder, .safetensors file or hf-hub:ORG/REPO[/SUBFOLDER][@REV]")
-    parser.add_argument("--source", default=DEFAULT_MODEL_SOURCE, choices=MODEL_SOURCES,
-                        help="where a model name loads from: the bundled checkpoints (default), auto (the Hub's "
-                             "KALDN_HUB_REPO, then bundled) or hub")
+    add_source_option(parser)
     parser.add_argument("--out", default=".", help="output folder (files are written as NAME_xS.png)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="fp16/bf16: CUDA only")

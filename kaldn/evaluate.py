@@ -26,14 +26,14 @@ from torch import nn
 
 from .checkpoint import CheckpointError, write_json
 from .data import DATASETS, dataset_folder, load_pairs
-from .hub import ModelNotFoundError, load_model
+from .hub import ModelNotFoundError, add_source_option, load_model
 from .inference import TILE_SIZE, prepare_model, upscale
 from .metrics import mean_scores
 from .models import BICUBIC, count_parameters, multiply_adds, scales
 from .release import replace_block, ship
 from .resize import imresize
 from .results import GLANCE_NOTE, claims, claims_table, format_metrics, markdown_grid, markdown_table, row_key
-from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
+from .settings import DEFAULT_MODEL_SOURCE
 
 __all__ = ["DATASETS", "bicubic_row", "claims", "dataset_folder", "evaluate_model", "load_pairs", "main",
            "markdown_table"]
@@ -103,9 +103,7 @@ def bicubic_row(datasets: dict[str, list], scale: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kaldn.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="*", default=[], help="model names or checkpoint folders")
-    parser.add_argument("--source", default=DEFAULT_MODEL_SOURCE, choices=MODEL_SOURCES,
-                        help="where model names load from: the bundled checkpoints (default, what README's tables "
-                             "describe), auto (the Hub's KALDN_HUB_REPO, then bundled) or hub")
+    add_source_option(parser, what="a model name in --models")
     parser.add_argument("--datasets", nargs="+", default=["set5", "set14", "bsd68"],
                         help=f"{', '.join(DATASETS)} (under ../shared/data) or folders of HR images")
     parser.add_argument("--scale", type=int, default=4, choices=scales())

@@ -60,6 +60,7 @@ from torch import nn
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint_files, load_safetensors_file
 from .models import parse_model_name
+from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
 
 logger = logging.getLogger("kaldn.hub")
 
@@ -355,6 +356,14 @@ def _looks_like_path(name: str) -> bool:
 
 
 # --- the loader ---------------------------------------------------------------------------------------------
+
+def add_source_option(parser: argparse.ArgumentParser, flag: str = "--source", what: str = "a model name") -> None:
+    """The commands' option choosing where ``what`` loads from (bundled unless asked: README's numbers describe
+    the bundled files)."""
+    parser.add_argument(flag, default=DEFAULT_MODEL_SOURCE, choices=MODEL_SOURCES,
+                        help=f"where {what} loads from: the bundled checkpoints (default), auto (the Hub's "
+                             "KALDN_HUB_REPO, then bundled) or hub")
+
 
 def load_model(name_or_path: str | os.PathLike, source: str = "auto", *, local_dir: str | Path | None = None,
                repo_id: str | None = None, revision: str | None = None, device: str = "cpu") -> nn.Module:

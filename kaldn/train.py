@@ -48,14 +48,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import CONFIG_NAME, CheckpointError, atomic_write, read_config, save_checkpoint
 from .data import TrainingDataError, list_images, load_pairs, split_holdout
-from .hub import load_model
+from .hub import add_source_option, load_model
 from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
 from .gates import gate_report, gate_summary
 from .layers import DEFAULT_DESCRIPTOR_NORM, DESCRIPTOR_NORMS
 from .metrics import mean_scores
 from .models import create_model, options_taken
-from .settings import DEFAULT_MODEL_SOURCE, MODEL_SOURCES
+from .settings import DEFAULT_MODEL_SOURCE
 
 log = logging.getLogger("kaldn.train")
 
@@ -538,9 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr-halve-at", type=float, nargs="*", default=list(defaults.lr_halve_at),
                         help="fractions of --iters where the learning rate halves")
     parser.add_argument("--init", help="model name or checkpoint folder to fine-tune from")
-    parser.add_argument("--init-source", default=defaults.init_source, choices=MODEL_SOURCES,
-                        help="where an --init model name loads from: bundled (default), auto (the Hub's "
-                             "KALDN_HUB_REPO, then bundled) or hub")
+    add_source_option(parser, "--init-source", "an --init model name")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors")
     parser.add_argument("--force", action="store_true", help="start over in an OUT that already holds a run")
     parser.add_argument("--seed", type=int, default=defaults.seed)

@@ -2,8 +2,9 @@
 
 Several app instances may share a temporary directory (a Space restarts, two local runs): each works in
 a root of its own, so one never prunes another's files, and a new instance removes what a killed one left
-behind (half-written ``*.tmp`` checkpoint files included), but never a folder of a process still alive. :func:`delete_expired_files` empties a set of temporary files
-that requests keep adding to (Gradio's cache of uploads) safely.
+behind (half-written ``*.tmp`` checkpoint files included), but never a folder of a process still alive.
+:func:`delete_expired_files` safely empties a set of temporary files that requests keep adding to (Gradio's
+cache), and :func:`delete_abandoned_uploads` the parts of uploads that never finished.
 """
 
 from __future__ import annotations
