@@ -11,7 +11,13 @@
 With ``--budget-minutes`` the iteration count is not given but measured: each model's
 training speed is probed on the device first, and every model gets the same number of
 iterations, sized so the whole queue fits the budget (each run also stops at its share
-of the budget, so a slower-than-probed run cannot overrun it).
+of the budget, and the whole command at the budget's end, start-ups included, so a
+slower-than-probed run cannot overrun it). The plan is kept in ``OUT/<queue>-<device>-plan.json``:
+a re-run resumes under it without probing again.
+
+``--stop-after-minutes M`` ends the command after about M minutes wherever the queue is
+(each run saves its state; no run starts in the last tenth, at most a minute) so a budget larger than one
+sitting trains over several: re-run the same command to continue.
 
 Runs ``kaldn.train`` once per (model, seed) in ``--workers`` parallel processes of
 one thread each (measured here: two 1-thread runs train ~1.3x more iterations per
@@ -37,7 +43,7 @@ import torch
 from benchmarks.train_speed import iterations_per_second
 from kaldn.models import parse_model_name
 from kaldn.registry import conv_entries
-from kaldn.train import resolve_precision
+from kaldn.train import resolve_precision, saved_iteration
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 # A budget choice, not a list of variants: the four the claims compare most closely get a second seed.
@@ -67,7 +73,10 @@ def main() -> None:
     parser.add_argument("--out", default="runs/zoo")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda: one run at a time on the GPU)")
     parser.add_argument("--budget-minutes", type=float, help="size --iters so the whole queue fits this wall time")
+    parser.add_argument("--stop-after-minutes", type=float,
+                        help="end this sitting after about M minutes (states saved); re-run to continue")
     args = parser.parse_args()
+    began = time.time()
 
     if args.models:
         second = set(args.second_seed) & set(args.models)
@@ -80,32 +89,46 @@ def main() -> None:
     threads = 1 if args.device == "cpu" else 4
     workers = args.workers if args.device == "cpu" else 1
     time_budget = None
+    deadlines = [began + 60 * args.stop_after_minutes] if args.stop_after_minutes is not None else []
     if args.budget_minutes:
         # 80 % of each share trains; the rest covers start-up, data loading and validation.
         share = args.budget_minutes * 60 * workers / len(jobs)
         time_budget = share
-        speeds, probe_precision = {}, resolve_precision(args.precision, torch.device(args.device))
-        for name, _ in jobs:
-            if name not in speeds:
-                torch.set_num_threads(threads)
-                speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
-                                                     precision=probe_precision)[0]
-                print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
-        args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
-        # A re-run after an interruption must resume with the iterations planned first.
+        # A re-run (after an interruption, or the next sitting) resumes with the iterations planned first.
         queue = "-".join(args.models) if args.models else args.backbone
         plan = Path(args.out) / f"{queue}-{args.device}-plan.json"
         if plan.exists():
             args.iters = json.loads(plan.read_text())["iters"]
         else:
+            deadlines.append(began + 60 * args.budget_minutes)  # the probe and every start-up count in it
+            speeds, probe_precision = {}, resolve_precision(args.precision, torch.device(args.device))
+            torch.set_num_threads(threads)
+            for name, _ in jobs:
+                if name not in speeds:
+                    speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
+                                                         precision=probe_precision)[0]
+                    print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
+            args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
             plan.parent.mkdir(parents=True, exist_ok=True)
             plan.write_text(json.dumps({"iters": args.iters, "speeds": speeds, "budget_minutes": args.budget_minutes}))
+            if args.device == "cuda":
+                torch.cuda.empty_cache()  # the probes' memory goes back to the runs
         print(f"{len(jobs)} runs x {args.iters} iterations, {share / 60:.1f} min each at most", flush=True)
+    stop_at = min(deadlines) if deadlines else None
+    # No run starts this close to the end: its start-up alone would eat what is left.
+    start_margin = min(60.0, (stop_at - began) / 10) if stop_at is not None else 0.0
 
-    def run(job: tuple[str, int]) -> tuple[str, int, int, float]:
+    def folder(name: str, seed: int) -> Path:
+        return Path(args.out) / f"x{parse_model_name(name).scale}" / f"{name}-s{seed}"
+
+    def run(job: tuple[str, int]) -> tuple[str, int, str]:
         name, seed = job
-        out = Path(args.out) / f"x{parse_model_name(name).scale}" / f"{name}-s{seed}"
+        out = folder(name, seed)
         resume = (out / "train_state.safetensors").exists()
+        if resume and (saved_iteration(out) or 0) >= args.iters:
+            return name, seed, "finished before"  # no start-up spent on it
+        if stop_at is not None and time.time() > stop_at - start_margin:
+            return name, seed, "not started, out of time"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data,
                *(["--val", args.val] if args.val else []),
@@ -114,15 +137,20 @@ def main() -> None:
                "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
                "--threads", str(threads), "--save-every", "200", "--out", str(out),
                *(["--clip-grad", str(args.clip_grad)] if args.clip_grad else []),
-               *(["--resume"] if resume else []), *(["--time-budget", str(time_budget)] if time_budget else [])]
+               *(["--resume"] if resume else []), *(["--time-budget", str(time_budget)] if time_budget else []),
+               *(["--stop-at", str(stop_at)] if stop_at is not None else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-        return name, seed, code, time.time() - start
+        return name, seed, f"exit {code}, {(time.time() - start) / 60:.1f} min, at iteration {saved_iteration(out)}"
 
+    unfinished = 0
     with ThreadPoolExecutor(workers) as pool:
-        for name, seed, code, seconds in pool.map(run, jobs):
-            print(f"{name} seed {seed}: exit {code}, {seconds / 60:.1f} min", flush=True)
+        for name, seed, outcome in pool.map(run, jobs):
+            print(f"{name} seed {seed}: {outcome}", flush=True)
+            unfinished += (saved_iteration(folder(name, seed)) or 0) < args.iters
+    if unfinished:
+        print(f"{unfinished} of {len(jobs)} runs unfinished: the same command continues them", flush=True)
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class TrainConfig:
     ema: float = 0.0                # EMA decay of the weights (e.g. 0.999); 0: off
     clip_grad: float = 0.0          # largest L2 norm of one step's gradients (all parameters); 0: off
     time_budget_s: float | None = None  # stop (and save) after this many seconds of this process
+    stop_at: float | None = None    # stop (and save) once the clock passes this Unix time (a queue's deadline)
     threads: int | None = None
     log_every: int = 10
     # Budget fields recorded as these words instead of their values: a fine-tune's folders are the server's.
@@ -224,6 +225,20 @@ def save_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"iteration": iteration, "optimizer": optim_meta, "sha256": _digest(tensors), **extra}
     atomic_write(out / STATE_NAME, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}))
+
+
+def saved_iteration(out: str | Path) -> int | None:
+    """The iteration of the training state saved in ``out`` (its checksum unchecked), or None where none is readable."""
+    try:
+        with safe_open(str(Path(out) / STATE_NAME), framework="pt") as f:
+            return int(json.loads(f.metadata()["state"])["iteration"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _blown_up(done: int, start: int) -> FloatingPointError:
+    return FloatingPointError(f"the loss became non-finite by iteration {done} (the last state saved is at or "
+                              f"after {start}); lower --lr")
 
 
 def _damaged(path: Path, why: str) -> TrainStateError:
@@ -424,6 +439,8 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {key.get(k)!r}"  # either side may lack a key
                                for k in dict.fromkeys([*saved_key, *key]) if saved_key.get(k) != key.get(k))
             raise TrainStateError(f"{state_path}: the saved run differs ({differ}); resume with the same settings")
+        if rank:  # the state holds rank 0's sampler: the other ranks draw their own patches again
+            sampler.generator.manual_seed(config.seed + 1000 * rank + start)
         if rank == 0:
             _truncate_log(out, start)
             log.info("resumed %s at iteration %d", out, start)
@@ -455,6 +472,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     t0, status, iteration = time.perf_counter(), "finished", start
     window_start, window_iter = time.perf_counter(), start
     best_validation = None
+    # Read on the host only where the weights are used (log, validation, save, stop), or in the per-step
+    # all-reduce of a distributed run: a host read every step would stall a GPU.
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     for iteration in range(start, config.iters):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, iteration)
@@ -463,8 +483,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         hr_batch = hr_batch.to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = F.l1_loss(train_model(lr_batch).float(), hr_batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; lower --lr")
+        nonfinite |= ~torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         grad_norm = None  # the norm before clipping, the one a spike shows in (a tensor: read only when logged)
@@ -477,6 +496,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             ema.update_parameters(model)
         done = iteration + 1
         wall = wall_before + time.perf_counter() - t0
+        uses_weights = (done == config.iters or done % config.log_every == 0 or done % config.save_every == 0
+                         or (val_pairs and done % config.val_every == 0))
+        if uses_weights and bool(nonfinite):  # before anything logs, validates or saves broken weights
+            raise _blown_up(done, start)
 
         if rank == 0 and (done % config.log_every == 0 or done == config.iters):
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
@@ -501,14 +524,21 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
                 save_checkpoint(out / "best", shipped, checkpoint_metadata(done, wall, best_validation))
 
         cancelled = stop is not None and stop.is_set()
-        out_of_time = config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s
+        out_of_time = ((config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s)
+                       or (config.stop_at is not None and time.time() >= config.stop_at))
+        if distributed:  # every rank stops, or fails, at the same step: one alone would leave the others waiting
+            flags = torch.stack([torch.tensor(float(cancelled or out_of_time), device=device), nonfinite.float()])
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            out_of_time = bool(flags[0]) and not cancelled
+            if bool(flags[1]):
+                raise _blown_up(done, start)
+        elif (cancelled or out_of_time) and bool(nonfinite):
+            raise _blown_up(done, start)
         if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
                                                                     "config": _resume_key(config),
                                                                     "precisions": precisions}, ema)
-        if distributed:
-            dist.barrier()
         if cancelled or out_of_time:
             status = "cancelled" if cancelled else "time budget"
             break
@@ -554,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clip-grad", type=float, default=defaults.clip_grad,
                         help="largest L2 norm of one step's gradients (0: off)")
     parser.add_argument("--time-budget", dest="time_budget_s", type=float, help="stop and save after S seconds")
+    parser.add_argument("--stop-at", type=float, help="stop and save once the clock passes this Unix time")
     parser.add_argument("--threads", type=int, help="CPU threads")
     args = parser.parse_args(argv)
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k != "lr_halve_at"},
@@ -577,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"SSIM {event['val_ssim']:.4f}  loss {event['val_loss']:.4f}")
     try:
         result = train(config, progress=report)
-    except (TrainingDataError, ValueError, FileNotFoundError) as exc:
+    except (TrainingDataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if bar:

@@ -21,7 +21,7 @@ from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import create_model
 from kaldn.results import comparable_budget, format_budget
-from kaldn.train import STATE_NAME, TrainConfig, TrainStateError, train
+from kaldn.train import STATE_NAME, TrainConfig, TrainStateError, saved_iteration, train
 from kaldn.train import main as train_main
 from synthetic import write_images
 
@@ -463,11 +463,27 @@ def test_time_budget_stops_and_saves(tmp_path):
     assert (tmp_path / "run" / "train_state.safetensors").exists()
 
 
+def test_stop_at_a_deadline_stops_and_saves(tmp_path):
+    result = train(_quick(tmp_path, "run", iters=10_000, stop_at=time.time()))
+    assert result.status == "time budget" and result.iteration == 1
+    assert (tmp_path / "run" / "train_state.safetensors").exists()
+
+
+def test_a_non_finite_loss_stops_before_anything_is_saved(tmp_path):
+    # The loss is read on the host only where weights are used; a blow-up between those steps still never
+    # reaches a log line, a checkpoint or a state.
+    with pytest.raises(FloatingPointError, match="non-finite by iteration 40"):
+        train(_quick(tmp_path, "run", iters=40, lr=1e30, log_every=100, save_every=100, val_every=100))
+    assert not (tmp_path / "run" / "train_state.safetensors").exists()
+    assert not (tmp_path / "run" / "last").exists()
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
 def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
     # The one-command GPU path (train_zoo --device cuda --budget-minutes), run on the CPU for a few seconds.
     data = write_images(tmp_path / "data", count=3, size=48)
     out = tmp_path / "zoo"
-    cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "0.05",
+    cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "0.2",
            "--backbone", "tiny", "--scale", "2", "--convs", "ldsconv", "kdsconv-det", "--second-seed",
            "--patch", "8", "--batch", "2", "--data", str(data), "--val", str(data), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -479,7 +495,27 @@ def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
         training = json.loads((out / "x2" / f"{name}-s0" / "last" / "config.json").read_text())["training"]
         assert training["iterations"] == plan["iters"]  # one budget for every model
         assert 0 < training["iterations_done"] <= plan["iters"]
-        assert training["wall_time_s"] <= 0.05 * 60 / 2 + 5  # its share of the budget, plus one iteration
+        assert training["wall_time_s"] <= 0.2 * 60 * 2 / 2 + 5  # its share of the budget, plus one iteration
+    done = {name: saved_iteration(out / "x2" / f"{name}-s0") for name in plan["speeds"]}
+
+    # The next sitting: the plan stands (no probe), and every run goes on from its state.
+    proc = subprocess.run([*cmd, "--stop-after-minutes", "0.2"], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "it/s on cpu" not in proc.stdout and json.loads((out / "tiny-cpu-plan.json").read_text()) == plan
+    for name in plan["speeds"]:
+        if done[name] == plan["iters"]:  # finished in the first sitting: not started again
+            assert f"{name} seed 0: finished before" in proc.stdout
+        else:
+            assert saved_iteration(out / "x2" / f"{name}-s0") > done[name]
+
+    # A sitting that is already over starts nothing and says what is left.
+    for name in plan["speeds"]:
+        (out / "x2" / f"{name}-s0" / "train_state.safetensors").unlink()
+    proc = subprocess.run([*cmd, "--stop-after-minutes", "0"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("not started, out of time") == 2 and "2 of 2 runs unfinished" in proc.stdout
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16", "bf16"), ("fpu amx_bf16", "bf16"),
