@@ -170,10 +170,14 @@ def test_torchrun_two_processes_gloo(tmp_path):
     data = write_images(tmp_path / "data")
     out = tmp_path / "ddp"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                    "-m", "kaldn.train", "--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(out),
-                    "--iters", "3", "--batch", "2", "--patch", "12", "--device", "cpu", "--threads", "1"],
-                   cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "kaldn.train", "--model", "tiny-ldsconv-x2", "--data", str(data), "--out", str(out),
+               "--iters", "3", "--batch", "2", "--patch", "12", "--device", "cpu", "--threads", "1"]
+    # Past its deadline at once: both ranks stop together after one step (one alone would leave the other
+    # waiting), and the run resumes to the end.
+    subprocess.run([*command, "--stop-at", "0"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
+    assert saved_iteration(out) == 1
+    subprocess.run([*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
     model = load_checkpoint(out / "last")
     config = model.config["training"]
     assert config["world_size"] == 2 and config["iterations_done"] == 3
