@@ -39,7 +39,7 @@ from kaldn.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, read
 from kaldn.data import DATASETS, dataset_folder, load_pairs
 from kaldn.evaluate import evaluate_model
 from kaldn.models import ModelSpec, model_label, parse_model_name, variants
-from kaldn.results import (LOG_NAME, comparable_budget, format_metrics, format_precision, log_events,
+from kaldn.results import (LOG_NAME, comparable_budget, format_device, format_metrics, format_precision, log_events,
                            validation_curves, validation_psnrs)
 from kaldn.train import STATE_NAME, data_sources, load_validation, validate
 
@@ -134,13 +134,14 @@ def run_progress(folder: str | Path) -> dict:
 
 def _state_summary(path: Path) -> dict:
     """The iteration a resume starts from (the log may run past it: a run saves every few hundred) and the
-    precisions the state was trained in."""
+    precisions and devices the state was trained in."""
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["state"])
-        return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta)}
+        return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta),
+                "device": format_device(meta) if meta.get("devices") else ""}
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
-        return {"resumes_at": None, "precision": ""}
+        return {"resumes_at": None, "precision": "", "device": ""}
 
 
 def ema_vs_raw(folder: str | Path) -> dict | None:
@@ -236,6 +237,8 @@ def describe(progress: dict) -> str:
         lines.append(f"  speed {progress['it_per_s']:.2f} it/s (median of the last {SPEED_WINDOW} logged){left}")
     if progress.get("precision"):
         lines.append(f"  precision: {progress['precision']}")
+    if progress.get("device"):
+        lines.append(f"  device: {progress['device']}")
     if progress["validations"]:
         curve = ", ".join(f"{psnr:.3f} @ {it:,}" for it, psnr in progress["validations"])
         lines.append(f"  validation PSNR (dB): {curve}")

@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .checkpoint import CONFIG_NAME
 from .models import parse_model_name, variant_of
 from .registry import architecture
-from .results import format_metrics, format_precision, markdown_grid, run_iterations, validation_set
+from .results import format_device, format_metrics, format_precision, markdown_grid, run_iterations, validation_set
 
 CARD_NAME = "README.md"
 TAGS = ["super-resolution", "depthwise-convolution", "kdsconv", "kaldn", "safetensors"]
@@ -69,17 +69,19 @@ def model_card(config: dict[str, Any]) -> ModelCard:
     budget = config.get("training")
     if budget and "iterations_done" in budget:
         planned, done = run_iterations(budget)
-        precision = format_precision(budget)
-        ema = f", EMA of the weights (decay {budget['ema']})" if budget.get("ema") else ""
-        ema += f", gradients clipped at L2 norm {budget['clip_grad']:g}" if budget.get("clip_grad") else ""
+        how = ", ".join(filter(None, [
+            # A run that moved names its threads in its device history.
+            "" if budget.get("devices") else f"{budget['threads']} thread{'' if budget['threads'] == 1 else 's'}",
+            format_precision(budget),
+            f"EMA of the weights (decay {budget['ema']})" if budget.get("ema") else "",
+            f"gradients clipped at L2 norm {budget['clip_grad']:g}" if budget.get("clip_grad") else ""]))
         chosen = f" (this checkpoint from iteration {done}, chosen on validation)" if done < planned else ""
         lines += [f"Training budget: {planned} iterations{chosen}, batch {budget['batch']}, "
                   f"LR patch {budget['patch']},",
                   f"Adam lr {budget['lr']} halved at {budget['lr_halve_at']} of the run, L1, seed {budget['seed']},",
                   f"{budget['train_images']} Sun-Hays images, {budget['wall_time_s'] / 60:.0f} min on "
-                  f"{budget['device']}",
-                  f"({budget['threads']} thread{'' if budget['threads'] == 1 else 's'}"
-                  f"{', ' + precision if precision else ''}{ema})"
+                  f"{format_device(budget)}",
+                  (f"({how})" if how else "")
                   + (f"; checkpoint chosen on {validation_set(budget)}." if validation_set(budget) else "."),
                   "Far below the papers' DIV2K budget: compare with the other zoo models, not with published "
                   "numbers.", ""]

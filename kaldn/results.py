@@ -120,6 +120,15 @@ def format_precision(training: dict) -> str:
     return named(training["precision"]) if training.get("precision") else ""
 
 
+def format_device(training: dict) -> str:
+    """Where a run trained ("cpu"), and where it moved when it was resumed elsewhere ("cpu (1 thread), then
+    NVIDIA H100 80GB HBM3 from iteration 24,600"); a run that never moved records only its device."""
+    if training.get("devices"):
+        return ", then ".join(f"{name or 'an unrecorded device'}" + (f" from iteration {start:,}" if start else "")
+                              for start, name in training["devices"])
+    return str(training["device"])
+
+
 def format_budget(training: dict | None, with_seed: bool = False) -> str:
     """A checkpoint's training budget in one line (its ``config.json`` "training" entry)."""
     if not training or "iterations_done" not in training:
@@ -130,7 +139,7 @@ def format_budget(training: dict | None, with_seed: bool = False) -> str:
     minutes = "" if chosen else f"{training['wall_time_s'] / 60:.0f} min "
     clip = f"gradients clipped at {training['clip_grad']:g}, " if training.get("clip_grad") else ""
     return (f"{planned} it{chosen}, batch {training['batch']}, patch {training['patch']}, "
-            f"{clip}{seed}{minutes}on {training['device']}{_validation(training)}")
+            f"{clip}{seed}{minutes}on {format_device(training)}{_validation(training)}")
 
 
 def validation_set(training: dict | None) -> str:

@@ -342,15 +342,22 @@ def _resume_key(config: TrainConfig) -> dict:
             **({"clip_grad": config.clip_grad} if config.clip_grad else {})}
 
 
-def _recorded_precision(out: Path) -> str | None:
-    """The precision a state from before ``precisions`` was recorded trained in, as its checkpoints' configs
-    say (saved with it); None where none says."""
+def _recorded_training(out: Path) -> dict:
+    """The budget a state's checkpoints (saved with it) record: where a state from before ``precisions`` or
+    ``devices`` were recorded learns what it trained in; {} where none says."""
     for sub in ("last", "best"):
         try:
-            return read_config(out / sub / CONFIG_NAME)["training"]["precision"]
-        except (CheckpointError, OSError, KeyError, TypeError):
+            return dict(read_config(out / sub / CONFIG_NAME)["training"])
+        except (CheckpointError, OSError, KeyError, TypeError, ValueError):
             continue
-    return None
+    return {}
+
+
+def device_label(device: str, threads: int | None) -> str:
+    """What trained, in words, as a budget's device history names it: a GPU's name, or "cpu (N threads)"."""
+    if device != "cpu":
+        return device
+    return f"cpu ({threads} thread{'s' * (threads != 1)})" if threads else "cpu"
 
 
 def _build_model(config: TrainConfig) -> nn.Module:
@@ -429,11 +436,15 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
     shipped = ema.module if ema is not None else model  # what is validated and saved
 
-    start, best_psnr, history, wall_before, precisions = 0, None, [], 0.0, []
+    start, best_psnr, history, wall_before, precisions, devices = 0, None, [], 0.0, [], []
     if config.resume:
         meta = load_train_state(out, model, optimizer, sampler, ema)
         start, best_psnr, wall_before = meta["iteration"], meta.get("best_psnr"), meta.get("wall_time_s", 0.0)
-        precisions = meta.get("precisions") or [[0, _recorded_precision(out)]]  # states from before the record
+        recorded = {} if meta.get("precisions") and meta.get("devices") else _recorded_training(out)
+        # States from before these records take them from their checkpoints.
+        precisions = meta.get("precisions") or [[0, recorded.get("precision")]]
+        devices = meta.get("devices") or [[0, device_label(recorded["device"], recorded.get("threads"))
+                                           if recorded.get("device") else None]]
         saved_key, key = meta.get("config"), _resume_key(config)
         if saved_key is not None and saved_key != key:
             differ = ", ".join(f"{k} {saved_key.get(k)!r} -> {key.get(k)!r}"  # either side may lack a key
@@ -449,6 +460,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
 
     if not precisions or precisions[-1][1] != precision:
         precisions.append([start, precision])  # a run resumed on another machine may change precision
+    device_name = str(device) if device.type == "cpu" else torch.cuda.get_device_name(device)
+    here = device_label(device_name, torch.get_num_threads())
+    if not devices or devices[-1][1] != here:
+        devices.append([start, here])  # ... or device, or threads
     train_model = nn.parallel.DistributedDataParallel(model) if distributed else model
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
@@ -457,8 +472,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         "iterations": config.iters, "batch": config.batch, "patch": config.patch, "lr": config.lr,
         "lr_halve_at": list(config.lr_halve_at), "seed": config.seed, "loss": "l1",
         "data": str(config.data), "train_images": len(train_pairs), "val": val_description,
-        "val_images": len(val_pairs), "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "val_images": len(val_pairs), "device": device_name,
         "world_size": world, "threads": torch.get_num_threads(),
+        **({"devices": devices} if len(devices) > 1 else {}),
         **({"precision": precision} if len(precisions) == 1 else {"precision": "mixed", "precisions": precisions}),
         "ema": config.ema or None, "init": config.init, "torch": torch.__version__,
         **({"clip_grad": config.clip_grad} if config.clip_grad else {}),  # unclipped budgets read as before
@@ -538,7 +554,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
                                                                     "config": _resume_key(config),
-                                                                    "precisions": precisions}, ema)
+                                                                    "precisions": precisions, "devices": devices}, ema)
         if cancelled or out_of_time:
             status = "cancelled" if cancelled else "time budget"
             break

@@ -444,6 +444,44 @@ def test_a_state_from_before_the_precision_record_takes_it_from_its_checkpoints(
     assert budget(unknown)["precisions"] == [[0, None], [2, "fp32"]]  # not known, so not claimed
 
 
+def test_a_run_resumed_on_other_hardware_records_where_it_moved(tmp_path):
+    # A budget must not credit the last machine with the whole run: here one thread, then two.
+    import threading
+    from safetensors import safe_open
+    from safetensors.torch import load_file as load_tensors, save_file
+    from benchmarks.progress import describe, run_progress
+    from kaldn.cards import model_card
+    from kaldn.results import format_budget
+
+    def paused_run(name: str, legacy: bool = False) -> Path:
+        stop = threading.Event()
+        train(_quick(tmp_path, name, iters=4, threads=1), progress=lambda e: e["iteration"] == 2 and stop.set(),
+              stop=stop)
+        state = tmp_path / name / "train_state.safetensors"
+        if legacy:  # as states saved before the record: the checkpoints saved with it say where it ran
+            with safe_open(str(state), "pt") as f:
+                meta = json.loads(f.metadata()["state"])
+            del meta["devices"]
+            save_file(load_tensors(str(state)), str(state), metadata={"state": json.dumps(meta)})
+        return tmp_path / name
+
+    def budget(run: Path) -> dict:
+        return json.loads((run / "last" / "config.json").read_text())["training"]
+    for name, legacy in (("recorded", False), ("legacy", True)):
+        run = paused_run(name, legacy)
+        assert "devices" not in budget(run)  # one device so far: nothing moved
+        train(_quick(tmp_path, name, iters=4, threads=2, resume=True))
+        moved = budget(run)
+        assert moved["devices"] == [[0, "cpu (1 thread)"], [2, "cpu (2 threads)"]], name
+        assert "on cpu (1 thread), then cpu (2 threads) from iteration 2" in format_budget(moved)
+        card = str(model_card({"model": "tiny-ldsconv-x2", "scale": 2, "training": moved}))
+        assert "min on cpu (1 thread), then cpu (2 threads) from iteration 2\n(fp32" in card
+    assert "  device: cpu (1 thread), then cpu (2 threads) from iteration 2" in describe(run_progress(run))
+    unmoved = paused_run("unmoved")
+    train(_quick(tmp_path, "unmoved", iters=4, threads=1, resume=True))
+    assert "devices" not in budget(unmoved) and budget(unmoved)["threads"] == 1
+
+
 def test_bf16_where_it_is_emulated_is_warned_about(tmp_path, caplog, monkeypatch):
     import kaldn.train as training
     monkeypatch.setattr(training, "resolve_precision",
