@@ -15,20 +15,26 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from kaldn.models import count_parameters, create_model
 from kaldn.registry import conv_entries
+from kaldn.train import PatchSampler, weight_average
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup: int = 3,
-                          device: str = "cpu", precision: str = "fp32",
-                          clock=time.perf_counter) -> tuple[float, int]:
-    """Training iterations per second of ``name`` (as kaldn.train runs them) and its parameter count."""
+                          device: str = "cpu", precision: str = "fp32", clock=time.perf_counter,
+                          ema: float | None = None) -> tuple[float, int]:
+    """Training iterations per second of ``name`` (as kaldn.train runs them) and its parameter count.
+
+    With ``ema`` (a decay, 0 for none) every step also does what a run's step does around the model: patches
+    cropped by kaldn.train's sampler from random images, and the weight average, which cost a GPU more than a
+    small model's compute; without it, one fixed random batch (the model's own cost)."""
     torch.manual_seed(0)
     device = torch.device(device)
     model = create_model(name).to(device).to(memory_format=torch.channels_last).train()
@@ -36,16 +42,27 @@ def iterations_per_second(name: str, batch: int, patch: int, iters: int, warmup:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     lr = torch.rand(batch, 3, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
     hr = torch.rand(batch, 3, patch * scale, patch * scale, device=device)
+    sampler = average = None
+    if ema is not None:
+        images = np.random.default_rng(0).integers(0, 256, (4, patch * 3, patch * 3, 3), dtype=np.uint8)
+        sampler = PatchSampler([(np.repeat(np.repeat(im, scale, 0), scale, 1), im) for im in images], scale, patch, 0,
+                               device)
+        average = weight_average(model, ema) if ema else None
     amp = PRECISIONS[precision]
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
             start = clock()
+        if sampler is not None:
+            lr, hr = sampler.sample(batch)
+            lr, hr = lr.to(device).contiguous(memory_format=torch.channels_last), hr.to(device)
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             loss = F.l1_loss(model(lr).float(), hr)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(model)
     _sync(device)
     return iters / (clock() - start), count_parameters(model)
 

@@ -106,7 +106,7 @@ def main() -> None:
             for name, _ in jobs:
                 if name not in speeds:
                     speeds[name] = iterations_per_second(name, args.batch, args.patch, 10, device=args.device,
-                                                         precision=probe_precision)[0]
+                                                         precision=probe_precision, ema=args.ema)[0]
                     print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
             args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
             plan.parent.mkdir(parents=True, exist_ok=True)

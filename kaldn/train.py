@@ -144,6 +144,12 @@ class PatchSampler:
         return torch.stack(lrs).float().div_(255), torch.stack(hrs).float().div_(255)
 
 
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """The exponential moving average of ``model``'s weights (and buffers) that a run with ``--ema`` validates
+    and saves."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     halvings = sum(iteration >= round(f * config.iters) for f in config.lr_halve_at)
     return config.lr * 0.5 ** halvings
@@ -433,7 +439,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
     sampler = PatchSampler(train_pairs, scale, config.patch, config.seed + 1000 * rank, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.ema), use_buffers=True) if config.ema else None
+    ema = weight_average(model, config.ema) if config.ema else None
     shipped = ema.module if ema is not None else model  # what is validated and saved
 
     start, best_psnr, history, wall_before, precisions, devices = 0, None, [], 0.0, [], []

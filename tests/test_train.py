@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.data import TrainingDataError, list_images, split_holdout
-from kaldn.models import create_model
+from kaldn.models import count_parameters, create_model
 from kaldn.results import comparable_budget, format_budget
 from kaldn.train import STATE_NAME, TrainConfig, TrainStateError, saved_iteration, train
 from kaldn.train import main as train_main
@@ -519,6 +519,15 @@ def test_a_non_finite_loss_stops_before_anything_is_saved(tmp_path):
     assert not (tmp_path / "run" / "train_state.safetensors").exists()
     assert not (tmp_path / "run" / "last").exists()
     assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_the_budget_probe_times_a_step_as_a_run_takes_it():
+    # The probe that sizes a --budget-minutes queue crops through the run's sampler and updates the weight
+    # average, as a run does; it must keep working as those change.
+    from benchmarks.train_speed import iterations_per_second
+    bare, params = iterations_per_second("tiny-ldsconv-x2", 2, 8, 2, warmup=1)
+    like_a_run, same = iterations_per_second("tiny-ldsconv-x2", 2, 8, 2, warmup=1, ema=0.999)
+    assert bare > 0 and like_a_run > 0 and params == same == count_parameters(create_model("tiny-ldsconv-x2"))
 
 
 def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
