@@ -48,6 +48,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .checkpoint import CONFIG_NAME, CheckpointError, atomic_write, read_config, save_checkpoint
 from .data import TrainingDataError, list_images, load_pairs, split_holdout
+from .errors import UserError
 from .hub import add_source_option, load_model
 from .images import image_to_tensor, tensor_to_image
 from .inference import resolve_device
@@ -65,6 +66,16 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 class TrainStateError(ValueError):
     """A run folder that cannot be resumed (or would be overwritten); the message names the file and the way out."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite: the learning rate is too high for this model and data. Nothing of the
+    broken weights was logged or saved."""
+
+    def __init__(self, iteration: int) -> None:
+        super().__init__(f"The training diverged: the loss became NaN or infinite by iteration {iteration}. "
+                         "Try a lower learning rate.")
+        self.iteration = iteration
 
 
 @dataclass
@@ -240,11 +251,6 @@ def saved_iteration(out: str | Path) -> int | None:
             return int(json.loads(f.metadata()["state"])["iteration"])
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):
         return None
-
-
-def _blown_up(done: int, start: int) -> FloatingPointError:
-    return FloatingPointError(f"the loss became non-finite by iteration {done} (the last state saved is at or "
-                              f"after {start}); lower --lr")
 
 
 def _damaged(path: Path, why: str) -> TrainStateError:
@@ -521,7 +527,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
         uses_weights = (done == config.iters or done % config.log_every == 0 or done % config.save_every == 0
                          or (val_pairs and done % config.val_every == 0))
         if uses_weights and bool(nonfinite):  # before anything logs, validates or saves broken weights
-            raise _blown_up(done, start)
+            raise TrainingDiverged(done)
 
         if rank == 0 and (done % config.log_every == 0 or done == config.iters):
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
@@ -553,9 +559,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             out_of_time = bool(flags[0]) and not cancelled
             if bool(flags[1]):
-                raise _blown_up(done, start)
+                raise TrainingDiverged(done)
         elif (cancelled or out_of_time) and bool(nonfinite):
-            raise _blown_up(done, start)
+            raise TrainingDiverged(done)
         if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
@@ -630,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"SSIM {event['val_ssim']:.4f}  loss {event['val_loss']:.4f}")
     try:
         result = train(config, progress=report)
-    except (TrainingDataError, ValueError, FileNotFoundError, FloatingPointError) as exc:
+    except (TrainingDataError, ValueError, FileNotFoundError) as exc:  # TrainingDiverged too: a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if bar:

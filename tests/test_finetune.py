@@ -160,6 +160,23 @@ def test_a_full_server_refuses_before_training_and_a_job_it_cannot_keep_leaves_n
     assert not manager.busy and list((tmp_path / "jobs").glob("*")) == []
 
 
+def test_a_diverged_training_tells_the_user_what_to_change(use_throwaway, tmp_path, monkeypatch):
+    # Not "an internal error": a learning rate inside the allowed range can still be too high for some images.
+    import kaldn.finetune as finetune
+    from kaldn.train import TrainingDiverged
+
+    def diverging(config, progress=None, stop=None):
+        raise TrainingDiverged(7)
+    monkeypatch.setattr(finetune, "train", diverging)
+    save_png(rng_image(64, 64, seed=0), tmp_path / "a.png")
+    manager = FineTuneManager(SessionModels(), root=tmp_path / "jobs", max_iters=50)
+    with pytest.raises(UserError, match="Fine-tuning failed: The training diverged: .* by iteration 7. "
+                                        "Try a lower learning rate"):
+        list(manager.run([tmp_path / "a.png"], FineTuneSettings("tiny-ldsconv-x2", iters=20, lr=1e-2, batch=2,
+                                                                patch=16, device="cpu"), min_interval=0.0))
+    assert not manager.busy and manager.registry.items() == []
+
+
 def test_jobs_are_taken_in_turns_when_others_waited(use_throwaway, tmp_path):
     images = []
     for i in range(2):
