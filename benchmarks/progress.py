@@ -139,7 +139,7 @@ def _state_summary(path: Path) -> dict:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["state"])
         return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta),
-                "device": format_device(meta) if meta.get("devices") else ""}
+                "device": format_device(meta) if len(meta.get("devices") or []) > 1 else ""}  # only if it moved
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
         return {"resumes_at": None, "precision": "", "device": ""}
 

@@ -11,9 +11,10 @@
 With ``--budget-minutes`` the iteration count is not given but measured: each model's
 training speed is probed on the device first, and every model gets the same number of
 iterations, sized so the whole queue fits the budget (each run also stops at its share
-of the budget, and the whole command at the budget's end, start-ups included, so a
-slower-than-probed run cannot overrun it). The plan is kept in ``OUT/<queue>-<device>-plan.json``:
-a re-run resumes under it without probing again.
+of the budget, counted over every sitting, and the first sitting at the budget's end,
+start-ups included, so a slower-than-probed run cannot overrun it). The plan is kept in
+``OUT/<queue>-<device>-plan.json`` with the settings it was made for: a re-run with the
+same settings resumes under it without probing again; other settings are refused.
 
 ``--stop-after-minutes M`` ends the command after about M minutes wherever the queue is
 (each run saves its state; no run starts in the last tenth, at most a minute) so a budget larger than one
@@ -43,7 +44,7 @@ import torch
 from benchmarks.train_speed import iterations_per_second
 from kaldn.models import parse_model_name
 from kaldn.registry import conv_entries
-from kaldn.train import resolve_precision, saved_iteration
+from kaldn.train import resolve_precision, saved_state
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 # A budget choice, not a list of variants: the four the claims compare most closely get a second seed.
@@ -94,11 +95,21 @@ def main() -> None:
         # 80 % of each share trains; the rest covers start-up, data loading and validation.
         share = args.budget_minutes * 60 * workers / len(jobs)
         time_budget = share
-        # A re-run (after an interruption, or the next sitting) resumes with the iterations planned first.
+        # A re-run (after an interruption, or the next sitting) resumes with the iterations planned first, and
+        # only for the queue it was planned for.
         queue = "-".join(args.models) if args.models else args.backbone
         plan = Path(args.out) / f"{queue}-{args.device}-plan.json"
+        settings = {"jobs": [list(job) for job in jobs], "budget_minutes": args.budget_minutes, "workers": workers,
+                    **{k: getattr(args, k) for k in ("batch", "patch", "lr", "precision", "ema", "clip_grad", "data",
+                                                     "val", "val_every")}}
         if plan.exists():
-            args.iters = json.loads(plan.read_text())["iters"]
+            planned = json.loads(plan.read_text())
+            if planned.get("settings", settings) != settings:
+                differ = ", ".join(f"{k} {planned['settings'].get(k)!r} -> {settings.get(k)!r}"
+                                   for k in settings if planned["settings"].get(k) != settings.get(k))
+                parser.error(f"{plan} was planned for other settings ({differ}); give another --out, or delete it "
+                             "to plan again")
+            args.iters = planned["iters"]
         else:
             deadlines.append(began + 60 * args.budget_minutes)  # the probe and every start-up count in it
             speeds, probe_precision = {}, resolve_precision(args.precision, torch.device(args.device))
@@ -110,7 +121,7 @@ def main() -> None:
                     print(f"{name}: {speeds[name]:.2f} it/s on {args.device} ({probe_precision})", flush=True)
             args.iters = max(10, int(min(speeds.values()) * share * 0.8) // 10 * 10)
             plan.parent.mkdir(parents=True, exist_ok=True)
-            plan.write_text(json.dumps({"iters": args.iters, "speeds": speeds, "budget_minutes": args.budget_minutes}))
+            plan.write_text(json.dumps({"iters": args.iters, "speeds": speeds, "settings": settings}))
             if args.device == "cuda":
                 torch.cuda.empty_cache()  # the probes' memory goes back to the runs
         print(f"{len(jobs)} runs x {args.iters} iterations, {share / 60:.1f} min each at most", flush=True)
@@ -121,14 +132,22 @@ def main() -> None:
     def folder(name: str, seed: int) -> Path:
         return Path(args.out) / f"x{parse_model_name(name).scale}" / f"{name}-s{seed}"
 
-    def run(job: tuple[str, int]) -> tuple[str, int, str]:
+    def share_left(state: dict | None) -> float | None:
+        """Seconds of its share a run has not used, over every sitting (None: no budget)."""
+        return None if time_budget is None else time_budget - (state or {}).get("wall_time_s", 0.0)
+
+    def run(job: tuple[str, int]) -> tuple[str, int, str, str]:
+        """(name, seed, what happened, what is left: "finished", "continues", "share used" or "failed")."""
         name, seed = job
         out = folder(name, seed)
-        resume = (out / "train_state.safetensors").exists()
-        if resume and (saved_iteration(out) or 0) >= args.iters:
-            return name, seed, "finished before"  # no start-up spent on it
+        state = saved_state(out)
+        if state and state["iteration"] >= args.iters and state.get("config", {}).get("iters") == args.iters:
+            return name, seed, "finished before", "finished"  # no start-up spent on it
+        left = share_left(state)
+        if left is not None and left <= 0:
+            return name, seed, f"its share of the budget is used, at iteration {state['iteration']}", "share used"
         if stop_at is not None and time.time() > stop_at - start_margin:
-            return name, seed, "not started, out of time"
+            return name, seed, "not started, out of time", "continues"
         out.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "kaldn.train", "--model", name, "--data", args.data,
                *(["--val", args.val] if args.val else []),
@@ -137,21 +156,33 @@ def main() -> None:
                "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
                "--threads", str(threads), "--save-every", "200", "--out", str(out),
                *(["--clip-grad", str(args.clip_grad)] if args.clip_grad else []),
-               *(["--resume"] if resume else []), *(["--time-budget", str(time_budget)] if time_budget else []),
+               *(["--resume"] if state else []), *(["--time-budget", str(left)] if left is not None else []),
                *(["--stop-at", str(stop_at)] if stop_at is not None else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:
             code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-        return name, seed, f"exit {code}, {(time.time() - start) / 60:.1f} min, at iteration {saved_iteration(out)}"
+        state = saved_state(out)
+        at = state["iteration"] if state else 0
+        outcome = f"exit {code}, {(time.time() - start) / 60:.1f} min, at iteration {at}"
+        if code != 0:
+            return name, seed, f"{outcome} (see {out / 'stdout.log'})", "failed"
+        left = share_left(state)
+        return name, seed, outcome, ("finished" if at >= args.iters else
+                                     "share used" if left is not None and left <= 0 else "continues")
 
-    unfinished = 0
+    left_over: dict[str, int] = {}
     with ThreadPoolExecutor(workers) as pool:
-        for name, seed, outcome in pool.map(run, jobs):
+        for name, seed, outcome, kind in pool.map(run, jobs):
             print(f"{name} seed {seed}: {outcome}", flush=True)
-            unfinished += (saved_iteration(folder(name, seed)) or 0) < args.iters
-    if unfinished:
-        print(f"{unfinished} of {len(jobs)} runs unfinished: the same command continues them", flush=True)
-
+            left_over[kind] = left_over.get(kind, 0) + 1
+    if left_over.get("continues"):
+        print(f"{left_over['continues']} of {len(jobs)} runs can go on: the same command continues them", flush=True)
+    if left_over.get("share used"):
+        print(f"{left_over['share used']} of {len(jobs)} runs used their share of the budget before the end of their "
+              "schedule: slower than probed (their checkpoints are where they stopped)", flush=True)
+    if left_over.get("failed"):
+        print(f"{left_over['failed']} of {len(jobs)} runs failed (their stdout.log says why)", flush=True)
+        sys.exit(1)
 
 if __name__ == "__main__":
     main()

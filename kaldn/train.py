@@ -244,11 +244,18 @@ def save_train_state(out: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     atomic_write(out / STATE_NAME, lambda tmp: save_file(tensors, tmp, metadata={"state": json.dumps(meta)}))
 
 
-def saved_iteration(out: str | Path) -> int | None:
-    """The iteration of the training state saved in ``out`` (its checksum unchecked), or None where none is readable."""
+def _out_of_time(config: TrainConfig, t0: float) -> bool:
+    return ((config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s)
+            or (config.stop_at is not None and time.time() >= config.stop_at))
+
+
+def saved_state(out: str | Path) -> dict | None:
+    """What the training state saved in ``out`` records (``iteration``, ``wall_time_s``, ``config``, ...), read
+    without its tensors and unchecked; None where none is readable."""
     try:
         with safe_open(str(Path(out) / STATE_NAME), framework="pt") as f:
-            return int(json.loads(f.metadata()["state"])["iteration"])
+            meta = json.loads(f.metadata()["state"])
+        return meta if isinstance(meta, dict) and isinstance(meta.get("iteration"), int) else None
     except (SafetensorError, OSError, KeyError, TypeError, ValueError):
         return None
 
@@ -524,10 +531,19 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             ema.update_parameters(model)
         done = iteration + 1
         wall = wall_before + time.perf_counter() - t0
-        uses_weights = (done == config.iters or done % config.log_every == 0 or done % config.save_every == 0
-                         or (val_pairs and done % config.val_every == 0))
-        if uses_weights and bool(nonfinite):  # before anything logs, validates or saves broken weights
-            raise TrainingDiverged(done)
+        if distributed:
+            # Every rank stops, or fails, at the same step, decided before rank 0 logs, validates or saves: ranks
+            # share gradients, so one rank's blow-up is every rank's, and one rank stopping alone would leave the
+            # others waiting. (A per-step host read, as the barrier this replaces was.)
+            cancelled, out_of_time = stop is not None and stop.is_set(), _out_of_time(config, t0)
+            flags = torch.stack([torch.tensor(float(cancelled or out_of_time), device=device), nonfinite.float()])
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            if bool(flags[1]):
+                raise TrainingDiverged(done)
+            out_of_time = bool(flags[0]) and not cancelled
+        elif (done == config.iters or done % config.log_every == 0 or done % config.save_every == 0
+              or (val_pairs and done % config.val_every == 0)) and bool(nonfinite):
+            raise TrainingDiverged(done)  # before anything logs, validates or saves broken weights
 
         if rank == 0 and (done % config.log_every == 0 or done == config.iters):
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
@@ -551,17 +567,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
                 best_validation = {k: record[k] for k in ("iteration", "val_psnr", "val_ssim", "val_loss")}
                 save_checkpoint(out / "best", shipped, checkpoint_metadata(done, wall, best_validation))
 
-        cancelled = stop is not None and stop.is_set()
-        out_of_time = ((config.time_budget_s is not None and time.perf_counter() - t0 >= config.time_budget_s)
-                       or (config.stop_at is not None and time.time() >= config.stop_at))
-        if distributed:  # every rank stops, or fails, at the same step: one alone would leave the others waiting
-            flags = torch.stack([torch.tensor(float(cancelled or out_of_time), device=device), nonfinite.float()])
-            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flags[0]) and not cancelled
-            if bool(flags[1]):
+        if not distributed:  # a stop asked for while this step logged counts at once
+            cancelled, out_of_time = stop is not None and stop.is_set(), _out_of_time(config, t0)
+            if (cancelled or out_of_time) and bool(nonfinite):
                 raise TrainingDiverged(done)
-        elif (cancelled or out_of_time) and bool(nonfinite):
-            raise TrainingDiverged(done)
         if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,

@@ -21,7 +21,7 @@ from kaldn.checkpoint import load_checkpoint, save_checkpoint
 from kaldn.data import TrainingDataError, list_images, split_holdout
 from kaldn.models import count_parameters, create_model
 from kaldn.results import comparable_budget, format_budget
-from kaldn.train import STATE_NAME, TrainConfig, TrainingDiverged, TrainStateError, saved_iteration, train
+from kaldn.train import STATE_NAME, TrainConfig, TrainingDiverged, TrainStateError, saved_state, train
 from kaldn.train import main as train_main
 from synthetic import write_images
 
@@ -176,7 +176,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
     # Past its deadline at once: both ranks stop together after one step (one alone would leave the other
     # waiting), and the run resumes to the end.
     subprocess.run([*command, "--stop-at", "0"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
-    assert saved_iteration(out) == 1
+    assert saved_state(out)["iteration"] == 1
     subprocess.run([*command, "--resume"], cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
     model = load_checkpoint(out / "last")
     config = model.config["training"]
@@ -521,52 +521,72 @@ def test_a_non_finite_loss_stops_before_anything_is_saved(tmp_path):
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
-def test_the_budget_probe_times_a_step_as_a_run_takes_it():
+def test_the_budget_probe_times_a_step_as_a_run_takes_it(monkeypatch):
     # The probe that sizes a --budget-minutes queue crops through the run's sampler and updates the weight
     # average, as a run does; it must keep working as those change.
+    from torch.optim.swa_utils import AveragedModel
     from benchmarks.train_speed import iterations_per_second
+    from kaldn.train import PatchSampler
+    calls = {"sample": 0, "average": 0}
+
+    def counted(method, key):
+        def wrapper(self, *args, **kwargs):
+            calls[key] += 1
+            return method(self, *args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(PatchSampler, "sample", counted(PatchSampler.sample, "sample"))
+    monkeypatch.setattr(AveragedModel, "update_parameters", counted(AveragedModel.update_parameters, "average"))
     bare, params = iterations_per_second("tiny-ldsconv-x2", 2, 8, 2, warmup=1)
+    assert calls == {"sample": 0, "average": 0}  # the model's own cost
     like_a_run, same = iterations_per_second("tiny-ldsconv-x2", 2, 8, 2, warmup=1, ema=0.999)
+    assert calls == {"sample": 3, "average": 3}  # every step, warm-up included
     assert bare > 0 and like_a_run > 0 and params == same == count_parameters(create_model("tiny-ldsconv-x2"))
 
 
-def test_gpu_command_sizes_iterations_from_the_budget_on_cpu(tmp_path):
-    # The one-command GPU path (train_zoo --device cuda --budget-minutes), run on the CPU for a few seconds.
+def test_gpu_command_sizes_iterations_from_the_budget_and_trains_over_sittings_on_cpu(tmp_path):
+    # The one-command GPU path (train_zoo --device cuda --budget-minutes), run on the CPU for a few seconds:
+    # a 1-minute budget trained in sittings of 6 s (as a GPU lent 10 minutes a call would take 40).
     data = write_images(tmp_path / "data", count=3, size=48)
     out = tmp_path / "zoo"
-    cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "0.15",
+    cmd = [sys.executable, "-m", "benchmarks.train_zoo", "--device", "cpu", "--budget-minutes", "1",
            "--backbone", "tiny", "--scale", "2", "--convs", "ldsconv", "kdsconv-det", "--second-seed",
            "--patch", "8", "--batch", "2", "--data", str(data), "--val", str(data), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    def sitting(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*cmd, *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    def iteration(name: str) -> int:
+        return saved_state(out / "x2" / f"{name}-s0")["iteration"]
+    proc = sitting("--stop-after-minutes", "0.1")
     assert proc.returncode == 0, proc.stderr
     plan = json.loads((out / "tiny-cpu-plan.json").read_text())
-    assert plan["iters"] >= 10 and set(plan["speeds"]) == {"tiny-ldsconv-x2", "tiny-kdsconv-det-x2"}
+    assert set(plan["speeds"]) == {"tiny-ldsconv-x2", "tiny-kdsconv-det-x2"} and plan["iters"] >= 10
     for name in plan["speeds"]:
         training = json.loads((out / "x2" / f"{name}-s0" / "last" / "config.json").read_text())["training"]
         assert training["iterations"] == plan["iters"]  # one budget for every model
-        assert 0 < training["iterations_done"] <= plan["iters"]
-        assert training["wall_time_s"] <= 0.15 * 60 * 2 / 2 + 5  # its share of the budget, plus one iteration
-    done = {name: saved_iteration(out / "x2" / f"{name}-s0") for name in plan["speeds"]}
+        assert 0 < training["iterations_done"] < plan["iters"]
+        assert training["wall_time_s"] <= 6 + 5  # stopped at the sitting's end, plus one iteration
+    assert "2 of 2 runs can go on: the same command continues them" in proc.stdout
+    done = {name: iteration(name) for name in plan["speeds"]}
 
     # The next sitting: the plan stands (no probe), and every run goes on from its state.
-    proc = subprocess.run([*cmd, "--stop-after-minutes", "0.1"], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = sitting("--stop-after-minutes", "0.1")
     assert proc.returncode == 0, proc.stderr
     assert "it/s on cpu" not in proc.stdout and json.loads((out / "tiny-cpu-plan.json").read_text()) == plan
-    for name in plan["speeds"]:
-        if done[name] == plan["iters"]:  # finished in the first sitting: not started again
-            assert f"{name} seed 0: finished before" in proc.stdout
-        else:
-            assert saved_iteration(out / "x2" / f"{name}-s0") > done[name]
+    assert all(iteration(name) > done[name] for name in plan["speeds"])
+
+    # Other settings under the same plan are refused, not trained with its iteration count.
+    other = [("12" if cmd[i - 1] == "--patch" else arg) for i, arg in enumerate(cmd)]
+    proc = subprocess.run(other, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "was planned for other settings (patch 8 -> 12)" in proc.stderr
 
     # A sitting that is already over starts nothing and says what is left.
     for name in plan["speeds"]:
         (out / "x2" / f"{name}-s0" / "train_state.safetensors").unlink()
-    proc = subprocess.run([*cmd, "--stop-after-minutes", "0"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = sitting("--stop-after-minutes", "0")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("not started, out of time") == 2 and "2 of 2 runs unfinished" in proc.stdout
+    assert proc.stdout.count("not started, out of time") == 2 and "2 of 2 runs can go on" in proc.stdout
 
 
 @pytest.mark.parametrize("flags, expected", [("fpu sse avx512f avx512_bf16", "bf16"), ("fpu amx_bf16", "bf16"),
