@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 
 from kaldn.checkpoint import CONFIG_NAME, CheckpointError, load_checkpoint, read_config
 from kaldn.data import DATASETS, dataset_folder, load_pairs
@@ -41,7 +41,7 @@ from kaldn.evaluate import evaluate_model
 from kaldn.models import ModelSpec, model_label, parse_model_name, variants
 from kaldn.results import (LOG_NAME, comparable_budget, format_device, format_metrics, format_precision, log_events,
                            validation_curves, validation_psnrs)
-from kaldn.train import STATE_NAME, data_sources, load_validation, validate
+from kaldn.train import STATE_NAME, data_sources, load_validation, saved_state, validate
 
 ROOTS = ("runs/zoo", "training/in-progress")  # live runs first: a committed copy of the same run is older
 SPEED_WINDOW = 50
@@ -125,22 +125,21 @@ def run_progress(folder: str | Path) -> dict:
         (i0, p0), (i1, p1) = validations[-2:]
         slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
-            "training": training, "target": target, "done": done, **_state_summary(folder / STATE_NAME), "it_per_s": speed,
+            "training": training, "target": target, "done": done, **_state_summary(folder), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope, "spikes": (spikes := loss_spikes(steps)),
             "spike_gradients": gradient_at_spikes(steps, spikes), "gradient_norms": gradient_norms(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
-def _state_summary(path: Path) -> dict:
+def _state_summary(folder: Path) -> dict:
     """The iteration a resume starts from (the log may run past it: a run saves every few hundred) and the
     precisions and devices the state was trained in."""
+    meta = saved_state(folder)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["state"])
         return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta),
                 "device": format_device(meta) if len(meta.get("devices") or []) > 1 else ""}  # only if it moved
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
+    except (KeyError, TypeError, ValueError):  # missing or damaged: nothing to say
         return {"resumes_at": None, "precision": "", "device": ""}
 
 

@@ -44,7 +44,7 @@ import torch
 from benchmarks.train_speed import iterations_per_second
 from kaldn.models import parse_model_name
 from kaldn.registry import conv_entries
-from kaldn.train import resolve_precision, saved_state
+from kaldn.train import STATE_NAME, resolve_precision, saved_state
 
 CONVS = [c.name for c in conv_entries()]  # every registered conv variant, in display order
 # A budget choice, not a list of variants: the four the claims compare most closely get a second seed.
@@ -156,7 +156,7 @@ def main() -> None:
                "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
                "--threads", str(threads), "--save-every", "200", "--out", str(out),
                *(["--clip-grad", str(args.clip_grad)] if args.clip_grad else []),
-               *(["--resume"] if state else []), *(["--time-budget", str(left)] if left is not None else []),
+               *(["--resume"] if (out / STATE_NAME).exists() else []),  # a damaged state: train says so *(["--time-budget", str(left)] if left is not None else []),
                *(["--stop-at", str(stop_at)] if stop_at is not None else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:

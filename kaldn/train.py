@@ -531,6 +531,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             ema.update_parameters(model)
         done = iteration + 1
         wall = wall_before + time.perf_counter() - t0
+        # The steps that read the weights (on rank 0): each condition written once, for the check and the work.
+        logs = done % config.log_every == 0 or done == config.iters
+        validates = bool(val_pairs) and (done % config.val_every == 0 or done == config.iters)
+        saves = done % config.save_every == 0 or done == config.iters
         if distributed:
             # Every rank stops, or fails, at the same step, decided before rank 0 logs, validates or saves: ranks
             # share gradients, so one rank's blow-up is every rank's, and one rank stopping alone would leave the
@@ -541,11 +545,10 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             if bool(flags[1]):
                 raise TrainingDiverged(done)
             out_of_time = bool(flags[0]) and not cancelled
-        elif (done == config.iters or done % config.log_every == 0 or done % config.save_every == 0
-              or (val_pairs and done % config.val_every == 0)) and bool(nonfinite):
+        elif (logs or validates or saves) and bool(nonfinite):
             raise TrainingDiverged(done)  # before anything logs, validates or saves broken weights
 
-        if rank == 0 and (done % config.log_every == 0 or done == config.iters):
+        if rank == 0 and logs:
             speed = (done - window_iter) / max(time.perf_counter() - window_start, 1e-9)
             window_start, window_iter = time.perf_counter(), done
             record = {"event": "step", "iteration": done, "loss": loss.item(), "lr": learning_rate(config, iteration),
@@ -555,7 +558,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             if progress:
                 progress(record)
 
-        if rank == 0 and val_pairs and (done % config.val_every == 0 or done == config.iters):
+        if rank == 0 and validates:
             record = {"event": "validation", "iteration": done, **validate(shipped, val_pairs, scale, device),
                       **gate_summary(gate_report(shipped)), "wall_time_s": wall}
             _append_log(out, record)
@@ -571,7 +574,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             cancelled, out_of_time = stop is not None and stop.is_set(), _out_of_time(config, t0)
             if (cancelled or out_of_time) and bool(nonfinite):
                 raise TrainingDiverged(done)
-        if rank == 0 and (done % config.save_every == 0 or done == config.iters or cancelled or out_of_time):
+        if rank == 0 and (saves or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))
             save_train_state(out, model, optimizer, sampler, done, {"best_psnr": best_psnr, "wall_time_s": wall,
                                                                     "config": _resume_key(config),
