@@ -69,11 +69,11 @@ class TrainStateError(ValueError):
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite: the learning rate is too high for this model and data. Nothing of the
-    broken weights was logged or saved."""
+    """The loss or the weights became NaN or infinite: the learning rate is too high for this model and data.
+    Nothing of the broken weights was logged or saved."""
 
     def __init__(self, iteration: int) -> None:
-        super().__init__(f"The training diverged: the loss became NaN or infinite by iteration {iteration}. "
+        super().__init__(f"The training diverged: the loss or the weights became NaN or infinite by iteration {iteration}. "
                          "Try a lower learning rate.")
         self.iteration = iteration
 
@@ -325,6 +325,12 @@ def _grad_norm(model: nn.Module) -> float | None:
     return _finite(float(torch.stack(norms).norm()) if norms else 0.0)  # None: an fp16 step the scaler skipped
 
 
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether every weight is a number: a finite loss can still back-propagate an inf or NaN gradient, which
+    the optimizer writes into the weights, and the loss check alone would then save them."""
+    return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no inf
 
@@ -545,7 +551,9 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
             if bool(flags[1]):
                 raise TrainingDiverged(done)
             out_of_time = bool(flags[0]) and not cancelled
-        elif (logs or validates or saves) and bool(nonfinite):
+            if (logs or validates or saves or bool(flags[0])) and not _weights_finite(model):
+                raise TrainingDiverged(done)  # every rank holds the same weights, so every rank raises here
+        elif (logs or validates or saves) and (bool(nonfinite) or not _weights_finite(model)):
             raise TrainingDiverged(done)  # before anything logs, validates or saves broken weights
 
         if rank == 0 and logs:
@@ -572,7 +580,7 @@ def train(config: TrainConfig, progress: Callable[[dict], None] | None = None,
 
         if not distributed:  # a stop asked for while this step logged counts at once
             cancelled, out_of_time = stop is not None and stop.is_set(), _out_of_time(config, t0)
-            if (cancelled or out_of_time) and bool(nonfinite):
+            if (cancelled or out_of_time) and (bool(nonfinite) or not _weights_finite(model)):
                 raise TrainingDiverged(done)
         if rank == 0 and (saves or cancelled or out_of_time):
             save_checkpoint(out / "last", shipped, checkpoint_metadata(done, wall, best_validation))

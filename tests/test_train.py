@@ -521,6 +521,29 @@ def test_a_non_finite_loss_stops_before_anything_is_saved(tmp_path):
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
+def test_a_non_finite_gradient_from_a_finite_loss_is_never_saved(tmp_path, monkeypatch):
+    # On the save step itself the loss is a number while its gradient is NaN: the optimizer writes NaN into the
+    # weights after the loss was checked, so only the weights can tell (any later step's loss would be NaN).
+    steps = []
+
+    class NanGradient(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            steps.append(len(steps) + 1)
+            return grad * float("nan") if len(steps) == 5 else grad
+
+    l1 = torch.nn.functional.l1_loss
+    monkeypatch.setattr(torch.nn.functional, "l1_loss", lambda *a, **k: NanGradient.apply(l1(*a, **k)))
+    with pytest.raises(TrainingDiverged, match="NaN or infinite by iteration 5"):
+        train(_quick(tmp_path, "run", iters=40, log_every=100, save_every=5, val_every=100))
+    assert not (tmp_path / "run" / "train_state.safetensors").exists()
+    assert not (tmp_path / "run" / "last").exists()
+
+
 def test_the_budget_probe_times_a_step_as_a_run_takes_it(monkeypatch):
     # The probe that sizes a --budget-minutes queue crops through the run's sampler and updates the weight
     # average, as a run does; it must keep working as those change.
