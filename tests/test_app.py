@@ -17,12 +17,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kaldn.choices import other_backbone_models
+from kaldn.hub import available_models
 from kaldn.images import load_image, save_png
 from kaldn.inputs import prepare_inputs
 from kaldn.metrics import evaluate_pair
 from kaldn.models import variant
 
-from app_server import DEFAULT_VARIANTS, featured_x4, rng_image, running_app
+from app_server import DEFAULT_VARIANTS, rng_image, running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "astronaut.png"
@@ -258,7 +260,8 @@ def test_zoo_tab_through_the_api(served, client):
     rows = table_rows(table)
     assert rows and all(name.endswith("-x4") or name == "bicubic" for name in rows)
     if served["real"]:  # shipped checkpoints carry their measured numbers
-        assert set(rows) == {"bicubic", *served["real"], *featured_x4()}
+        # ... and every bundled model of another backbone (the `small` zoo), as Compare offers them by name
+        assert set(rows) == {"bicubic", *served["real"], *other_backbone_models(available_models(), 4)}
         assert all(row["set5 PSNR / SSIM"] != "-" for row in rows.values())
         assert any(row[3] == "1" for row in table["data"])  # second seeds are listed
         assert all("," in row["Params"] for name, row in rows.items() if name != "bicubic")  # 112,272
