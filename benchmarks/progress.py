@@ -95,7 +95,8 @@ def gradient_norms(steps: list[dict]) -> dict | None:
     values = sorted(norms.values())
     top = max(norms, key=norms.get)
     return {"count": len(values), "median": statistics.median(values),
-            "p99": statistics.quantiles(values, n=100)[98], "max": norms[top], "max_at": top}
+            # inclusive: never beyond the largest logged value (the default extrapolates for short logs)
+            "p99": statistics.quantiles(values, n=100, method="inclusive")[98], "max": norms[top], "max_at": top}
 
 
 def find_runs(roots: tuple[str | Path, ...] = ROOTS) -> list[Path]:

@@ -751,6 +751,7 @@ def test_progress_lists_loss_spikes_once_per_iteration():
     from benchmarks.progress import gradient_norms
     norms = gradient_norms(steps)
     assert (norms["median"], norms["max"], norms["max_at"]) == (0.01, 2.0, 200) and norms["count"] == 30  # one per iteration
+    assert norms["median"] <= norms["p99"] <= norms["max"]  # a short log: no percentile past its largest value
     assert gradient_norms(unlogged) is None
     text = describe({"model": "m", "run": "r", "target": 300, "done": 290, "resumes_at": 290, "it_per_s": None,
                      "hours_left": None, "validations": [], "slope_per_1000": None, "gradient_norms": norms})
