@@ -120,7 +120,8 @@ def run_progress(folder: str | Path) -> dict:
     done = max([int(s["iteration"]) for s in steps] + [it for it, _ in validations], default=0)
     speeds = [float(s["it_per_s"]) for s in steps[-SPEED_WINDOW:] if s.get("it_per_s")]
     speed = statistics.median(speeds) if speeds else None
-    target = training.get("iterations")
+    # Before its first validation a run has no checkpoint to say its target; its state's settings do.
+    target = training.get("iterations") or ((saved_state(folder) or {}).get("config") or {}).get("iters")
     slope = None
     if len(validations) >= 2:
         (i0, p0), (i1, p1) = validations[-2:]

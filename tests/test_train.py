@@ -646,6 +646,12 @@ def test_progress_reports_where_a_stopped_run_stands(tmp_path, capsys):
     assert "iteration 4 of 8" in describe(progress) and "finished" not in describe(progress)
     assert progress["resumes_at"] == 4 and "resumes at" not in describe(progress)
     assert "(its state resumes at 2)" in describe(dict(progress, resumes_at=2))  # a log past the saved state
+    # A state committed before the run's first checkpoint (state and log only) still knows its target.
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("train_state.safetensors", "log.jsonl"):
+        (bare / name).write_bytes((run / name).read_bytes())
+    assert run_progress(bare)["target"] == 8 and "iteration 4 of 8" in describe(run_progress(bare))
     # A run of the same name in a later root is the older, committed copy: the first root wins.
     (tmp_path / "committed" / "x2" / "run-s0").mkdir(parents=True)
     (tmp_path / "committed" / "x2" / "run-s0" / "train_state.safetensors").write_bytes(b"")
