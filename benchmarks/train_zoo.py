@@ -156,7 +156,8 @@ def main() -> None:
                "--precision", args.precision, "--ema", str(args.ema), "--device", args.device,
                "--threads", str(threads), "--save-every", "200", "--out", str(out),
                *(["--clip-grad", str(args.clip_grad)] if args.clip_grad else []),
-               *(["--resume"] if (out / STATE_NAME).exists() else []),  # a damaged state: train says so *(["--time-budget", str(left)] if left is not None else []),
+               *(["--resume"] if (out / STATE_NAME).exists() else []),  # a damaged state: train says so
+               *(["--time-budget", str(left)] if left is not None else []),
                *(["--stop-at", str(stop_at)] if stop_at is not None else [])]
         start = time.time()
         with open(out / "stdout.log", "a") as log:
