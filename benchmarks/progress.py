@@ -120,24 +120,24 @@ def run_progress(folder: str | Path) -> dict:
     done = max([int(s["iteration"]) for s in steps] + [it for it, _ in validations], default=0)
     speeds = [float(s["it_per_s"]) for s in steps[-SPEED_WINDOW:] if s.get("it_per_s")]
     speed = statistics.median(speeds) if speeds else None
+    state = saved_state(folder)
     # Before its first validation a run has no checkpoint to say its target; its state's settings do.
-    target = training.get("iterations") or ((saved_state(folder) or {}).get("config") or {}).get("iters")
+    target = training.get("iterations") or ((state or {}).get("config") or {}).get("iters")
     slope = None
     if len(validations) >= 2:
         (i0, p0), (i1, p1) = validations[-2:]
         slope = 1000 * (p1 - p0) / (i1 - i0) if i1 > i0 else None
     return {"run": str(folder), "model": config.get("model", folder.name), "scale": config.get("scale"),
-            "training": training, "target": target, "done": done, **_state_summary(folder), "it_per_s": speed,
+            "training": training, "target": target, "done": done, **_state_summary(state), "it_per_s": speed,
             "hours_left": (target - done) / speed / 3600 if target and speed else None,
             "validations": validations, "slope_per_1000": slope, "spikes": (spikes := loss_spikes(steps)),
             "spike_gradients": gradient_at_spikes(steps, spikes), "gradient_norms": gradient_norms(steps),
             "best": str(folder / "best") if (folder / "best" / CONFIG_NAME).is_file() else None}
 
 
-def _state_summary(folder: Path) -> dict:
+def _state_summary(meta: dict | None) -> dict:
     """The iteration a resume starts from (the log may run past it: a run saves every few hundred) and the
-    precisions and devices the state was trained in."""
-    meta = saved_state(folder)
+    precisions and devices the state was trained in (``meta``: its saved metadata, None where unreadable)."""
     try:
         return {"resumes_at": int(meta["iteration"]), "precision": format_precision(meta),
                 "device": format_device(meta) if len(meta.get("devices") or []) > 1 else ""}  # only if it moved
